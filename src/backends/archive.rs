@@ -1,0 +1,1 @@
+//! Safe unpacking of untrusted archives into a work directory.

@@ -1,0 +1,205 @@
+//! The backend contract and the backends that implement it.
+//!
+//! A backend is a technology that runs a workload in isolation (in-process engines,
+//! gVisor containers, micro-VMs). The engine only ever talks to a backend through the
+//! [`Backend`] trait: adding a technology means implementing it and registering the
+//! backend with the supervisor; nothing else changes.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+pub use tokio_util::sync::CancellationToken;
+
+use crate::model::{Isolation, Payload, Runtime, WorkloadId};
+
+pub mod gvisor;
+pub mod isolate;
+pub mod microvm;
+pub mod archive;
+
+/// What a backend can run. Reported by [`Backend::capabilities`] and listed by
+/// `GET /v1/backends`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BackendCapabilities {
+    /// Registry name, unique per server (e.g. `isolate`).
+    pub name: String,
+    /// Runtimes it can execute. Only runtimes that can really run on this host belong
+    /// here (a missing toolchain means the runtime is left out, never a late failure).
+    pub supported_runtimes: Vec<Runtime>,
+    /// Isolation classes it provides.
+    pub supported_isolations: Vec<Isolation>,
+    /// How many workloads it runs at once; the supervisor queues the rest (FIFO).
+    pub max_concurrency: usize,
+}
+
+/// Whether a backend can take work on this host right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendHealth {
+    /// Ready to run work.
+    Healthy,
+    /// Cannot run work here; the reason is shown to operators and in 422 answers.
+    Unavailable(String),
+}
+
+/// Everything a backend needs to run one workload. Built by the engine from a validated
+/// request; limits are already within the configured maxima.
+#[derive(Debug, Clone)]
+pub struct WorkloadSpec {
+    /// The workload's id (unique; safe to use in file and container names).
+    pub id: WorkloadId,
+    /// What language or packaging the payload is.
+    pub runtime: Runtime,
+    /// The resolved isolation class (never `auto`).
+    pub isolation: Isolation,
+    /// Code text, archive bytes or image reference.
+    pub payload: Payload,
+    /// The JSON input, serialised (`null` when the client sent none).
+    pub input: Vec<u8>,
+    /// CPUs the workload may use.
+    pub cpus: u32,
+    /// Memory limit in MiB.
+    pub mem_mb: u32,
+    /// Wall-clock limit. The engine cancels through [`ExecContext::cancel`] when it
+    /// passes; backends may also stop on their own at [`ExecContext::deadline`].
+    pub timeout: Duration,
+}
+
+/// What an execution produced.
+///
+/// A workload that ran and failed (an exception, a non-zero exit, out of memory) is an
+/// `Ok` result with `error` set, so its exit code and partial output are kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkloadResult {
+    /// Process exit code where there is one (`Some(0)` for a clean JS/Wasm run).
+    pub exit_code: Option<i32>,
+    /// The result bytes (JSON if they parse; otherwise stored as a string).
+    pub output: Vec<u8>,
+    /// Set when the workload failed; the text becomes the workload's `error`.
+    pub error: Option<String>,
+    /// Time spent executing, in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// Why a backend could not produce a [`WorkloadResult`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// The cancellation signal fired (kill or deadline) and the execution stopped.
+    #[error("execution cancelled")]
+    Cancelled,
+    /// The payload cannot be run (bad archive, missing entry file, invalid module…).
+    #[error("{0}")]
+    InvalidPayload(String),
+    /// The runtime or feature is not supported by this backend.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The backend cannot run work on this host right now.
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else that went wrong on the host side.
+    #[error("backend error: {0}")]
+    Internal(String),
+}
+
+/// A cheap, cloneable handle that forwards one log line of a workload.
+///
+/// Lines are delivered in call order. Forwarding never blocks on subscribers: the
+/// receiving side is bounded and drops or truncates with a visible marker, so a backend
+/// may call it from any thread, as often as the workload prints.
+#[derive(Clone)]
+pub struct LogSink(Arc<dyn Fn(String) + Send + Sync>);
+
+impl LogSink {
+    /// A sink that hands each line to `f`.
+    pub fn new(f: impl Fn(String) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    /// A sink that drops every line (for benchmarks and unit tests).
+    pub fn discard() -> Self {
+        Self::new(|_| {})
+    }
+
+    /// Forward one line (without its trailing newline).
+    pub fn line(&self, line: impl Into<String>) {
+        (self.0)(line.into())
+    }
+}
+
+impl fmt::Debug for LogSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LogSink")
+    }
+}
+
+/// The per-execution context the engine hands a backend.
+#[derive(Debug, Clone)]
+pub struct ExecContext {
+    /// Where the workload's log lines go, live, as they are produced.
+    pub log: LogSink,
+    /// Fires on kill and on timeout. A backend must stop the execution promptly
+    /// (milliseconds, not seconds), free its resources and return
+    /// [`BackendError::Cancelled`]. Checkable from any thread (`is_cancelled`) and
+    /// awaitable (`cancelled()`).
+    pub cancel: CancellationToken,
+    /// When the engine will cancel for timeout. Backends with their own interrupt
+    /// mechanism may stop at this instant without waiting for the signal.
+    pub deadline: Instant,
+}
+
+impl ExecContext {
+    /// A context with the given sink, a fresh token and a deadline `timeout` from now.
+    pub fn new(log: LogSink, timeout: Duration) -> Self {
+        Self {
+            log,
+            cancel: CancellationToken::new(),
+            deadline: Instant::now() + timeout,
+        }
+    }
+}
+
+/// The contract every isolation technology implements.
+///
+/// Object-safe and `Send + Sync`: the supervisor holds backends as `Arc<dyn Backend>`
+/// and may call [`Backend::execute`] concurrently up to
+/// [`BackendCapabilities::max_concurrency`] times.
+///
+/// Rules a backend follows:
+/// - **Hostile code.** The payload, archive and input are untrusted. No host file
+///   system, network or environment access beyond what the class documents; archive
+///   entries never escape the work directory; limits (`mem_mb`, `cpus`) are enforced.
+/// - **Live logs.** Each line the workload prints goes to [`ExecContext::log`] as it
+///   happens, not in the result.
+/// - **Cancellation.** When [`ExecContext::cancel`] fires the execution stops promptly and
+///   `execute` returns [`BackendError::Cancelled`]; the engine discards any late result.
+/// - **No blocking of the async runtime.** `execute` returns a `Send` future; blocking
+///   work (interpreters, `wait()` on processes) belongs on the backend's own threads.
+/// - **Panics** inside `execute` are caught by the engine: the workload fails and the
+///   backend's actor is restarted. They are still bugs.
+pub trait Backend: Send + Sync + 'static {
+    /// Name, runtimes, isolation classes and concurrency. Must be cheap and stable for
+    /// the backend's lifetime.
+    fn capabilities(&self) -> BackendCapabilities;
+
+    /// Whether the backend can run work on this host (binaries present, privileges,
+    /// devices). Cheap: computed once or cached. An unavailable backend is listed with
+    /// `status: "unavailable"` and never routed to.
+    fn health(&self) -> BackendHealth;
+
+    /// Run one workload to completion, honouring `ctx.cancel`.
+    fn execute(
+        &self,
+        spec: WorkloadSpec,
+        ctx: ExecContext,
+    ) -> BoxFuture<'static, Result<WorkloadResult, BackendError>>;
+
+    /// Release anything the execution of `id` left behind (directories, containers,
+    /// cgroups). Always called after `execute` finishes, whatever the outcome, and
+    /// idempotent: calling it for an id with nothing left is a no-op.
+    fn cleanup(&self, id: WorkloadId) -> BoxFuture<'static, ()>;
+}
+
+/// Builds a backend; the supervisor calls it at start-up and again on each restart.
+pub type BackendFactory = Arc<dyn Fn() -> Arc<dyn Backend> + Send + Sync>;

@@ -1,0 +1,92 @@
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A workload identifier: a ULID, so ids sort by creation time.
+///
+/// Invariant: always a valid 26-character Crockford base32 ULID; parsing anything else
+/// fails, so an id taken from a URL can be used without further checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct WorkloadId(ulid::Ulid);
+
+impl WorkloadId {
+    /// A fresh id for a workload created now.
+    pub fn new() -> Self {
+        Self(ulid::Ulid::new())
+    }
+}
+
+impl Default for WorkloadId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for WorkloadId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The text was not a ULID.
+#[derive(Debug, thiserror::Error)]
+#[error("not a workload id (expected a 26-character ULID)")]
+pub struct InvalidWorkloadId;
+
+impl FromStr for WorkloadId {
+    type Err = InvalidWorkloadId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() != 26 {
+            return Err(InvalidWorkloadId);
+        }
+        ulid::Ulid::from_string(s)
+            .map(Self)
+            .map_err(|_| InvalidWorkloadId)
+    }
+}
+
+impl TryFrom<String> for WorkloadId {
+    type Error = InvalidWorkloadId;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<WorkloadId> for String {
+    fn from(id: WorkloadId) -> Self {
+        id.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_text() {
+        let id = WorkloadId::new();
+        let text = id.to_string();
+        assert_eq!(text.len(), 26);
+        assert_eq!(text.parse::<WorkloadId>().ok(), Some(id));
+    }
+
+    #[test]
+    fn rejects_non_ulids() {
+        for bad in ["", "abc", "01JKQX7V8MZRN3B4HTGFWDCS9", "01JKQX7V8MZRN3B4HTGFWDCS9EX", "../../etc/passwd000000000"] {
+            assert!(bad.parse::<WorkloadId>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn ids_sort_by_creation() {
+        let a = WorkloadId::new();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = WorkloadId::new();
+        assert!(a < b);
+        assert!(a.to_string() < b.to_string());
+    }
+}

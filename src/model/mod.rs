@@ -1,0 +1,15 @@
+//! The workload domain: identifiers, enums, the lifecycle state machine and the
+//! validated submission request. Everything that crosses the HTTP boundary is turned
+//! into these types first, so invalid input cannot reach an actor.
+
+mod id;
+mod kinds;
+mod request;
+mod status;
+mod workload;
+
+pub use id::WorkloadId;
+pub use kinds::{Isolation, IsolationRequest, Runtime};
+pub use request::{Limits, Payload, RequestError, Resources, WorkloadRequest, WorkloadRequestDto};
+pub use status::{transition, Status, TransitionError};
+pub use workload::{format_time, output_value, LogLine, Workload};
