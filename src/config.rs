@@ -165,7 +165,8 @@ impl Config {
         if self.max_body_bytes == 0 || self.store.max_batch == 0 || self.logs.subscriber_buffer == 0
         {
             return Err(ConfigError(
-                "max_body_bytes, store.max_batch and logs.subscriber_buffer must be positive".into(),
+                "max_body_bytes, store.max_batch and logs.subscriber_buffer must be positive"
+                    .into(),
             ));
         }
         Ok(())
@@ -267,8 +268,11 @@ mod tests {
 
     #[test]
     fn inconsistent_limits_are_rejected() {
-        let err = Config::load_from(env(&[("VULCAN_DEFAULT_TIMEOUT_S", "100"), ("VULCAN_MAX_TIMEOUT_S", "10")]))
-            .expect_err("bad limits");
+        let err = Config::load_from(env(&[
+            ("VULCAN_DEFAULT_TIMEOUT_S", "100"),
+            ("VULCAN_MAX_TIMEOUT_S", "10"),
+        ]))
+        .expect_err("bad limits");
         assert!(err.to_string().contains("default_timeout_s"), "{err}");
     }
 }

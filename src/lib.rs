@@ -2,9 +2,14 @@
 //!
 //! Layout: [`model`] (domain types and the state machine), [`backends`] (the
 //! [`backends::Backend`] contract and one module per technology), [`actors`] (supervisor,
-//! workload, log broker, store), [`store`] (Diesel/SQLite), [`api`] (HTTP handlers),
-//! [`startup`] (wiring), [`config`].
+//! workload, backend, log broker, store), [`store`] (Diesel/SQLite), [`api`] (HTTP
+//! handlers), [`startup`] (wiring), [`config`], [`metrics`].
 
+pub mod actors;
+pub mod api;
 pub mod backends;
 pub mod config;
+pub mod metrics;
 pub mod model;
+pub mod startup;
+pub mod store;

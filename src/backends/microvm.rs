@@ -37,7 +37,9 @@ impl MicrovmBackend {
     /// Probe the host once.
     pub fn new(cfg: &MicrovmConfig) -> Self {
         let health = if !Path::new("/dev/kvm").exists() {
-            BackendHealth::Unavailable("no /dev/kvm: hardware virtualisation is not available".into())
+            BackendHealth::Unavailable(
+                "no /dev/kvm: hardware virtualisation is not available".into(),
+            )
         } else {
             BackendHealth::Unavailable(
                 "no guest kernel and agent are installed for micro-VMs on this host".into(),

@@ -15,10 +15,10 @@ pub use tokio_util::sync::CancellationToken;
 
 use crate::model::{Isolation, Payload, Runtime, WorkloadId};
 
+pub mod archive;
 pub mod gvisor;
 pub mod isolate;
 pub mod microvm;
-pub mod archive;
 
 /// What a backend can run. Reported by [`Backend::capabilities`] and listed by
 /// `GET /v1/backends`.
@@ -203,3 +203,43 @@ pub trait Backend: Send + Sync + 'static {
 
 /// Builds a backend; the supervisor calls it at start-up and again on each restart.
 pub type BackendFactory = Arc<dyn Fn() -> Arc<dyn Backend> + Send + Sync>;
+
+/// Stands in for a backend whose construction failed: registered under its name so
+/// operators see it, reported `unavailable` with the reason, never routed to.
+pub struct UnavailableBackend {
+    caps: BackendCapabilities,
+    reason: String,
+}
+
+impl UnavailableBackend {
+    /// A placeholder for `caps.name` that cannot run because of `reason`.
+    pub fn new(caps: BackendCapabilities, reason: impl Into<String>) -> Self {
+        Self {
+            caps,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl Backend for UnavailableBackend {
+    fn capabilities(&self) -> BackendCapabilities {
+        self.caps.clone()
+    }
+
+    fn health(&self) -> BackendHealth {
+        BackendHealth::Unavailable(self.reason.clone())
+    }
+
+    fn execute(
+        &self,
+        _spec: WorkloadSpec,
+        _ctx: ExecContext,
+    ) -> BoxFuture<'static, Result<WorkloadResult, BackendError>> {
+        let reason = self.reason.clone();
+        Box::pin(async move { Err(BackendError::Unavailable(reason)) })
+    }
+
+    fn cleanup(&self, _id: WorkloadId) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
+}

@@ -76,7 +76,13 @@ mod tests {
 
     #[test]
     fn rejects_non_ulids() {
-        for bad in ["", "abc", "01JKQX7V8MZRN3B4HTGFWDCS9", "01JKQX7V8MZRN3B4HTGFWDCS9EX", "../../etc/passwd000000000"] {
+        for bad in [
+            "",
+            "abc",
+            "01JKQX7V8MZRN3B4HTGFWDCS9",
+            "01JKQX7V8MZRN3B4HTGFWDCS9EX",
+            "../../etc/passwd000000000",
+        ] {
             assert!(bad.parse::<WorkloadId>().is_err(), "{bad:?} accepted");
         }
     }

@@ -134,8 +134,14 @@ mod tests {
     fn auto_chain_matches_the_spec_table() {
         assert_eq!(Runtime::Node.auto_chain(), &[Isolation::Isolate]);
         assert_eq!(Runtime::Wasm.auto_chain(), &[Isolation::Isolate]);
-        assert_eq!(Runtime::Python.auto_chain(), &[Isolation::Microvm, Isolation::Gvisor]);
-        assert_eq!(Runtime::Go.auto_chain(), &[Isolation::Microvm, Isolation::Gvisor]);
+        assert_eq!(
+            Runtime::Python.auto_chain(),
+            &[Isolation::Microvm, Isolation::Gvisor]
+        );
+        assert_eq!(
+            Runtime::Go.auto_chain(),
+            &[Isolation::Microvm, Isolation::Gvisor]
+        );
         assert_eq!(Runtime::Oci.auto_chain(), &[Isolation::Gvisor]);
     }
 }

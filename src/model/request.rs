@@ -209,7 +209,12 @@ impl TryFrom<(WorkloadRequestDto, &Limits)> for WorkloadRequest {
         let res = dto.resources.unwrap_or_default();
         let resources = Resources {
             cpus: limit("cpus", res.cpus, limits.default_cpus, limits.max_cpus)?,
-            mem_mb: limit("mem_mb", res.mem_mb, limits.default_mem_mb, limits.max_mem_mb)?,
+            mem_mb: limit(
+                "mem_mb",
+                res.mem_mb,
+                limits.default_mem_mb,
+                limits.max_mem_mb,
+            )?,
             timeout_s: limit(
                 "timeout_s",
                 res.timeout_s,
@@ -285,7 +290,14 @@ mod tests {
             .expect("valid");
         assert_eq!(r.runtime, Runtime::Node);
         assert_eq!(r.isolation, IsolationRequest::Auto);
-        assert_eq!(r.resources, Resources { cpus: 1, mem_mb: 128, timeout_s: 30 });
+        assert_eq!(
+            r.resources,
+            Resources {
+                cpus: 1,
+                mem_mb: 128,
+                timeout_s: 30
+            }
+        );
         assert_eq!(r.input, br#"{"a":1}"#);
         assert!(r.input_hash().starts_with("sha256:"));
         assert_eq!(r.input_hash().len(), 7 + 64);
@@ -296,20 +308,56 @@ mod tests {
         let cases = [
             (r#"{"code":"x"}"#, "runtime is required"),
             (r#"{"runtime":"ruby","code":"x"}"#, "unknown runtime"),
-            (r#"{"runtime":"node","isolation":"vm","code":"x"}"#, "unknown isolation"),
-            (r#"{"runtime":"node","code":"x","code_archive":"eA=="}"#, "mutually exclusive"),
+            (
+                r#"{"runtime":"node","isolation":"vm","code":"x"}"#,
+                "unknown isolation",
+            ),
+            (
+                r#"{"runtime":"node","code":"x","code_archive":"eA=="}"#,
+                "mutually exclusive",
+            ),
             (r#"{"runtime":"node"}"#, "one of code or code_archive"),
-            (r#"{"runtime":"wasm","code_archive":"!!!"}"#, "not valid base64"),
-            (r#"{"runtime":"node","code":"x","resources":{"cpus":0}}"#, "positive"),
-            (r#"{"runtime":"node","code":"x","resources":{"mem_mb":-5}}"#, "positive"),
-            (r#"{"runtime":"node","code":"x","resources":{"timeout_s":99999}}"#, "above the maximum"),
-            (r#"{"runtime":"node","code":"x","image":"busybox"}"#, "only accepted with runtime oci"),
-            (r#"{"runtime":"node","code":"x","command":["sh"]}"#, "only accepted with runtime oci"),
+            (
+                r#"{"runtime":"wasm","code_archive":"!!!"}"#,
+                "not valid base64",
+            ),
+            (
+                r#"{"runtime":"node","code":"x","resources":{"cpus":0}}"#,
+                "positive",
+            ),
+            (
+                r#"{"runtime":"node","code":"x","resources":{"mem_mb":-5}}"#,
+                "positive",
+            ),
+            (
+                r#"{"runtime":"node","code":"x","resources":{"timeout_s":99999}}"#,
+                "above the maximum",
+            ),
+            (
+                r#"{"runtime":"node","code":"x","image":"busybox"}"#,
+                "only accepted with runtime oci",
+            ),
+            (
+                r#"{"runtime":"node","code":"x","command":["sh"]}"#,
+                "only accepted with runtime oci",
+            ),
             (r#"{"runtime":"oci"}"#, "image is required"),
-            (r#"{"runtime":"oci","image":"busybox","code":"x"}"#, "not accepted"),
-            (r#"{"runtime":"oci","image":"bad image!"}"#, "not a valid OCI image"),
-            (r#"{"runtime":"node","code":"x","colour":"red"}"#, "unknown field `colour`"),
-            (r#"{"runtime":"node","code":"x","resources":{"gpus":1}}"#, "unknown field `gpus`"),
+            (
+                r#"{"runtime":"oci","image":"busybox","code":"x"}"#,
+                "not accepted",
+            ),
+            (
+                r#"{"runtime":"oci","image":"bad image!"}"#,
+                "not a valid OCI image",
+            ),
+            (
+                r#"{"runtime":"node","code":"x","colour":"red"}"#,
+                "unknown field `colour`",
+            ),
+            (
+                r#"{"runtime":"node","code":"x","resources":{"gpus":1}}"#,
+                "unknown field `gpus`",
+            ),
             (r#"{"runtime":"node","code":"   "}"#, "must not be empty"),
         ];
         for (json, want) in cases {
@@ -332,6 +380,11 @@ mod tests {
         let c = parse(r#"{"runtime":"node","code":"y","input":1}"#).expect("c");
         assert_ne!(a.input_hash(), b.input_hash());
         assert_ne!(a.input_hash(), c.input_hash());
-        assert_eq!(a.input_hash(), parse(r#"{"runtime":"node","code":"x","input":1}"#).expect("a2").input_hash());
+        assert_eq!(
+            a.input_hash(),
+            parse(r#"{"runtime":"node","code":"x","input":1}"#)
+                .expect("a2")
+                .input_hash()
+        );
     }
 }

@@ -99,10 +99,16 @@ mod tests {
     #[test]
     fn output_rule() {
         assert_eq!(output_value(b""), None);
-        assert_eq!(output_value(b"{\"sum\":3}"), Some(serde_json::json!({"sum": 3})));
+        assert_eq!(
+            output_value(b"{\"sum\":3}"),
+            Some(serde_json::json!({"sum": 3}))
+        );
         assert_eq!(output_value(b"  42\n"), Some(serde_json::json!(42)));
         assert_eq!(output_value(b"hello\n"), Some(serde_json::json!("hello\n")));
-        assert_eq!(output_value(&[0xff, b'a']), Some(serde_json::json!("\u{fffd}a")));
+        assert_eq!(
+            output_value(&[0xff, b'a']),
+            Some(serde_json::json!("\u{fffd}a"))
+        );
     }
 
     #[test]

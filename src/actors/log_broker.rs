@@ -1,0 +1,273 @@
+//! The LogBroker: per-workload log topics, sequence numbers, limits, fan-out to live
+//! subscribers, and hand-off of every kept line to the store.
+//!
+//! Ordering guarantee used by SSE: before answering [`Subscribe`], the broker hands every
+//! line it has numbered to the store, so a replay read queued behind the answer (see
+//! [`crate::actors::store::GetLogs::consistent`]) sees every line below the subscriber's
+//! `live_from`, and the live channel carries every line from `live_from` on.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use chrono::Utc;
+use tokio::sync::mpsc;
+
+use crate::actors::store::{AppendLogs, StoreActor};
+use crate::config::LogsConfig;
+use crate::metrics::Metrics;
+use crate::model::{format_time, LogLine, Status, WorkloadId};
+use crate::store::models::LogLineRow;
+
+/// What a live subscriber receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogEvent {
+    /// A log line.
+    Line(LogLine),
+    /// The workload reached this terminal status; nothing follows.
+    Done(Status),
+}
+
+struct Subscriber {
+    key: u64,
+    tx: mpsc::Sender<LogEvent>,
+}
+
+struct Topic {
+    next_seq: u64,
+    capped: bool,
+    subscribers: Vec<Subscriber>,
+}
+
+/// The log broker actor.
+pub struct LogBroker {
+    store: Addr<StoreActor>,
+    cfg: LogsConfig,
+    metrics: Arc<Metrics>,
+    topics: HashMap<WorkloadId, Topic>,
+    unflushed: Vec<LogLineRow>,
+    flush_scheduled: bool,
+    next_key: u64,
+}
+
+/// Lines are handed to the store at most this long after they were published.
+const FLUSH_EVERY: Duration = Duration::from_millis(2);
+
+impl LogBroker {
+    /// A broker persisting through `store`.
+    pub fn new(store: Addr<StoreActor>, cfg: LogsConfig, metrics: Arc<Metrics>) -> Self {
+        Self {
+            store,
+            cfg,
+            metrics,
+            topics: HashMap::new(),
+            unflushed: Vec::new(),
+            flush_scheduled: false,
+            next_key: 0,
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.unflushed.is_empty() {
+            let rows = std::mem::take(&mut self.unflushed);
+            self.metrics.log_lines_persisted.inc_by(rows.len() as u64);
+            self.store.do_send(AppendLogs(rows));
+        }
+    }
+
+    /// Apply the per-line cap; cut lines end with a visible marker.
+    fn cap_line(&self, mut line: String) -> String {
+        let max = self.cfg.max_line_bytes;
+        if line.len() > max {
+            let total = line.len();
+            let mut cut = max;
+            while !line.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            line.truncate(cut);
+            line.push_str(&format!(
+                " [vulcan: line truncated, {} of {total} bytes kept]",
+                cut
+            ));
+            self.metrics.log_lines_truncated.inc();
+        }
+        line
+    }
+}
+
+impl Actor for LogBroker {
+    type Context = Context<Self>;
+}
+
+/// Open a workload's topic (at admission, before anything can print).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct OpenTopic(pub WorkloadId);
+
+/// One line printed by a workload. Lines after the topic closed are dropped.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Publish {
+    /// Whose line.
+    pub id: WorkloadId,
+    /// The text.
+    pub line: String,
+}
+
+/// Close a topic: subscribers get `Done(status)` after every line, then their stream ends.
+/// Sent after the terminal status is in the store.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseTopic {
+    /// Which workload.
+    pub id: WorkloadId,
+    /// Its terminal status.
+    pub status: Status,
+}
+
+/// Subscribe to a workload's live lines.
+#[derive(Message)]
+#[rtype(result = "Subscription")]
+pub struct Subscribe(pub WorkloadId);
+
+/// The answer to [`Subscribe`].
+pub enum Subscription {
+    /// The topic is open: lines with `seq >= live_from` arrive on `events`.
+    Live {
+        /// First seq delivered live; everything below is in the store already.
+        live_from: u64,
+        /// The live events (bounded; the broker drops this subscriber if it is full).
+        events: mpsc::Receiver<LogEvent>,
+        /// Identifies the subscription for [`Unsubscribe`].
+        key: u64,
+    },
+    /// No open topic: the workload is terminal (or not yet admitted).
+    Closed,
+}
+
+/// A subscriber went away.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unsubscribe {
+    /// Which workload.
+    pub id: WorkloadId,
+    /// Which subscription.
+    pub key: u64,
+}
+
+impl Handler<OpenTopic> for LogBroker {
+    type Result = ();
+
+    fn handle(&mut self, msg: OpenTopic, _: &mut Self::Context) {
+        self.topics.entry(msg.0).or_insert_with(|| Topic {
+            next_seq: 0,
+            capped: false,
+            subscribers: Vec::new(),
+        });
+    }
+}
+
+impl Handler<Publish> for LogBroker {
+    type Result = ();
+
+    fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) {
+        let max_lines = self.cfg.max_lines;
+        let line = self.cap_line(msg.line);
+        let Some(topic) = self.topics.get_mut(&msg.id) else {
+            return;
+        };
+        if topic.capped {
+            self.metrics.log_lines_truncated.inc();
+            return;
+        }
+        let text = if topic.next_seq + 1 >= max_lines.max(1) {
+            topic.capped = true;
+            self.metrics.log_lines_truncated.inc();
+            format!("[vulcan: log truncated: only the first {max_lines} lines are kept]")
+        } else {
+            line
+        };
+        let entry = LogLine {
+            seq: topic.next_seq,
+            line: text,
+            created_at: Utc::now(),
+        };
+        topic.next_seq += 1;
+        let metrics = &self.metrics;
+        topic
+            .subscribers
+            .retain(|s| match s.tx.try_send(LogEvent::Line(entry.clone())) {
+                Ok(()) => true,
+                Err(_) => {
+                    // Full or gone: disconnect; the client resumes with Last-Event-ID.
+                    metrics.log_lines_dropped.inc();
+                    metrics.sse_subscribers.dec();
+                    false
+                }
+            });
+        self.unflushed.push(LogLineRow {
+            workload_id: msg.id.to_string(),
+            seq: entry.seq as i64,
+            line: entry.line,
+            created_at: format_time(&entry.created_at),
+        });
+        if !self.flush_scheduled {
+            self.flush_scheduled = true;
+            ctx.run_later(FLUSH_EVERY, |act, _| {
+                act.flush_scheduled = false;
+                act.flush();
+            });
+        }
+    }
+}
+
+impl Handler<CloseTopic> for LogBroker {
+    type Result = ();
+
+    fn handle(&mut self, msg: CloseTopic, _: &mut Self::Context) {
+        self.flush();
+        if let Some(topic) = self.topics.remove(&msg.id) {
+            for s in topic.subscribers {
+                let _ = s.tx.try_send(LogEvent::Done(msg.status));
+                self.metrics.sse_subscribers.dec();
+            }
+        }
+    }
+}
+
+impl Handler<Subscribe> for LogBroker {
+    type Result = MessageResult<Subscribe>;
+
+    fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) -> Self::Result {
+        self.flush();
+        let buffer = self.cfg.subscriber_buffer;
+        let Some(topic) = self.topics.get_mut(&msg.0) else {
+            return MessageResult(Subscription::Closed);
+        };
+        let (tx, rx) = mpsc::channel(buffer);
+        let key = self.next_key;
+        self.next_key += 1;
+        topic.subscribers.push(Subscriber { key, tx });
+        self.metrics.sse_subscribers.inc();
+        MessageResult(Subscription::Live {
+            live_from: topic.next_seq,
+            events: rx,
+            key,
+        })
+    }
+}
+
+impl Handler<Unsubscribe> for LogBroker {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unsubscribe, _: &mut Self::Context) {
+        if let Some(topic) = self.topics.get_mut(&msg.id) {
+            let before = topic.subscribers.len();
+            topic.subscribers.retain(|s| s.key != msg.key);
+            if topic.subscribers.len() < before {
+                self.metrics.sse_subscribers.dec();
+            }
+        }
+    }
+}

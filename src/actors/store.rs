@@ -1,0 +1,283 @@
+//! The StoreActor: the one writer of the database.
+//!
+//! Writes are queued to a dedicated writer thread that owns the only write connection.
+//! Everything queued while a transaction commits goes into the next transaction together
+//! (each write in its own savepoint, so one failing write does not undo its neighbours).
+//! Queries use a small read pool on blocking threads. Handlers and other actors only
+//! ever send messages here.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use diesel::sqlite::SqliteConnection;
+use diesel::Connection;
+use tokio::sync::oneshot;
+
+use crate::metrics::Metrics;
+use crate::model::{LogLine, Payload, Workload, WorkloadId};
+use crate::store::models::LogLineRow;
+use crate::store::queries::{self, ListQuery, Recovered, Stats, StatusChange};
+use crate::store::{open_read_pool, open_writer, ReadPool, StoreError};
+
+type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
+type Job = Box<dyn FnOnce(&mut SqliteConnection) -> Reply + Send>;
+
+/// The single database writer (and query front-end).
+pub struct StoreActor {
+    writer: mpsc::Sender<Job>,
+    reads: ReadPool,
+}
+
+impl StoreActor {
+    /// Open the database (running migrations) and start the writer thread.
+    pub fn open(
+        path: &Path,
+        read_pool_size: u32,
+        max_batch: usize,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StoreError> {
+        let conn = open_writer(path)?;
+        let reads = open_read_pool(path, read_pool_size)?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("vulcan-store-writer".into())
+            .spawn(move || writer_loop(conn, rx, max_batch.max(1), metrics))
+            .map_err(|e| StoreError::Connection(format!("cannot start writer thread: {e}")))?;
+        Ok(Self { writer: tx, reads })
+    }
+
+    fn write<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&mut SqliteConnection) -> Result<T, StoreError> + Send + 'static,
+    ) -> oneshot::Receiver<Result<T, StoreError>> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            // A savepoint per write: a failed write rolls back alone.
+            let res = conn.transaction(op);
+            Box::new(move |commit: Result<(), String>| {
+                let _ = tx.send(commit.map_err(StoreError::Connection).and(res));
+            })
+        });
+        // If the writer is gone the job (and its reply sender) is dropped here, so the
+        // caller is answered `Unavailable` at once instead of waiting forever.
+        let _ = self.writer.send(job);
+        rx
+    }
+
+    fn read<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&mut SqliteConnection) -> Result<T, StoreError> + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<T, StoreError>> {
+        let pool = self.reads.clone();
+        async move {
+            actix_web::rt::task::spawn_blocking(move || {
+                let mut conn = pool
+                    .get()
+                    .map_err(|e| StoreError::Connection(e.to_string()))?;
+                op(&mut conn)
+            })
+            .await
+            .map_err(|_| StoreError::Unavailable)?
+        }
+    }
+}
+
+async fn answer<T>(rx: oneshot::Receiver<Result<T, StoreError>>) -> Result<T, StoreError> {
+    rx.await.unwrap_or(Err(StoreError::Unavailable))
+}
+
+fn writer_loop(
+    mut conn: SqliteConnection,
+    rx: mpsc::Receiver<Job>,
+    max_batch: usize,
+    metrics: Arc<Metrics>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        metrics.store_batch_size.observe(batch.len() as f64);
+        let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
+        let commit = conn
+            .immediate_transaction(|c| {
+                for job in batch {
+                    replies.push(job(c));
+                }
+                Ok::<_, diesel::result::Error>(())
+            })
+            .map_err(|e| {
+                log::error!("store: batch commit failed: {e}");
+                format!("commit failed: {e}")
+            });
+        for reply in replies {
+            reply(commit.clone());
+        }
+    }
+    log::debug!("store: writer thread stopped");
+}
+
+impl Actor for StoreActor {
+    type Context = Context<Self>;
+}
+
+/// Record a newly accepted workload (status pending) with its payload.
+#[derive(Message)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct InsertWorkload {
+    /// The record.
+    pub workload: Workload,
+    /// What it runs.
+    pub payload: Payload,
+    /// Its input JSON bytes.
+    pub input: Vec<u8>,
+}
+
+/// Change a workload's status. Validated by the state machine inside the transaction;
+/// an invalid change writes nothing and answers `InvalidTransition`.
+#[derive(Message)]
+#[rtype(result = "Result<Workload, StoreError>")]
+pub struct ChangeStatus {
+    /// Which workload.
+    pub id: WorkloadId,
+    /// The change.
+    pub change: StatusChange,
+}
+
+/// Persist log lines (fire and forget; batched with other writes).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AppendLogs(pub Vec<LogLineRow>);
+
+/// One workload.
+#[derive(Message)]
+#[rtype(result = "Result<Workload, StoreError>")]
+pub struct GetWorkload(pub WorkloadId);
+
+/// A page of workloads and the total.
+#[derive(Message)]
+#[rtype(result = "Result<(Vec<Workload>, u64), StoreError>")]
+pub struct ListWorkloads(pub ListQuery);
+
+/// Log lines of a workload, after `after` when set.
+///
+/// With `consistent`, the read is queued behind every write sent before it (so it sees
+/// every line the log broker handed over before this message); otherwise it uses the
+/// read pool.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<LogLine>, StoreError>")]
+pub struct GetLogs {
+    /// Which workload.
+    pub id: WorkloadId,
+    /// Only lines with a larger seq.
+    pub after: Option<u64>,
+    /// Read through the writer queue.
+    pub consistent: bool,
+}
+
+/// Aggregate statistics.
+#[derive(Message)]
+#[rtype(result = "Result<Stats, StoreError>")]
+pub struct GetStats;
+
+/// Start-up recovery (see [`queries::recover`]).
+#[derive(Message)]
+#[rtype(result = "Result<Recovered, StoreError>")]
+pub struct Recover;
+
+/// Resolves once everything queued before it is committed.
+#[derive(Message)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct Flush;
+
+impl Handler<InsertWorkload> for StoreActor {
+    type Result = ResponseFuture<Result<(), StoreError>>;
+
+    fn handle(&mut self, msg: InsertWorkload, _: &mut Self::Context) -> Self::Result {
+        let rx = self
+            .write(move |c| queries::insert_workload(c, &msg.workload, &msg.payload, &msg.input));
+        Box::pin(answer(rx))
+    }
+}
+
+impl Handler<ChangeStatus> for StoreActor {
+    type Result = ResponseFuture<Result<Workload, StoreError>>;
+
+    fn handle(&mut self, msg: ChangeStatus, _: &mut Self::Context) -> Self::Result {
+        let rx = self.write(move |c| queries::apply_change(c, msg.id, &msg.change));
+        Box::pin(answer(rx))
+    }
+}
+
+impl Handler<AppendLogs> for StoreActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: AppendLogs, _: &mut Self::Context) {
+        let rows = msg.0;
+        let _ = self.write(move |c| queries::append_logs(c, &rows));
+    }
+}
+
+impl Handler<GetWorkload> for StoreActor {
+    type Result = ResponseFuture<Result<Workload, StoreError>>;
+
+    fn handle(&mut self, msg: GetWorkload, _: &mut Self::Context) -> Self::Result {
+        Box::pin(self.read(move |c| queries::get_workload(c, msg.0)))
+    }
+}
+
+impl Handler<ListWorkloads> for StoreActor {
+    type Result = ResponseFuture<Result<(Vec<Workload>, u64), StoreError>>;
+
+    fn handle(&mut self, msg: ListWorkloads, _: &mut Self::Context) -> Self::Result {
+        Box::pin(self.read(move |c| queries::list_workloads(c, &msg.0)))
+    }
+}
+
+impl Handler<GetLogs> for StoreActor {
+    type Result = ResponseFuture<Result<Vec<LogLine>, StoreError>>;
+
+    fn handle(&mut self, msg: GetLogs, _: &mut Self::Context) -> Self::Result {
+        let GetLogs {
+            id,
+            after,
+            consistent,
+        } = msg;
+        if consistent {
+            Box::pin(answer(
+                self.write(move |c| queries::log_lines(c, id, after)),
+            ))
+        } else {
+            Box::pin(self.read(move |c| queries::log_lines(c, id, after)))
+        }
+    }
+}
+
+impl Handler<GetStats> for StoreActor {
+    type Result = ResponseFuture<Result<Stats, StoreError>>;
+
+    fn handle(&mut self, _: GetStats, _: &mut Self::Context) -> Self::Result {
+        Box::pin(self.read(queries::stats))
+    }
+}
+
+impl Handler<Recover> for StoreActor {
+    type Result = ResponseFuture<Result<Recovered, StoreError>>;
+
+    fn handle(&mut self, _: Recover, _: &mut Self::Context) -> Self::Result {
+        Box::pin(answer(self.write(queries::recover)))
+    }
+}
+
+impl Handler<Flush> for StoreActor {
+    type Result = ResponseFuture<Result<(), StoreError>>;
+
+    fn handle(&mut self, _: Flush, _: &mut Self::Context) -> Self::Result {
+        Box::pin(answer(self.write(|_| Ok(()))))
+    }
+}

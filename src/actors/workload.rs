@@ -1,0 +1,360 @@
+//! WorkloadActor: one per accepted workload. It waits for a backend slot, drives
+//! pending → running → terminal through the StoreActor, enforces the deadline, handles
+//! kill, discards late results, and stops once the execution has really ended.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+
+use crate::actors::backend::{BackendActor, Execute};
+use crate::actors::log_broker::{CloseTopic, LogBroker, Publish};
+use crate::actors::store::{ChangeStatus, StoreActor};
+use crate::actors::supervisor::{Supervisor, WorkloadEnded};
+use crate::backends::{
+    BackendError, CancellationToken, ExecContext, LogSink, WorkloadResult, WorkloadSpec,
+};
+use crate::metrics::Metrics;
+use crate::model::{output_value, Status, Workload};
+use crate::store::queries::StatusChange;
+use crate::store::StoreError;
+
+/// Why a kill was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum KillError {
+    /// The workload is already terminal (or about to be).
+    #[error("workload is already {0}")]
+    Terminal(Status),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The workload actor.
+pub struct WorkloadActor {
+    record: Workload,
+    spec: WorkloadSpec,
+    store: Addr<StoreActor>,
+    broker: Addr<LogBroker>,
+    supervisor: Addr<Supervisor>,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+    /// Set once a slot was granted (the supervisor counts it as running).
+    started: Option<Instant>,
+    /// The terminal status decided so far; later outcomes are discarded.
+    decided: Option<Status>,
+    /// The execution future has finished (cleanup done).
+    execution_over: bool,
+    /// The terminal record, once written.
+    final_record: Option<Workload>,
+    waiters: Vec<oneshot::Sender<Workload>>,
+}
+
+impl WorkloadActor {
+    /// A pending workload, waiting for [`Start`].
+    pub fn new(
+        record: Workload,
+        spec: WorkloadSpec,
+        store: Addr<StoreActor>,
+        broker: Addr<LogBroker>,
+        supervisor: Addr<Supervisor>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            record,
+            spec,
+            store,
+            broker,
+            supervisor,
+            metrics,
+            cancel: CancellationToken::new(),
+            started: None,
+            decided: None,
+            execution_over: false,
+            final_record: None,
+            waiters: Vec::new(),
+        }
+    }
+
+    /// A receiver for the terminal record (registered before the actor starts).
+    pub fn waiter(&mut self) -> oneshot::Receiver<Workload> {
+        let (tx, rx) = oneshot::channel();
+        self.waiters.push(tx);
+        rx
+    }
+
+    fn elapsed_ms(&self) -> Option<u64> {
+        self.started.map(|s| s.elapsed().as_millis() as u64)
+    }
+
+    /// Decide the terminal status (once) and write it.
+    fn finish(&mut self, mut change: StatusChange, ctx: &mut Context<Self>) {
+        if self.decided.is_some() {
+            return;
+        }
+        self.decided = Some(change.to);
+        self.cancel.cancel();
+        if change.duration_ms.is_none() {
+            change.duration_ms = self.elapsed_ms();
+        }
+        let id = self.record.id;
+        let to = change.to;
+        let from = self.record.status;
+        let error = change.error.clone();
+        self.store
+            .send(ChangeStatus { id, change })
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                let record = match res {
+                    Ok(Ok(record)) => {
+                        log::info!(
+                            "workload {id}: {from} -> {to} (backend {}{})",
+                            act.record.backend,
+                            error
+                                .as_deref()
+                                .map(|e| format!(", error: {e}"))
+                                .unwrap_or_default()
+                        );
+                        record
+                    }
+                    Ok(Err(e)) => {
+                        log::error!("workload {id}: could not record {to}: {e}");
+                        act.record.clone()
+                    }
+                    Err(e) => {
+                        log::error!("workload {id}: store unreachable recording {to}: {e}");
+                        act.record.clone()
+                    }
+                };
+                act.metrics
+                    .workloads_finished
+                    .with_label_values(&[act.record.backend.as_str(), to.as_str()])
+                    .inc();
+                if let Some(ms) = record.duration_ms {
+                    act.metrics
+                        .workload_duration
+                        .with_label_values(&[act.record.backend.as_str()])
+                        .observe(ms as f64 / 1000.0);
+                }
+                act.broker.do_send(CloseTopic { id, status: to });
+                for w in act.waiters.drain(..) {
+                    let _ = w.send(record.clone());
+                }
+                act.final_record = Some(record);
+                act.maybe_stop(ctx);
+            })
+            .spawn(ctx);
+    }
+
+    /// Stop once the terminal status is written and no execution is left running.
+    fn maybe_stop(&mut self, ctx: &mut Context<Self>) {
+        let execution_settled = self.started.is_none() || self.execution_over;
+        if self.final_record.is_some() && execution_settled {
+            self.supervisor.do_send(WorkloadEnded {
+                id: self.record.id,
+                backend: self.record.backend.clone(),
+                ran: self.started.is_some(),
+            });
+            ctx.stop();
+        }
+    }
+
+    fn on_result(&mut self, result: Result<WorkloadResult, BackendError>, ctx: &mut Context<Self>) {
+        self.execution_over = true;
+        if self.decided.is_some() {
+            if result.is_ok() {
+                log::debug!("workload {}: late result discarded", self.record.id);
+            }
+            self.maybe_stop(ctx);
+            return;
+        }
+        let change = match result {
+            Ok(res) => {
+                let mut change = StatusChange::to(if res.error.is_some() {
+                    Status::Failed
+                } else {
+                    Status::Completed
+                });
+                change.output = output_value(&res.output);
+                change.exit_code = res.exit_code;
+                change.error = res.error;
+                change.duration_ms = Some(if res.duration_ms > 0 {
+                    res.duration_ms
+                } else {
+                    self.elapsed_ms().unwrap_or(0)
+                });
+                change
+            }
+            Err(BackendError::Cancelled) => {
+                StatusChange::to(Status::Failed).with_error("execution cancelled by the backend")
+            }
+            Err(e) => StatusChange::to(Status::Failed).with_error(e.to_string()),
+        };
+        self.finish(change, ctx);
+    }
+}
+
+impl Actor for WorkloadActor {
+    type Context = Context<Self>;
+}
+
+/// A backend slot is granted: run now on `backend`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Start {
+    /// The backend actor to execute on.
+    pub backend: Addr<BackendActor>,
+}
+
+/// Kill the workload (DELETE). Answers the terminal record once written.
+#[derive(Message)]
+#[rtype(result = "Result<oneshot::Receiver<Workload>, KillError>")]
+pub struct Kill;
+
+/// Ask for the terminal record (sync submission).
+#[derive(Message)]
+#[rtype(result = "oneshot::Receiver<Workload>")]
+pub struct AwaitTerminal;
+
+/// Stop everything now (server shutdown): running work is marked failed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Interrupt(pub String);
+
+struct Timeout;
+
+impl Handler<Start> for WorkloadActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Start, ctx: &mut Self::Context) {
+        self.started = Some(Instant::now());
+        if self.decided.is_some() {
+            // Killed while the slot was on its way: nothing runs.
+            self.execution_over = true;
+            self.maybe_stop(ctx);
+            return;
+        }
+        let id = self.record.id;
+        self.store
+            .send(ChangeStatus {
+                id,
+                change: StatusChange::to(Status::Running),
+            })
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                if act.decided.is_some() {
+                    act.execution_over = true;
+                    act.maybe_stop(ctx);
+                    return;
+                }
+                match res {
+                    Ok(Ok(record)) => {
+                        log::info!(
+                            "workload {id}: pending -> running (backend {})",
+                            record.backend
+                        );
+                        act.record = record;
+                    }
+                    other => {
+                        let why = match other {
+                            Ok(Err(e)) => e.to_string(),
+                            Err(e) => e.to_string(),
+                            Ok(Ok(_)) => String::new(),
+                        };
+                        log::error!("workload {id}: could not record running: {why}");
+                        act.execution_over = true;
+                        act.finish(
+                            StatusChange::to(Status::Failed)
+                                .with_error("could not start: store error"),
+                            ctx,
+                        );
+                        return;
+                    }
+                }
+                act.started = Some(Instant::now());
+                let timeout = act.spec.timeout;
+                let broker = act.broker.clone();
+                let sink = LogSink::new(move |line| broker.do_send(Publish { id, line }));
+                let exec = ExecContext {
+                    log: sink,
+                    cancel: act.cancel.clone(),
+                    deadline: Instant::now() + timeout,
+                };
+                let (tx, rx) = oneshot::channel();
+                msg.backend.do_send(Execute {
+                    spec: act.spec.clone(),
+                    ctx: exec,
+                    reply: tx,
+                });
+                ctx.notify_later(Timeout, timeout);
+                rx.into_actor(act)
+                    .map(|res, act, ctx| {
+                        let res = res.unwrap_or_else(|_| {
+                            Err(BackendError::Internal("the execution was lost".into()))
+                        });
+                        act.on_result(res, ctx);
+                    })
+                    .spawn(ctx);
+            })
+            .spawn(ctx);
+    }
+}
+
+impl Message for Timeout {
+    type Result = ();
+}
+
+impl Handler<Timeout> for WorkloadActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Timeout, ctx: &mut Self::Context) {
+        let secs = self.spec.timeout.as_secs();
+        self.finish(
+            StatusChange::to(Status::Failed).with_error(format!("timed out after {secs}s")),
+            ctx,
+        );
+    }
+}
+
+impl Handler<Kill> for WorkloadActor {
+    type Result = Result<oneshot::Receiver<Workload>, KillError>;
+
+    fn handle(&mut self, _: Kill, ctx: &mut Self::Context) -> Self::Result {
+        if let Some(status) = self.decided {
+            return Err(KillError::Terminal(status));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.waiters.push(tx);
+        self.finish(
+            StatusChange::to(Status::Killed).with_error("killed by request"),
+            ctx,
+        );
+        Ok(rx)
+    }
+}
+
+impl Handler<AwaitTerminal> for WorkloadActor {
+    type Result = MessageResult<AwaitTerminal>;
+
+    fn handle(&mut self, _: AwaitTerminal, _: &mut Self::Context) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        match &self.final_record {
+            Some(record) => {
+                let _ = tx.send(record.clone());
+            }
+            None => self.waiters.push(tx),
+        }
+        MessageResult(rx)
+    }
+}
+
+impl Handler<Interrupt> for WorkloadActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Interrupt, ctx: &mut Self::Context) {
+        if self.started.is_some() {
+            self.finish(StatusChange::to(Status::Failed).with_error(msg.0), ctx);
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Prometheus metrics, exposed as text on `GET /metrics`.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every metric the server records. One instance per server, shared by `Arc`.
+pub struct Metrics {
+    registry: Registry,
+    /// HTTP requests by route pattern, method and status.
+    pub http_requests: IntCounterVec,
+    /// HTTP request durations by route pattern.
+    pub http_duration: HistogramVec,
+    /// Workloads that reached a terminal status, by backend and status.
+    pub workloads_finished: IntCounterVec,
+    /// Execution time by backend.
+    pub workload_duration: HistogramVec,
+    /// Workloads accepted and not yet running.
+    pub queue_depth: IntGauge,
+    /// Workloads executing now.
+    pub running: IntGauge,
+    /// Submissions refused because the queue was full.
+    pub rejected_queue_full: IntCounter,
+    /// Open SSE subscriptions.
+    pub sse_subscribers: IntGauge,
+    /// Log lines handed to the store.
+    pub log_lines_persisted: IntCounter,
+    /// Log events not delivered to a subscriber that fell behind (it was disconnected).
+    pub log_lines_dropped: IntCounter,
+    /// Log lines cut for length or dropped past the per-workload cap.
+    pub log_lines_truncated: IntCounter,
+    /// Writes committed per store transaction.
+    pub store_batch_size: Histogram,
+    /// Backend actor restarts, by backend.
+    pub backend_restarts: IntCounterVec,
+}
+
+impl Metrics {
+    /// Create and register every metric.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("vulcan".into()), None)?;
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "http_requests_total",
+                "HTTP requests by route, method and status",
+            ),
+            &["route", "method", "status"],
+        )?;
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new("http_request_duration_seconds", "HTTP request durations").buckets(
+                vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0,
+                ],
+            ),
+            &["route"],
+        )?;
+        let workloads_finished = IntCounterVec::new(
+            Opts::new(
+                "workloads_total",
+                "Workloads that reached a terminal status",
+            ),
+            &["backend", "status"],
+        )?;
+        let workload_duration = HistogramVec::new(
+            HistogramOpts::new("workload_duration_seconds", "Workload execution time").buckets(
+                vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0],
+            ),
+            &["backend"],
+        )?;
+        let queue_depth = IntGauge::new("queue_depth", "Workloads accepted and not yet running")?;
+        let running = IntGauge::new("workloads_running", "Workloads executing now")?;
+        let rejected_queue_full = IntCounter::new(
+            "submissions_rejected_queue_full_total",
+            "Submissions refused with 429 because the queue was full",
+        )?;
+        let sse_subscribers = IntGauge::new("sse_subscribers", "Open SSE log subscriptions")?;
+        let log_lines_persisted =
+            IntCounter::new("log_lines_persisted_total", "Log lines handed to the store")?;
+        let log_lines_dropped = IntCounter::new(
+            "log_lines_dropped_total",
+            "Log events not delivered to slow subscribers (disconnected)",
+        )?;
+        let log_lines_truncated = IntCounter::new(
+            "log_lines_truncated_total",
+            "Log lines cut for length or dropped past the per-workload cap",
+        )?;
+        let store_batch_size = Histogram::with_opts(
+            HistogramOpts::new("store_batch_size", "Writes committed per store transaction")
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 256.0, 1024.0, 4096.0]),
+        )?;
+        let backend_restarts = IntCounterVec::new(
+            Opts::new("backend_restarts_total", "Backend actor restarts"),
+            &["backend"],
+        )?;
+        registry.register(Box::new(http_requests.clone()))?;
+        registry.register(Box::new(http_duration.clone()))?;
+        registry.register(Box::new(workloads_finished.clone()))?;
+        registry.register(Box::new(workload_duration.clone()))?;
+        registry.register(Box::new(queue_depth.clone()))?;
+        registry.register(Box::new(running.clone()))?;
+        registry.register(Box::new(rejected_queue_full.clone()))?;
+        registry.register(Box::new(sse_subscribers.clone()))?;
+        registry.register(Box::new(log_lines_persisted.clone()))?;
+        registry.register(Box::new(log_lines_dropped.clone()))?;
+        registry.register(Box::new(log_lines_truncated.clone()))?;
+        registry.register(Box::new(store_batch_size.clone()))?;
+        registry.register(Box::new(backend_restarts.clone()))?;
+        Ok(Self {
+            registry,
+            http_requests,
+            http_duration,
+            workloads_finished,
+            workload_duration,
+            queue_depth,
+            running,
+            rejected_queue_full,
+            sse_subscribers,
+            log_lines_persisted,
+            log_lines_dropped,
+            log_lines_truncated,
+            store_batch_size,
+            backend_restarts,
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            log::error!("metrics: encoding failed: {e}");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}

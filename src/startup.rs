@@ -1,0 +1,244 @@
+//! Wiring: open the store, start the actors, recover interrupted work, bind the HTTP
+//! server. Tests use [`Application::build_with`] to boot the real app on port 0.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::{Actor, Addr};
+use actix_web::dev::Server;
+use actix_web::middleware::{from_fn, Logger};
+use actix_web::{web, App, HttpServer};
+
+use crate::actors::log_broker::LogBroker;
+use crate::actors::store::{Flush, Recover, StoreActor};
+use crate::actors::supervisor::{InterruptAll, ListBackends, Readmit, Supervisor};
+use crate::api::{self, AppState};
+use crate::backends::gvisor::GvisorBackend;
+use crate::backends::isolate::IsolateBackend;
+use crate::backends::microvm::MicrovmBackend;
+use crate::backends::{Backend, BackendCapabilities, BackendFactory, UnavailableBackend};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::model::{Isolation, Runtime};
+
+/// Start-up failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The database could not be opened or migrated.
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {0}: {1}")]
+    Bind(String, std::io::Error),
+    /// Metrics registration failed.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// An actor did not answer during start-up.
+    #[error("actor unavailable during start-up: {0}")]
+    Actor(#[from] actix::MailboxError),
+}
+
+/// A built, bound, not yet awaited server.
+pub struct Application {
+    port: u16,
+    server: Server,
+    store: Addr<StoreActor>,
+    supervisor: Addr<Supervisor>,
+    shutdown_timeout: Duration,
+}
+
+fn factory<B: Backend>(
+    caps: BackendCapabilities,
+    build: impl Fn() -> Result<B, String> + Send + Sync + 'static,
+) -> BackendFactory {
+    Arc::new(move || match build() {
+        Ok(b) => Arc::new(b) as Arc<dyn Backend>,
+        Err(reason) => {
+            log::error!("backend {}: could not start: {reason}", caps.name);
+            Arc::new(UnavailableBackend::new(caps.clone(), reason))
+        }
+    })
+}
+
+/// The built-in backends enabled in `config`.
+pub fn builtin_backends(config: &Config) -> Vec<BackendFactory> {
+    let mut out = Vec::new();
+    let b = &config.backends;
+    if b.isolate.enabled {
+        let cfg = b.isolate.clone();
+        let caps = BackendCapabilities {
+            name: "isolate".into(),
+            supported_runtimes: vec![Runtime::Node, Runtime::Wasm],
+            supported_isolations: vec![Isolation::Isolate],
+            max_concurrency: 1,
+        };
+        out.push(factory(caps, move || {
+            IsolateBackend::new(&cfg).map_err(|e| e.to_string())
+        }));
+    }
+    if b.gvisor.enabled {
+        let cfg = b.gvisor.clone();
+        let caps = BackendCapabilities {
+            name: "gvisor".into(),
+            supported_runtimes: vec![],
+            supported_isolations: vec![Isolation::Gvisor],
+            max_concurrency: 1,
+        };
+        out.push(factory(caps, move || {
+            GvisorBackend::new(&cfg).map_err(|e| e.to_string())
+        }));
+    }
+    if b.microvm.enabled {
+        let cfg = b.microvm.clone();
+        out.push(Arc::new(move || {
+            Arc::new(MicrovmBackend::new(&cfg)) as Arc<dyn Backend>
+        }));
+    }
+    out
+}
+
+impl Application {
+    /// Build the server with the built-in backends enabled in `config`.
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let backends = builtin_backends(&config);
+        Self::build_with(config, backends).await
+    }
+
+    /// Build the server with exactly `backends` registered. Must run inside an actix
+    /// `System`. Binds `config.listen_addr` (port 0 picks a free port).
+    pub async fn build_with(
+        config: Config,
+        backends: Vec<BackendFactory>,
+    ) -> Result<Self, StartupError> {
+        let metrics = Arc::new(Metrics::new()?);
+        let store = StoreActor::open(
+            &config.db_path,
+            config.store.read_pool_size,
+            config.store.max_batch,
+            metrics.clone(),
+        )?
+        .start();
+        let broker = LogBroker::new(store.clone(), config.logs.clone(), metrics.clone()).start();
+        let supervisor = Supervisor::new(
+            store.clone(),
+            broker.clone(),
+            metrics.clone(),
+            config.node_id(),
+            config.max_queue,
+            backends,
+        )
+        .start();
+
+        let recovered = store.send(Recover).await??;
+        for w in &recovered.interrupted {
+            log::warn!(
+                "workload {}: running -> failed (interrupted by server restart)",
+                w.id
+            );
+        }
+        let readmitted = recovered.pending.len();
+        for (workload, payload, input) in recovered.pending {
+            supervisor.do_send(Readmit {
+                workload,
+                payload,
+                input,
+            });
+        }
+        if readmitted > 0 || !recovered.interrupted.is_empty() {
+            log::info!(
+                "recovery: {} interrupted workload(s) marked failed, {readmitted} pending re-admitted",
+                recovered.interrupted.len()
+            );
+        }
+
+        let state = web::Data::new(AppState {
+            supervisor: supervisor.clone(),
+            store: store.clone(),
+            broker,
+            metrics,
+            limits: config.limits(),
+            token: config.api_token().cloned(),
+            keepalive: Duration::from_secs(config.logs.keepalive_s.max(1)),
+            max_body_bytes: config.max_body_bytes,
+        });
+        if state.token.is_some() {
+            log::info!("auth: bearer token required on /v1/*");
+        }
+        let listener = TcpListener::bind(&config.listen_addr)
+            .map_err(|e| StartupError::Bind(config.listen_addr.clone(), e))?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| StartupError::Bind(config.listen_addr.clone(), e))?
+            .port();
+        let shutdown_timeout = Duration::from_secs(config.shutdown_timeout_s);
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap(from_fn(api::track))
+                .wrap(Logger::new("%a \"%r\" %s %b %Dms"))
+                .configure(|cfg| api::configure(cfg, state.clone()))
+        })
+        .shutdown_timeout(config.shutdown_timeout_s)
+        .listen(listener)
+        .map_err(|e| StartupError::Bind(config.listen_addr.clone(), e))?
+        .run();
+        log::info!("listening on {}:{port}", listener_host(&config.listen_addr));
+        Ok(Self {
+            port,
+            server,
+            store,
+            supervisor,
+            shutdown_timeout,
+        })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A handle to stop the server from elsewhere (tests, signals).
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serve until SIGTERM/SIGINT (or a handle stops it), then shut down gracefully:
+    /// running workloads are stopped and marked failed, the store is flushed.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await?;
+        log::info!("shutting down: stopping running workloads and flushing the store");
+        let deadline = Instant::now() + self.shutdown_timeout;
+        if let Ok(n) = self
+            .supervisor
+            .send(InterruptAll("interrupted by server shutdown".into()))
+            .await
+        {
+            if n > 0 {
+                while Instant::now() < deadline {
+                    let busy = match self.supervisor.send(ListBackends).await {
+                        Ok(list) => list.iter().any(|b| b.running > 0),
+                        Err(_) => false,
+                    };
+                    if !busy {
+                        break;
+                    }
+                    actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+        match actix_web::rt::time::timeout(
+            deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(1),
+            self.store.send(Flush),
+        )
+        .await
+        {
+            Ok(Ok(Ok(()))) => log::info!("store flushed; bye"),
+            _ => log::error!("store flush did not complete before the shutdown deadline"),
+        }
+        Ok(())
+    }
+}
+
+fn listener_host(addr: &str) -> &str {
+    addr.rsplit_once(':').map_or(addr, |(h, _)| h)
+}

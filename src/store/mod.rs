@@ -1,0 +1,84 @@
+//! Persistence: Diesel on SQLite. The [`crate::actors::store::StoreActor`] is the only
+//! writer; this module holds the connection setup, the row types and the queries it runs.
+
+pub mod models;
+pub mod queries;
+pub mod schema;
+
+use std::path::Path;
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
+use diesel::sqlite::SqliteConnection;
+use diesel::Connection;
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+use crate::model::TransitionError;
+
+/// The SQL migrations in `migrations/`, compiled into the binary.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// Applied to every connection, writer and readers alike.
+const PRAGMAS: &str = "PRAGMA journal_mode = WAL;
+PRAGMA synchronous = NORMAL;
+PRAGMA busy_timeout = 5000;
+PRAGMA foreign_keys = ON;";
+
+/// A pool of read connections.
+pub type ReadPool = Pool<ConnectionManager<SqliteConnection>>;
+
+/// Errors of the persistence layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No workload with that id.
+    #[error("workload not found")]
+    NotFound,
+    /// The state machine refused the change; nothing was written.
+    #[error(transparent)]
+    InvalidTransition(#[from] TransitionError),
+    /// SQLite or Diesel failed.
+    #[error("database error: {0}")]
+    Database(#[from] diesel::result::Error),
+    /// A connection could not be opened or taken from the pool.
+    #[error("database connection error: {0}")]
+    Connection(String),
+    /// A stored value could not be read back (the file was edited or is corrupt).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// The store is shutting down or its writer thread is gone.
+    #[error("store unavailable")]
+    Unavailable,
+}
+
+#[derive(Debug)]
+struct Pragmas;
+
+impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for Pragmas {
+    fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
+        conn.batch_execute(PRAGMAS)
+            .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+/// Open the writer connection, set the PRAGMAs and run pending migrations (idempotent).
+pub fn open_writer(path: &Path) -> Result<SqliteConnection, StoreError> {
+    let url = path.to_string_lossy();
+    let mut conn =
+        SqliteConnection::establish(&url).map_err(|e| StoreError::Connection(e.to_string()))?;
+    conn.batch_execute(PRAGMAS)?;
+    conn.run_pending_migrations(MIGRATIONS)
+        .map_err(|e| StoreError::Connection(format!("migrations failed: {e}")))?;
+    Ok(conn)
+}
+
+/// Open the read pool (call after [`open_writer`] so the schema exists).
+pub fn open_read_pool(path: &Path, size: u32) -> Result<ReadPool, StoreError> {
+    let manager = ConnectionManager::<SqliteConnection>::new(path.to_string_lossy());
+    Pool::builder()
+        .max_size(size.max(1))
+        .connection_timeout(Duration::from_secs(10))
+        .connection_customizer(Box::new(Pragmas))
+        .build(manager)
+        .map_err(|e| StoreError::Connection(e.to_string()))
+}

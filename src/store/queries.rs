@@ -1,0 +1,335 @@
+//! The SQL the store runs, as plain functions over a connection. Writes are only ever
+//! called from the StoreActor's writer thread.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use diesel::dsl::count_star;
+use diesel::prelude::*;
+use diesel::sqlite::SqliteConnection;
+use serde::Serialize;
+
+use super::models::{LogLineRow, NewWorkloadRow, PayloadRow, WorkloadRow};
+use super::schema::{log_lines, workloads};
+use super::StoreError;
+use crate::model::{
+    format_time, transition, Isolation, LogLine, Payload, Runtime, Status, Workload, WorkloadId,
+};
+
+/// A status change plus the fields that come with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusChange {
+    /// The status asked for (validated against the stored one).
+    pub to: Status,
+    /// When it happened (`started_at` for running, `finished_at` for terminal).
+    pub at: DateTime<Utc>,
+    /// Terminal only: the result value.
+    pub output: Option<serde_json::Value>,
+    /// Terminal only: exit code.
+    pub exit_code: Option<i32>,
+    /// Terminal only: why it failed or was killed.
+    pub error: Option<String>,
+    /// Terminal only: execution time.
+    pub duration_ms: Option<u64>,
+}
+
+impl StatusChange {
+    /// A bare change to `to`, now.
+    pub fn to(to: Status) -> Self {
+        Self {
+            to,
+            at: Utc::now(),
+            output: None,
+            exit_code: None,
+            error: None,
+            duration_ms: None,
+        }
+    }
+
+    /// With an error message.
+    pub fn with_error(mut self, error: impl Into<String>) -> Self {
+        self.error = Some(error.into());
+        self
+    }
+}
+
+/// Filters and page of `GET /v1/workloads`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    /// Only this status.
+    pub status: Option<Status>,
+    /// Only this isolation class.
+    pub isolation: Option<Isolation>,
+    /// Only this runtime.
+    pub runtime: Option<Runtime>,
+    /// Page size (already validated: 1..=100).
+    pub limit: i64,
+    /// Rows skipped.
+    pub offset: i64,
+}
+
+/// Per-backend figures of `GET /v1/stats`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct BackendStats {
+    /// Workloads routed to the backend.
+    pub count: u64,
+    /// Mean execution time of those that ran (0 when none).
+    pub avg_duration_ms: f64,
+    /// Median execution time (nearest rank; 0 when none).
+    pub p50_ms: u64,
+    /// 95th percentile execution time (nearest rank; 0 when none).
+    pub p95_ms: u64,
+}
+
+/// `GET /v1/stats`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Stats {
+    /// Every workload recorded.
+    pub total: u64,
+    /// Count per status; every status is present.
+    pub by_status: BTreeMap<String, u64>,
+    /// Count per isolation class; every class is present.
+    pub by_isolation: BTreeMap<String, u64>,
+    /// Mean execution time over all workloads that ran (0 when none).
+    pub avg_duration_ms: f64,
+    /// Figures per backend that has had work.
+    pub by_backend: BTreeMap<String, BackendStats>,
+}
+
+/// Workloads found at start-up.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Workloads that were running and are now failed.
+    pub interrupted: Vec<Workload>,
+    /// Pending workloads, oldest first, with payload and input, to re-admit.
+    pub pending: Vec<(Workload, Payload, Vec<u8>)>,
+}
+
+/// The error recorded on workloads a restart interrupted.
+pub const INTERRUPTED: &str = "interrupted by server restart";
+
+/// `AVG(duration_ms)` as a double (Diesel types SQLite's AVG as Numeric).
+fn avg_duration(
+) -> diesel::expression::SqlLiteral<diesel::sql_types::Nullable<diesel::sql_types::Double>> {
+    diesel::dsl::sql("AVG(duration_ms)")
+}
+
+/// Insert a new workload with its payload.
+pub fn insert_workload(
+    conn: &mut SqliteConnection,
+    w: &Workload,
+    payload: &Payload,
+    input: &[u8],
+) -> Result<(), StoreError> {
+    diesel::insert_into(workloads::table)
+        .values(NewWorkloadRow::new(w, payload, input))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// One workload.
+pub fn get_workload(conn: &mut SqliteConnection, id: WorkloadId) -> Result<Workload, StoreError> {
+    workloads::table
+        .find(id.to_string())
+        .select(WorkloadRow::as_select())
+        .first(conn)
+        .optional()?
+        .ok_or(StoreError::NotFound)?
+        .try_into()
+}
+
+/// Validate `change` against the stored status with the state machine and apply it.
+/// An invalid transition writes nothing.
+pub fn apply_change(
+    conn: &mut SqliteConnection,
+    id: WorkloadId,
+    change: &StatusChange,
+) -> Result<Workload, StoreError> {
+    let key = id.to_string();
+    let current: String = workloads::table
+        .find(&key)
+        .select(workloads::status)
+        .first(conn)
+        .optional()?
+        .ok_or(StoreError::NotFound)?;
+    let from: Status = current
+        .parse()
+        .map_err(|_| StoreError::Corrupt(format!("status {current:?}")))?;
+    let to = transition(from, change.to)?;
+    let at = format_time(&change.at);
+    let target = workloads::table.find(&key);
+    if to == Status::Running {
+        diesel::update(target)
+            .set((
+                workloads::status.eq(to.as_str()),
+                workloads::started_at.eq(&at),
+            ))
+            .execute(conn)?;
+    } else {
+        let output = change
+            .output
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("output: {e}")))?;
+        diesel::update(target)
+            .set((
+                workloads::status.eq(to.as_str()),
+                workloads::finished_at.eq(&at),
+                workloads::output.eq(output),
+                workloads::exit_code.eq(change.exit_code),
+                workloads::error.eq(&change.error),
+                workloads::duration_ms.eq(change.duration_ms.map(|d| d as i64)),
+            ))
+            .execute(conn)?;
+    }
+    get_workload(conn, id)
+}
+
+/// Append log lines (their `seq` is assigned by the log broker).
+pub fn append_logs(conn: &mut SqliteConnection, rows: &[LogLineRow]) -> Result<(), StoreError> {
+    // SQLite limits bound parameters per statement; 4 per row.
+    for chunk in rows.chunks(4000) {
+        diesel::insert_or_ignore_into(log_lines::table)
+            .values(chunk)
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// Lines of a workload in `seq` order, all or those after `after`.
+pub fn log_lines(
+    conn: &mut SqliteConnection,
+    id: WorkloadId,
+    after: Option<u64>,
+) -> Result<Vec<LogLine>, StoreError> {
+    let mut q = log_lines::table
+        .filter(log_lines::workload_id.eq(id.to_string()))
+        .order(log_lines::seq.asc())
+        .select(LogLineRow::as_select())
+        .into_boxed();
+    if let Some(after) = after {
+        q = q.filter(log_lines::seq.gt(after as i64));
+    }
+    q.load(conn)?.into_iter().map(LogLine::try_from).collect()
+}
+
+/// A page of workloads, newest first, and the total matching the filters.
+pub fn list_workloads(
+    conn: &mut SqliteConnection,
+    q: &ListQuery,
+) -> Result<(Vec<Workload>, u64), StoreError> {
+    let filtered = || {
+        let mut b = workloads::table.into_boxed();
+        if let Some(s) = q.status {
+            b = b.filter(workloads::status.eq(s.as_str()));
+        }
+        if let Some(i) = q.isolation {
+            b = b.filter(workloads::isolation.eq(i.as_str()));
+        }
+        if let Some(r) = q.runtime {
+            b = b.filter(workloads::runtime.eq(r.as_str()));
+        }
+        b
+    };
+    let total: i64 = filtered().count().get_result(conn)?;
+    let rows = filtered()
+        .order((workloads::created_at.desc(), workloads::id.desc()))
+        .limit(q.limit)
+        .offset(q.offset)
+        .select(WorkloadRow::as_select())
+        .load(conn)?;
+    let list = rows
+        .into_iter()
+        .map(Workload::try_from)
+        .collect::<Result<_, _>>()?;
+    Ok((list, total.max(0) as u64))
+}
+
+/// Aggregate statistics.
+pub fn stats(conn: &mut SqliteConnection) -> Result<Stats, StoreError> {
+    let mut s = Stats::default();
+    for st in Status::ALL {
+        s.by_status.insert(st.as_str().into(), 0);
+    }
+    for i in Isolation::ALL {
+        s.by_isolation.insert(i.as_str().into(), 0);
+    }
+    let by_status: Vec<(String, i64)> = workloads::table
+        .group_by(workloads::status)
+        .select((workloads::status, count_star()))
+        .load(conn)?;
+    for (k, n) in by_status {
+        s.total += n as u64;
+        s.by_status.insert(k, n as u64);
+    }
+    let by_isolation: Vec<(String, i64)> = workloads::table
+        .group_by(workloads::isolation)
+        .select((workloads::isolation, count_star()))
+        .load(conn)?;
+    for (k, n) in by_isolation {
+        s.by_isolation.insert(k, n as u64);
+    }
+    let avg: Option<f64> = workloads::table.select(avg_duration()).first(conn)?;
+    s.avg_duration_ms = avg.unwrap_or(0.0);
+
+    let per_backend: Vec<(String, i64)> = workloads::table
+        .group_by(workloads::backend)
+        .select((workloads::backend, count_star()))
+        .load(conn)?;
+    for (backend, count) in per_backend {
+        let timed = workloads::table
+            .filter(workloads::backend.eq(&backend))
+            .filter(workloads::duration_ms.is_not_null());
+        let n: i64 = timed.count().get_result(conn)?;
+        let avg: Option<f64> = timed.select(avg_duration()).first(conn)?;
+        let mut rank = |p: f64| -> Result<u64, StoreError> {
+            if n == 0 {
+                return Ok(0);
+            }
+            let idx = ((p * n as f64).ceil() as i64 - 1).clamp(0, n - 1);
+            let v: Option<i64> = timed
+                .order(workloads::duration_ms.asc())
+                .select(workloads::duration_ms)
+                .offset(idx)
+                .first(conn)?;
+            Ok(v.unwrap_or(0).max(0) as u64)
+        };
+        let entry = BackendStats {
+            count: count as u64,
+            avg_duration_ms: avg.unwrap_or(0.0),
+            p50_ms: rank(0.50)?,
+            p95_ms: rank(0.95)?,
+        };
+        s.by_backend.insert(backend, entry);
+    }
+    Ok(s)
+}
+
+/// Start-up recovery: running workloads become failed ("interrupted by server
+/// restart"), through the state machine; pending ones are returned oldest first.
+pub fn recover(conn: &mut SqliteConnection) -> Result<Recovered, StoreError> {
+    let mut out = Recovered::default();
+    let running: Vec<String> = workloads::table
+        .filter(workloads::status.eq(Status::Running.as_str()))
+        .select(workloads::id)
+        .load(conn)?;
+    for id in running {
+        let id: WorkloadId = id
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("id {id:?}")))?;
+        let change = StatusChange::to(Status::Failed).with_error(INTERRUPTED);
+        out.interrupted.push(apply_change(conn, id, &change)?);
+    }
+    let pending: Vec<(WorkloadRow, PayloadRow)> = workloads::table
+        .filter(workloads::status.eq(Status::Pending.as_str()))
+        .order((workloads::created_at.asc(), workloads::id.asc()))
+        .select((WorkloadRow::as_select(), PayloadRow::as_select()))
+        .load(conn)?;
+    for (row, payload) in pending {
+        let w = Workload::try_from(row)?;
+        let (payload, input) = payload.into_payload()?;
+        out.pending.push((w, payload, input));
+    }
+    Ok(out)
+}

@@ -1,0 +1,42 @@
+// @generated automatically by Diesel CLI.
+
+diesel::table! {
+    log_lines (workload_id, seq) {
+        workload_id -> Text,
+        seq -> BigInt,
+        line -> Text,
+        created_at -> Text,
+    }
+}
+
+diesel::table! {
+    workloads (id) {
+        id -> Text,
+        status -> Text,
+        isolation -> Text,
+        requested_isolation -> Text,
+        backend -> Text,
+        runtime -> Text,
+        node_id -> Text,
+        input_hash -> Text,
+        output -> Nullable<Text>,
+        exit_code -> Nullable<Integer>,
+        error -> Nullable<Text>,
+        cpu_limit -> Integer,
+        mem_limit -> Integer,
+        timeout_s -> Integer,
+        duration_ms -> Nullable<BigInt>,
+        created_at -> Text,
+        started_at -> Nullable<Text>,
+        finished_at -> Nullable<Text>,
+        code -> Nullable<Text>,
+        code_archive -> Nullable<Binary>,
+        input -> Binary,
+        image -> Nullable<Text>,
+        command -> Nullable<Text>,
+    }
+}
+
+diesel::joinable!(log_lines -> workloads (workload_id));
+
+diesel::allow_tables_to_appear_in_same_query!(log_lines, workloads,);
