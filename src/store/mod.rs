@@ -20,9 +20,9 @@ use crate::model::TransitionError;
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
 /// Applied to every connection, writer and readers alike.
-const PRAGMAS: &str = "PRAGMA journal_mode = WAL;
+const PRAGMAS: &str = "PRAGMA busy_timeout = 5000;
+PRAGMA journal_mode = WAL;
 PRAGMA synchronous = NORMAL;
-PRAGMA busy_timeout = 5000;
 PRAGMA foreign_keys = ON;";
 
 /// A pool of read connections.

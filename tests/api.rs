@@ -1,0 +1,404 @@
+//! The HTTP contract of the foundation: endpoints, the error format, every bad-input
+//! rule (status + JSON error + nothing written), body limits, auth.
+
+mod common;
+
+use std::time::Duration;
+
+use common::scripted::{self, job, Options};
+use serde_json::{json, Value};
+
+async fn error_of(res: reqwest::Response, status: u16) -> String {
+    assert_eq!(res.status().as_u16(), status);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap_or("")
+            .starts_with("application/json"),
+        "error body must be JSON"
+    );
+    let v: Value = res.json().await.expect("json");
+    let msg = v["error"].as_str().expect("error string").to_string();
+    assert!(!msg.is_empty());
+    assert!(
+        !msg.contains("/tmp/") && !msg.to_lowercase().contains("sqlite"),
+        "leaks: {msg}"
+    );
+    msg
+}
+
+#[tokio::test]
+async fn healthz_and_metrics_answer() {
+    let app = common::app().spawn().await;
+    assert_eq!(app.get_json("/healthz", 200).await, json!({"status": "ok"}));
+    let res = app.get("/metrics").await;
+    assert_eq!(res.status(), 200);
+    let text = res.text().await.expect("text");
+    assert!(text.contains("vulcan_http_requests_total"), "{text}");
+    assert!(text.contains("vulcan_queue_depth"));
+}
+
+#[tokio::test]
+async fn database_is_created_and_reopened() {
+    let app = common::app().spawn().await;
+    assert!(app.db_path.exists());
+    let path = app.db_path.clone();
+    let dir = app.stop().await;
+    // Second start on the same file: migrations are idempotent.
+    let again = common::app().db(path).spawn().await;
+    assert_eq!(again.get_json("/healthz", 200).await["status"], "ok");
+    assert_eq!(again.get_json("/v1/workloads", 200).await["total"], 0);
+    again.stop().await;
+    drop(dir);
+}
+
+#[tokio::test]
+async fn unknown_ids_are_404() {
+    let app = common::app().spawn().await;
+    for path in [
+        "/v1/workloads/01JKQX7V8MZRN3B4HTGFWDCS9E",
+        "/v1/workloads/not-an-id",
+        "/v1/workloads/01JKQX7V8MZRN3B4HTGFWDCS9E/logs",
+        "/v1/workloads/01JKQX7V8MZRN3B4HTGFWDCS9E/logs/history",
+        "/v1/nothing-here",
+    ] {
+        error_of(app.get(path).await, 404).await;
+    }
+    error_of(
+        app.delete("/v1/workloads/01JKQX7V8MZRN3B4HTGFWDCS9E").await,
+        404,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn wrong_method_is_405_json() {
+    let app = common::app().spawn().await;
+    let res = app
+        .client
+        .put(app.url("/v1/workloads"))
+        .send()
+        .await
+        .expect("req");
+    error_of(res, 405).await;
+    let res = app
+        .client
+        .post(app.url("/healthz"))
+        .send()
+        .await
+        .expect("req");
+    error_of(res, 405).await;
+}
+
+#[tokio::test]
+async fn every_bad_input_rule_is_400_and_writes_nothing() {
+    let (f, _) = scripted::factory(Options::default());
+    let app = common::app().backend(f).spawn().await;
+    let cases: Vec<(Value, &str)> = vec![
+        (json!({"code": "x"}), "runtime is required"),
+        (json!({"runtime": "ruby", "code": "x"}), "unknown runtime"),
+        (
+            json!({"runtime": "node", "isolation": "vm", "code": "x"}),
+            "unknown isolation",
+        ),
+        (
+            json!({"runtime": "node", "code": "x", "code_archive": "eA=="}),
+            "mutually exclusive",
+        ),
+        (json!({"runtime": "node"}), "code or code_archive"),
+        (json!({"runtime": "wasm", "code_archive": "***"}), "base64"),
+        (
+            json!({"runtime": "node", "code": "x", "resources": {"cpus": 0}}),
+            "positive",
+        ),
+        (
+            json!({"runtime": "node", "code": "x", "resources": {"mem_mb": -1}}),
+            "positive",
+        ),
+        (
+            json!({"runtime": "node", "code": "x", "resources": {"timeout_s": 100000}}),
+            "maximum",
+        ),
+        (
+            json!({"runtime": "node", "code": "x", "resources": {"cpus": 1.5}}),
+            "invalid",
+        ),
+        (
+            json!({"runtime": "node", "code": "x", "image": "busybox"}),
+            "oci",
+        ),
+        (
+            json!({"runtime": "python", "code": "x", "command": ["ls"]}),
+            "oci",
+        ),
+        (json!({"runtime": "oci"}), "image is required"),
+        (
+            json!({"runtime": "node", "code": "x", "extra": 1}),
+            "unknown field `extra`",
+        ),
+        (
+            json!({"runtime": "node", "code": "x", "resources": {"disk": 1}}),
+            "unknown field `disk`",
+        ),
+        (json!({"runtime": 7, "code": "x"}), "invalid"),
+        (json!([1, 2]), "invalid"),
+    ];
+    for (body, want) in cases {
+        for path in ["/v1/workloads", "/v1/workloads/async"] {
+            let msg = error_of(app.post(path, &body).await, 400).await;
+            assert!(msg.contains(want), "{body} -> {msg:?} (wanted {want:?})");
+        }
+    }
+    let res = app
+        .client
+        .post(app.url("/v1/workloads"))
+        .header("content-type", "application/json")
+        .body("{\"runtime\": \"node\", ")
+        .send()
+        .await
+        .expect("req");
+    error_of(res, 400).await;
+    assert_eq!(
+        app.count_rows("workloads"),
+        0,
+        "a rejected request was recorded"
+    );
+}
+
+#[tokio::test]
+async fn body_limit_and_content_type() {
+    let app = common::app()
+        .env("VULCAN_MAX_BODY_BYTES", "1024")
+        .spawn()
+        .await;
+    let big = json!({"runtime": "node", "code": "x".repeat(4096)});
+    error_of(app.post("/v1/workloads", &big).await, 413).await;
+    let res = app
+        .client
+        .post(app.url("/v1/workloads/async"))
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .expect("req");
+    error_of(res, 415).await;
+    let res = app
+        .client
+        .post(app.url("/v1/workloads"))
+        .body("{}")
+        .send()
+        .await
+        .expect("req");
+    error_of(res, 415).await;
+    assert_eq!(app.count_rows("workloads"), 0);
+}
+
+#[tokio::test]
+async fn default_body_limit_is_15_mib() {
+    let app = common::app().spawn().await;
+    let big = json!({"runtime": "wasm", "code_archive": "A".repeat(16 * 1024 * 1024)});
+    error_of(app.post("/v1/workloads", &big).await, 413).await;
+}
+
+#[tokio::test]
+async fn auth_on_requires_the_bearer_token() {
+    let (f, _) = scripted::factory(Options::default());
+    let app = common::app()
+        .env("VULCAN_API_TOKEN", "s3cret-token")
+        .backend(f)
+        .spawn()
+        .await;
+    error_of(app.get("/v1/workloads").await, 401).await;
+    let wrong = app
+        .client
+        .get(app.url("/v1/workloads"))
+        .bearer_auth("s3cret-tokem")
+        .send()
+        .await
+        .expect("req");
+    error_of(wrong, 401).await;
+    let basic = app
+        .client
+        .get(app.url("/v1/workloads"))
+        .header("authorization", "Basic czNjcmV0LXRva2Vu")
+        .send()
+        .await
+        .expect("req");
+    error_of(basic, 401).await;
+    let body = job("node", json!({"output": 1}));
+    let unauth = app
+        .client
+        .post(app.url("/v1/workloads"))
+        .json(&body)
+        .send()
+        .await
+        .expect("req");
+    error_of(unauth, 401).await;
+    assert_eq!(app.count_rows("workloads"), 0);
+    let ok = app
+        .client
+        .post(app.url("/v1/workloads"))
+        .bearer_auth("s3cret-token")
+        .json(&body)
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(ok.status(), 200);
+    // Health and metrics stay open.
+    assert_eq!(app.get("/healthz").await.status(), 200);
+    assert_eq!(app.get("/metrics").await.status(), 200);
+}
+
+#[tokio::test]
+async fn auth_off_needs_no_token() {
+    let app = common::app().spawn().await;
+    assert_eq!(app.get("/v1/workloads").await.status(), 200);
+}
+
+#[tokio::test]
+async fn list_paginates_filters_and_sorts_newest_first() {
+    let (f, _) = scripted::factory(Options::default());
+    let app = common::app().backend(f).spawn().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let script = if i % 2 == 0 {
+            json!({"output": i})
+        } else {
+            json!({"error": "no"})
+        };
+        let mut body = job(if i < 3 { "node" } else { "python" }, script);
+        body["isolation"] = json!("isolate");
+        let w: Value = app
+            .post("/v1/workloads", &body)
+            .await
+            .json()
+            .await
+            .expect("json");
+        ids.push(w["id"].as_str().expect("id").to_string());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let page = app.get_json("/v1/workloads?limit=2", 200).await;
+    assert_eq!(page["total"], 5);
+    assert_eq!(page["limit"], 2);
+    assert_eq!(page["offset"], 0);
+    let got: Vec<&str> = page["workloads"]
+        .as_array()
+        .expect("arr")
+        .iter()
+        .map(|w| w["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(got, vec![ids[4].as_str(), ids[3].as_str()]);
+    let page = app.get_json("/v1/workloads?limit=2&offset=4", 200).await;
+    assert_eq!(page["workloads"][0]["id"], ids[0].as_str());
+    assert_eq!(
+        app.get_json("/v1/workloads?status=failed", 200).await["total"],
+        2
+    );
+    assert_eq!(
+        app.get_json("/v1/workloads?runtime=python", 200).await["total"],
+        2
+    );
+    assert_eq!(
+        app.get_json("/v1/workloads?isolation=isolate&status=completed", 200)
+            .await["total"],
+        3
+    );
+    assert_eq!(
+        app.get_json("/v1/workloads?isolation=gvisor", 200).await["total"],
+        0
+    );
+    for bad in [
+        "limit=0",
+        "limit=101",
+        "limit=abc",
+        "offset=-1",
+        "offset=x",
+        "status=done",
+        "isolation=auto",
+        "runtime=ruby",
+        "colour=red",
+    ] {
+        error_of(app.get(&format!("/v1/workloads?{bad}")).await, 400).await;
+    }
+}
+
+#[tokio::test]
+async fn workload_object_has_a_stable_shape() {
+    let (f, _) = scripted::factory(Options::default());
+    let app = common::app().backend(f).spawn().await;
+    let w = app
+        .submit_async(&job("node", json!({"delay_ms": 200})))
+        .await;
+    for key in [
+        "id",
+        "status",
+        "isolation",
+        "requested_isolation",
+        "backend",
+        "runtime",
+        "node_id",
+        "input_hash",
+        "output",
+        "exit_code",
+        "error",
+        "cpu_limit",
+        "mem_limit",
+        "timeout_s",
+        "duration_ms",
+        "created_at",
+        "started_at",
+        "finished_at",
+    ] {
+        assert!(w.get(key).is_some(), "missing {key}: {w}");
+    }
+    assert_eq!(w["status"], "pending");
+    assert_eq!(w["requested_isolation"], "auto");
+    assert_eq!(w["isolation"], "isolate");
+    assert_eq!(w["node_id"], "test-node");
+    assert_eq!(w["output"], Value::Null);
+    assert_eq!(w["timeout_s"], 30);
+    assert_eq!(w["mem_limit"], 128);
+    assert_eq!(w["id"].as_str().expect("id").len(), 26);
+    assert!(w["input_hash"]
+        .as_str()
+        .expect("hash")
+        .starts_with("sha256:"));
+    let created = w["created_at"].as_str().expect("time");
+    assert!(created.ends_with('Z') && created.len() == 24, "{created}");
+}
+
+#[tokio::test]
+async fn kill_pending_then_conflict_on_terminal() {
+    let (f, seen) = scripted::factory(Options {
+        max_concurrency: 1,
+        ..Options::default()
+    });
+    let app = common::app().backend(f).spawn().await;
+    let blocker = app
+        .submit_async(&job("node", json!({"delay_ms": 10000})))
+        .await;
+    let blocker_id = blocker["id"].as_str().expect("id");
+    app.wait_status(blocker_id, "running", Duration::from_secs(5))
+        .await;
+    let queued = app.submit_async(&job("node", json!({"output": 1}))).await;
+    let id = queued["id"].as_str().expect("id");
+    let res = app.delete(&format!("/v1/workloads/{id}")).await;
+    assert_eq!(res.status(), 200);
+    let killed: Value = res.json().await.expect("json");
+    assert_eq!(killed["status"], "killed");
+    assert_eq!(killed["started_at"], Value::Null, "never started");
+    // Terminal: 409, and the record is unchanged.
+    error_of(app.delete(&format!("/v1/workloads/{id}")).await, 409).await;
+    assert_eq!(
+        app.get_json(&format!("/v1/workloads/{id}"), 200).await["status"],
+        "killed"
+    );
+    // Kill the running one too; the backend never started the killed pending one.
+    assert_eq!(
+        app.delete(&format!("/v1/workloads/{blocker_id}"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(seen.started.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

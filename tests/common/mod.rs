@@ -1,0 +1,267 @@
+//! Test harness: boots the real application (its own thread and actix System, port 0,
+//! a temporary SQLite file) and talks to it over HTTP.
+#![allow(dead_code)]
+
+pub mod scripted;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use vulcan::backends::BackendFactory;
+use vulcan::config::Config;
+use vulcan::startup::{builtin_backends, Application};
+
+/// A running application.
+pub struct TestApp {
+    /// `http://127.0.0.1:<port>`.
+    pub address: String,
+    /// A client with no default auth header.
+    pub client: reqwest::Client,
+    /// The SQLite file.
+    pub db_path: PathBuf,
+    dir: Option<tempfile::TempDir>,
+    handle: actix_web::dev::ServerHandle,
+    system: actix::System,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Configures a [`TestApp`].
+pub struct TestAppBuilder {
+    env: HashMap<String, String>,
+    backends: Vec<BackendFactory>,
+    builtin: bool,
+    db_path: Option<PathBuf>,
+}
+
+impl TestAppBuilder {
+    /// Set a configuration variable (as `VULCAN_*` environment would).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.insert(key.to_string(), value.to_string());
+        self
+    }
+
+    /// Register a backend (in addition to the built-ins when enabled).
+    pub fn backend(mut self, f: BackendFactory) -> Self {
+        self.backends.push(f);
+        self
+    }
+
+    /// Also register the built-in backends enabled by the configuration.
+    pub fn builtin(mut self) -> Self {
+        self.builtin = true;
+        self
+    }
+
+    /// Use this database file (to restart on the same data).
+    pub fn db(mut self, path: PathBuf) -> Self {
+        self.db_path = Some(path);
+        self
+    }
+
+    /// Boot the app and wait until it listens.
+    pub async fn spawn(mut self) -> TestApp {
+        let _ = env_logger::builder().is_test(true).try_init();
+        let (dir, db_path) = match self.db_path.take() {
+            Some(p) => (None, p),
+            None => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let p = dir.path().join("vulcan.db");
+                (Some(dir), p)
+            }
+        };
+        let mut env = self.env.clone();
+        env.entry("VULCAN_LISTEN_ADDR".into())
+            .or_insert("127.0.0.1:0".into());
+        env.insert(
+            "VULCAN_DB_PATH".into(),
+            db_path.to_string_lossy().into_owned(),
+        );
+        env.entry("VULCAN_NODE_ID".into())
+            .or_insert("test-node".into());
+        env.entry("VULCAN_SHUTDOWN_TIMEOUT_S".into())
+            .or_insert("2".into());
+        let config = Config::load_from(env).expect("test config");
+        let mut backends = if self.builtin {
+            builtin_backends(&config)
+        } else {
+            Vec::new()
+        };
+        backends.extend(self.backends);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let sys = actix_web::rt::System::new();
+            sys.block_on(async move {
+                match Application::build_with(config, backends).await {
+                    Ok(app) => {
+                        let _ = tx.send(Ok((app.port(), app.handle(), actix::System::current())));
+                        let _ = app.run_until_stopped().await;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                    }
+                }
+            });
+        });
+        let (port, handle, system) = tokio::task::spawn_blocking(move || rx.recv())
+            .await
+            .expect("join")
+            .expect("app thread answered")
+            .expect("app started");
+        TestApp {
+            address: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::new(),
+            db_path,
+            dir,
+            handle,
+            system,
+            thread: Some(thread),
+        }
+    }
+}
+
+/// Start configuring a test app (no built-in backends unless asked).
+pub fn app() -> TestAppBuilder {
+    TestAppBuilder {
+        env: HashMap::new(),
+        backends: Vec::new(),
+        builtin: false,
+        db_path: None,
+    }
+}
+
+impl TestApp {
+    /// `address + path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    /// POST JSON.
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// GET.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// DELETE.
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.client
+            .delete(self.url(path))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// GET and parse JSON, asserting the status.
+    pub async fn get_json(&self, path: &str, status: u16) -> Value {
+        let res = self.get(path).await;
+        assert_eq!(res.status().as_u16(), status, "GET {path}");
+        res.json().await.expect("json")
+    }
+
+    /// Submit asynchronously; returns the 202 body.
+    pub async fn submit_async(&self, body: &Value) -> Value {
+        let res = self.post("/v1/workloads/async", body).await;
+        let status = res.status().as_u16();
+        let v: Value = res.json().await.expect("json");
+        assert_eq!(status, 202, "{v}");
+        v
+    }
+
+    /// Poll until the workload is terminal (or panic after `within`).
+    pub async fn wait_terminal(&self, id: &str, within: Duration) -> Value {
+        let start = Instant::now();
+        loop {
+            let w = self.get_json(&format!("/v1/workloads/{id}"), 200).await;
+            if ["completed", "failed", "killed"].contains(&w["status"].as_str().unwrap_or("")) {
+                return w;
+            }
+            assert!(
+                start.elapsed() < within,
+                "workload {id} not terminal after {within:?}: {w}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Poll until the workload has `status`.
+    pub async fn wait_status(&self, id: &str, status: &str, within: Duration) -> Value {
+        let start = Instant::now();
+        loop {
+            let w = self.get_json(&format!("/v1/workloads/{id}"), 200).await;
+            if w["status"] == status {
+                return w;
+            }
+            assert!(
+                start.elapsed() < within,
+                "workload {id} not {status} after {within:?}: {w}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Number of rows in `table`, read straight from the SQLite file.
+    pub fn count_rows(&self, table: &str) -> i64 {
+        count_rows(&self.db_path, table)
+    }
+
+    /// Graceful stop (as on SIGTERM), waiting for the app thread to finish.
+    pub async fn stop(mut self) -> Option<tempfile::TempDir> {
+        self.handle.stop(true).await;
+        if let Some(t) = self.thread.take() {
+            tokio::task::spawn_blocking(move || t.join())
+                .await
+                .expect("join")
+                .expect("app thread");
+        }
+        self.dir.take()
+    }
+
+    /// Abrupt stop: the actor system is torn down without any shutdown work, as in a
+    /// crash. Returns the temp dir so the database survives for a restart.
+    pub async fn crash(mut self) -> Option<tempfile::TempDir> {
+        self.system.stop();
+        if let Some(t) = self.thread.take() {
+            tokio::task::spawn_blocking(move || t.join())
+                .await
+                .expect("join")
+                .expect("app thread");
+        }
+        self.dir.take()
+    }
+}
+
+/// Count rows of `table` in the database at `path` with the sqlite3 bundled via Diesel.
+pub fn count_rows(path: &std::path::Path, table: &str) -> i64 {
+    use diesel::prelude::*;
+    use diesel::sql_types::BigInt;
+    #[derive(QueryableByName)]
+    struct N {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let mut conn =
+        diesel::sqlite::SqliteConnection::establish(&path.to_string_lossy()).expect("open db");
+    diesel::sql_query(format!("SELECT COUNT(*) AS n FROM {table}"))
+        .get_result::<N>(&mut conn)
+        .expect("count")
+        .n
+}
+
+/// A node workload body (for the scripted backend the code is its script).
+pub fn body(runtime: &str, code: &str) -> Value {
+    json!({"runtime": runtime, "code": code})
+}

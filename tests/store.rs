@@ -1,0 +1,124 @@
+//! The store enforces the state machine itself: every one of the 25 (from, to) pairs is
+//! applied to a real SQLite file, and invalid ones write nothing.
+
+use chrono::Utc;
+use vulcan::model::{
+    transition, Isolation, IsolationRequest, Payload, Runtime, Status, Workload, WorkloadId,
+};
+use vulcan::store::queries::{self, StatusChange};
+use vulcan::store::{open_writer, StoreError};
+
+fn record() -> Workload {
+    Workload {
+        id: WorkloadId::new(),
+        status: Status::Pending,
+        isolation: Isolation::Isolate,
+        requested_isolation: IsolationRequest::Auto,
+        backend: "isolate".into(),
+        runtime: Runtime::Node,
+        node_id: "n".into(),
+        input_hash: "sha256:00".into(),
+        output: None,
+        exit_code: None,
+        error: None,
+        cpu_limit: 1,
+        mem_limit: 128,
+        timeout_s: 30,
+        duration_ms: None,
+        created_at: Utc::now(),
+        started_at: None,
+        finished_at: None,
+    }
+}
+
+/// The valid path from pending to `status`.
+fn path_to(status: Status) -> Vec<Status> {
+    match status {
+        Status::Pending => vec![],
+        Status::Running => vec![Status::Running],
+        Status::Completed => vec![Status::Running, Status::Completed],
+        Status::Failed => vec![Status::Running, Status::Failed],
+        Status::Killed => vec![Status::Running, Status::Killed],
+    }
+}
+
+#[test]
+fn store_applies_exactly_the_transition_table() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut conn = open_writer(&dir.path().join("t.db")).expect("open");
+    let mut checked = 0;
+    for from in Status::ALL {
+        for to in Status::ALL {
+            let w = record();
+            queries::insert_workload(&mut conn, &w, &Payload::Code("x".into()), b"null")
+                .expect("insert");
+            for step in path_to(from) {
+                queries::apply_change(&mut conn, w.id, &StatusChange::to(step))
+                    .expect("valid path");
+            }
+            let before = queries::get_workload(&mut conn, w.id).expect("get");
+            assert_eq!(before.status, from);
+            let change = StatusChange::to(to).with_error("e");
+            let res = queries::apply_change(&mut conn, w.id, &change);
+            let after = queries::get_workload(&mut conn, w.id).expect("get");
+            match transition(from, to) {
+                Ok(_) => {
+                    assert_eq!(res.expect("allowed").status, to, "{from} -> {to}");
+                    assert_eq!(after.status, to);
+                }
+                Err(_) => {
+                    assert!(
+                        matches!(res, Err(StoreError::InvalidTransition(_))),
+                        "{from} -> {to} must be refused by the store"
+                    );
+                    assert_eq!(after, before, "{from} -> {to} wrote something");
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 25);
+}
+
+#[test]
+fn unknown_workload_is_not_found() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut conn = open_writer(&dir.path().join("t.db")).expect("open");
+    let res = queries::apply_change(
+        &mut conn,
+        WorkloadId::new(),
+        &StatusChange::to(Status::Running),
+    );
+    assert!(matches!(res, Err(StoreError::NotFound)));
+}
+
+#[test]
+fn payload_survives_for_recovery() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut conn = open_writer(&dir.path().join("t.db")).expect("open");
+    let pending = record();
+    let payload = Payload::Image {
+        reference: "busybox:1.36".into(),
+        command: Some(vec!["sh".into(), "-c".into()]),
+    };
+    queries::insert_workload(&mut conn, &pending, &payload, b"{\"a\":1}").expect("insert");
+    let running = record();
+    queries::insert_workload(
+        &mut conn,
+        &running,
+        &Payload::Archive(vec![1, 2, 3]),
+        b"null",
+    )
+    .expect("insert");
+    queries::apply_change(&mut conn, running.id, &StatusChange::to(Status::Running)).expect("run");
+    let rec = queries::recover(&mut conn).expect("recover");
+    assert_eq!(rec.interrupted.len(), 1);
+    assert_eq!(rec.interrupted[0].status, Status::Failed);
+    assert_eq!(
+        rec.interrupted[0].error.as_deref(),
+        Some(queries::INTERRUPTED)
+    );
+    assert_eq!(rec.pending.len(), 1);
+    assert_eq!(rec.pending[0].1, payload);
+    assert_eq!(rec.pending[0].2, b"{\"a\":1}");
+}
