@@ -92,17 +92,27 @@ impl TestAppBuilder {
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
             let sys = actix_web::rt::System::new();
-            sys.block_on(async move {
+            let started = sys.block_on(async move {
                 match Application::build_with(config, backends).await {
                     Ok(app) => {
                         let _ = tx.send(Ok((app.port(), app.handle(), actix::System::current())));
-                        let _ = app.run_until_stopped().await;
+                        // Graceful path: when the server stops, shutdown work runs, then
+                        // the system ends. `crash` stops the system without any of it.
+                        actix::spawn(async move {
+                            let _ = app.run_until_stopped().await;
+                            actix::System::current().stop();
+                        });
+                        true
                     }
                     Err(e) => {
                         let _ = tx.send(Err(e.to_string()));
+                        false
                     }
                 }
             });
+            if started {
+                let _ = sys.run();
+            }
         });
         let (port, handle, system) = tokio::task::spawn_blocking(move || rx.recv())
             .await
