@@ -351,6 +351,7 @@ impl<R: Read> Read for CappedReader<R> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use flate2::write::GzEncoder;

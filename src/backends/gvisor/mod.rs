@@ -18,6 +18,7 @@ mod cgroup;
 mod runsc;
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests;
 
 use std::fs;
@@ -187,7 +188,9 @@ impl GvisorBackend {
         let bundles_dir = cfg.state_dir.join("bundles");
         let bin = resolve_binary(&cfg.runsc_path);
         let runsc = Runsc {
-            bin: bin.clone().unwrap_or_else(|| PathBuf::from(&cfg.runsc_path)),
+            bin: bin
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(&cfg.runsc_path)),
             root: cfg.state_dir.join("runsc-root"),
             platform: cfg.platform.clone(),
         };
@@ -199,7 +202,9 @@ impl GvisorBackend {
         });
         let health = match probe(&inner, bin.as_deref()) {
             Ok(()) => {
-                inner.sweep_leftovers();
+                if first_start_in_process(&cfg.state_dir) {
+                    inner.sweep_leftovers();
+                }
                 BackendHealth::Healthy
             }
             Err(reason) => {
@@ -213,6 +218,31 @@ impl GvisorBackend {
             max_concurrency,
         })
     }
+}
+
+/// State dirs already swept by this process. The supervisor rebuilds a backend when its
+/// actor restarts, while executions of the previous instance may still be running: only
+/// the first construction per process may treat what it finds as a crashed server's.
+static SWEPT_STATE_DIRS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+fn first_start_in_process(state_dir: &Path) -> bool {
+    let mut swept = SWEPT_STATE_DIRS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if swept.iter().any(|d| d == state_dir) {
+        return false;
+    }
+    swept.push(state_dir.to_path_buf());
+    true
+}
+
+/// Make the next construction on `state_dir` sweep again, as after a process restart.
+#[cfg(test)]
+fn forget_sweep(state_dir: &Path) {
+    SWEPT_STATE_DIRS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .retain(|d| d != state_dir);
 }
 
 /// `runsc_path` as given when it contains a `/`, otherwise its first match in `PATH`.
@@ -273,7 +303,10 @@ impl Inner {
         if let Ok(entries) = fs::read_dir(&self.bundles_dir) {
             for entry in entries.flatten() {
                 if entry.file_name().to_string_lossy().starts_with("vulcan-") {
-                    log::info!("gvisor: removing leftover bundle {}", entry.path().display());
+                    log::info!(
+                        "gvisor: removing leftover bundle {}",
+                        entry.path().display()
+                    );
                     if let Err(e) = fs::remove_dir_all(entry.path()) {
                         log::warn!("gvisor: cannot remove {}: {e}", entry.path().display());
                     }
@@ -311,7 +344,11 @@ impl Inner {
     }
 
     /// Write the bundle of one run (blocking). Payload problems are the client's.
-    fn prepare(&self, spec: &WorkloadSpec, container_id: &str) -> Result<BundleLayout, BackendError> {
+    fn prepare(
+        &self,
+        spec: &WorkloadSpec,
+        container_id: &str,
+    ) -> Result<BundleLayout, BackendError> {
         let interpreter = self.toolchains.get(spec.runtime).ok_or_else(|| {
             BackendError::Unsupported(format!(
                 "runtime {} is not available on this host's gvisor backend",
@@ -396,7 +433,9 @@ impl Inner {
         let (Some(mut stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
-            return Err(BackendError::Internal("gvisor: runsc stdio not piped".into()));
+            return Err(BackendError::Internal(
+                "gvisor: runsc stdio not piped".into(),
+            ));
         };
         let writer = tokio::spawn(async move {
             use tokio::io::AsyncWriteExt;
@@ -428,8 +467,8 @@ impl Inner {
             return Err(BackendError::Cancelled);
         };
         let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let status =
-            status.map_err(|e| BackendError::Internal(format!("gvisor: waiting for runsc: {e}")))?;
+        let status = status
+            .map_err(|e| BackendError::Internal(format!("gvisor: waiting for runsc: {e}")))?;
         writer.abort();
         // The sandbox held the pipes; once it is gone they reach end of file promptly.
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
@@ -450,9 +489,7 @@ impl Inner {
                 self.cfg.max_output_bytes
             )),
             0 => None,
-            137 => Some(
-                "exited with code 137 (killed: out of memory or SIGKILL)".to_string(),
-            ),
+            137 => Some("exited with code 137 (killed: out of memory or SIGKILL)".to_string()),
             n => Some(format!("exited with code {n}")),
         };
         Ok(WorkloadResult {
@@ -575,11 +612,10 @@ impl Backend for GvisorBackend {
             let prep_inner = inner.clone();
             let prep_id = container_id.clone();
             let input = spec.input.clone();
-            let prepared =
-                tokio::task::spawn_blocking(move || prep_inner.prepare(&spec, &prep_id))
-                    .await
-                    .map_err(|e| BackendError::Internal(format!("gvisor: prepare panicked: {e}")))
-                    .and_then(|r| r);
+            let prepared = tokio::task::spawn_blocking(move || prep_inner.prepare(&spec, &prep_id))
+                .await
+                .map_err(|e| BackendError::Internal(format!("gvisor: prepare panicked: {e}")))
+                .and_then(|r| r);
             let result = match prepared {
                 Ok(layout) => inner.run(&layout, &container_id, input, &ctx).await,
                 Err(e) => Err(e),

@@ -117,7 +117,10 @@ impl Runsc {
 
     /// Kill and force-delete `id`, blocking; for start-up cleanup.
     pub fn remove_blocking(&self, id: &str) {
-        for args in [vec!["kill", "--all", id, "KILL"], vec!["delete", "--force", id]] {
+        for args in [
+            vec!["kill", "--all", id, "KILL"],
+            vec!["delete", "--force", id],
+        ] {
             let _ = self
                 .blocking_command()
                 .args(args)
@@ -175,11 +178,7 @@ pub struct Collected {
 
 /// Read `stream` to its end, forwarding each line to `log` as soon as it is complete;
 /// when `cap` is `Some`, also keep up to that many raw bytes.
-pub async fn pump(
-    stream: impl AsyncRead + Unpin,
-    log: LogSink,
-    cap: Option<usize>,
-) -> Collected {
+pub async fn pump(stream: impl AsyncRead + Unpin, log: LogSink, cap: Option<usize>) -> Collected {
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
     let mut collected = Collected::default();
     let mut line: Vec<u8> = Vec::new();
@@ -225,6 +224,7 @@ fn emit(log: &LogSink, line: &mut Vec<u8>) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};

@@ -91,8 +91,11 @@ impl Harness {
     }
 }
 
+/// Log lines with their arrival times.
+type Recorded = Arc<Mutex<Vec<(Instant, String)>>>;
+
 /// A sink recording each line with its arrival time.
-fn recording_sink() -> (LogSink, Arc<Mutex<Vec<(Instant, String)>>>) {
+fn recording_sink() -> (LogSink, Recorded) {
     let lines = Arc::new(Mutex::new(Vec::new()));
     let l = lines.clone();
     let sink = LogSink::new(move |s| l.lock().unwrap().push((Instant::now(), s)));
@@ -145,11 +148,17 @@ fn hostile_tar_gz(name: &str, kind: tar::EntryType, link: &str) -> Vec<u8> {
     main.set_size(2);
     main.set_mode(0o644);
     main.set_cksum();
-    builder.append_data(&mut main, "main.py", &b"1\n"[..]).unwrap();
+    builder
+        .append_data(&mut main, "main.py", &b"1\n"[..])
+        .unwrap();
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(kind);
     h.set_mode(0o644);
-    let data: &[u8] = if kind == tar::EntryType::Regular { b"owned" } else { b"" };
+    let data: &[u8] = if kind == tar::EntryType::Regular {
+        b"owned"
+    } else {
+        b""
+    };
     h.set_size(data.len() as u64);
     let old = h.as_old_mut();
     old.name = [0; 100];
@@ -163,7 +172,9 @@ fn hostile_tar_gz(name: &str, kind: tar::EntryType, link: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn python_sums_stdin_into_json_output() {
-    let Some(h) = Harness::start("sum") else { return };
+    let Some(h) = Harness::start("sum") else {
+        return;
+    };
     let code = "import json, os, sys\n\
                 data = json.load(sys.stdin)\n\
                 assert json.loads(os.environ['VULCAN_INPUT']) == data\n\
@@ -179,9 +190,14 @@ async fn python_sums_stdin_into_json_output() {
 
 #[tokio::test]
 async fn archive_with_two_modules_reports_exit_code_3() {
-    let Some(h) = Harness::start("archive") else { return };
+    let Some(h) = Harness::start("archive") else {
+        return;
+    };
     let archive = tar_gz(&[
-        ("main.py", b"import sys\nimport helper\nprint(helper.double(21))\nsys.exit(3)\n"),
+        (
+            "main.py",
+            b"import sys\nimport helper\nprint(helper.double(21))\nsys.exit(3)\n",
+        ),
         ("helper.py", b"def double(x):\n    return 2 * x\n"),
     ]);
     let s = spec(Runtime::Python, Payload::Archive(archive), "null");
@@ -189,7 +205,10 @@ async fn archive_with_two_modules_reports_exit_code_3() {
     assert_eq!(result.exit_code, Some(3));
     assert_eq!(result.output, b"42\n");
     assert!(
-        result.error.as_deref().is_some_and(|e| e.contains("exited with code 3")),
+        result
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("exited with code 3")),
         "{result:?}"
     );
     h.assert_clean();
@@ -197,34 +216,62 @@ async fn archive_with_two_modules_reports_exit_code_3() {
 
 #[tokio::test]
 async fn archive_traversal_is_rejected_and_nothing_is_written_outside() {
-    let Some(h) = Harness::start("traversal") else { return };
+    let Some(h) = Harness::start("traversal") else {
+        return;
+    };
     let outside = h.state.path().join("escaped");
     let outside_abs = outside.to_string_lossy().into_owned();
     let cases = [
-        ("parent dir", hostile_tar_gz("../../escaped", tar::EntryType::Regular, "")),
-        ("absolute path", hostile_tar_gz(&outside_abs, tar::EntryType::Regular, "")),
-        ("symlink out", hostile_tar_gz("l", tar::EntryType::Symlink, "/etc")),
-        ("relative symlink out", hostile_tar_gz("l", tar::EntryType::Symlink, "../../..")),
-        ("hard link out", hostile_tar_gz("l", tar::EntryType::Link, "/etc/passwd")),
+        (
+            "parent dir",
+            hostile_tar_gz("../../escaped", tar::EntryType::Regular, ""),
+        ),
+        (
+            "absolute path",
+            hostile_tar_gz(&outside_abs, tar::EntryType::Regular, ""),
+        ),
+        (
+            "symlink out",
+            hostile_tar_gz("l", tar::EntryType::Symlink, "/etc"),
+        ),
+        (
+            "relative symlink out",
+            hostile_tar_gz("l", tar::EntryType::Symlink, "../../.."),
+        ),
+        (
+            "hard link out",
+            hostile_tar_gz("l", tar::EntryType::Link, "/etc/passwd"),
+        ),
         ("device", hostile_tar_gz("d", tar::EntryType::Char, "")),
     ];
     for (what, archive) in cases {
         let s = spec(Runtime::Python, Payload::Archive(archive), "null");
         let err = run(&h, s).await.unwrap_err();
-        assert!(matches!(err, BackendError::InvalidPayload(_)), "{what}: {err:?}");
+        assert!(
+            matches!(err, BackendError::InvalidPayload(_)),
+            "{what}: {err:?}"
+        );
         assert!(!outside.exists(), "{what}: wrote outside the work dir");
     }
     let missing_entry = tar_gz(&[("other.py", b"print(1)\n")]);
-    let err = run(&h, spec(Runtime::Python, Payload::Archive(missing_entry), "null"))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, BackendError::InvalidPayload(ref m) if m.contains("main.py")), "{err:?}");
+    let err = run(
+        &h,
+        spec(Runtime::Python, Payload::Archive(missing_entry), "null"),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, BackendError::InvalidPayload(ref m) if m.contains("main.py")),
+        "{err:?}"
+    );
     h.assert_clean();
 }
 
 #[tokio::test]
 async fn log_lines_reach_the_sink_live_and_in_order() {
-    let Some(h) = Harness::start("logs") else { return };
+    let Some(h) = Harness::start("logs") else {
+        return;
+    };
     let code = "import sys, time\n\
                 print('out 1')\n\
                 time.sleep(0.2)\n\
@@ -247,13 +294,18 @@ async fn log_lines_reach_the_sink_live_and_in_order() {
     assert_eq!(texts, ["out 1", "err 1", "out 2", "out 3"]);
     // "out 2" was printed 1.5 s before the end: it must have arrived well before.
     let early = finished.duration_since(lines[2].0);
-    assert!(early >= Duration::from_millis(1000), "line 2 arrived late ({early:?} before the end)");
+    assert!(
+        early >= Duration::from_millis(1000),
+        "line 2 arrived late ({early:?} before the end)"
+    );
     h.assert_clean();
 }
 
 #[tokio::test]
 async fn cancelling_a_busy_loop_returns_promptly_and_leaves_nothing() {
-    let Some(h) = Harness::start("cancel") else { return };
+    let Some(h) = Harness::start("cancel") else {
+        return;
+    };
     let s = python("while True:\n    pass\n");
     let ctx = ExecContext::new(LogSink::discard(), s.timeout);
     let cancel = ctx.cancel.clone();
@@ -274,19 +326,27 @@ async fn cancelling_a_busy_loop_returns_promptly_and_leaves_nothing() {
 
 #[tokio::test]
 async fn the_deadline_stops_a_busy_loop() {
-    let Some(h) = Harness::start("deadline") else { return };
+    let Some(h) = Harness::start("deadline") else {
+        return;
+    };
     let mut s = python("while True:\n    pass\n");
     s.timeout = Duration::from_secs(2);
     let started = Instant::now();
     let result = run(&h, s).await;
     assert_eq!(result, Err(BackendError::Cancelled));
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     h.assert_clean();
 }
 
 #[tokio::test]
 async fn killing_a_sleeping_workload_stops_it() {
-    let Some(h) = Harness::start("kill") else { return };
+    let Some(h) = Harness::start("kill") else {
+        return;
+    };
     let s = python("import time\nprint('sleeping')\ntime.sleep(60)\n");
     let (sink, lines) = recording_sink();
     let ctx = ExecContext::new(sink, s.timeout);
@@ -310,10 +370,13 @@ async fn killing_a_sleeping_workload_stops_it() {
 
 #[tokio::test]
 async fn a_64_mib_limit_stops_a_400_mb_allocation() {
-    let Some(h) = Harness::start("oom") else { return };
+    let Some(h) = Harness::start("oom") else {
+        return;
+    };
     let mut s = python("x = b'x' * (400 * 1024 * 1024)\nprint(len(x))\n");
     s.mem_mb = 64;
     let result = run(&h, s).await.unwrap();
+    eprintln!("400 MB under 64 MiB: {result:?}");
     assert_ne!(result.exit_code, Some(0), "{result:?}");
     assert!(result.error.is_some(), "{result:?}");
     assert!(result.output.is_empty(), "{result:?}");
@@ -325,7 +388,9 @@ async fn a_64_mib_limit_stops_a_400_mb_allocation() {
 
 #[tokio::test]
 async fn the_sandbox_has_no_network_secrets_host_env_or_writable_runtime() {
-    let Some(h) = Harness::start("confine") else { return };
+    let Some(h) = Harness::start("confine") else {
+        return;
+    };
     let code = r#"
 import json, os, socket
 r = {}
@@ -355,16 +420,25 @@ print(json.dumps(r))
     assert_eq!(result.exit_code, Some(0), "{result:?}");
     let r: serde_json::Value = serde_json::from_slice(&result.output).unwrap();
     for denied in ["network", "dns", "shadow", "write_usr", "write_bin"] {
-        assert!(r[denied].as_str().unwrap().starts_with("denied"), "{denied}: {r}");
+        assert!(
+            r[denied].as_str().unwrap().starts_with("denied"),
+            "{denied}: {r}"
+        );
     }
     assert_eq!(r["write_work"], "allowed", "{r}");
     assert_eq!(r["write_tmp"], "allowed", "{r}");
     assert_eq!(r["uid"], 65534);
     assert_eq!(r["root_home"], false);
-    assert!(!r["etc"].as_array().unwrap().contains(&"shadow".into()), "{r}");
+    assert!(
+        !r["etc"].as_array().unwrap().contains(&"shadow".into()),
+        "{r}"
+    );
     let allowed = ["HOME", "LANG", "LC_CTYPE", "PATH", "TMPDIR", "VULCAN_INPUT"];
     for key in r["env"].as_array().unwrap() {
-        assert!(allowed.contains(&key.as_str().unwrap()), "host env leaked: {key}");
+        assert!(
+            allowed.contains(&key.as_str().unwrap()),
+            "host env leaked: {key}"
+        );
     }
     h.assert_clean();
 }
@@ -378,7 +452,9 @@ async fn many_threads_hit_the_process_limit() {
         max_processes: 32,
         ..GvisorConfig::default()
     };
-    let Some(h) = Harness::with_config(cfg, state) else { return };
+    let Some(h) = Harness::with_config(cfg, state) else {
+        return;
+    };
     let code = "import threading, time\n\
                 n = 0\n\
                 try:\n\
@@ -389,14 +465,23 @@ async fn many_threads_hit_the_process_limit() {
                 \x20   pass\n\
                 print(n)\n";
     let result = run(&h, python(code)).await.unwrap();
-    let started: u32 = String::from_utf8_lossy(&result.output).trim().parse().unwrap();
-    assert!(started < 32, "started {started} threads with RLIMIT_NPROC=32");
+    let started: u32 = String::from_utf8_lossy(&result.output)
+        .trim()
+        .parse()
+        .unwrap();
+    eprintln!("threads started under RLIMIT_NPROC=32: {started}");
+    assert!(
+        started < 32,
+        "started {started} threads with RLIMIT_NPROC=32"
+    );
     h.assert_clean();
 }
 
 #[tokio::test]
 async fn go_and_node_run_when_installed() {
-    let Some(h) = Harness::start("langs") else { return };
+    let Some(h) = Harness::start("langs") else {
+        return;
+    };
     if h.has(Runtime::Node) {
         let code = "let s = '';\n\
                     process.stdin.on('data', d => s += d);\n\
@@ -404,6 +489,7 @@ async fn go_and_node_run_when_installed() {
         let mut s = spec(Runtime::Node, Payload::Code(code.into()), r#"{"a": 21}"#);
         s.mem_mb = 512;
         let result = run(&h, s).await.unwrap();
+        eprintln!("node: {} ms", result.duration_ms);
         assert_eq!(result.error, None, "node: {result:?}");
         assert_eq!(result.output, b"42\n");
     }
@@ -421,6 +507,7 @@ async fn go_and_node_run_when_installed() {
         s.mem_mb = 1024;
         s.cpus = 2;
         let result = run(&h, s).await.unwrap();
+        eprintln!("go run: {} ms", result.duration_ms);
         assert_eq!(result.error, None, "go: {result:?}");
         assert_eq!(result.output, b"42\n");
     }
@@ -448,10 +535,15 @@ async fn oci_images_are_not_supported_yet() {
         "null",
     );
     let err = backend
-        .execute(s, ExecContext::new(LogSink::discard(), Duration::from_secs(5)))
+        .execute(
+            s,
+            ExecContext::new(LogSink::discard(), Duration::from_secs(5)),
+        )
         .await
         .unwrap_err();
-    assert!(matches!(err, BackendError::Unsupported(ref m) if m.starts_with("OCI images are not available yet")));
+    assert!(
+        matches!(err, BackendError::Unsupported(ref m) if m.starts_with("OCI images are not available yet"))
+    );
 }
 
 #[tokio::test]
@@ -470,7 +562,10 @@ async fn a_missing_runsc_makes_the_backend_unavailable() {
     );
     assert_eq!(backend.capabilities().name, "gvisor");
     let err = backend
-        .execute(python("print(1)"), ExecContext::new(LogSink::discard(), Duration::from_secs(5)))
+        .execute(
+            python("print(1)"),
+            ExecContext::new(LogSink::discard(), Duration::from_secs(5)),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, BackendError::Unavailable(_)), "{err:?}");
@@ -486,14 +581,24 @@ fn default_config_matches_default_toml() {
 
 #[tokio::test]
 async fn no_leftovers_after_a_batch_of_mixed_runs() {
-    let Some(h) = Harness::start("batch") else { return };
+    let Some(h) = Harness::start("batch") else {
+        return;
+    };
     let mut ids = Vec::new();
     let mut specs = vec![
         python("print('ok')\n"),
         python("import sys\nsys.exit(5)\n"),
         python("raise ValueError('boom')\n"),
-        spec(Runtime::Python, Payload::Archive(hostile_tar_gz("../x", tar::EntryType::Regular, "")), "null"),
-        spec(Runtime::Python, Payload::Archive(b"not an archive".to_vec()), "null"),
+        spec(
+            Runtime::Python,
+            Payload::Archive(hostile_tar_gz("../x", tar::EntryType::Regular, "")),
+            "null",
+        ),
+        spec(
+            Runtime::Python,
+            Payload::Archive(b"not an archive".to_vec()),
+            "null",
+        ),
     ];
     let mut oom = python("x = b'x' * (400 * 1024 * 1024)\n");
     oom.mem_mb = 64;
@@ -523,7 +628,9 @@ async fn no_leftovers_after_a_batch_of_mixed_runs() {
 
 #[tokio::test]
 async fn start_up_removes_what_a_crashed_server_left() {
-    let Some(h) = Harness::start("crash") else { return };
+    let Some(h) = Harness::start("crash") else {
+        return;
+    };
     let s = python("import time\nprint('up')\ntime.sleep(60)\n");
     let (sink, lines) = recording_sink();
     let ctx = ExecContext::new(sink, s.timeout);
@@ -546,6 +653,15 @@ async fn start_up_removes_what_a_crashed_server_left() {
     let (bundles, _, containers) = h.leftovers();
     assert!(!bundles.is_empty() && !containers.is_empty());
 
+    // An actor restart within the same process leaves running work alone...
+    let rebuilt = GvisorBackend::new(&h.cfg).unwrap();
+    assert_eq!(rebuilt.health(), BackendHealth::Healthy);
+    assert!(
+        !h.leftovers().2.is_empty(),
+        "a rebuild in-process must not sweep"
+    );
+    // ...a new server process sweeps everything.
+    forget_sweep(&h.cfg.state_dir);
     let restarted = GvisorBackend::new(&h.cfg).unwrap();
     assert_eq!(restarted.health(), BackendHealth::Healthy);
     h.assert_clean();
@@ -556,7 +672,9 @@ async fn start_up_removes_what_a_crashed_server_left() {
 #[tokio::test]
 #[ignore]
 async fn bench_python_hello() {
-    let Some(h) = Harness::start("bench") else { return };
+    let Some(h) = Harness::start("bench") else {
+        return;
+    };
     let runs = 10;
     let mut backend_ms = Vec::new();
     for _ in 0..runs {
@@ -575,7 +693,13 @@ async fn bench_python_hello() {
         let name = format!("{id}-{i}");
         let t = Instant::now();
         let out = std::process::Command::new(&inner.runsc.bin)
-            .args(["--root", &inner.runsc.root.to_string_lossy(), "--network=none", "run", "--bundle"])
+            .args([
+                "--root",
+                &inner.runsc.root.to_string_lossy(),
+                "--network=none",
+                "run",
+                "--bundle",
+            ])
             .arg(&layout.dir)
             .arg(&name)
             .stdin(std::process::Stdio::null())
