@@ -478,6 +478,68 @@ async fn many_threads_hit_the_process_limit() {
 }
 
 #[tokio::test]
+async fn memory_and_cpu_limits_sit_in_a_cgroup_unique_to_the_run() {
+    let Some(h) = Harness::start("cgroup") else {
+        return;
+    };
+    let mut s = python("import time\nprint('up')\ntime.sleep(3)\n");
+    s.mem_mb = 96;
+    s.cpus = 2;
+    let leaf = Inner::container_id(s.id);
+    let (sink, lines) = recording_sink();
+    let ctx = ExecContext::new(sink, s.timeout);
+    let id = s.id;
+    let task = tokio::spawn(h.backend.execute(s, ctx));
+    let waited = Instant::now();
+    while lines.lock().unwrap().is_empty() && waited.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let read = |file: &str| {
+        cgroup::hierarchy_roots().into_iter().find_map(|root| {
+            fs::read_to_string(root.join(&h.cfg.cgroup_parent).join(&leaf).join(file)).ok()
+        })
+    };
+    let memory = read("memory.limit_in_bytes").or_else(|| read("memory.max"));
+    let cpu = read("cpu.cfs_quota_us").or_else(|| read("cpu.max"));
+    assert_eq!(
+        memory.as_deref().map(str::trim),
+        Some("100663296"),
+        "memory limit"
+    );
+    let cpu = cpu.unwrap_or_default();
+    assert!(
+        cpu.trim() == "200000" || cpu.starts_with("200000 "),
+        "cpu quota {cpu:?}"
+    );
+    task.await.unwrap().unwrap();
+    h.backend.cleanup(id).await;
+    h.assert_clean();
+}
+
+#[tokio::test]
+async fn files_beyond_the_size_limit_cannot_be_written() {
+    let state = tempfile::tempdir().unwrap();
+    let cfg = GvisorConfig {
+        state_dir: state.path().to_path_buf(),
+        cgroup_parent: format!("vulcan-test-fsize-{}", std::process::id()),
+        max_file_mb: 1,
+        ..GvisorConfig::default()
+    };
+    let Some(h) = Harness::with_config(cfg, state) else {
+        return;
+    };
+    let code = "try:\n\
+                \x20   open('/work/big', 'wb').write(b'x' * (2 * 1024 * 1024))\n\
+                \x20   print('written')\n\
+                except OSError as e:\n\
+                \x20   print('refused', e.errno)\n";
+    let result = run(&h, python(code)).await.unwrap();
+    let text = String::from_utf8_lossy(&result.output).into_owned();
+    assert!(text.starts_with("refused"), "{result:?}");
+    h.assert_clean();
+}
+
+#[tokio::test]
 async fn go_and_node_run_when_installed() {
     let Some(h) = Harness::start("langs") else {
         return;
@@ -487,7 +549,7 @@ async fn go_and_node_run_when_installed() {
                     process.stdin.on('data', d => s += d);\n\
                     process.stdin.on('end', () => console.log(JSON.stringify(JSON.parse(s).a * 2)));\n";
         let mut s = spec(Runtime::Node, Payload::Code(code.into()), r#"{"a": 21}"#);
-        s.mem_mb = 512;
+        s.mem_mb = 128;
         let result = run(&h, s).await.unwrap();
         eprintln!("node: {} ms", result.duration_ms);
         assert_eq!(result.error, None, "node: {result:?}");
@@ -504,8 +566,8 @@ async fn go_and_node_run_when_installed() {
                     \tfmt.Println(t)\n\
                     }\n";
         let mut s = spec(Runtime::Go, Payload::Code(code.into()), "[40, 2]");
-        s.mem_mb = 1024;
-        s.cpus = 2;
+        // The compiler and linker need more than the 128 MiB default.
+        s.mem_mb = 512;
         let result = run(&h, s).await.unwrap();
         eprintln!("go run: {} ms", result.duration_ms);
         assert_eq!(result.error, None, "go: {result:?}");
