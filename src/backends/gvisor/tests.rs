@@ -581,6 +581,7 @@ async fn oci_images_are_not_supported_yet() {
     let state = tempfile::tempdir().unwrap();
     let cfg = GvisorConfig {
         state_dir: state.path().to_path_buf(),
+        cgroup_parent: format!("vulcan-test-oci-{}", std::process::id()),
         ..GvisorConfig::default()
     };
     let backend = GvisorBackend::new(&cfg).unwrap();
