@@ -32,6 +32,9 @@ const MAX_PENDING_TIMERS: usize = 100_000;
 /// waits for a timer.
 const IDLE_POLL: Duration = Duration::from_millis(5);
 
+/// How [`describe`] reports a thrown `null`.
+const UNCAUGHT_NULL: &str = "uncaught null";
+
 /// Name of the workload's module or script in stack traces.
 const MAIN_NAME: &str = "main.js";
 
@@ -109,9 +112,19 @@ pub(super) fn run(
     rt.set_interrupt_handler(Some(Box::new(move || interrupt.should_stop())));
     rt.set_loader(DenyImports, DenyImports);
 
-    let outcome = match Context::full(&rt) {
-        Ok(context) => context.with(|ctx| evaluate(&ctx, code, input, log, stop)),
-        Err(e) => Outcome::Failed(format!("cannot create a JavaScript context: {e}")),
+    let (outcome, heap_full) = match Context::full(&rt) {
+        Ok(context) => {
+            let outcome = context.with(|ctx| evaluate(&ctx, code, input, log, stop));
+            // Measured while the context (and whatever the workload left reachable)
+            // still exists: when QuickJS runs out of memory it may throw without even
+            // an error object, and this is how such a failure is told apart.
+            let used = usize::try_from(rt.memory_usage().malloc_size).unwrap_or(0);
+            (outcome, used >= limit / 4 * 3)
+        }
+        Err(e) => (
+            Outcome::Failed(format!("cannot create a JavaScript context: {e}")),
+            true,
+        ),
     };
     if stop.should_stop() {
         return Err(BackendError::Cancelled);
@@ -124,10 +137,13 @@ pub(super) fn run(
             duration_ms: 0,
         },
         Outcome::Failed(message) => {
-            let used = usize::try_from(rt.memory_usage().malloc_size).unwrap_or(0);
-            let message = if !message.contains("out of memory") && used >= limit / 10 * 9 {
-                // QuickJS may fail to even build the error object when the heap is full.
-                format!("out of memory (limit {mem_mb} MiB): {message}")
+            let message = if message.contains("out of memory") {
+                format!("{message}\n(memory limit: {mem_mb} MiB)")
+            } else if message == UNCAUGHT_NULL {
+                // QuickJS throws null when it cannot allocate the error object itself.
+                format!("out of memory (memory limit: {mem_mb} MiB), or the code threw null")
+            } else if heap_full {
+                format!("out of memory (memory limit: {mem_mb} MiB): {message}")
             } else {
                 message
             };
@@ -295,7 +311,7 @@ fn describe<'js>(ctx: &Ctx<'js>, error: CaughtError<'js>) -> String {
                 return format!("uncaught {s}");
             }
             if v.is_null() || v.is_undefined() {
-                return "uncaught exception (no value; the engine may be out of memory)".into();
+                return format!("uncaught {}", v.type_name());
             }
             match ctx.json_stringify(v) {
                 Ok(Some(s)) => s

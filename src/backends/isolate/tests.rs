@@ -243,6 +243,17 @@ async fn a_memory_bomb_fails_with_out_of_memory_and_the_thread_recovers() {
     let error = r.error.expect("an error");
     assert!(error.contains("out of memory"), "{error}");
 
+    // Small objects until the heap is full: QuickJS may not even manage the error.
+    let mut s = js(
+        "(() => { const a = []; while (true) a.push({ x: [1, 2, 3] }); })()",
+        Value::Null,
+    );
+    s.mem_mb = 16;
+    let r = run_ok(&b, s).await;
+    assert_eq!(r.exit_code, Some(1));
+    let error = r.error.expect("an error");
+    assert!(error.contains("out of memory"), "{error}");
+
     let r = run_ok(&b, js("export default () => 'fine'", Value::Null)).await;
     assert_eq!(r.error, None);
     assert_eq!(output_json(&r), json!("fine"));
@@ -304,7 +315,58 @@ async fn node_archives_are_an_invalid_payload() {
     assert!(matches!(r, Err(BackendError::InvalidPayload(_))), "{r:?}");
 }
 
+/// Run `spec` until its first log line arrives, then kill it: proves lines are
+/// forwarded while the workload runs, not when it ends.
+async fn first_line_then_kill(b: &IsolateBackend, spec: WorkloadSpec) -> String {
+    let (tx, rx) = tokio::sync::oneshot::channel::<String>();
+    let tx = Mutex::new(Some(tx));
+    let sink = LogSink::new(move |line| {
+        if let Some(tx) = tx.lock().expect("lock").take() {
+            let _ = tx.send(line);
+        }
+    });
+    let ctx = ExecContext::new(sink, Duration::from_secs(30));
+    let token = ctx.cancel.clone();
+    let running = b.execute(spec, ctx);
+    let watcher = async {
+        let line = tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .expect("a line while running")
+            .expect("sender alive");
+        token.cancel();
+        line
+    };
+    let (r, line) = tokio::join!(running, watcher);
+    assert_eq!(r, Err(BackendError::Cancelled));
+    line
+}
+
+#[tokio::test]
+async fn console_lines_are_forwarded_while_the_code_runs() {
+    let b = backend(1);
+    let line = first_line_then_kill(&b, js("console.log('started');\nwhile (true) {}", Value::Null)).await;
+    assert_eq!(line, "started");
+}
+
 // ---------------------------------------------------------------- Wasm
+
+#[tokio::test]
+async fn wasm_lines_are_forwarded_while_the_module_runs() {
+    let b = backend(1);
+    let code = r#"
+    (module
+      (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (data (i32.const 16) "working\n")
+      (func (export "_start")
+        (i32.store (i32.const 0) (i32.const 16))
+        (i32.store (i32.const 4) (i32.const 8))
+        (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+        (loop $l (br $l))))
+    "#;
+    let line = first_line_then_kill(&b, wat(code, Value::Null)).await;
+    assert_eq!(line, "working");
+}
 
 /// Reads stdin into memory, writes it to stdout unchanged and one line to stderr.
 const ECHO_WAT: &str = r#"

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use wasmtime::{
     Config, Engine, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, Strategy, Trap,
-    UpdateDeadline,
+    UpdateDeadline, WasmBacktrace,
 };
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -201,11 +201,14 @@ impl WasmEngine {
                 } else if stop.should_stop() {
                     return Err(BackendError::Cancelled);
                 } else {
-                    let what = match e.downcast_ref::<Trap>() {
-                        Some(trap) => format!("wasm trap: {trap}"),
+                    let mut what = match e.downcast_ref::<Trap>() {
+                        Some(trap) => trap.to_string(),
                         None => format!("wasm error: {e:#}"),
                     };
-                    (Some(1), Some(format!("{what}\n{e:?}").trim_end().to_owned()))
+                    if let Some(backtrace) = e.downcast_ref::<WasmBacktrace>() {
+                        what = format!("{what}\n{backtrace}").trim_end().to_owned();
+                    }
+                    (Some(1), Some(what))
                 }
             }
         };
