@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 use rquickjs::loader::{ImportAttributes, Loader, Resolver};
 use rquickjs::module::Declared;
 use rquickjs::{
-    CatchResultExt, CaughtError, Context, Ctx, Exception, Function, Module, Runtime,
-    Value,
+    CatchResultExt, CaughtError, Context, Ctx, Exception, Function, Module, Runtime, Value,
 };
 
 use super::StopSignal;
@@ -192,42 +191,47 @@ fn evaluate_inner<'js>(
     let input: Value<'js> = if input.is_empty() {
         Value::new_undefined(ctx.clone())
     } else {
-        ctx.json_parse(input.to_vec()).catch(ctx).map_err(|e| {
-            format!("the input is not valid JSON: {}", describe(ctx, e))
-        })?
+        ctx.json_parse(input.to_vec())
+            .catch(ctx)
+            .map_err(|e| format!("the input is not valid JSON: {}", describe(ctx, e)))?
     };
 
-    let value = if looks_like_module(code) {
-        let module: Module<'js, Declared> =
-            Module::declare(ctx.clone(), MAIN_NAME, code).catch(ctx).map_err(|e| describe(ctx, e))?;
-        let (module, evaluated) = module.eval().catch(ctx).map_err(|e| describe(ctx, e))?;
-        event_loop.settle(evaluated.into_value())?;
-        let default: Value<'js> = module
-            .get("default")
-            .catch(ctx)
-            .map_err(|e| describe(ctx, e))?;
-        match default.as_function() {
-            Some(f) => f
-                .call::<_, Value<'js>>((input,))
+    let value =
+        if looks_like_module(code) {
+            let module: Module<'js, Declared> = Module::declare(ctx.clone(), MAIN_NAME, code)
                 .catch(ctx)
-                .map_err(|e| describe(ctx, e))?,
-            None if default.is_undefined() => {
-                return Err("the module has no default export (expected `export default (input) => value`)".into())
+                .map_err(|e| describe(ctx, e))?;
+            let (module, evaluated) = module.eval().catch(ctx).map_err(|e| describe(ctx, e))?;
+            event_loop.settle(evaluated.into_value())?;
+            let default: Value<'js> = module
+                .get("default")
+                .catch(ctx)
+                .map_err(|e| describe(ctx, e))?;
+            match default.as_function() {
+                Some(f) => f
+                    .call::<_, Value<'js>>((input,))
+                    .catch(ctx)
+                    .map_err(|e| describe(ctx, e))?,
+                None if default.is_undefined() => return Err(
+                    "the module has no default export (expected `export default (input) => value`)"
+                        .into(),
+                ),
+                None => default,
             }
-            None => default,
-        }
-    } else {
-        ctx.eval::<Value<'js>, _>(code)
-            .catch(ctx)
-            .map_err(|e| describe(ctx, e))?
-    };
+        } else {
+            ctx.eval::<Value<'js>, _>(code)
+                .catch(ctx)
+                .map_err(|e| describe(ctx, e))?
+        };
     let value = event_loop.settle(value)?;
     event_loop.drain()?;
 
-    let json = ctx
-        .json_stringify(value)
-        .catch(ctx)
-        .map_err(|e| format!("the result cannot be serialised as JSON: {}", describe(ctx, e)))?;
+    let json = ctx.json_stringify(value).catch(ctx).map_err(|e| {
+        format!(
+            "the result cannot be serialised as JSON: {}",
+            describe(ctx, e)
+        )
+    })?;
     match json {
         None => Ok(None),
         Some(s) => s
@@ -388,9 +392,7 @@ impl<'js> EventLoop<'_, 'js> {
             match self.turn()? {
                 Turn::Worked | Turn::Waited => {}
                 Turn::Idle => {
-                    return Err(
-                        "the promise never settled (no pending jobs or timers left)".into(),
-                    )
+                    return Err("the promise never settled (no pending jobs or timers left)".into())
                 }
             }
         }
@@ -501,7 +503,9 @@ mod tests {
     #[test]
     fn module_detection_follows_statement_syntax() {
         assert!(looks_like_module("export default (x) => x"));
-        assert!(looks_like_module("const a = 1;\n  export { a as default };"));
+        assert!(looks_like_module(
+            "const a = 1;\n  export { a as default };"
+        ));
         assert!(looks_like_module("import fs from \"fs\";"));
         assert!(looks_like_module("import { x } from 'y'"));
         assert!(!looks_like_module("1 + 2"));

@@ -1,7 +1,7 @@
 //! The `isolate` backend: JavaScript on QuickJS and Wasm on wasmtime, in-process, a
 //! fresh engine instance per workload.
 //!
-//! Workloads run on a fixed pool of worker threads ([`pool`]), never on the async
+//! Workloads run on a fixed pool of worker threads (`pool.rs`), never on the async
 //! runtime: a QuickJS runtime must stay on the thread that made it and sync WASI
 //! blocks. Each workload gets its own heap (a QuickJS runtime, a wasmtime `Store`) with
 //! the requested memory limit, and an interrupt (QuickJS's interrupt handler, wasmtime's

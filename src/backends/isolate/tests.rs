@@ -163,7 +163,11 @@ async fn an_exception_is_a_failed_result_with_the_stack() {
     assert!(error.contains("Error: bad input"), "{error}");
     assert!(error.contains("inner"), "stack expected: {error}");
 
-    let r = run_ok(&b, js("export default async () => { throw 'nope'; }", Value::Null)).await;
+    let r = run_ok(
+        &b,
+        js("export default async () => { throw 'nope'; }", Value::Null),
+    )
+    .await;
     assert_eq!(r.exit_code, Some(1));
     assert!(r.error.expect("an error").contains("nope"));
 
@@ -176,9 +180,18 @@ async fn an_exception_is_a_failed_result_with_the_stack() {
 async fn an_infinite_loop_stops_at_the_deadline() {
     let b = backend(1);
     let start = Instant::now();
-    let r = run(&b, js("while (true) {}", Value::Null), Duration::from_secs(1)).await;
+    let r = run(
+        &b,
+        js("while (true) {}", Value::Null),
+        Duration::from_secs(1),
+    )
+    .await;
     assert_eq!(r, Err(BackendError::Cancelled));
-    assert!(start.elapsed() < Duration::from_secs(4), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -188,7 +201,11 @@ async fn catch_cannot_swallow_the_interrupt() {
     let start = Instant::now();
     let r = run(&b, js(code, Value::Null), Duration::from_secs(1)).await;
     assert_eq!(r, Err(BackendError::Cancelled));
-    assert!(start.elapsed() < Duration::from_secs(4), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -198,7 +215,11 @@ async fn a_timer_past_the_deadline_is_cancelled() {
     let start = Instant::now();
     let r = run(&b, js(code, Value::Null), Duration::from_millis(500)).await;
     assert_eq!(r, Err(BackendError::Cancelled));
-    assert!(start.elapsed() < Duration::from_secs(4), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -222,7 +243,11 @@ async fn kill_stops_loops_and_frees_the_workers() {
     for run in runs {
         assert_eq!(run.await.expect("task"), Err(BackendError::Cancelled));
     }
-    assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
     // Both workers are free again.
     for _ in 0..2 {
         let r = run_ok(&b, js("1 + 1", Value::Null)).await;
@@ -277,7 +302,9 @@ async fn host_access_probes_all_fail() {
     for module in ["fs", "std", "os"] {
         let code = format!("import * as m from \"{module}\";\nexport default () => Object.keys(m)");
         let r = run_ok(&b, js(&code, Value::Null)).await;
-        let error = r.error.unwrap_or_else(|| panic!("import {module} succeeded"));
+        let error = r
+            .error
+            .unwrap_or_else(|| panic!("import {module} succeeded"));
         assert!(
             error.contains(&format!("import of \"{module}\" is not allowed")),
             "{error}"
@@ -293,12 +320,32 @@ async fn host_access_probes_all_fail() {
     ] {
         let r = run_ok(&b, js(code, Value::Null)).await;
         let error = r.error.unwrap_or_else(|| panic!("{code} succeeded"));
-        assert!(error.contains("ReferenceError") && error.contains(needle), "{code}: {error}");
+        assert!(
+            error.contains("ReferenceError") && error.contains(needle),
+            "{code}: {error}"
+        );
     }
-    let r = run_ok(&b, js("[typeof process, typeof require, typeof fetch]", Value::Null)).await;
-    assert_eq!(output_json(&r), json!(["undefined", "undefined", "undefined"]));
+    let r = run_ok(
+        &b,
+        js(
+            "[typeof process, typeof require, typeof fetch]",
+            Value::Null,
+        ),
+    )
+    .await;
+    assert_eq!(
+        output_json(&r),
+        json!(["undefined", "undefined", "undefined"])
+    );
 
-    let r = run_ok(&b, js("export default async () => (await import('fs')).readFileSync", Value::Null)).await;
+    let r = run_ok(
+        &b,
+        js(
+            "export default async () => (await import('fs')).readFileSync",
+            Value::Null,
+        ),
+    )
+    .await;
     let error = r.error.expect("dynamic import fails");
     assert!(error.contains("import of \"fs\" is not allowed"), "{error}");
 }
@@ -308,7 +355,12 @@ async fn node_archives_are_an_invalid_payload() {
     let b = backend(1);
     let r = run(
         &b,
-        spec(Runtime::Node, Payload::Archive(vec![1, 2, 3]), Value::Null, 64),
+        spec(
+            Runtime::Node,
+            Payload::Archive(vec![1, 2, 3]),
+            Value::Null,
+            64,
+        ),
         Duration::from_secs(5),
     )
     .await;
@@ -344,7 +396,11 @@ async fn first_line_then_kill(b: &IsolateBackend, spec: WorkloadSpec) -> String 
 #[tokio::test]
 async fn console_lines_are_forwarded_while_the_code_runs() {
     let b = backend(1);
-    let line = first_line_then_kill(&b, js("console.log('started');\nwhile (true) {}", Value::Null)).await;
+    let line = first_line_then_kill(
+        &b,
+        js("console.log('started');\nwhile (true) {}", Value::Null),
+    )
+    .await;
     assert_eq!(line, "started");
 }
 
@@ -437,7 +493,12 @@ async fn binary_modules_run_from_archives_and_are_cached() {
     for _ in 0..3 {
         let r = run_ok(
             &b,
-            spec(Runtime::Wasm, Payload::Archive(exit5_wasm()), Value::Null, 16),
+            spec(
+                Runtime::Wasm,
+                Payload::Archive(exit5_wasm()),
+                Value::Null,
+                16,
+            ),
         )
         .await;
         assert_eq!(r.exit_code, Some(5), "{:?}", r.error);
@@ -461,17 +522,23 @@ async fn proc_exit_code_becomes_the_exit_code() {
 #[tokio::test]
 async fn a_wasm_infinite_loop_times_out() {
     let b = backend(1);
-    let code = r#"(module (memory (export "memory") 1) (func (export "_start") (loop $l (br $l))))"#;
+    let code =
+        r#"(module (memory (export "memory") 1) (func (export "_start") (loop $l (br $l))))"#;
     let start = Instant::now();
     let r = run(&b, wat(code, Value::Null), Duration::from_secs(1)).await;
     assert_eq!(r, Err(BackendError::Cancelled));
-    assert!(start.elapsed() < Duration::from_secs(4), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[tokio::test]
 async fn a_killed_wasm_loop_frees_its_worker() {
     let b = backend(1);
-    let code = r#"(module (memory (export "memory") 1) (func (export "_start") (loop $l (br $l))))"#;
+    let code =
+        r#"(module (memory (export "memory") 1) (func (export "_start") (loop $l (br $l))))"#;
     let ctx = ExecContext::new(LogSink::discard(), Duration::from_secs(60));
     let token = ctx.cancel.clone();
     let running = b.execute(wat(code, Value::Null), ctx);
@@ -514,7 +581,12 @@ async fn a_module_needing_more_memory_than_the_cap_fails_cleanly() {
 #[tokio::test]
 async fn invalid_or_foreign_modules_are_invalid_payloads() {
     let b = backend(1);
-    let r = run(&b, wat("(module (func", Value::Null), Duration::from_secs(5)).await;
+    let r = run(
+        &b,
+        wat("(module (func", Value::Null),
+        Duration::from_secs(5),
+    )
+    .await;
     assert!(matches!(r, Err(BackendError::InvalidPayload(_))), "{r:?}");
 
     let code = r#"(module (import "env" "host" (func)) (func (export "_start")))"#;

@@ -67,10 +67,8 @@ impl WasmEngine {
         let engine = Engine::new(&config)
             .map_err(|e| BackendError::Internal(format!("cannot create the wasm engine: {e}")))?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |state: &mut WasmState| {
-            &mut state.wasi
-        })
-        .map_err(|e| BackendError::Internal(format!("cannot link WASI: {e}")))?;
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |state: &mut WasmState| &mut state.wasi)
+            .map_err(|e| BackendError::Internal(format!("cannot link WASI: {e}")))?;
 
         let weak = engine.weak();
         std::thread::Builder::new()
@@ -288,7 +286,9 @@ impl LinePipe {
     }
 
     fn state(&self) -> MutexGuard<'_, PipeState> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn push(&self, bytes: &[u8]) {
@@ -389,10 +389,7 @@ impl tokio::io::AsyncWrite for LinePipe {
         Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(
-        self: Pin<&mut Self>,
-        _cx: &mut TaskContext<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
     }
 }
@@ -420,7 +417,9 @@ pub fn bench_cold_wasm(n: usize) -> Result<Vec<Duration>, BackendError> {
         let start = Instant::now();
         let result = engine.run(BENCH_MODULE.as_bytes(), b"null", 16, &log, &stop)?;
         if let Some(error) = result.error {
-            return Err(BackendError::Internal(format!("benchmark module failed: {error}")));
+            return Err(BackendError::Internal(format!(
+                "benchmark module failed: {error}"
+            )));
         }
         samples.push(start.elapsed());
     }
