@@ -552,6 +552,61 @@ async fn a_killed_wasm_loop_frees_its_worker() {
     assert_eq!(output_json(&r), json!(1));
 }
 
+/// Sleeps `ns` nanoseconds through `poll_oneoff`, then exits with
+/// `errno * 100 + (userdata came back) * 10 + nevents` (11 on success).
+fn sleep_wat(ns: u64) -> String {
+    format!(
+        r#"
+    (module
+      (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+      (memory (export "memory") 1)
+      (func (export "_start")
+        (local $errno i32)
+        (i64.store (i32.const 0) (i64.const 42))
+        (i32.store8 (i32.const 8) (i32.const 0))
+        (i32.store (i32.const 16) (i32.const 1))
+        (i64.store (i32.const 24) (i64.const {ns}))
+        (i32.store16 (i32.const 40) (i32.const 0))
+        (local.set $errno (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))
+        (call $exit
+          (i32.add
+            (i32.mul (local.get $errno) (i32.const 100))
+            (i32.add
+              (i32.mul (i64.eq (i64.load (i32.const 64)) (i64.const 42)) (i32.const 10))
+              (i32.load (i32.const 128)))))))
+    "#
+    )
+}
+
+#[tokio::test]
+async fn wasm_sleep_works_and_a_long_sleep_can_be_killed() {
+    let b = backend(1);
+    let start = Instant::now();
+    let r = run_ok(&b, wat(&sleep_wat(30_000_000), Value::Null)).await;
+    assert_eq!(r.exit_code, Some(11), "{:?}", r.error);
+    assert!(start.elapsed() >= Duration::from_millis(30));
+
+    // An hour-long sleep: the kill must still be noticed promptly.
+    let ctx = ExecContext::new(LogSink::discard(), Duration::from_secs(60));
+    let token = ctx.cancel.clone();
+    let running = b.execute(wat(&sleep_wat(3_600_000_000_000), Value::Null), ctx);
+    let killer = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        token.cancel();
+        Instant::now()
+    };
+    let (r, killed_at) = tokio::join!(running, killer);
+    assert_eq!(r, Err(BackendError::Cancelled));
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        killed_at.elapsed()
+    );
+    let r = run_ok(&b, wat(ECHO_WAT, json!(2))).await;
+    assert_eq!(output_json(&r), json!(2));
+}
+
 #[tokio::test]
 async fn memory_grow_past_the_cap_returns_minus_one() {
     let b = backend(1);

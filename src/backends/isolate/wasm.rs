@@ -11,19 +11,19 @@ use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context as TaskContext, Poll};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use wasmtime::{
-    Config, Engine, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, Strategy, Trap,
+    Caller, Config, Engine, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, Strategy, Trap,
     UpdateDeadline, WasmBacktrace,
 };
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
-use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
+use wasmtime_wasi::{HostMonotonicClock, I32Exit, WasiCtxBuilder};
 
 use super::StopSignal;
 use crate::backends::{BackendError, LogSink, WorkloadResult};
@@ -46,6 +46,23 @@ const PROGRAM_NAME: &str = "main.wasm";
 struct WasmState {
     wasi: WasiP1Ctx,
     limits: StoreLimits,
+    stop: StopSignal,
+    /// Zero of the guest's monotonic clock (see [`StoreClock`]).
+    origin: Instant,
+}
+
+/// The guest's monotonic clock: nanoseconds since the store was made. Owned here (not
+/// wasmtime-wasi's default) so `poll_oneoff` can turn absolute deadlines into instants.
+struct StoreClock(Instant);
+
+impl HostMonotonicClock for StoreClock {
+    fn resolution(&self) -> u64 {
+        1
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.0.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
 }
 
 /// The shared engine, linker and compiled-module cache.
@@ -69,6 +86,13 @@ impl WasmEngine {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |state: &mut WasmState| &mut state.wasi)
             .map_err(|e| BackendError::Internal(format!("cannot link WASI: {e}")))?;
+        // wasmtime-wasi sleeps in `poll_oneoff` with a plain blocking sleep that no
+        // epoch interrupt can cut short; replace it with one that watches the token.
+        linker.allow_shadowing(true);
+        linker
+            .func_wrap(WASI_P1_MODULE, "poll_oneoff", poll_oneoff)
+            .map_err(|e| BackendError::Internal(format!("cannot link poll_oneoff: {e}")))?;
+        linker.allow_shadowing(false);
 
         let weak = engine.weak();
         std::thread::Builder::new()
@@ -141,7 +165,9 @@ impl WasmEngine {
             .saturating_mul(1024 * 1024);
         let stdout = LinePipe::new(log.clone(), Some(mem_bytes));
         let stderr = LinePipe::new(log.clone(), None);
+        let origin = Instant::now();
         let wasi = WasiCtxBuilder::new()
+            .monotonic_clock(StoreClock(origin))
             .stdin(MemoryInputPipe::new(input.to_vec()))
             .stdout(stdout.clone())
             .stderr(stderr.clone())
@@ -153,7 +179,13 @@ impl WasmEngine {
             .instances(1)
             .trap_on_grow_failure(false)
             .build();
-        let mut store = Store::new(&self.engine, WasmState { wasi, limits });
+        let state = WasmState {
+            wasi,
+            limits,
+            stop: stop.clone(),
+            origin,
+        };
+        let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(1);
         let interrupt = stop.clone();
@@ -223,6 +255,157 @@ impl WasmEngine {
             duration_ms: 0,
         })
     }
+}
+
+// WASI preview 1 errno values and record layouts used by `poll_oneoff`.
+const ERRNO_SUCCESS: i32 = 0;
+const ERRNO_BADF: u16 = 8;
+const ERRNO_FAULT: i32 = 21;
+const ERRNO_INVAL: i32 = 28;
+const SUBSCRIPTION_SIZE: usize = 48;
+const EVENT_SIZE: usize = 32;
+const EVENTTYPE_CLOCK: u8 = 0;
+const CLOCKID_REALTIME: u32 = 0;
+const CLOCKID_MONOTONIC: u32 = 1;
+const SUBCLOCKFLAGS_ABSTIME: u16 = 1;
+
+/// One `event` record to hand back to the guest.
+struct PollEvent {
+    userdata: u64,
+    error: u16,
+    kind: u8,
+}
+
+/// `poll_oneoff` for workloads: clock subscriptions sleep in short slices that check
+/// the stop signal (a kill interrupts a sleeping guest within one [`EPOCH_TICK`]);
+/// subscriptions on stdin/stdout/stderr are always ready (they are in-memory pipes);
+/// any other descriptor gets `EBADF`.
+fn poll_oneoff(
+    mut caller: Caller<'_, WasmState>,
+    subs_ptr: i32,
+    events_ptr: i32,
+    nsubscriptions: i32,
+    nevents_ptr: i32,
+) -> wasmtime::Result<i32> {
+    let Some(memory) = caller.get_export("memory").and_then(|e| e.into_memory()) else {
+        return Ok(ERRNO_INVAL);
+    };
+    let count = usize::try_from(nsubscriptions).unwrap_or(0);
+    if count == 0 {
+        return Ok(ERRNO_INVAL);
+    }
+    let Some(len) = count.checked_mul(SUBSCRIPTION_SIZE) else {
+        return Ok(ERRNO_FAULT);
+    };
+    let mut subs = vec![0u8; len];
+    // Pointers are u32 offsets into linear memory.
+    if memory
+        .read(&caller, subs_ptr as u32 as usize, &mut subs)
+        .is_err()
+    {
+        return Ok(ERRNO_FAULT);
+    }
+    let origin = caller.data().origin;
+    let stop = caller.data().stop.clone();
+    let now = Instant::now();
+
+    let mut ready = Vec::new();
+    let mut timers = Vec::new();
+    for sub in subs.chunks_exact(SUBSCRIPTION_SIZE) {
+        let userdata = le_u64(&sub[0..8]);
+        let kind = sub[8];
+        if kind == EVENTTYPE_CLOCK {
+            let clock = le_u32(&sub[16..20]);
+            let timeout = Duration::from_nanos(le_u64(&sub[24..32]));
+            let absolute = u16::from_le_bytes([sub[40], sub[41]]) & SUBCLOCKFLAGS_ABSTIME != 0;
+            let wake = match (clock, absolute) {
+                (_, false) => now.checked_add(timeout),
+                (CLOCKID_MONOTONIC, true) => origin.checked_add(timeout),
+                (CLOCKID_REALTIME, true) => {
+                    let since_epoch = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .unwrap_or_default();
+                    now.checked_add(timeout.saturating_sub(since_epoch))
+                }
+                _ => {
+                    ready.push(PollEvent {
+                        userdata,
+                        error: ERRNO_INVAL as u16,
+                        kind,
+                    });
+                    continue;
+                }
+            };
+            // An unrepresentable instant is as good as never; the deadline ends it.
+            timers.push((wake.unwrap_or(stop.deadline), userdata));
+        } else {
+            let fd = le_u32(&sub[16..20]);
+            let error = if fd <= 2 { 0 } else { ERRNO_BADF };
+            ready.push(PollEvent {
+                userdata,
+                error,
+                kind,
+            });
+        }
+    }
+
+    if ready.is_empty() {
+        let earliest = timers.iter().map(|(wake, _)| *wake).min().unwrap_or(now);
+        loop {
+            if stop.should_stop() {
+                return Err(wasmtime::Error::msg("interrupted"));
+            }
+            let now = Instant::now();
+            if now >= earliest {
+                break;
+            }
+            std::thread::sleep((earliest - now).min(EPOCH_TICK));
+        }
+        let now = Instant::now();
+        for (wake, userdata) in timers {
+            if wake <= now {
+                ready.push(PollEvent {
+                    userdata,
+                    error: 0,
+                    kind: EVENTTYPE_CLOCK,
+                });
+            }
+        }
+    }
+
+    let mut out = vec![0u8; ready.len() * EVENT_SIZE];
+    for (record, event) in out.chunks_exact_mut(EVENT_SIZE).zip(&ready) {
+        record[0..8].copy_from_slice(&event.userdata.to_le_bytes());
+        record[8..10].copy_from_slice(&event.error.to_le_bytes());
+        record[10] = event.kind;
+    }
+    let written = u32::try_from(ready.len()).unwrap_or(u32::MAX);
+    if memory
+        .write(&mut caller, events_ptr as u32 as usize, &out)
+        .and_then(|()| {
+            memory.write(
+                &mut caller,
+                nevents_ptr as u32 as usize,
+                &written.to_le_bytes(),
+            )
+        })
+        .is_err()
+    {
+        return Ok(ERRNO_FAULT);
+    }
+    Ok(ERRNO_SUCCESS)
+}
+
+fn le_u64(bytes: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[..8]);
+    u64::from_le_bytes(b)
+}
+
+fn le_u32(bytes: &[u8]) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&bytes[..4]);
+    u32::from_le_bytes(b)
 }
 
 /// Compiled modules by sha256 of their bytes; the oldest entry goes first when full.
