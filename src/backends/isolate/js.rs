@@ -262,9 +262,14 @@ fn install_globals<'js>(
             } else {
                 Duration::ZERO
             };
+            let now = Instant::now();
+            // Past the deadline anyway if it cannot be represented.
+            let due = now
+                .checked_add(delay)
+                .unwrap_or(now + Duration::from_secs(86_400));
             scheduled
                 .borrow_mut()
-                .add(Instant::now() + delay)
+                .add(due)
                 .ok_or_else(|| Exception::throw_range(&ctx, "too many pending timers"))
         },
     )?;
