@@ -1,0 +1,521 @@
+//! JavaScript on QuickJS (rquickjs): a fresh runtime and context per workload.
+//!
+//! Everything here runs on one worker thread (QuickJS values are `!Send`). The only host
+//! surface a workload sees is `console.*`, `setTimeout` and `clearTimeout`; there is no
+//! `std`/`os` module, no `require`, no `process`, no `fetch`, and every `import` is
+//! refused by the module resolver.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use rquickjs::loader::{ImportAttributes, Loader, Resolver};
+use rquickjs::module::Declared;
+use rquickjs::{
+    CatchResultExt, CaughtError, Context, Ctx, Exception, Function, Module, Runtime, Value,
+};
+
+use super::StopSignal;
+use crate::backends::{BackendError, LogSink, WorkloadResult};
+
+/// QuickJS's stack limit. Far below the worker threads' stack (see `pool.rs`), so deep
+/// recursion throws a catchable `RangeError` instead of overflowing the host stack.
+pub(super) const JS_MAX_STACK_BYTES: usize = 1024 * 1024;
+
+/// Most timers a workload may have pending at once (the queue lives on the host heap,
+/// outside the QuickJS memory limit, so it needs its own cap).
+const MAX_PENDING_TIMERS: usize = 100_000;
+
+/// Longest the event loop sleeps between checks of the cancellation token while it
+/// waits for a timer.
+const IDLE_POLL: Duration = Duration::from_millis(5);
+
+/// How [`describe`] reports a thrown `null`.
+const UNCAUGHT_NULL: &str = "uncaught null";
+
+/// Name of the workload's module or script in stack traces.
+const MAIN_NAME: &str = "main.js";
+
+/// Installed before the workload runs. Receives the host functions as arguments and
+/// keeps them in a closure, so the workload cannot reach or replace them; returns the
+/// function the event loop calls when a timer is due.
+const PRELUDE: &str = r#"
+(function (emit, schedule, unschedule) {
+  "use strict";
+  const fmt = (v) => {
+    try {
+      if (typeof v === "string") return v;
+      if (v instanceof Error) {
+        const head = `${v.name}: ${v.message}`;
+        return v.stack ? `${head}\n${String(v.stack).trimEnd()}` : head;
+      }
+      if (typeof v === "function") return `[Function: ${v.name || "anonymous"}]`;
+      if (typeof v === "object" && v !== null) {
+        const s = JSON.stringify(v);
+        if (s !== undefined) return s;
+      }
+      return String(v);
+    } catch (_) {
+      return Object.prototype.toString.call(v);
+    }
+  };
+  const write = (...args) => emit(args.map(fmt).join(" "));
+  globalThis.console = Object.freeze({
+    log: write, info: write, warn: write, error: write, debug: write, trace: write,
+  });
+  const pending = new Map();
+  globalThis.setTimeout = function setTimeout(fn, ms, ...args) {
+    if (typeof fn !== "function") throw new TypeError("setTimeout: callback is not a function");
+    const id = schedule(Number(ms) || 0);
+    pending.set(id, () => fn(...args));
+    return id;
+  };
+  globalThis.clearTimeout = function clearTimeout(id) {
+    if (pending.delete(id)) unschedule(id);
+  };
+  return function fire(id) {
+    const f = pending.get(id);
+    if (f) {
+      pending.delete(id);
+      f();
+    }
+  };
+})
+"#;
+
+/// Run one JavaScript workload to completion on the calling thread.
+///
+/// `Ok` with `error` set when the code threw (or ran out of memory);
+/// `Err(Cancelled)` when `stop` fired (kill or deadline).
+pub(super) fn run(
+    code: &str,
+    input: &[u8],
+    mem_mb: u32,
+    log: &LogSink,
+    stop: &StopSignal,
+) -> Result<WorkloadResult, BackendError> {
+    if stop.should_stop() {
+        return Err(BackendError::Cancelled);
+    }
+    let rt = Runtime::new()
+        .map_err(|e| BackendError::Internal(format!("cannot create a QuickJS runtime: {e}")))?;
+    let limit = usize::try_from(mem_mb)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(1024 * 1024);
+    rt.set_memory_limit(limit);
+    rt.set_max_stack_size(JS_MAX_STACK_BYTES);
+    let interrupt = stop.clone();
+    // QuickJS calls this every few thousand instructions; once it says yes it keeps
+    // saying yes, so a `catch` that resumes looping is interrupted again at once.
+    rt.set_interrupt_handler(Some(Box::new(move || interrupt.should_stop())));
+    rt.set_loader(DenyImports, DenyImports);
+
+    let (outcome, heap_full) = match Context::full(&rt) {
+        Ok(context) => {
+            let outcome = context.with(|ctx| evaluate(&ctx, code, input, log, stop));
+            // Measured while the context (and whatever the workload left reachable)
+            // still exists: when QuickJS runs out of memory it may throw without even
+            // an error object, and this is how such a failure is told apart.
+            let used = usize::try_from(rt.memory_usage().malloc_size).unwrap_or(0);
+            (outcome, used >= limit / 4 * 3)
+        }
+        Err(e) => (
+            Outcome::Failed(format!("cannot create a JavaScript context: {e}")),
+            true,
+        ),
+    };
+    if stop.should_stop() {
+        return Err(BackendError::Cancelled);
+    }
+    Ok(match outcome {
+        Outcome::Done(output) => WorkloadResult {
+            exit_code: Some(0),
+            output: output.map(String::into_bytes).unwrap_or_default(),
+            error: None,
+            duration_ms: 0,
+        },
+        Outcome::Failed(message) => {
+            let message = if message.contains("out of memory") {
+                format!("{message}\n(memory limit: {mem_mb} MiB)")
+            } else if message == UNCAUGHT_NULL {
+                // QuickJS throws null when it cannot allocate the error object itself.
+                format!("out of memory (memory limit: {mem_mb} MiB), or the code threw null")
+            } else if heap_full {
+                format!("out of memory (memory limit: {mem_mb} MiB): {message}")
+            } else {
+                message
+            };
+            WorkloadResult {
+                exit_code: Some(1),
+                output: Vec::new(),
+                error: Some(message),
+                duration_ms: 0,
+            }
+        }
+    })
+}
+
+/// How a workload ended when it was not stopped.
+enum Outcome {
+    /// The result, JSON-serialised (`None` for `undefined` and other non-JSON values).
+    Done(Option<String>),
+    /// An uncaught exception or an engine failure, as text.
+    Failed(String),
+}
+
+fn evaluate(ctx: &Ctx<'_>, code: &str, input: &[u8], log: &LogSink, stop: &StopSignal) -> Outcome {
+    match evaluate_inner(ctx, code, input, log, stop) {
+        Ok(output) => Outcome::Done(output),
+        Err(message) => Outcome::Failed(message),
+    }
+}
+
+fn evaluate_inner<'js>(
+    ctx: &Ctx<'js>,
+    code: &str,
+    input: &[u8],
+    log: &LogSink,
+    stop: &StopSignal,
+) -> Result<Option<String>, String> {
+    let timers = Rc::new(RefCell::new(Timers::default()));
+    let fire = install_globals(ctx, log, &timers)
+        .catch(ctx)
+        .map_err(|e| describe(ctx, e))?;
+    let event_loop = EventLoop {
+        ctx,
+        fire,
+        timers,
+        stop,
+    };
+    let input: Value<'js> = if input.is_empty() {
+        Value::new_undefined(ctx.clone())
+    } else {
+        ctx.json_parse(input.to_vec())
+            .catch(ctx)
+            .map_err(|e| format!("the input is not valid JSON: {}", describe(ctx, e)))?
+    };
+
+    let value =
+        if looks_like_module(code) {
+            let module: Module<'js, Declared> = Module::declare(ctx.clone(), MAIN_NAME, code)
+                .catch(ctx)
+                .map_err(|e| describe(ctx, e))?;
+            let (module, evaluated) = module.eval().catch(ctx).map_err(|e| describe(ctx, e))?;
+            event_loop.settle(evaluated.into_value())?;
+            let default: Value<'js> = module
+                .get("default")
+                .catch(ctx)
+                .map_err(|e| describe(ctx, e))?;
+            match default.as_function() {
+                Some(f) => f
+                    .call::<_, Value<'js>>((input,))
+                    .catch(ctx)
+                    .map_err(|e| describe(ctx, e))?,
+                None if default.is_undefined() => return Err(
+                    "the module has no default export (expected `export default (input) => value`)"
+                        .into(),
+                ),
+                None => default,
+            }
+        } else {
+            ctx.eval::<Value<'js>, _>(code)
+                .catch(ctx)
+                .map_err(|e| describe(ctx, e))?
+        };
+    let value = event_loop.settle(value)?;
+    event_loop.drain()?;
+
+    let json = ctx.json_stringify(value).catch(ctx).map_err(|e| {
+        format!(
+            "the result cannot be serialised as JSON: {}",
+            describe(ctx, e)
+        )
+    })?;
+    match json {
+        None => Ok(None),
+        Some(s) => s
+            .to_string()
+            .map(Some)
+            .map_err(|e| format!("the result cannot be serialised as JSON: {e}")),
+    }
+}
+
+/// Define `console`, `setTimeout` and `clearTimeout`; return the timer-firing function.
+fn install_globals<'js>(
+    ctx: &Ctx<'js>,
+    log: &LogSink,
+    timers: &Rc<RefCell<Timers>>,
+) -> rquickjs::Result<Function<'js>> {
+    let sink = log.clone();
+    let emit = Function::new(ctx.clone(), move |text: String| {
+        for line in text.split('\n') {
+            sink.line(line);
+        }
+    })?;
+    let scheduled = Rc::clone(timers);
+    let schedule = Function::new(
+        ctx.clone(),
+        move |ctx: Ctx<'js>, ms: f64| -> rquickjs::Result<u32> {
+            let delay = if ms.is_finite() && ms > 0.0 {
+                Duration::from_secs_f64(ms.min(1e12) / 1000.0)
+            } else {
+                Duration::ZERO
+            };
+            let now = Instant::now();
+            // Past the deadline anyway if it cannot be represented.
+            let due = now
+                .checked_add(delay)
+                .unwrap_or(now + Duration::from_secs(86_400));
+            scheduled
+                .borrow_mut()
+                .add(due)
+                .ok_or_else(|| Exception::throw_range(&ctx, "too many pending timers"))
+        },
+    )?;
+    let unscheduled = Rc::clone(timers);
+    let unschedule = Function::new(ctx.clone(), move |id: u32| {
+        unscheduled.borrow_mut().remove(id);
+    })?;
+    let prelude: Function<'js> = ctx.eval(PRELUDE)?;
+    prelude.call((emit, schedule, unschedule))
+}
+
+/// Whether `code` uses module syntax (a top-level-looking `import`/`export` statement).
+/// Scripts may still use `import("x")`, which the resolver refuses like any import.
+fn looks_like_module(code: &str) -> bool {
+    code.lines().any(|line| {
+        let t = line.trim_start();
+        if let Some(rest) = t.strip_prefix("export") {
+            rest.starts_with(|c: char| c.is_whitespace() || c == '{' || c == '*')
+        } else if let Some(rest) = t.strip_prefix("import") {
+            rest.starts_with(|c: char| {
+                c.is_whitespace() || c == '{' || c == '*' || c == '"' || c == '\'' || c == '.'
+            }) && !rest.trim_start().starts_with('(')
+        } else {
+            false
+        }
+    })
+}
+
+/// Text of a caught error: `Name: message` plus the stack where there is one.
+fn describe<'js>(ctx: &Ctx<'js>, error: CaughtError<'js>) -> String {
+    match error {
+        CaughtError::Exception(e) => {
+            let name: Option<String> = e.get("name").ok().flatten();
+            let message = e.message().unwrap_or_default();
+            let head = match name {
+                Some(name) if !name.is_empty() => format!("{name}: {message}"),
+                _ => message,
+            };
+            match e.stack() {
+                Some(stack) if !stack.trim().is_empty() => {
+                    format!("{head}\n{}", stack.trim_end())
+                }
+                _ => head,
+            }
+        }
+        CaughtError::Value(v) => {
+            if let Some(s) = v.as_string().and_then(|s| s.to_string().ok()) {
+                return format!("uncaught {s}");
+            }
+            if v.is_null() || v.is_undefined() {
+                return format!("uncaught {}", v.type_name());
+            }
+            match ctx.json_stringify(v) {
+                Ok(Some(s)) => s
+                    .to_string()
+                    .map(|s| format!("uncaught {s}"))
+                    .unwrap_or_else(|_| "uncaught exception".into()),
+                _ => "uncaught exception".into(),
+            }
+        }
+        CaughtError::Error(e) => e.to_string(),
+    }
+}
+
+/// Pending `setTimeout` timers, ordered by due time then creation.
+#[derive(Default)]
+struct Timers {
+    next_id: u32,
+    by_due: BTreeMap<(Instant, u32), ()>,
+    due_of: HashMap<u32, Instant>,
+}
+
+impl Timers {
+    /// Register a timer; `None` when too many are pending.
+    fn add(&mut self, due: Instant) -> Option<u32> {
+        if self.due_of.len() >= MAX_PENDING_TIMERS {
+            return None;
+        }
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        let id = self.next_id;
+        self.by_due.insert((due, id), ());
+        self.due_of.insert(id, due);
+        Some(id)
+    }
+
+    fn remove(&mut self, id: u32) {
+        if let Some(due) = self.due_of.remove(&id) {
+            self.by_due.remove(&(due, id));
+        }
+    }
+
+    fn next(&self) -> Option<(Instant, u32)> {
+        self.by_due.keys().next().copied()
+    }
+}
+
+/// Drives promises, jobs and timers on the workload's thread.
+struct EventLoop<'a, 'js> {
+    ctx: &'a Ctx<'js>,
+    fire: Function<'js>,
+    timers: Rc<RefCell<Timers>>,
+    stop: &'a StopSignal,
+}
+
+/// What one turn of the event loop did.
+enum Turn {
+    /// Ran a job or a timer.
+    Worked,
+    /// Waited for a timer that is not due yet.
+    Waited,
+    /// Nothing left to run.
+    Idle,
+}
+
+impl<'js> EventLoop<'_, 'js> {
+    /// If `value` is a promise, run the loop until it settles and return its value.
+    fn settle(&self, value: Value<'js>) -> Result<Value<'js>, String> {
+        let Some(promise) = value.as_promise().cloned() else {
+            return Ok(value);
+        };
+        loop {
+            if let Some(result) = promise.result::<Value<'js>>() {
+                return result.catch(self.ctx).map_err(|e| describe(self.ctx, e));
+            }
+            match self.turn()? {
+                Turn::Worked | Turn::Waited => {}
+                Turn::Idle => {
+                    return Err("the promise never settled (no pending jobs or timers left)".into())
+                }
+            }
+        }
+    }
+
+    /// Run remaining jobs and timers until none are left.
+    fn drain(&self) -> Result<(), String> {
+        loop {
+            if let Turn::Idle = self.turn()? {
+                return Ok(());
+            }
+        }
+    }
+
+    fn turn(&self) -> Result<Turn, String> {
+        if self.stop.should_stop() {
+            return Err("interrupted".into());
+        }
+        if self.ctx.execute_pending_job() {
+            return Ok(Turn::Worked);
+        }
+        let next = self.timers.borrow().next();
+        let Some((due, id)) = next else {
+            return Ok(Turn::Idle);
+        };
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep((due - now).min(IDLE_POLL));
+            return Ok(Turn::Waited);
+        }
+        self.timers.borrow_mut().remove(id);
+        self.fire
+            .call::<_, ()>((id,))
+            .catch(self.ctx)
+            .map_err(|e| describe(self.ctx, e))?;
+        Ok(Turn::Worked)
+    }
+}
+
+/// Resolver and loader that refuse every module: workloads get no host modules.
+struct DenyImports;
+
+impl Resolver for DenyImports {
+    fn resolve<'js>(
+        &mut self,
+        _ctx: &Ctx<'js>,
+        base: &str,
+        name: &str,
+        _attributes: Option<ImportAttributes<'js>>,
+    ) -> rquickjs::Result<String> {
+        Err(rquickjs::Error::new_resolving_message(
+            base,
+            name,
+            format!("import of \"{name}\" is not allowed"),
+        ))
+    }
+}
+
+impl Loader for DenyImports {
+    fn load<'js>(
+        &mut self,
+        _ctx: &Ctx<'js>,
+        name: &str,
+        _attributes: Option<ImportAttributes<'js>>,
+    ) -> rquickjs::Result<Module<'js, Declared>> {
+        Err(rquickjs::Error::new_loading_message(
+            name,
+            format!("import of \"{name}\" is not allowed"),
+        ))
+    }
+}
+
+/// Cold-start cost of the JavaScript engine: `n` times, on the calling thread, create a
+/// fresh runtime and context (as every workload gets) and evaluate a trivial function
+/// call. Returns one duration per iteration.
+///
+/// For `vulcan bench`; runs outside the worker pool, so call it from a plain thread.
+pub fn bench_cold_js(n: usize) -> Result<Vec<Duration>, BackendError> {
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        let rt = Runtime::new()
+            .map_err(|e| BackendError::Internal(format!("cannot create a QuickJS runtime: {e}")))?;
+        rt.set_memory_limit(64 * 1024 * 1024);
+        rt.set_max_stack_size(JS_MAX_STACK_BYTES);
+        let context = Context::full(&rt)
+            .map_err(|e| BackendError::Internal(format!("cannot create a context: {e}")))?;
+        let value = context.with(|ctx| ctx.eval::<i32, _>("((x) => x + 1)(41)"));
+        match value {
+            Ok(42) => {}
+            other => {
+                return Err(BackendError::Internal(format!(
+                    "benchmark script returned {other:?}"
+                )))
+            }
+        }
+        drop(context);
+        drop(rt);
+        samples.push(start.elapsed());
+    }
+    Ok(samples)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::looks_like_module;
+
+    #[test]
+    fn module_detection_follows_statement_syntax() {
+        assert!(looks_like_module("export default (x) => x"));
+        assert!(looks_like_module(
+            "const a = 1;\n  export { a as default };"
+        ));
+        assert!(looks_like_module("import fs from \"fs\";"));
+        assert!(looks_like_module("import { x } from 'y'"));
+        assert!(!looks_like_module("1 + 2"));
+        assert!(!looks_like_module("const exported = 1; exported"));
+        assert!(!looks_like_module("import(\"fs\")"));
+        assert!(!looks_like_module("const s = 'export default'; s"));
+    }
+}

@@ -1,0 +1,610 @@
+//! Wasm on wasmtime: WASI preview 1 commands, a fresh `Store` per workload.
+//!
+//! One shared [`Engine`] with epoch interruption; a ticker thread advances the epoch
+//! every [`EPOCH_TICK`], and each store's epoch callback checks the workload's
+//! cancellation token and deadline, so a kill is noticed within about one tick. Memory
+//! is capped by a [`StoreLimits`] (a `memory.grow` past the cap returns -1). The WASI
+//! context has stdin (the input JSON), stdout and stderr, one argument (the program
+//! name), no environment, no preopened directories and no sockets.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use wasmtime::{
+    Caller, Config, Engine, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, Strategy, Trap,
+    UpdateDeadline, WasmBacktrace,
+};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::{HostMonotonicClock, I32Exit, WasiCtxBuilder};
+
+use super::StopSignal;
+use crate::backends::{BackendError, LogSink, WorkloadResult};
+
+/// How often the ticker thread advances the engine epoch; bounds how late a kill or a
+/// deadline is noticed inside Wasm code.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// A line still without its newline is forwarded once it reaches this size, so a guest
+/// that never prints `\n` cannot grow the host-side buffer without bound.
+const MAX_PARTIAL_LINE: usize = 16 * 1024;
+
+/// The only import module a workload may use.
+const WASI_P1_MODULE: &str = "wasi_snapshot_preview1";
+
+/// Program name passed as `argv[0]`.
+const PROGRAM_NAME: &str = "main.wasm";
+
+/// The host state of one workload's store.
+struct WasmState {
+    wasi: WasiP1Ctx,
+    limits: StoreLimits,
+    stop: StopSignal,
+    /// Zero of the guest's monotonic clock (see [`StoreClock`]).
+    origin: Instant,
+}
+
+/// The guest's monotonic clock: nanoseconds since the store was made. Owned here (not
+/// wasmtime-wasi's default) so `poll_oneoff` can turn absolute deadlines into instants.
+struct StoreClock(Instant);
+
+impl HostMonotonicClock for StoreClock {
+    fn resolution(&self) -> u64 {
+        1
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.0.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+/// The shared engine, linker and compiled-module cache.
+///
+/// Invariant: while a `WasmEngine` is alive its ticker thread advances the engine epoch;
+/// the ticker stops on its own once the engine is dropped.
+pub(super) struct WasmEngine {
+    engine: Engine,
+    linker: Linker<WasmState>,
+    cache: Mutex<ModuleCache>,
+}
+
+impl WasmEngine {
+    /// Build the engine, link WASI preview 1 and start the epoch ticker.
+    pub(super) fn new(cache_entries: usize) -> Result<Self, BackendError> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.strategy(Strategy::Cranelift);
+        let engine = Engine::new(&config)
+            .map_err(|e| BackendError::Internal(format!("cannot create the wasm engine: {e}")))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |state: &mut WasmState| &mut state.wasi)
+            .map_err(|e| BackendError::Internal(format!("cannot link WASI: {e}")))?;
+        // wasmtime-wasi sleeps in `poll_oneoff` with a plain blocking sleep that no
+        // epoch interrupt can cut short; replace it with one that watches the token.
+        linker.allow_shadowing(true);
+        linker
+            .func_wrap(WASI_P1_MODULE, "poll_oneoff", poll_oneoff)
+            .map_err(|e| BackendError::Internal(format!("cannot link poll_oneoff: {e}")))?;
+        linker.allow_shadowing(false);
+
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("isolate-epoch".into())
+            .spawn(move || loop {
+                std::thread::sleep(EPOCH_TICK);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => return,
+                }
+            })
+            .map_err(|e| BackendError::Internal(format!("cannot spawn the epoch ticker: {e}")))?;
+
+        Ok(Self {
+            engine,
+            linker,
+            cache: Mutex::new(ModuleCache::new(cache_entries)),
+        })
+    }
+
+    /// The compiled module for `bytes` (binary Wasm or WAT text), from the cache when
+    /// the same bytes were compiled before.
+    fn module(&self, bytes: &[u8]) -> Result<Module, BackendError> {
+        let key: [u8; 32] = Sha256::digest(bytes).into();
+        if let Some(module) = self.lock_cache().get(&key) {
+            return Ok(module);
+        }
+        // Compile outside the lock: compiling can take a while and other workloads
+        // should not wait for it.
+        let module = Module::new(&self.engine, bytes)
+            .map_err(|e| BackendError::InvalidPayload(format!("invalid wasm module: {e:#}")))?;
+        for import in module.imports() {
+            if import.module() != WASI_P1_MODULE {
+                return Err(BackendError::InvalidPayload(format!(
+                    "the module imports \"{}\" \"{}\"; only {WASI_P1_MODULE} is available",
+                    import.module(),
+                    import.name()
+                )));
+            }
+        }
+        self.lock_cache().insert(key, module.clone());
+        Ok(module)
+    }
+
+    fn lock_cache(&self) -> MutexGuard<'_, ModuleCache> {
+        // The cache holds no invariant a panic could break half-way; keep using it.
+        self.cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Run one WASI command to completion on the calling thread.
+    ///
+    /// `Ok` with `error` set for a trap or a non-zero exit; `Err(Cancelled)` when `stop`
+    /// fired; `Err(InvalidPayload)` when the bytes are not a runnable module.
+    pub(super) fn run(
+        &self,
+        bytes: &[u8],
+        input: &[u8],
+        mem_mb: u32,
+        log: &LogSink,
+        stop: &StopSignal,
+    ) -> Result<WorkloadResult, BackendError> {
+        if stop.should_stop() {
+            return Err(BackendError::Cancelled);
+        }
+        let module = self.module(bytes)?;
+        let mem_bytes = usize::try_from(mem_mb)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(1024 * 1024);
+        let stdout = LinePipe::new(log.clone(), Some(mem_bytes));
+        let stderr = LinePipe::new(log.clone(), None);
+        let origin = Instant::now();
+        let wasi = WasiCtxBuilder::new()
+            .monotonic_clock(StoreClock(origin))
+            .stdin(MemoryInputPipe::new(input.to_vec()))
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .arg(PROGRAM_NAME)
+            .build_p1();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(mem_bytes)
+            .table_elements(1_000_000)
+            .instances(1)
+            .trap_on_grow_failure(false)
+            .build();
+        let state = WasmState {
+            wasi,
+            limits,
+            stop: stop.clone(),
+            origin,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limits);
+        store.set_epoch_deadline(1);
+        let interrupt = stop.clone();
+        store.epoch_deadline_callback(move |_| {
+            Ok(if interrupt.should_stop() {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Continue(1)
+            })
+        });
+
+        let outcome = self
+            .linker
+            .instantiate(&mut store, &module)
+            .map_err(|e| format!("cannot instantiate the module: {e:#}"))
+            .and_then(|instance| {
+                instance
+                    .get_typed_func::<(), ()>(&mut store, "_start")
+                    .map_err(|_| {
+                        "the module has no `_start` function (a WASI preview 1 command is expected)"
+                            .to_owned()
+                    })
+            })
+            .map(|start| start.call(&mut store, ()));
+        stdout.finish();
+        stderr.finish();
+
+        let (exit_code, error) = match outcome {
+            Err(setup) => {
+                if stop.should_stop() {
+                    return Err(BackendError::Cancelled);
+                }
+                (Some(1), Some(setup))
+            }
+            Ok(Ok(())) => (Some(0), None),
+            Ok(Err(e)) => {
+                if let Some(exit) = e.downcast_ref::<I32Exit>() {
+                    let code = exit.0;
+                    (
+                        Some(code),
+                        (code != 0).then(|| format!("exited with code {code}")),
+                    )
+                } else if stop.should_stop() {
+                    return Err(BackendError::Cancelled);
+                } else {
+                    let mut what = match e.downcast_ref::<Trap>() {
+                        Some(trap) => trap.to_string(),
+                        None => format!("wasm error: {e:#}"),
+                    };
+                    if let Some(backtrace) = e.downcast_ref::<WasmBacktrace>() {
+                        what = format!("{what}\n{backtrace}").trim_end().to_owned();
+                    }
+                    (Some(1), Some(what))
+                }
+            }
+        };
+        let (output, overflowed) = stdout.take_output();
+        let error = match (error, overflowed) {
+            (error, false) => error,
+            (None, true) => Some(format!("stdout exceeded {mem_mb} MiB and was cut")),
+            (Some(e), true) => Some(format!("{e}; stdout exceeded {mem_mb} MiB and was cut")),
+        };
+        Ok(WorkloadResult {
+            exit_code,
+            output,
+            error,
+            duration_ms: 0,
+        })
+    }
+}
+
+// WASI preview 1 errno values and record layouts used by `poll_oneoff`.
+const ERRNO_SUCCESS: i32 = 0;
+const ERRNO_BADF: u16 = 8;
+const ERRNO_FAULT: i32 = 21;
+const ERRNO_INVAL: i32 = 28;
+const SUBSCRIPTION_SIZE: usize = 48;
+const EVENT_SIZE: usize = 32;
+const EVENTTYPE_CLOCK: u8 = 0;
+const CLOCKID_REALTIME: u32 = 0;
+const CLOCKID_MONOTONIC: u32 = 1;
+const SUBCLOCKFLAGS_ABSTIME: u16 = 1;
+
+/// One `event` record to hand back to the guest.
+struct PollEvent {
+    userdata: u64,
+    error: u16,
+    kind: u8,
+}
+
+/// `poll_oneoff` for workloads: clock subscriptions sleep in short slices that check
+/// the stop signal (a kill interrupts a sleeping guest within one [`EPOCH_TICK`]);
+/// subscriptions on stdin/stdout/stderr are always ready (they are in-memory pipes);
+/// any other descriptor gets `EBADF`.
+fn poll_oneoff(
+    mut caller: Caller<'_, WasmState>,
+    subs_ptr: i32,
+    events_ptr: i32,
+    nsubscriptions: i32,
+    nevents_ptr: i32,
+) -> wasmtime::Result<i32> {
+    let Some(memory) = caller.get_export("memory").and_then(|e| e.into_memory()) else {
+        return Ok(ERRNO_INVAL);
+    };
+    let count = usize::try_from(nsubscriptions).unwrap_or(0);
+    if count == 0 {
+        return Ok(ERRNO_INVAL);
+    }
+    let Some(len) = count.checked_mul(SUBSCRIPTION_SIZE) else {
+        return Ok(ERRNO_FAULT);
+    };
+    let mut subs = vec![0u8; len];
+    // Pointers are u32 offsets into linear memory.
+    if memory
+        .read(&caller, subs_ptr as u32 as usize, &mut subs)
+        .is_err()
+    {
+        return Ok(ERRNO_FAULT);
+    }
+    let origin = caller.data().origin;
+    let stop = caller.data().stop.clone();
+    let now = Instant::now();
+
+    let mut ready = Vec::new();
+    let mut timers = Vec::new();
+    for sub in subs.chunks_exact(SUBSCRIPTION_SIZE) {
+        let userdata = le_u64(&sub[0..8]);
+        let kind = sub[8];
+        if kind == EVENTTYPE_CLOCK {
+            let clock = le_u32(&sub[16..20]);
+            let timeout = Duration::from_nanos(le_u64(&sub[24..32]));
+            let absolute = u16::from_le_bytes([sub[40], sub[41]]) & SUBCLOCKFLAGS_ABSTIME != 0;
+            let wake = match (clock, absolute) {
+                (_, false) => now.checked_add(timeout),
+                (CLOCKID_MONOTONIC, true) => origin.checked_add(timeout),
+                (CLOCKID_REALTIME, true) => {
+                    let since_epoch = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .unwrap_or_default();
+                    now.checked_add(timeout.saturating_sub(since_epoch))
+                }
+                _ => {
+                    ready.push(PollEvent {
+                        userdata,
+                        error: ERRNO_INVAL as u16,
+                        kind,
+                    });
+                    continue;
+                }
+            };
+            // An unrepresentable instant is as good as never; the deadline ends it.
+            timers.push((wake.unwrap_or(stop.deadline), userdata));
+        } else {
+            let fd = le_u32(&sub[16..20]);
+            let error = if fd <= 2 { 0 } else { ERRNO_BADF };
+            ready.push(PollEvent {
+                userdata,
+                error,
+                kind,
+            });
+        }
+    }
+
+    if ready.is_empty() {
+        let earliest = timers.iter().map(|(wake, _)| *wake).min().unwrap_or(now);
+        loop {
+            if stop.should_stop() {
+                return Err(wasmtime::Error::msg("interrupted"));
+            }
+            let now = Instant::now();
+            if now >= earliest {
+                break;
+            }
+            std::thread::sleep((earliest - now).min(EPOCH_TICK));
+        }
+        let now = Instant::now();
+        for (wake, userdata) in timers {
+            if wake <= now {
+                ready.push(PollEvent {
+                    userdata,
+                    error: 0,
+                    kind: EVENTTYPE_CLOCK,
+                });
+            }
+        }
+    }
+
+    let mut out = vec![0u8; ready.len() * EVENT_SIZE];
+    for (record, event) in out.chunks_exact_mut(EVENT_SIZE).zip(&ready) {
+        record[0..8].copy_from_slice(&event.userdata.to_le_bytes());
+        record[8..10].copy_from_slice(&event.error.to_le_bytes());
+        record[10] = event.kind;
+    }
+    let written = u32::try_from(ready.len()).unwrap_or(u32::MAX);
+    if memory
+        .write(&mut caller, events_ptr as u32 as usize, &out)
+        .and_then(|()| {
+            memory.write(
+                &mut caller,
+                nevents_ptr as u32 as usize,
+                &written.to_le_bytes(),
+            )
+        })
+        .is_err()
+    {
+        return Ok(ERRNO_FAULT);
+    }
+    Ok(ERRNO_SUCCESS)
+}
+
+fn le_u64(bytes: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[..8]);
+    u64::from_le_bytes(b)
+}
+
+fn le_u32(bytes: &[u8]) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&bytes[..4]);
+    u32::from_le_bytes(b)
+}
+
+/// Compiled modules by sha256 of their bytes; the oldest entry goes first when full.
+struct ModuleCache {
+    capacity: usize,
+    modules: HashMap<[u8; 32], Module>,
+    order: VecDeque<[u8; 32]>,
+}
+
+impl ModuleCache {
+    fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            modules: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    fn get(&self, key: &[u8; 32]) -> Option<Module> {
+        self.modules.get(key).cloned()
+    }
+
+    fn insert(&mut self, key: [u8; 32], module: Module) {
+        if self.capacity == 0 || self.modules.contains_key(&key) {
+            return;
+        }
+        while self.modules.len() >= self.capacity {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.modules.remove(&old);
+                }
+                None => break,
+            }
+        }
+        self.modules.insert(key, module);
+        self.order.push_back(key);
+    }
+}
+
+/// A guest output stream that forwards each complete line to the log sink as it is
+/// written and, for stdout, also keeps the bytes (up to a cap) as the result.
+#[derive(Clone)]
+struct LinePipe(Arc<Mutex<PipeState>>);
+
+struct PipeState {
+    log: LogSink,
+    partial: Vec<u8>,
+    /// Captured bytes (stdout only) and the cap on them.
+    capture: Option<(Vec<u8>, usize)>,
+    overflowed: bool,
+}
+
+impl LinePipe {
+    fn new(log: LogSink, capture_limit: Option<usize>) -> Self {
+        Self(Arc::new(Mutex::new(PipeState {
+            log,
+            partial: Vec::new(),
+            capture: capture_limit.map(|limit| (Vec::new(), limit)),
+            overflowed: false,
+        })))
+    }
+
+    fn state(&self) -> MutexGuard<'_, PipeState> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn push(&self, bytes: &[u8]) {
+        let mut state = self.state();
+        let state = &mut *state;
+        if let Some((captured, limit)) = state.capture.as_mut() {
+            let room = limit.saturating_sub(captured.len());
+            if bytes.len() > room {
+                state.overflowed = true;
+            }
+            captured.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        }
+        state.partial.extend_from_slice(bytes);
+        while let Some(pos) = state.partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = state.partial.drain(..=pos).collect();
+            emit(&state.log, &line[..pos]);
+        }
+        if state.partial.len() >= MAX_PARTIAL_LINE {
+            let line = std::mem::take(&mut state.partial);
+            emit(&state.log, &line);
+        }
+    }
+
+    /// Forward a last line that had no newline.
+    fn finish(&self) {
+        let mut state = self.state();
+        if !state.partial.is_empty() {
+            let line = std::mem::take(&mut state.partial);
+            emit(&state.log, &line);
+        }
+    }
+
+    /// The captured bytes and whether some were cut.
+    fn take_output(&self) -> (Vec<u8>, bool) {
+        let mut state = self.state();
+        let overflowed = state.overflowed;
+        let output = state
+            .capture
+            .as_mut()
+            .map(|(captured, _)| std::mem::take(captured))
+            .unwrap_or_default();
+        (output, overflowed)
+    }
+}
+
+fn emit(log: &LogSink, line: &[u8]) {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    log.line(String::from_utf8_lossy(line));
+}
+
+impl IsTerminal for LinePipe {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for LinePipe {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for LinePipe {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for LinePipe {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.push(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 * 1024)
+    }
+}
+
+impl tokio::io::AsyncWrite for LinePipe {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.push(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// A trivial WASI command: one page of memory, `_start` returns at once.
+const BENCH_MODULE: &str = r#"(module (memory (export "memory") 1) (func (export "_start")))"#;
+
+/// Cold-start cost of a Wasm workload: `n` times, on the calling thread, run a trivial
+/// (already compiled and cached) WASI module the way a workload runs: a fresh `Store`
+/// with its WASI context and limits, instantiation and the `_start` call. Returns one
+/// duration per iteration. Engine creation and the one compilation are not measured.
+///
+/// For `vulcan bench`; runs outside the worker pool, so call it from a plain thread.
+pub fn bench_cold_wasm(n: usize) -> Result<Vec<Duration>, BackendError> {
+    let engine = WasmEngine::new(1)?;
+    let stop = StopSignal::new(
+        crate::backends::CancellationToken::new(),
+        Instant::now() + Duration::from_secs(3600),
+    );
+    let log = LogSink::discard();
+    // Warm the cache so only per-workload work is measured.
+    engine.module(BENCH_MODULE.as_bytes())?;
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        let result = engine.run(BENCH_MODULE.as_bytes(), b"null", 16, &log, &stop)?;
+        if let Some(error) = result.error {
+            return Err(BackendError::Internal(format!(
+                "benchmark module failed: {error}"
+            )));
+        }
+        samples.push(start.elapsed());
+    }
+    Ok(samples)
+}
