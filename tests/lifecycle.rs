@@ -24,7 +24,12 @@ fn id(w: &Value) -> String {
 #[tokio::test]
 async fn sync_submission_answers_the_terminal_workload() {
     let (app, _) = scripted_app(Options::default()).await;
-    let res = app.post("/v1/workloads", &job("node", json!({"output": {"sum": 3}, "delay_ms": 20}))).await;
+    let res = app
+        .post(
+            "/v1/workloads",
+            &job("node", json!({"output": {"sum": 3}, "delay_ms": 20})),
+        )
+        .await;
     assert_eq!(res.status(), 200);
     let w: Value = res.json().await.expect("json");
     assert_eq!(w["status"], "completed");
@@ -34,16 +39,26 @@ async fn sync_submission_answers_the_terminal_workload() {
     assert!(w["duration_ms"].as_u64().expect("duration") >= 20);
     assert!(w["started_at"].is_string() && w["finished_at"].is_string());
     // The stored record is the same.
-    let stored = app.get_json(&format!("/v1/workloads/{}", id(&w)), 200).await;
+    let stored = app
+        .get_json(&format!("/v1/workloads/{}", id(&w)), 200)
+        .await;
     assert_eq!(stored, w);
 }
 
 #[tokio::test]
 async fn async_submission_returns_202_before_execution() {
     let (app, seen) = scripted_app(Options::default()).await;
-    let res = app.post("/v1/workloads/async", &job("node", json!({"delay_ms": 300, "output": 1}))).await;
+    let res = app
+        .post(
+            "/v1/workloads/async",
+            &job("node", json!({"delay_ms": 300, "output": 1})),
+        )
+        .await;
     assert_eq!(res.status(), 202);
-    let location = res.headers()["location"].to_str().expect("location").to_string();
+    let location = res.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_string();
     let w: Value = res.json().await.expect("json");
     assert_eq!(w["status"], "pending");
     assert_eq!(location, format!("/v1/workloads/{}", id(&w)));
@@ -59,7 +74,15 @@ async fn async_submission_returns_202_before_execution() {
 #[tokio::test]
 async fn output_that_is_not_json_is_a_string() {
     let (app, _) = scripted_app(Options::default()).await;
-    let w: Value = app.post("/v1/workloads", &job("node", json!({"raw_output": "hello\nworld"}))).await.json().await.expect("json");
+    let w: Value = app
+        .post(
+            "/v1/workloads",
+            &job("node", json!({"raw_output": "hello\nworld"})),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
     assert_eq!(w["output"], "hello\nworld");
 }
 
@@ -67,7 +90,13 @@ async fn output_that_is_not_json_is_a_string() {
 async fn a_failing_workload_is_failed_with_its_message() {
     let (app, seen) = scripted_app(Options::default()).await;
     let w: Value = app
-        .post("/v1/workloads", &job("node", json!({"error": "exited with code 3", "exit_code": 3})))
+        .post(
+            "/v1/workloads",
+            &job(
+                "node",
+                json!({"error": "exited with code 3", "exit_code": 3}),
+            ),
+        )
         .await
         .json()
         .await
@@ -77,9 +106,20 @@ async fn a_failing_workload_is_failed_with_its_message() {
     assert_eq!(w["exit_code"], 3);
     assert!(seen.saw_cleanup(&id(&w)));
     // A backend error (bad script) is also a failed workload, not a 5xx.
-    let w: Value = app.post("/v1/workloads", &json!({"runtime": "node", "code": "not a script"})).await.json().await.expect("json");
+    let w: Value = app
+        .post(
+            "/v1/workloads",
+            &json!({"runtime": "node", "code": "not a script"}),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
     assert_eq!(w["status"], "failed");
-    assert!(w["error"].as_str().expect("error").contains("bad script"), "{w}");
+    assert!(
+        w["error"].as_str().expect("error").contains("bad script"),
+        "{w}"
+    );
 }
 
 #[tokio::test]
@@ -88,7 +128,12 @@ async fn timeout_cancels_the_execution_and_fails() {
     let started = Instant::now();
     let mut body = job("node", json!({"delay_ms": 60000}));
     body["resources"] = json!({"timeout_s": 1});
-    let w: Value = app.post("/v1/workloads", &body).await.json().await.expect("json");
+    let w: Value = app
+        .post("/v1/workloads", &body)
+        .await
+        .json()
+        .await
+        .expect("json");
     assert_eq!(w["status"], "failed");
     assert_eq!(w["error"], "timed out after 1s");
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -105,7 +150,10 @@ async fn timeout_cancels_the_execution_and_fails() {
 async fn kill_stops_a_running_execution_and_a_late_result_is_discarded() {
     let (app, seen) = scripted_app(Options::default()).await;
     let w = app
-        .submit_async(&job("node", json!({"delay_ms": 60000, "ignore_cancel_ms": 300, "late_output": "too late"})))
+        .submit_async(&job(
+            "node",
+            json!({"delay_ms": 60000, "ignore_cancel_ms": 300, "late_output": "too late"}),
+        ))
         .await;
     let wid = id(&w);
     app.wait_status(&wid, "running", SOON).await;
@@ -113,7 +161,10 @@ async fn kill_stops_a_running_execution_and_a_late_result_is_discarded() {
     assert_eq!(res.status(), 200);
     let killed: Value = res.json().await.expect("json");
     assert_eq!(killed["status"], "killed");
-    assert!(seen.saw_cancel(&wid), "the backend must see the cancellation");
+    assert!(
+        seen.saw_cancel(&wid),
+        "the backend must see the cancellation"
+    );
     // The backend ignores the cancellation for 300 ms, then returns a result: discarded.
     let t = Instant::now();
     while !seen.saw_cleanup(&wid) {
@@ -125,30 +176,60 @@ async fn kill_stops_a_running_execution_and_a_late_result_is_discarded() {
     assert_eq!(after["status"], "killed");
     assert_eq!(after["output"], Value::Null);
     // And a second kill is a conflict.
-    assert_eq!(app.delete(&format!("/v1/workloads/{wid}")).await.status(), 409);
+    assert_eq!(
+        app.delete(&format!("/v1/workloads/{wid}")).await.status(),
+        409
+    );
 }
 
 #[tokio::test]
 async fn a_slot_is_freed_only_when_the_execution_really_ended() {
-    let (app, seen) = scripted_app(Options { max_concurrency: 1, ..Options::default() }).await;
-    let stubborn = app.submit_async(&job("node", json!({"delay_ms": 60000, "ignore_cancel_ms": 400}))).await;
+    let (app, seen) = scripted_app(Options {
+        max_concurrency: 1,
+        ..Options::default()
+    })
+    .await;
+    let stubborn = app
+        .submit_async(&job(
+            "node",
+            json!({"delay_ms": 60000, "ignore_cancel_ms": 400}),
+        ))
+        .await;
     app.wait_status(&id(&stubborn), "running", SOON).await;
     let next = app.submit_async(&job("node", json!({"output": 2}))).await;
-    assert_eq!(app.delete(&format!("/v1/workloads/{}", id(&stubborn))).await.status(), 200);
+    assert_eq!(
+        app.delete(&format!("/v1/workloads/{}", id(&stubborn)))
+            .await
+            .status(),
+        200
+    );
     let done = app.wait_terminal(&id(&next), SOON).await;
     assert_eq!(done["status"], "completed");
-    assert_eq!(seen.max_running.load(Ordering::SeqCst), 1, "concurrency limit exceeded");
+    assert_eq!(
+        seen.max_running.load(Ordering::SeqCst),
+        1,
+        "concurrency limit exceeded"
+    );
 }
 
 #[tokio::test]
 async fn max_concurrency_queues_fifo() {
-    let (app, seen) = scripted_app(Options { max_concurrency: 2, ..Options::default() }).await;
+    let (app, seen) = scripted_app(Options {
+        max_concurrency: 2,
+        ..Options::default()
+    })
+    .await;
     let mut ids = Vec::new();
     for i in 0..8 {
-        ids.push(id(&app.submit_async(&job("node", json!({"delay_ms": 40, "output": i}))).await));
+        ids.push(id(&app
+            .submit_async(&job("node", json!({"delay_ms": 40, "output": i})))
+            .await));
     }
     let backends = app.get_json("/v1/backends", 200).await;
-    assert!(backends[0]["queued"].as_u64().expect("queued") > 0, "{backends}");
+    assert!(
+        backends[0]["queued"].as_u64().expect("queued") > 0,
+        "{backends}"
+    );
     let mut started = Vec::new();
     for wid in &ids {
         let w = app.wait_terminal(wid, SOON).await;
@@ -163,9 +244,18 @@ async fn max_concurrency_queues_fifo() {
 
 #[tokio::test]
 async fn a_full_queue_answers_429_and_records_nothing() {
-    let (f, _) = scripted::factory(Options { max_concurrency: 1, ..Options::default() });
-    let app = common::app().env("VULCAN_MAX_QUEUE", "2").backend(f).spawn().await;
-    let first = app.submit_async(&job("node", json!({"delay_ms": 60000}))).await;
+    let (f, _) = scripted::factory(Options {
+        max_concurrency: 1,
+        ..Options::default()
+    });
+    let app = common::app()
+        .env("VULCAN_MAX_QUEUE", "2")
+        .backend(f)
+        .spawn()
+        .await;
+    let first = app
+        .submit_async(&job("node", json!({"delay_ms": 60000})))
+        .await;
     app.wait_status(&id(&first), "running", SOON).await;
     app.submit_async(&job("node", json!({"output": 1}))).await;
     app.submit_async(&job("node", json!({"output": 2}))).await;
@@ -175,19 +265,37 @@ async fn a_full_queue_answers_429_and_records_nothing() {
         assert_eq!(res.status(), 429);
         assert!(res.headers().contains_key("retry-after"));
         let v: Value = res.json().await.expect("json");
-        assert!(v["error"].as_str().expect("error").contains("pending"), "{v}");
+        assert!(
+            v["error"].as_str().expect("error").contains("pending"),
+            "{v}"
+        );
     }
-    assert_eq!(app.count_rows("workloads"), before, "a refused submission was recorded");
+    assert_eq!(
+        app.count_rows("workloads"),
+        before,
+        "a refused submission was recorded"
+    );
     let metrics = app.get("/metrics").await.text().await.expect("text");
-    assert!(metrics.contains("vulcan_submissions_rejected_queue_full_total 2"), "{metrics}");
+    assert!(
+        metrics.contains("vulcan_submissions_rejected_queue_full_total 2"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
 async fn a_backend_panic_fails_the_workload_restarts_the_backend_and_work_goes_on() {
     let (app, seen) = scripted_app(Options::default()).await;
-    let w: Value = app.post("/v1/workloads", &job("node", json!({"panic": "kaboom"}))).await.json().await.expect("json");
+    let w: Value = app
+        .post("/v1/workloads", &job("node", json!({"panic": "kaboom"})))
+        .await
+        .json()
+        .await
+        .expect("json");
     assert_eq!(w["status"], "failed");
-    assert!(w["error"].as_str().expect("error").contains("kaboom"), "{w}");
+    assert!(
+        w["error"].as_str().expect("error").contains("kaboom"),
+        "{w}"
+    );
     assert!(seen.saw_cleanup(&id(&w)), "cleanup runs after a panic too");
     let t = Instant::now();
     loop {
@@ -199,7 +307,11 @@ async fn a_backend_panic_fails_the_workload_restarts_the_backend_and_work_goes_o
         assert!(t.elapsed() < SOON, "backend not restarted: {b}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(seen.instances.load(Ordering::SeqCst), 2, "a fresh backend instance");
+    assert_eq!(
+        seen.instances.load(Ordering::SeqCst),
+        2,
+        "a fresh backend instance"
+    );
     let actors = app.get_json("/v1/system/actors", 200).await;
     let entry = actors["actors"]
         .as_array()
@@ -209,29 +321,55 @@ async fn a_backend_panic_fails_the_workload_restarts_the_backend_and_work_goes_o
         .expect("backend actor listed")
         .clone();
     assert_eq!(entry["restarts"], 1);
-    assert!(entry["last_error"].as_str().expect("last error").contains("kaboom"));
-    let next: Value = app.post("/v1/workloads", &job("node", json!({"output": "ok"}))).await.json().await.expect("json");
+    assert!(entry["last_error"]
+        .as_str()
+        .expect("last error")
+        .contains("kaboom"));
+    let next: Value = app
+        .post("/v1/workloads", &job("node", json!({"output": "ok"})))
+        .await
+        .json()
+        .await
+        .expect("json");
     assert_eq!(next["status"], "completed");
 }
 
 #[tokio::test]
 async fn operators_restart_a_backend() {
     let (app, seen) = scripted_app(Options::default()).await;
-    let res = app.client.post(app.url("/v1/backends/scripted/restart")).send().await.expect("req");
+    let res = app
+        .client
+        .post(app.url("/v1/backends/scripted/restart"))
+        .send()
+        .await
+        .expect("req");
     assert_eq!(res.status(), 200);
     let b: Value = res.json().await.expect("json");
     assert_eq!(b["name"], "scripted");
     assert_eq!(b["restarts"], 1);
     assert_eq!(seen.instances.load(Ordering::SeqCst), 2);
-    let res = app.client.post(app.url("/v1/backends/nope/restart")).send().await.expect("req");
+    let res = app
+        .client
+        .post(app.url("/v1/backends/nope/restart"))
+        .send()
+        .await
+        .expect("req");
     assert_eq!(res.status(), 404);
-    let w: Value = app.post("/v1/workloads", &job("node", json!({"output": 1}))).await.json().await.expect("json");
+    let w: Value = app
+        .post("/v1/workloads", &job("node", json!({"output": 1})))
+        .await
+        .json()
+        .await
+        .expect("json");
     assert_eq!(w["status"], "completed");
 }
 
 #[tokio::test]
 async fn backends_are_listed_sorted_with_capabilities() {
-    let (a, _) = scripted::factory(Options { name: "zeta".into(), ..Options::default() });
+    let (a, _) = scripted::factory(Options {
+        name: "zeta".into(),
+        ..Options::default()
+    });
     let (b, _) = scripted::factory(Options {
         name: "alpha".into(),
         isolation: Isolation::Microvm,
@@ -245,8 +383,14 @@ async fn backends_are_listed_sorted_with_capabilities() {
     assert_eq!(list.len(), 2);
     assert_eq!(list[0]["name"], "alpha");
     assert_eq!(list[0]["status"], "unavailable");
-    assert_eq!(list[0]["capabilities"]["supported_runtimes"], json!(["python"]));
-    assert_eq!(list[0]["capabilities"]["supported_isolations"], json!(["microvm"]));
+    assert_eq!(
+        list[0]["capabilities"]["supported_runtimes"],
+        json!(["python"])
+    );
+    assert_eq!(
+        list[0]["capabilities"]["supported_isolations"],
+        json!(["microvm"])
+    );
     assert_eq!(list[0]["capabilities"]["max_concurrency"], 3);
     assert_eq!(list[1]["name"], "zeta");
     assert_eq!(list[1]["status"], "healthy");
@@ -274,7 +418,12 @@ async fn auto_routes_along_the_fallback_chain_and_explicit_never_falls_back() {
     });
     let app = common::app().backend(vm).backend(gv).spawn().await;
     // python: microvm unavailable -> gvisor.
-    let w: Value = app.post("/v1/workloads", &job("python", json!({"output": 1}))).await.json().await.expect("json");
+    let w: Value = app
+        .post("/v1/workloads", &job("python", json!({"output": 1})))
+        .await
+        .json()
+        .await
+        .expect("json");
     assert_eq!(w["status"], "completed");
     assert_eq!(w["isolation"], "gvisor");
     assert_eq!(w["requested_isolation"], "auto");
@@ -284,17 +433,35 @@ async fn auto_routes_along_the_fallback_chain_and_explicit_never_falls_back() {
     body["isolation"] = json!("microvm");
     let res = app.post("/v1/workloads", &body).await;
     assert_eq!(res.status(), 422);
-    let msg = res.json::<Value>().await.expect("json")["error"].as_str().expect("msg").to_string();
-    assert!(msg.contains("microvm") && msg.contains("no hardware virtualisation"), "{msg}");
+    let msg = res.json::<Value>().await.expect("json")["error"]
+        .as_str()
+        .expect("msg")
+        .to_string();
+    assert!(
+        msg.contains("microvm") && msg.contains("no hardware virtualisation"),
+        "{msg}"
+    );
     // go: microvm unavailable and gvisor does not support go: 422 naming the preferred class.
-    let res = app.post("/v1/workloads/async", &job("go", json!({"output": 1}))).await;
+    let res = app
+        .post("/v1/workloads/async", &job("go", json!({"output": 1})))
+        .await;
     assert_eq!(res.status(), 422);
-    let msg = res.json::<Value>().await.expect("json")["error"].as_str().expect("msg").to_string();
-    assert!(msg.contains("prefers microvm") && msg.contains("does not support runtime go"), "{msg}");
+    let msg = res.json::<Value>().await.expect("json")["error"]
+        .as_str()
+        .expect("msg")
+        .to_string();
+    assert!(
+        msg.contains("prefers microvm") && msg.contains("does not support runtime go"),
+        "{msg}"
+    );
     // node: isolate is not registered at all.
     let res = app.post("/v1/workloads", &job("node", json!({}))).await;
     assert_eq!(res.status(), 422);
-    assert_eq!(app.count_rows("workloads"), 1, "refused submissions are not recorded");
+    assert_eq!(
+        app.count_rows("workloads"),
+        1,
+        "refused submissions are not recorded"
+    );
 }
 
 #[tokio::test]
@@ -309,9 +476,11 @@ async fn stats_count_every_status_and_isolation() {
         assert_eq!(empty["by_isolation"][i], 0, "{empty}");
     }
     for d in [10, 20, 30, 40] {
-        app.post("/v1/workloads", &job("node", json!({"delay_ms": d}))).await;
+        app.post("/v1/workloads", &job("node", json!({"delay_ms": d})))
+            .await;
     }
-    app.post("/v1/workloads", &job("node", json!({"error": "x"}))).await;
+    app.post("/v1/workloads", &job("node", json!({"error": "x"})))
+        .await;
     let s = app.get_json("/v1/stats", 200).await;
     assert_eq!(s["total"], 5);
     assert_eq!(s["by_status"]["completed"], 4);
@@ -329,25 +498,47 @@ async fn stats_count_every_status_and_isolation() {
 
 #[tokio::test]
 async fn restart_recovery_fails_interrupted_work_and_runs_pending_work() {
-    let (f, _) = scripted::factory(Options { max_concurrency: 1, ..Options::default() });
+    let (f, _) = scripted::factory(Options {
+        max_concurrency: 1,
+        ..Options::default()
+    });
     let app = common::app().backend(f).spawn().await;
-    let running = app.submit_async(&job("node", json!({"delay_ms": 60000}))).await;
+    let running = app
+        .submit_async(&job("node", json!({"delay_ms": 60000})))
+        .await;
     app.wait_status(&id(&running), "running", SOON).await;
     let pending_a = app.submit_async(&job("node", json!({"output": "a"}))).await;
     let pending_b = app.submit_async(&job("node", json!({"output": "b"}))).await;
     let db = app.db_path.clone();
     let dir = app.crash().await;
 
-    let (f, seen) = scripted::factory(Options { max_concurrency: 1, ..Options::default() });
+    let (f, seen) = scripted::factory(Options {
+        max_concurrency: 1,
+        ..Options::default()
+    });
     let again = common::app().backend(f).db(db).spawn().await;
-    let w = again.get_json(&format!("/v1/workloads/{}", id(&running)), 200).await;
+    let w = again
+        .get_json(&format!("/v1/workloads/{}", id(&running)), 200)
+        .await;
     assert_eq!(w["status"], "failed");
-    assert!(w["error"].as_str().expect("error").contains("interrupted by server restart"));
+    assert!(w["error"]
+        .as_str()
+        .expect("error")
+        .contains("interrupted by server restart"));
     let a = again.wait_terminal(&id(&pending_a), SOON).await;
     let b = again.wait_terminal(&id(&pending_b), SOON).await;
-    assert_eq!((a["status"].as_str(), a["output"].as_str()), (Some("completed"), Some("a")));
-    assert_eq!((b["status"].as_str(), b["output"].as_str()), (Some("completed"), Some("b")));
-    assert!(a["started_at"].as_str() < b["started_at"].as_str(), "oldest first");
+    assert_eq!(
+        (a["status"].as_str(), a["output"].as_str()),
+        (Some("completed"), Some("a"))
+    );
+    assert_eq!(
+        (b["status"].as_str(), b["output"].as_str()),
+        (Some("completed"), Some("b"))
+    );
+    assert!(
+        a["started_at"].as_str() < b["started_at"].as_str(),
+        "oldest first"
+    );
     assert_eq!(seen.started.load(Ordering::SeqCst), 2);
     again.stop().await;
     drop(dir);
@@ -355,34 +546,63 @@ async fn restart_recovery_fails_interrupted_work_and_runs_pending_work() {
 
 #[tokio::test]
 async fn graceful_shutdown_marks_running_work_and_keeps_pending_work() {
-    let (f, seen) = scripted::factory(Options { max_concurrency: 1, ..Options::default() });
+    let (f, seen) = scripted::factory(Options {
+        max_concurrency: 1,
+        ..Options::default()
+    });
     let app = common::app().backend(f).spawn().await;
-    let running = app.submit_async(&job("node", json!({"delay_ms": 60000}))).await;
+    let running = app
+        .submit_async(&job("node", json!({"delay_ms": 60000})))
+        .await;
     app.wait_status(&id(&running), "running", SOON).await;
     let pending = app.submit_async(&job("node", json!({"output": 1}))).await;
     let db = app.db_path.clone();
     let t = Instant::now();
     let dir = app.stop().await;
-    assert!(t.elapsed() < Duration::from_secs(5), "shutdown took {:?}", t.elapsed());
-    assert!(seen.saw_cancel(&id(&running)), "running work is stopped on shutdown");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        t.elapsed()
+    );
+    assert!(
+        seen.saw_cancel(&id(&running)),
+        "running work is stopped on shutdown"
+    );
     let (f, _) = scripted::factory(Options::default());
     let again = common::app().backend(f).db(db).spawn().await;
-    let w = again.get_json(&format!("/v1/workloads/{}", id(&running)), 200).await;
+    let w = again
+        .get_json(&format!("/v1/workloads/{}", id(&running)), 200)
+        .await;
     assert_eq!(w["status"], "failed");
     assert_eq!(w["error"], "interrupted by server shutdown");
-    assert_eq!(again.wait_terminal(&id(&pending), SOON).await["status"], "completed");
+    assert_eq!(
+        again.wait_terminal(&id(&pending), SOON).await["status"],
+        "completed"
+    );
     drop(dir);
 }
 
 #[tokio::test]
 async fn three_hundred_concurrent_async_submissions_all_finish() {
-    let (app, _) = scripted_app(Options { max_concurrency: 16, ..Options::default() }).await;
+    let (app, _) = scripted_app(Options {
+        max_concurrency: 16,
+        ..Options::default()
+    })
+    .await;
     let app = std::sync::Arc::new(app);
     let mut tasks = Vec::new();
     for i in 0..300 {
         let app = app.clone();
         tasks.push(tokio::spawn(async move {
-            let res = app.post("/v1/workloads/async", &job("node", json!({"delay_ms": i % 7, "logs": ["x"], "output": i}))).await;
+            let res = app
+                .post(
+                    "/v1/workloads/async",
+                    &job(
+                        "node",
+                        json!({"delay_ms": i % 7, "logs": ["x"], "output": i}),
+                    ),
+                )
+                .await;
             assert_eq!(res.status(), 202);
             id(&res.json::<Value>().await.expect("json"))
         }));
@@ -392,12 +612,21 @@ async fn three_hundred_concurrent_async_submissions_all_finish() {
         ids.push(t.await.expect("task"));
     }
     for wid in &ids {
-        assert_eq!(app.wait_terminal(wid, Duration::from_secs(60)).await["status"], "completed");
+        assert_eq!(
+            app.wait_terminal(wid, Duration::from_secs(60)).await["status"],
+            "completed"
+        );
     }
     let stats = app.get_json("/v1/stats", 200).await;
     assert_eq!(stats["total"], 300);
     assert_eq!(stats["by_status"]["completed"], 300);
     let metrics = app.get("/metrics").await.text().await.expect("text");
-    assert!(metrics.contains("vulcan_queue_depth 0"), "queue gauge back to 0");
-    assert!(metrics.contains("vulcan_workloads_running 0"), "running gauge back to 0");
+    assert!(
+        metrics.contains("vulcan_queue_depth 0"),
+        "queue gauge back to 0"
+    );
+    assert!(
+        metrics.contains("vulcan_workloads_running 0"),
+        "running gauge back to 0"
+    );
 }

@@ -219,7 +219,13 @@ impl Handler<AppendLogs> for StoreActor {
 
     fn handle(&mut self, msg: AppendLogs, _: &mut Self::Context) {
         let rows = msg.0;
-        let _ = self.write(move |c| queries::append_logs(c, &rows));
+        // Fire and forget: nobody waits for the answer, so failures are logged here.
+        drop(self.write(move |c| {
+            if let Err(e) = queries::append_logs(c, &rows) {
+                log::error!("store: could not persist {} log line(s): {e}", rows.len());
+            }
+            Ok(())
+        }));
     }
 }
 
