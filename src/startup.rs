@@ -179,6 +179,9 @@ impl Application {
                 .configure(|cfg| api::configure(cfg, state.clone()))
         })
         .shutdown_timeout(config.shutdown_timeout_s)
+        // A client that closes its side is gone: drop its response (an SSE stream
+        // frees its subscription at once instead of at the next failed write).
+        .h1_allow_half_closed(false)
         .listen(listener)
         .map_err(|e| StartupError::Bind(config.listen_addr.clone(), e))?
         .run();

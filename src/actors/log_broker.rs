@@ -181,10 +181,10 @@ impl Handler<Publish> for LogBroker {
             self.metrics.log_lines_truncated.inc();
             return;
         }
-        let text = if topic.next_seq + 1 >= max_lines.max(1) {
+        let text = if topic.next_seq >= max_lines {
             topic.capped = true;
             self.metrics.log_lines_truncated.inc();
-            format!("[vulcan: log truncated: only the first {max_lines} lines are kept]")
+            format!("[vulcan: log truncated: only the first {max_lines} lines were kept]")
         } else {
             line
         };

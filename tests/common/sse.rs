@@ -1,0 +1,129 @@
+//! A small SSE reader for tests: parses `id:`, `event:`, `data:` fields and comments
+//! from a streaming HTTP body, exactly as a browser's EventSource would.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+/// One dispatched event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// `id:` field.
+    pub id: Option<String>,
+    /// `event:` field (None = "message").
+    pub event: Option<String>,
+    /// `data:` fields joined with `\n`.
+    pub data: String,
+}
+
+/// What the reader saw next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    /// An event.
+    Event(Event),
+    /// A comment line (without the leading colon).
+    Comment(String),
+}
+
+/// Reads a `text/event-stream` response.
+pub struct Reader {
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buf: String,
+    /// Every byte received, for raw assertions.
+    pub raw: String,
+    id: Option<String>,
+    event: Option<String>,
+    data: Vec<String>,
+    has_fields: bool,
+}
+
+impl Reader {
+    /// Wrap a response (asserting it is an event stream).
+    pub fn new(res: reqwest::Response) -> Self {
+        assert_eq!(res.status(), 200);
+        let ct = res.headers()["content-type"]
+            .to_str()
+            .expect("ct")
+            .to_string();
+        assert!(ct.starts_with("text/event-stream"), "{ct}");
+        Self {
+            body: Box::pin(res.bytes_stream()),
+            buf: String::new(),
+            raw: String::new(),
+            id: None,
+            event: None,
+            data: Vec::new(),
+            has_fields: false,
+        }
+    }
+
+    /// The next event or comment; `None` when the server closed the stream.
+    pub async fn next_item(&mut self) -> Option<Item> {
+        loop {
+            if let Some(pos) = self.buf.find('\n') {
+                let line: String = self.buf.drain(..=pos).collect();
+                let line = line.trim_end_matches('\n').trim_end_matches('\r');
+                if line.is_empty() {
+                    if self.has_fields {
+                        self.has_fields = false;
+                        return Some(Item::Event(Event {
+                            id: self.id.take(),
+                            event: self.event.take(),
+                            data: std::mem::take(&mut self.data).join("\n"),
+                        }));
+                    }
+                    continue;
+                }
+                if let Some(c) = line.strip_prefix(':') {
+                    return Some(Item::Comment(c.trim_start().to_string()));
+                }
+                let (field, value) = line
+                    .split_once(':')
+                    .map_or((line, ""), |(f, v)| (f, v.strip_prefix(' ').unwrap_or(v)));
+                self.has_fields = true;
+                match field {
+                    "id" => self.id = Some(value.to_string()),
+                    "event" => self.event = Some(value.to_string()),
+                    "data" => self.data.push(value.to_string()),
+                    _ => {}
+                }
+                continue;
+            }
+            match self.body.next().await {
+                Some(Ok(chunk)) => {
+                    let text = String::from_utf8_lossy(&chunk).into_owned();
+                    self.raw.push_str(&text);
+                    self.buf.push_str(&text);
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// The next event (comments skipped).
+    pub async fn next_event(&mut self) -> Option<Event> {
+        loop {
+            match self.next_item().await? {
+                Item::Event(e) => return Some(e),
+                Item::Comment(_) => continue,
+            }
+        }
+    }
+
+    /// Events until the stream closes (bounded by `within`).
+    pub async fn collect(&mut self, within: Duration) -> Vec<Event> {
+        let mut out = Vec::new();
+        let res = tokio::time::timeout(within, async {
+            while let Some(e) = self.next_event().await {
+                out.push(e);
+            }
+        })
+        .await;
+        assert!(
+            res.is_ok(),
+            "stream not closed after {within:?}; got {} events",
+            out.len()
+        );
+        out
+    }
+}

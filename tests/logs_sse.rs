@@ -1,0 +1,413 @@
+//! Live logs: replay + live + resume + done over SSE, persisted history, limits with
+//! visible markers, slow subscribers that never stall the workload.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::scripted::{self, job, Options};
+use common::sse::{Event, Item, Reader};
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+
+const SOON: Duration = Duration::from_secs(20);
+
+async fn scripted_app() -> common::TestApp {
+    let (f, _) = scripted::factory(Options::default());
+    common::app().backend(f).spawn().await
+}
+
+fn id(w: &Value) -> String {
+    w["id"].as_str().expect("id").to_string()
+}
+
+fn lines(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("line {i}")).collect()
+}
+
+async fn subscribe(app: &common::TestApp, wid: &str, last_event_id: Option<u64>) -> Reader {
+    let mut req = app
+        .client
+        .get(app.url(&format!("/v1/workloads/{wid}/logs")));
+    if let Some(l) = last_event_id {
+        req = req.header("Last-Event-ID", l.to_string());
+    }
+    let res = req.send().await.expect("subscribe");
+    assert_eq!(res.headers()["cache-control"], "no-cache");
+    Reader::new(res)
+}
+
+/// Every line event has `id == seq` and the events are exactly `expected`, then `done`.
+fn assert_exact(events: &[Event], expected: &[String], first_seq: u64, status: &str) {
+    let (done, line_events) = events.split_last().expect("at least done");
+    assert_eq!(done.event.as_deref(), Some("done"), "{events:?}");
+    assert_eq!(done.data, status);
+    let got: Vec<&str> = line_events.iter().map(|e| e.data.as_str()).collect();
+    let want: Vec<&str> = expected.iter().map(String::as_str).collect();
+    assert_eq!(got, want);
+    for (i, e) in line_events.iter().enumerate() {
+        assert_eq!(
+            e.id.as_deref(),
+            Some((first_seq + i as u64).to_string().as_str())
+        );
+        assert_eq!(e.event, None);
+    }
+}
+
+#[tokio::test]
+async fn lines_arrive_live_while_the_workload_runs() {
+    let app = scripted_app().await;
+    let w = app
+        .submit_async(&job(
+            "node",
+            json!({"logs": ["first", "second"], "log_interval_ms": 600, "delay_ms": 600}),
+        ))
+        .await;
+    let wid = id(&w);
+    let mut r = subscribe(&app, &wid, None).await;
+    let first = r.next_event().await.expect("first line");
+    assert_eq!(first.data, "first");
+    let status = app.get_json(&format!("/v1/workloads/{wid}"), 200).await["status"].clone();
+    assert_eq!(
+        status, "running",
+        "the line must arrive before the workload ends"
+    );
+    let rest = r.collect(SOON).await;
+    assert_exact(&rest, &["second".to_string()], 1, "completed");
+}
+
+#[tokio::test]
+async fn a_late_subscriber_gets_every_line_exactly_once_in_order() {
+    let app = scripted_app().await;
+    let all = lines(60);
+    let w = app
+        .submit_async(&job("node", json!({"logs": all, "log_interval_ms": 4})))
+        .await;
+    let wid = id(&w);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut r = subscribe(&app, &wid, None).await;
+    let events = r.collect(SOON).await;
+    assert_exact(&events, &all, 0, "completed");
+}
+
+#[tokio::test]
+async fn last_event_id_resumes_after_that_line() {
+    let app = scripted_app().await;
+    let all = lines(40);
+    let w = app
+        .submit_async(&job("node", json!({"logs": all, "log_interval_ms": 5})))
+        .await;
+    let wid = id(&w);
+    // Mid-run resume.
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let events = subscribe(&app, &wid, Some(9)).await.collect(SOON).await;
+    assert_exact(&events, &all[10..], 10, "completed");
+    // Resume after the end: the rest, then done.
+    let events = subscribe(&app, &wid, Some(37)).await.collect(SOON).await;
+    assert_exact(&events, &all[38..], 38, "completed");
+    let res = app
+        .client
+        .get(app.url(&format!("/v1/workloads/{wid}/logs")))
+        .header("Last-Event-ID", "abc")
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(res.status(), 400);
+}
+
+#[tokio::test]
+async fn a_terminal_workload_replays_then_done_then_closes() {
+    let app = scripted_app().await;
+    let w: Value = app
+        .post(
+            "/v1/workloads",
+            &job("node", json!({"logs": ["a", "b"], "error": "bad"})),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(w["status"], "failed");
+    let events = subscribe(&app, &id(&w), None).await.collect(SOON).await;
+    assert_exact(&events, &["a".to_string(), "b".to_string()], 0, "failed");
+    // A workload with no lines: just done.
+    let w: Value = app
+        .post("/v1/workloads", &job("node", json!({})))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let events = subscribe(&app, &id(&w), None).await.collect(SOON).await;
+    assert_exact(&events, &[], 0, "completed");
+}
+
+#[tokio::test]
+async fn killed_workloads_end_the_stream_with_done_killed() {
+    let app = scripted_app().await;
+    let w = app
+        .submit_async(&job("node", json!({"logs": ["x"], "delay_ms": 60000})))
+        .await;
+    let wid = id(&w);
+    let mut r = subscribe(&app, &wid, None).await;
+    assert_eq!(r.next_event().await.expect("x").data, "x");
+    assert_eq!(
+        app.delete(&format!("/v1/workloads/{wid}")).await.status(),
+        200
+    );
+    let rest = r.collect(SOON).await;
+    assert_exact(&rest, &[], 1, "killed");
+}
+
+#[tokio::test]
+async fn newlines_in_a_line_cannot_forge_events() {
+    let app = scripted_app().await;
+    let evil = "before\n\nevent: done\ndata: completed\n\nid: 99";
+    let carriage = "a\rb\r\nc";
+    let w: Value = app
+        .post(
+            "/v1/workloads",
+            &job("node", json!({"logs": [evil, carriage, "after"]})),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    let mut r = subscribe(&app, &id(&w), None).await;
+    let events = r.collect(SOON).await;
+    assert_eq!(events.len(), 4, "{events:?}\nraw: {:?}", r.raw);
+    assert_eq!(events[0].id.as_deref(), Some("0"));
+    assert_eq!(events[0].event, None, "no forged event name");
+    assert!(events[0].data.starts_with("before"));
+    assert_eq!(events[1].id.as_deref(), Some("1"));
+    assert_eq!(events[2].data, "after");
+    assert_eq!(events[3].event.as_deref(), Some("done"));
+    // Every raw line of the stream is a field the server wrote or a blank separator.
+    for line in r.raw.split('\n') {
+        assert!(
+            line.is_empty()
+                || line.starts_with("data:")
+                || line.starts_with("id:")
+                || line.starts_with("event:")
+                || line.starts_with(':'),
+            "unexpected raw line {line:?}"
+        );
+    }
+    // History keeps the line whole.
+    let h = app
+        .get_json(&format!("/v1/workloads/{}/logs/history", id(&w)), 200)
+        .await;
+    assert_eq!(h["lines"][0]["line"], evil);
+}
+
+#[tokio::test]
+async fn history_lists_lines_in_order_and_is_never_null() {
+    let app = scripted_app().await;
+    let w: Value = app
+        .post("/v1/workloads", &job("node", json!({})))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let h = app
+        .get_json(&format!("/v1/workloads/{}/logs/history", id(&w)), 200)
+        .await;
+    assert_eq!(h, json!({"workload_id": id(&w), "lines": []}));
+    let w: Value = app
+        .post("/v1/workloads", &job("node", json!({"logs": lines(5)})))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let h = app
+        .get_json(&format!("/v1/workloads/{}/logs/history", id(&w)), 200)
+        .await;
+    let got: Vec<(u64, String)> = h["lines"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .map(|l| {
+            (
+                l["seq"].as_u64().expect("seq"),
+                l["line"].as_str().expect("line").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        lines(5)
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| (i as u64, l))
+            .collect::<Vec<_>>()
+    );
+    assert!(h["lines"][0]["created_at"]
+        .as_str()
+        .expect("time")
+        .ends_with('Z'));
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_subscribers_all_get_everything() {
+    let app = std::sync::Arc::new(scripted_app().await);
+    let all = lines(100);
+    let w = app
+        .submit_async(&job(
+            "node",
+            json!({"logs": all, "log_interval_ms": 3, "delay_ms": 50}),
+        ))
+        .await;
+    let wid = id(&w);
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let (app, wid) = (app.clone(), wid.clone());
+        tasks.push(tokio::spawn(async move {
+            subscribe(&app, &wid, None).await.collect(SOON).await
+        }));
+    }
+    for t in tasks {
+        assert_exact(&t.await.expect("task"), &all, 0, "completed");
+    }
+}
+
+#[tokio::test]
+async fn subscribers_that_never_read_do_not_delay_the_workload() {
+    let (f, _) = scripted::factory(Options::default());
+    let app = common::app()
+        .env("VULCAN_LOGS__SUBSCRIBER_BUFFER", "16")
+        .backend(f)
+        .spawn()
+        .await;
+    let big: Vec<String> = (0..3000)
+        .map(|i| format!("{i:05} {}", "y".repeat(1000)))
+        .collect();
+    let w = app
+        .submit_async(&job("node", json!({"logs": big, "delay_ms": 200})))
+        .await;
+    let wid = id(&w);
+    let port = app.address.rsplit(':').next().expect("port").to_string();
+    let mut stalled = Vec::new();
+    for _ in 0..20 {
+        let mut s = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+            .await
+            .expect("connect");
+        s.write_all(format!("GET /v1/workloads/{wid}/logs HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        stalled.push(s); // never read
+    }
+    let started = Instant::now();
+    let done = app.wait_terminal(&wid, SOON).await;
+    assert_eq!(done["status"], "completed");
+    // A reading subscriber still gets every line (from the store after a disconnect at worst).
+    let events = subscribe(&app, &wid, None).await.collect(SOON).await;
+    assert_eq!(events.len(), 3001);
+    let metrics = app.get("/metrics").await.text().await.expect("metrics");
+    assert!(
+        metrics.contains("vulcan_log_lines_persisted_total 3000"),
+        "{metrics}"
+    );
+    eprintln!(
+        "workload with 20 stalled subscribers finished {:?} after they connected",
+        started.elapsed()
+    );
+    drop(stalled);
+}
+
+#[tokio::test]
+async fn disconnecting_frees_the_subscription() {
+    let app = scripted_app().await;
+    let w = app
+        .submit_async(&job("node", json!({"logs": ["x"], "delay_ms": 60000})))
+        .await;
+    let wid = id(&w);
+    let mut readers = Vec::new();
+    for _ in 0..5 {
+        let mut r = subscribe(&app, &wid, None).await;
+        assert_eq!(r.next_event().await.expect("x").data, "x");
+        readers.push(r);
+    }
+    let gauge = |text: &str| -> i64 {
+        text.lines()
+            .find(|l| l.starts_with("vulcan_sse_subscribers "))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .expect("gauge")
+    };
+    assert_eq!(
+        gauge(&app.get("/metrics").await.text().await.expect("m")),
+        5
+    );
+    drop(readers);
+    let t = Instant::now();
+    loop {
+        let n = gauge(&app.get("/metrics").await.text().await.expect("m"));
+        if n == 0 {
+            break;
+        }
+        assert!(t.elapsed() < SOON, "gauge stuck at {n}");
+        // Disconnects are noticed when the next write fails or the poll sees the close.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.delete(&format!("/v1/workloads/{wid}")).await;
+}
+
+#[tokio::test]
+async fn long_lines_and_too_many_lines_are_cut_with_visible_markers() {
+    let (f, _) = scripted::factory(Options::default());
+    let app = common::app()
+        .env("VULCAN_LOGS__MAX_LINE_BYTES", "16")
+        .env("VULCAN_LOGS__MAX_LINES", "5")
+        .backend(f)
+        .spawn()
+        .await;
+    let mut logs = vec!["é".repeat(20)];
+    logs.extend(lines(10));
+    let w: Value = app
+        .post("/v1/workloads", &job("node", json!({"logs": logs})))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        w["status"], "completed",
+        "the workload itself is not affected"
+    );
+    let h = app
+        .get_json(&format!("/v1/workloads/{}/logs/history", id(&w)), 200)
+        .await;
+    let got: Vec<&str> = h["lines"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .map(|l| l["line"].as_str().expect("line"))
+        .collect();
+    assert_eq!(got.len(), 6, "{got:?}");
+    assert!(
+        got[0].starts_with(&"é".repeat(8)) && got[0].contains("line truncated"),
+        "{got:?}"
+    );
+    assert_eq!(&got[1..5], &["line 0", "line 1", "line 2", "line 3"]);
+    assert!(got[5].contains("log truncated"), "{got:?}");
+    let events = subscribe(&app, &id(&w), None).await.collect(SOON).await;
+    assert_eq!(events.len(), 7);
+}
+
+#[tokio::test]
+async fn idle_streams_get_keep_alive_comments() {
+    let (f, _) = scripted::factory(Options::default());
+    let app = common::app()
+        .env("VULCAN_LOGS__KEEPALIVE_S", "1")
+        .backend(f)
+        .spawn()
+        .await;
+    let w = app
+        .submit_async(&job("node", json!({"delay_ms": 60000})))
+        .await;
+    let wid = id(&w);
+    let mut r = subscribe(&app, &wid, None).await;
+    let item = tokio::time::timeout(Duration::from_secs(5), r.next_item())
+        .await
+        .expect("within 5s");
+    assert_eq!(item, Some(Item::Comment("keep-alive".into())));
+    app.delete(&format!("/v1/workloads/{wid}")).await;
+}
