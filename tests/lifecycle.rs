@@ -457,6 +457,26 @@ async fn auto_routes_along_the_fallback_chain_and_explicit_never_falls_back() {
     // node: isolate is not registered at all.
     let res = app.post("/v1/workloads", &job("node", json!({}))).await;
     assert_eq!(res.status(), 422);
+    let msg = res.json::<Value>().await.expect("json")["error"]
+        .as_str()
+        .expect("msg")
+        .to_string();
+    assert!(
+        msg.contains("no registered backend supports runtime node"),
+        "{msg}"
+    );
+    let res = app
+        .post(
+            "/v1/workloads",
+            &json!({"runtime": "oci", "image": "busybox:1.36"}),
+        )
+        .await;
+    assert_eq!(res.status(), 422);
+    let msg = res.json::<Value>().await.expect("json")["error"]
+        .as_str()
+        .expect("msg")
+        .to_string();
+    assert!(msg.contains("OCI images are not available yet"), "{msg}");
     assert_eq!(
         app.count_rows("workloads"),
         1,

@@ -172,6 +172,20 @@ impl Supervisor {
                 .find(|e| e.status().0 == "healthy")
                 .map(|e| (e.caps.name.clone(), class))
         };
+        if !self
+            .backends
+            .values()
+            .any(|e| e.caps.supported_runtimes.contains(&runtime))
+        {
+            let hint = if runtime == Runtime::Oci {
+                " (OCI images are not available yet: no image store is configured)"
+            } else {
+                ""
+            };
+            return Err(SubmitError::Unplaceable(format!(
+                "no registered backend supports runtime {runtime}{hint}"
+            )));
+        }
         match explicit {
             Some(class) => healthy(class).ok_or_else(|| {
                 SubmitError::Unplaceable(format!(
