@@ -233,6 +233,8 @@ pub struct Machine {
     pub kernel: String,
     /// Build profile of this binary.
     pub profile: &'static str,
+    /// `/proc/loadavg` when the run started: other work on the machine skews figures.
+    pub load_at_start: String,
 }
 
 impl Machine {
@@ -251,6 +253,11 @@ impl Machine {
             memory: field(&read("/proc/meminfo"), "MemTotal"),
             cpu_model: field(&read("/proc/cpuinfo"), "model name"),
             kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
+            load_at_start: read("/proc/loadavg")
+                .split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" "),
             profile: if cfg!(debug_assertions) {
                 "debug (dependencies at opt-level 1)"
             } else {
@@ -351,7 +358,12 @@ impl BenchReport {
         let _ = writeln!(s, "| CPU model | {} |", m.cpu_model);
         let _ = writeln!(s, "| memory | {} |", m.memory);
         let _ = writeln!(s, "| kernel | {} |", m.kernel);
-        let _ = writeln!(s, "| build | {} |\n", m.profile);
+        let _ = writeln!(s, "| build | {} |", m.profile);
+        let _ = writeln!(
+            s,
+            "| load average at start (1/5/15 min) | {} |\n",
+            m.load_at_start
+        );
         if cfg!(debug_assertions) {
             let _ = writeln!(
                 s,
