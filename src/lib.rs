@@ -3,11 +3,12 @@
 //! Layout: [`model`] (domain types and the state machine), [`backends`] (the
 //! [`backends::Backend`] contract and one module per technology), [`actors`] (supervisor,
 //! workload, backend, log broker, store), [`store`] (Diesel/SQLite), [`api`] (HTTP
-//! handlers), [`startup`] (wiring), [`config`], [`metrics`].
+//! handlers), [`startup`] (wiring), [`config`], [`metrics`], [`bench`] (`vulcan bench`).
 
 pub mod actors;
 pub mod api;
 pub mod backends;
+pub mod bench;
 pub mod config;
 pub mod metrics;
 pub mod model;

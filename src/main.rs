@@ -1,7 +1,10 @@
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 
+use clap::{Args, Parser, Subcommand};
+
+use vulcan::bench::{self, BenchOptions};
 use vulcan::config::Config;
 use vulcan::startup::Application;
 
@@ -19,14 +22,45 @@ enum Command {
     Serve,
     /// Load and validate the configuration, print it (secrets redacted) and exit.
     CheckConfig,
+    /// Measure cold starts, HTTP latency and throughput, a node baseline and SSE fan-out
+    /// in one run (boots its own in-process server on a loopback port; no config used).
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Tiny sample counts: a smoke run in seconds (figures are not meaningful).
+    #[arg(long)]
+    quick: bool,
+    /// Also write the report as Markdown to this file (e.g. docs/benchmarks.md).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Override the sync latency sample count.
+    #[arg(long)]
+    sync_samples: Option<usize>,
+    /// Override the async workload count.
+    #[arg(long)]
+    async_workloads: Option<usize>,
+    /// Override the SSE subscriber count.
+    #[arg(long)]
+    sse_subscribers: Option<usize>,
+    /// Also measure python hello under gVisor vs bare `runsc run` (root and runsc needed).
+    #[arg(long)]
+    gvisor: bool,
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or("info,actix_server=warn"),
-    )
-    .init();
     let cli = Cli::parse();
+    // Per-request access logs would distort the benchmark.
+    let default_filter = match cli.command {
+        Command::Bench(_) => "warn,vulcan::bench=info",
+        _ => "info,actix_server=warn",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_filter))
+        .init();
+    if let Command::Bench(args) = cli.command {
+        return run_bench(args);
+    }
     let config = match Config::load() {
         Ok(c) => c,
         Err(e) => {
@@ -40,7 +74,41 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve => serve(config),
+        Command::Bench(args) => run_bench(args),
     }
+}
+
+fn run_bench(args: BenchArgs) -> ExitCode {
+    let mut opts = if args.quick {
+        BenchOptions::quick()
+    } else {
+        BenchOptions::full()
+    };
+    opts.sync_samples = args.sync_samples.unwrap_or(opts.sync_samples);
+    opts.async_workloads = args.async_workloads.unwrap_or(opts.async_workloads);
+    opts.sse_subscribers = args.sse_subscribers.unwrap_or(opts.sse_subscribers);
+    opts.gvisor = args.gvisor;
+    let command = std::env::args()
+        .enumerate()
+        .map(|(i, a)| if i == 0 { "vulcan".to_string() } else { a })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let report = match bench::run(&opts) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vulcan bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let markdown = report.to_markdown(&command);
+    println!("{markdown}");
+    if let Some(path) = args.out {
+        if let Err(e) = std::fs::write(&path, &markdown) {
+            eprintln!("vulcan bench: cannot write {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn serve(config: Config) -> ExitCode {
