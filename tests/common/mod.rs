@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod scripted;
+pub mod sse;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
