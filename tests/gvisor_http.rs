@@ -102,6 +102,20 @@ impl GvApp {
         w
     }
 
+    /// Wait until the backend counts nothing running or queued (its bookkeeping
+    /// follows the end of each execution by a message).
+    async fn wait_idle(&self) {
+        let start = Instant::now();
+        loop {
+            let entry = self.backend("gvisor").await;
+            if entry["running"] == 0 && entry["queued"] == 0 {
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(5), "{entry}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn bundles(&self) -> Vec<String> {
         std::fs::read_dir(self.state.path().join("bundles"))
             .map(|d| {
@@ -448,8 +462,7 @@ async fn killing_a_sleeping_workload_stops_it_promptly() {
         "{:?}",
         started.elapsed()
     );
-    let entry = gv.backend("gvisor").await;
-    assert_eq!(entry["running"], 0, "{entry}");
+    gv.wait_idle().await;
     assert_eq!(
         gv.app
             .delete(&format!("/v1/workloads/{wid}"))
@@ -483,6 +496,8 @@ async fn the_sandbox_has_no_network_host_secrets_or_writable_runtime() {
     let Some(gv) = gvisor_app("confine", &[]).await else {
         return;
     };
+    // The app runs in this process: a variable set here is in the server's own
+    // environment (set before the workload starts; Rust serialises env access).
     std::env::set_var("VULCAN_SECRET_PROBE", "s3cr3t-value-from-the-host");
     let port: u16 = gv
         .app
@@ -528,6 +543,16 @@ print(json.dumps(r))
     assert_eq!(r["shadow_exists"], false, "{r}");
     assert_eq!(r["uid"], 65534, "{r}");
     let env = r["env"].as_object().expect("env");
+    // The sandbox's whole environment is the backend's own few variables.
+    let allowed = ["HOME", "LANG", "LC_CTYPE", "PATH", "TMPDIR", "VULCAN_INPUT"];
+    for key in env.keys() {
+        assert!(allowed.contains(&key.as_str()), "host env leaked: {key}");
+    }
+    assert_ne!(
+        env.get("HOME").and_then(Value::as_str),
+        std::env::var("HOME").ok().as_deref(),
+        "the host HOME leaked"
+    );
     assert!(
         !env.contains_key("VULCAN_SECRET_PROBE"),
         "host env leaked: {r}"
@@ -650,9 +675,7 @@ async fn no_leftovers_after_fifty_mixed_runs() {
     eprintln!("50 mixed runs took {:?}: {tally:?}", started.elapsed());
     assert_eq!(tally.values().sum::<i32>(), 50);
     gv.assert_clean_soon().await;
-    let entry = gv.backend("gvisor").await;
-    assert_eq!(entry["running"], 0, "{entry}");
-    assert_eq!(entry["queued"], 0, "{entry}");
+    gv.wait_idle().await;
     let stats = gv.app.get_json("/v1/stats", 200).await;
     assert_eq!(stats["by_isolation"]["gvisor"], 50, "{stats}");
 }
