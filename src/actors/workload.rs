@@ -42,6 +42,8 @@ pub struct WorkloadActor {
     cancel: CancellationToken,
     /// Set once a slot was granted (the supervisor counts it as running).
     started: Option<Instant>,
+    /// The execution's deadline, once it was handed to the backend.
+    deadline: Option<Instant>,
     /// The terminal status decided so far; later outcomes are discarded.
     decided: Option<Status>,
     /// The execution future has finished (cleanup done).
@@ -70,6 +72,7 @@ impl WorkloadActor {
             metrics,
             cancel: CancellationToken::new(),
             started: None,
+            deadline: None,
             decided: None,
             execution_over: false,
             final_record: None,
@@ -82,6 +85,11 @@ impl WorkloadActor {
         let (tx, rx) = oneshot::channel();
         self.waiters.push(tx);
         rx
+    }
+
+    /// The error of a workload that ran out of time.
+    fn timeout_message(&self) -> String {
+        format!("timed out after {}s", self.spec.timeout.as_secs())
     }
 
     fn elapsed_ms(&self) -> Option<u64> {
@@ -186,6 +194,11 @@ impl WorkloadActor {
                 });
                 change
             }
+            // Backends may stop on their own at the deadline, and their answer can
+            // arrive before our own `Timeout`: that is the timeout all the same.
+            Err(BackendError::Cancelled) if self.deadline.is_some_and(|d| Instant::now() >= d) => {
+                StatusChange::to(Status::Failed).with_error(self.timeout_message())
+            }
             Err(BackendError::Cancelled) => {
                 StatusChange::to(Status::Failed).with_error("execution cancelled by the backend")
             }
@@ -276,10 +289,12 @@ impl Handler<Start> for WorkloadActor {
                 let timeout = act.spec.timeout;
                 let broker = act.broker.clone();
                 let sink = LogSink::new(move |line| broker.do_send(Publish { id, line }));
+                let deadline = Instant::now() + timeout;
+                act.deadline = Some(deadline);
                 let exec = ExecContext {
                     log: sink,
                     cancel: act.cancel.clone(),
-                    deadline: Instant::now() + timeout,
+                    deadline,
                 };
                 let (tx, rx) = oneshot::channel();
                 msg.backend.do_send(Execute {
@@ -309,11 +324,8 @@ impl Handler<Timeout> for WorkloadActor {
     type Result = ();
 
     fn handle(&mut self, _: Timeout, ctx: &mut Self::Context) {
-        let secs = self.spec.timeout.as_secs();
-        self.finish(
-            StatusChange::to(Status::Failed).with_error(format!("timed out after {secs}s")),
-            ctx,
-        );
+        let message = self.timeout_message();
+        self.finish(StatusChange::to(Status::Failed).with_error(message), ctx);
     }
 }
 

@@ -127,3 +127,51 @@ impl Reader {
         out
     }
 }
+
+/// An event, as the backend HTTP tests name it.
+pub type SseEvent = Event;
+
+/// A subscription to a workload's log stream, with per-call time limits.
+pub struct SseStream(Reader);
+
+impl SseStream {
+    /// Open `/v1/workloads/{id}/logs`, asserting a 200 `text/event-stream` answer.
+    pub async fn open(app: &super::TestApp, id: &str) -> Self {
+        let res = app
+            .client
+            .get(app.url(&format!("/v1/workloads/{id}/logs")))
+            .send()
+            .await
+            .expect("SSE request");
+        Self(Reader::new(res))
+    }
+
+    /// The next event; `None` once the server closed the stream. Panics when nothing
+    /// arrives `within`.
+    pub async fn next_event(&mut self, within: Duration) -> Option<Event> {
+        tokio::time::timeout(within, self.0.next_event())
+            .await
+            .unwrap_or_else(|_| panic!("no SSE event within {within:?}"))
+    }
+
+    /// Read until `event: done`; returns the line events before it and the final
+    /// status, and checks that the server then closes the stream.
+    pub async fn until_done(&mut self, within: Duration) -> (Vec<Event>, String) {
+        let mut lines = Vec::new();
+        loop {
+            let event = self
+                .next_event(within)
+                .await
+                .expect("stream closed before `done`");
+            if event.event.as_deref() == Some("done") {
+                assert_eq!(
+                    self.next_event(within).await,
+                    None,
+                    "stream must close after done"
+                );
+                return (lines, event.data);
+            }
+            lines.push(event);
+        }
+    }
+}
