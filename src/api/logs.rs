@@ -40,18 +40,27 @@ async fn history(
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id)?;
     state.store.send(GetWorkload(id)).await??;
-    let lines = state
-        .store
-        .send(GetLogs {
-            id,
-            after: None,
-            consistent: true,
-        })
-        .await??;
+    let lines = replay(&state, id, None).await?;
     Ok(ok_json(&History {
         workload_id: id,
         lines,
     }))
+}
+
+/// Recorded lines after `after`, read behind every line the broker has handed over.
+async fn replay(
+    state: &AppState,
+    id: WorkloadId,
+    after: Option<u64>,
+) -> Result<Vec<LogLine>, ApiError> {
+    Ok(state
+        .store
+        .send(GetLogs {
+            id,
+            after,
+            consistent: true,
+        })
+        .await??)
 }
 
 fn line_event(l: LogLine) -> sse::Event {
@@ -129,15 +138,10 @@ async fn stream_logs(
                     events,
                 };
                 // Queued behind every line the broker numbered below `live_from`.
-                let replay = state
-                    .store
-                    .send(GetLogs {
-                        id,
-                        after,
-                        consistent: true,
-                    })
-                    .await??;
-                let replay = replay.into_iter().filter(move |l| l.seq < live_from);
+                let replay = replay(&state, id, after)
+                    .await?
+                    .into_iter()
+                    .filter(move |l| l.seq < live_from);
                 break Box::new(Box::pin(
                     stream::iter(replay.map(line_event)).chain(live(sub, after)),
                 ));
@@ -145,14 +149,7 @@ async fn stream_logs(
             Subscription::Closed => {
                 let w = state.store.send(GetWorkload(id)).await??;
                 if w.status.is_terminal() {
-                    let replay = state
-                        .store
-                        .send(GetLogs {
-                            id,
-                            after,
-                            consistent: true,
-                        })
-                        .await??;
+                    let replay = replay(&state, id, after).await?;
                     let done = stream::once(async move { done_event(w.status) });
                     break Box::new(Box::pin(
                         stream::iter(replay.into_iter().map(line_event)).chain(done),

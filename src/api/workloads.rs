@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{method_not_allowed, ok_json, parse_id, ApiError, AppState};
 use crate::actors::store::{GetWorkload, ListWorkloads};
-use crate::actors::supervisor::{KillWorkload, Submit};
+use crate::actors::supervisor::{KillWorkload, Submit, Submitted};
 use crate::model::{Workload, WorkloadRequest, WorkloadRequestDto};
 use crate::store::queries::ListQuery;
 
@@ -30,22 +30,22 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
     );
 }
 
-fn validate(state: &AppState, body: WorkloadRequestDto) -> Result<WorkloadRequest, ApiError> {
-    WorkloadRequest::try_from((body, &state.limits)).map_err(|e| ApiError::BadRequest(e.0))
+/// Validate the body and hand it to the supervisor.
+async fn submit(
+    state: &AppState,
+    body: WorkloadRequestDto,
+    wait: bool,
+) -> Result<Submitted, ApiError> {
+    let request =
+        WorkloadRequest::try_from((body, &state.limits)).map_err(|e| ApiError::BadRequest(e.0))?;
+    Ok(state.supervisor.send(Submit { request, wait }).await??)
 }
 
 async fn submit_sync(
     state: web::Data<AppState>,
     body: web::Json<WorkloadRequestDto>,
 ) -> Result<HttpResponse, ApiError> {
-    let request = validate(&state, body.into_inner())?;
-    let submitted = state
-        .supervisor
-        .send(Submit {
-            request,
-            wait: true,
-        })
-        .await??;
+    let submitted = submit(&state, body.into_inner(), true).await?;
     let done = submitted
         .done
         .ok_or_else(|| ApiError::Internal("sync submission without a waiter".into()))?;
@@ -61,15 +61,7 @@ async fn submit_async(
     state: web::Data<AppState>,
     body: web::Json<WorkloadRequestDto>,
 ) -> Result<HttpResponse, ApiError> {
-    let request = validate(&state, body.into_inner())?;
-    let submitted = state
-        .supervisor
-        .send(Submit {
-            request,
-            wait: false,
-        })
-        .await??;
-    let w = submitted.workload;
+    let w = submit(&state, body.into_inner(), false).await?.workload;
     Ok(HttpResponse::Accepted()
         .insert_header((header::LOCATION, format!("/v1/workloads/{}", w.id)))
         .json(&w))
