@@ -249,70 +249,69 @@ impl Handler<Start> for WorkloadActor {
             return;
         }
         let id = self.record.id;
+        // The running write and the execution start together: the store applies writes
+        // in the order they were sent, so the terminal write always lands after this
+        // one, and the execution does not wait a store round trip to begin.
         self.store
             .send(ChangeStatus {
                 id,
                 change: StatusChange::to(Status::Running),
             })
             .into_actor(self)
-            .map(move |res, act, ctx| {
-                if act.decided.is_some() {
-                    act.execution_over = true;
-                    act.maybe_stop(ctx);
-                    return;
-                }
-                match res {
-                    Ok(Ok(record)) => {
-                        log::info!(
-                            "workload {id}: pending -> running (backend {})",
-                            record.backend
-                        );
+            .map(move |res, act, ctx| match res {
+                Ok(Ok(record)) => {
+                    log::info!(
+                        "workload {id}: pending -> running (backend {})",
+                        record.backend
+                    );
+                    if act.final_record.is_none() {
                         act.record = record;
                     }
-                    other => {
-                        let why = match other {
-                            Ok(Err(e)) => e.to_string(),
-                            Err(e) => e.to_string(),
-                            Ok(Ok(_)) => String::new(),
-                        };
-                        log::error!("workload {id}: could not record running: {why}");
-                        act.execution_over = true;
-                        act.finish(
-                            StatusChange::to(Status::Failed)
-                                .with_error("could not start: store error"),
-                            ctx,
-                        );
-                        return;
-                    }
                 }
-                act.started = Some(Instant::now());
-                let timeout = act.spec.timeout;
-                let broker = act.broker.clone();
-                let sink = LogSink::new(move |line| broker.do_send(Publish { id, line }));
-                let deadline = Instant::now() + timeout;
-                act.deadline = Some(deadline);
-                let exec = ExecContext {
-                    log: sink,
-                    cancel: act.cancel.clone(),
-                    deadline,
-                };
-                let (tx, rx) = oneshot::channel();
-                msg.backend.do_send(Execute {
-                    spec: act.spec.clone(),
-                    ctx: exec,
-                    reply: tx,
-                });
-                ctx.notify_later(Timeout, timeout);
-                rx.into_actor(act)
-                    .map(|res, act, ctx| {
-                        let res = res.unwrap_or_else(|_| {
-                            Err(BackendError::Internal("the execution was lost".into()))
-                        });
-                        act.on_result(res, ctx);
-                    })
-                    .spawn(ctx);
+                Ok(Err(e)) => act.could_not_start(e.to_string(), ctx),
+                Err(e) => act.could_not_start(e.to_string(), ctx),
             })
             .spawn(ctx);
+
+        let timeout = self.spec.timeout;
+        let broker = self.broker.clone();
+        let sink = LogSink::new(move |line| broker.do_send(Publish { id, line }));
+        let deadline = Instant::now() + timeout;
+        self.deadline = Some(deadline);
+        let exec = ExecContext {
+            log: sink,
+            cancel: self.cancel.clone(),
+            deadline,
+        };
+        let (tx, rx) = oneshot::channel();
+        msg.backend.do_send(Execute {
+            spec: self.spec.clone(),
+            ctx: exec,
+            reply: tx,
+        });
+        ctx.notify_later(Timeout, timeout);
+        rx.into_actor(self)
+            .map(|res, act, ctx| {
+                let res = res.unwrap_or_else(|_| {
+                    Err(BackendError::Internal("the execution was lost".into()))
+                });
+                act.on_result(res, ctx);
+            })
+            .spawn(ctx);
+    }
+}
+
+impl WorkloadActor {
+    /// The running write failed: stop the execution and record the failure.
+    fn could_not_start(&mut self, why: String, ctx: &mut Context<Self>) {
+        log::error!(
+            "workload {}: could not record running: {why}",
+            self.record.id
+        );
+        self.finish(
+            StatusChange::to(Status::Failed).with_error("could not start: store error"),
+            ctx,
+        );
     }
 }
 
