@@ -1,8 +1,8 @@
 //! The StoreActor: the one writer of the database.
 //!
 //! Writes are queued to a dedicated writer thread that owns the only write connection.
-//! Everything queued while a transaction commits goes into the next transaction together
-//! (each write in its own savepoint, so one failing write does not undo its neighbours).
+//! Everything queued while a transaction commits goes into the next transaction together;
+//! one failing write does not undo its neighbours.
 //! Queries use a small read pool on blocking threads. Handlers and other actors only
 //! ever send messages here.
 
@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use diesel::sqlite::SqliteConnection;
-use diesel::Connection;
 use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
@@ -54,8 +53,10 @@ impl StoreActor {
     ) -> oneshot::Receiver<Result<T, StoreError>> {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
-            // A savepoint per write: a failed write rolls back alone.
-            let res = conn.transaction(op);
+            // No savepoint per write: every write op either is a single mutating
+            // statement (SQLite undoes a failed statement by itself) or opens its own
+            // savepoint, so a failed write never leaves anything behind in the batch.
+            let res = op(conn);
             Box::new(move |commit: Result<(), String>| {
                 let _ = tx.send(commit.map_err(StoreError::Connection).and(res));
             })

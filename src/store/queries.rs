@@ -140,31 +140,35 @@ pub fn get_workload(conn: &mut SqliteConnection, id: WorkloadId) -> Result<Workl
 
 /// Validate `change` against the stored status with the state machine and apply it.
 /// An invalid transition writes nothing.
+///
+/// One statement in the common case: the update only matches rows whose status the
+/// transition function allows `change.to` from, and returns the new row. When nothing
+/// matched, a read tells "unknown id" from "invalid transition".
 pub fn apply_change(
     conn: &mut SqliteConnection,
     id: WorkloadId,
     change: &StatusChange,
 ) -> Result<Workload, StoreError> {
     let key = id.to_string();
-    let current: String = workloads::table
-        .find(&key)
-        .select(workloads::status)
-        .first(conn)
-        .optional()?
-        .ok_or(StoreError::NotFound)?;
-    let from: Status = current
-        .parse()
-        .map_err(|_| StoreError::Corrupt(format!("status {current:?}")))?;
-    let to = transition(from, change.to)?;
+    let to = change.to;
+    let allowed_from: Vec<&str> = Status::ALL
+        .into_iter()
+        .filter(|from| transition(*from, to).is_ok())
+        .map(Status::as_str)
+        .collect();
     let at = format_time(&change.at);
-    let target = workloads::table.find(&key);
-    if to == Status::Running {
+    let target = workloads::table
+        .find(&key)
+        .filter(workloads::status.eq_any(allowed_from));
+    let updated = if to == Status::Running {
         diesel::update(target)
             .set((
                 workloads::status.eq(to.as_str()),
                 workloads::started_at.eq(&at),
             ))
-            .execute(conn)?;
+            .returning(WorkloadRow::as_returning())
+            .get_result(conn)
+            .optional()?
     } else {
         let output = change
             .output
@@ -181,9 +185,26 @@ pub fn apply_change(
                 workloads::error.eq(&change.error),
                 workloads::duration_ms.eq(change.duration_ms.map(|d| d as i64)),
             ))
-            .execute(conn)?;
+            .returning(WorkloadRow::as_returning())
+            .get_result(conn)
+            .optional()?
+    };
+    if let Some(row) = updated {
+        return row.try_into();
     }
-    get_workload(conn, id)
+    let current: String = workloads::table
+        .find(&key)
+        .select(workloads::status)
+        .first(conn)
+        .optional()?
+        .ok_or(StoreError::NotFound)?;
+    let from: Status = current
+        .parse()
+        .map_err(|_| StoreError::Corrupt(format!("status {current:?}")))?;
+    transition(from, to)?;
+    Err(StoreError::Corrupt(format!(
+        "{from} -> {to} is allowed but the update matched nothing"
+    )))
 }
 
 /// Append log lines (their `seq` is assigned by the log broker).
@@ -309,6 +330,10 @@ pub fn stats(conn: &mut SqliteConnection) -> Result<Stats, StoreError> {
 /// Start-up recovery: running workloads become failed ("interrupted by server
 /// restart"), through the state machine; pending ones are returned oldest first.
 pub fn recover(conn: &mut SqliteConnection) -> Result<Recovered, StoreError> {
+    conn.transaction(recover_inner)
+}
+
+fn recover_inner(conn: &mut SqliteConnection) -> Result<Recovered, StoreError> {
     let mut out = Recovered::default();
     let running: Vec<String> = workloads::table
         .filter(workloads::status.eq(Status::Running.as_str()))

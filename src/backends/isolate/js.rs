@@ -116,9 +116,11 @@ pub(super) fn run(
             let outcome = context.with(|ctx| evaluate(&ctx, code, input, log, stop));
             // Measured while the context (and whatever the workload left reachable)
             // still exists: when QuickJS runs out of memory it may throw without even
-            // an error object, and this is how such a failure is told apart.
-            let used = usize::try_from(rt.memory_usage().malloc_size).unwrap_or(0);
-            (outcome, used >= limit / 4 * 3)
+            // an error object, and this is how such a failure is told apart. Only on
+            // failure: computing it walks the whole heap.
+            let heap_full = matches!(outcome, Outcome::Failed(_))
+                && usize::try_from(rt.memory_usage().malloc_size).unwrap_or(0) >= limit / 4 * 3;
+            (outcome, heap_full)
         }
         Err(e) => (
             Outcome::Failed(format!("cannot create a JavaScript context: {e}")),
