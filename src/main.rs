@@ -41,6 +41,9 @@ struct BenchArgs {
     /// Override the async workload count.
     #[arg(long)]
     async_workloads: Option<usize>,
+    /// Override the number of concurrent connections submitting async work.
+    #[arg(long)]
+    async_clients: Option<usize>,
     /// Override the SSE subscriber count.
     #[arg(long)]
     sse_subscribers: Option<usize>,
@@ -86,6 +89,7 @@ fn run_bench(args: BenchArgs) -> ExitCode {
     };
     opts.sync_samples = args.sync_samples.unwrap_or(opts.sync_samples);
     opts.async_workloads = args.async_workloads.unwrap_or(opts.async_workloads);
+    opts.async_clients = args.async_clients.unwrap_or(opts.async_clients);
     opts.sse_subscribers = args.sse_subscribers.unwrap_or(opts.sse_subscribers);
     opts.gvisor = args.gvisor;
     let command = std::env::args()
