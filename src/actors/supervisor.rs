@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use actix::prelude::*;
-use chrono::Utc;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
@@ -409,8 +408,9 @@ impl Handler<Submit> for Supervisor {
         }
         self.pending += 1;
         self.update_gauges();
+        let id = WorkloadId::new();
         let record = Workload {
-            id: WorkloadId::new(),
+            id,
             status: Status::Pending,
             isolation,
             requested_isolation: req.isolation,
@@ -425,7 +425,7 @@ impl Handler<Submit> for Supervisor {
             mem_limit: req.resources.mem_mb,
             timeout_s: req.resources.timeout_s,
             duration_ms: None,
-            created_at: Utc::now(),
+            created_at: id.created_at(),
             started_at: None,
             finished_at: None,
         };
