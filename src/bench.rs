@@ -20,7 +20,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-use crate::backends::isolate::{bench_cold_js, bench_cold_wasm};
+use crate::backends::isolate::{bench_cold_js, bench_cold_wasm, bench_js_workload};
 use crate::backends::{
     Backend, BackendCapabilities, BackendError, BackendFactory, BackendHealth, ExecContext,
     WorkloadResult, WorkloadSpec,
@@ -274,6 +274,8 @@ pub struct BenchReport {
     pub machine: Machine,
     /// Fresh QuickJS runtime + context + trivial eval.
     pub cold_js: Percentiles,
+    /// The whole per-workload JavaScript path on the worker thread.
+    pub js_workload: Percentiles,
     /// Fresh wasmtime store + instantiation + `_start` of a cached module.
     pub cold_wasm: Percentiles,
     /// `POST /v1/workloads` (sync) round trip, one keep-alive connection.
@@ -376,6 +378,10 @@ impl BenchReport {
         let _ = writeln!(s, "| what | samples | p50 µs | p99 µs |\n|---|---|---|---|");
         for (name, p) in [
             ("JS: QuickJS runtime + context + eval", &self.cold_js),
+            (
+                "JS workload: the above + prelude + api.md module + call + JSON",
+                &self.js_workload,
+            ),
             (
                 "Wasm: store + instantiate + `_start` (cached module)",
                 &self.cold_wasm,
@@ -497,6 +503,12 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         "cold JS",
         bench_cold_js(opts.cold_samples.max(1)).map_err(|e| BenchError::Backend("cold JS", e))?,
     )?;
+    log::info!("JS workloads on the calling thread ({})", opts.cold_samples);
+    let js_workload = percentiles(
+        "JS workload",
+        bench_js_workload(opts.cold_samples.max(1))
+            .map_err(|e| BenchError::Backend("JS workload", e))?,
+    )?;
     log::info!("cold Wasm instances ({})", opts.cold_samples);
     let cold_wasm = percentiles(
         "cold Wasm",
@@ -536,6 +548,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     Ok(BenchReport {
         machine,
         cold_js,
+        js_workload,
         cold_wasm,
         sync,
         throughput,

@@ -503,6 +503,30 @@ pub fn bench_cold_js(n: usize) -> Result<Vec<Duration>, BackendError> {
     Ok(samples)
 }
 
+/// Benchmark helper: `n` timings of what every JavaScript workload pays on its worker
+/// thread: a fresh runtime and context, the prelude (console, timers), the api.md
+/// example module, its call with `{"a":1,"b":2}`, and JSON serialisation of the result.
+pub fn bench_js_workload(n: usize) -> Result<Vec<Duration>, BackendError> {
+    const CODE: &str = "export default (input) => ({ sum: input.a + input.b });";
+    let log = LogSink::discard();
+    let stop = StopSignal::new(
+        tokio_util::sync::CancellationToken::new(),
+        Instant::now() + Duration::from_secs(3600),
+    );
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        let res = run(CODE, br#"{"a":1,"b":2}"#, 128, &log, &stop)?;
+        if res.output != br#"{"sum":3}"# {
+            return Err(BackendError::Internal(format!(
+                "benchmark workload returned {res:?}"
+            )));
+        }
+        samples.push(start.elapsed());
+    }
+    Ok(samples)
+}
+
 #[cfg(test)]
 mod tests {
     use super::looks_like_module;

@@ -23,7 +23,7 @@ mod js;
 mod pool;
 mod wasm;
 
-pub use js::bench_cold_js;
+pub use js::{bench_cold_js, bench_js_workload};
 pub use wasm::bench_cold_wasm;
 
 use pool::WorkerPool;
@@ -81,7 +81,7 @@ pub(crate) struct StopSignal {
 }
 
 impl StopSignal {
-    fn new(cancel: CancellationToken, deadline: Instant) -> Self {
+    pub(crate) fn new(cancel: CancellationToken, deadline: Instant) -> Self {
         Self { cancel, deadline }
     }
 
