@@ -182,6 +182,8 @@ impl Application {
         // A client that closes its side is gone: drop its response (an SSE stream
         // frees its subscription at once instead of at the next failed write).
         .h1_allow_half_closed(false)
+        // Signals are handled in `run_until_stopped`: workloads first, then the server.
+        .disable_signals()
         .listen(listener)
         .map_err(|e| StartupError::Bind(config.listen_addr.clone(), e))?
         .run();
@@ -205,28 +207,28 @@ impl Application {
         self.server.handle()
     }
 
-    /// Serve until SIGTERM/SIGINT (or a handle stops it), then shut down gracefully:
-    /// running workloads are stopped and marked failed, the store is flushed.
+    /// Serve until SIGTERM/SIGINT (or a handle stops it), then shut down gracefully.
+    ///
+    /// On a signal, running workloads are stopped first (recorded as failed,
+    /// "interrupted by server shutdown"), so their SSE streams end with `done` and
+    /// close; then the server stops accepting and drains; then the store is flushed.
+    /// Pending workloads stay pending for the next start.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await?;
-        log::info!("shutting down: stopping running workloads and flushing the store");
+        let handle = self.server.handle();
         let deadline = Instant::now() + self.shutdown_timeout;
-        if let Ok(n) = self
-            .supervisor
-            .send(InterruptAll("interrupted by server shutdown".into()))
-            .await
-        {
-            if n > 0 {
-                while Instant::now() < deadline {
-                    let busy = match self.supervisor.send(ListBackends).await {
-                        Ok(list) => list.iter().any(|b| b.running > 0),
-                        Err(_) => false,
-                    };
-                    if !busy {
-                        break;
-                    }
-                    actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-                }
+        let mut server = self.server;
+        tokio::select! {
+            res = &mut server => {
+                res?;
+                log::info!("server stopped: stopping running workloads, flushing the store");
+                stop_running_workloads(&self.supervisor, Instant::now() + self.shutdown_timeout).await;
+            }
+            signal = shutdown_signal() => {
+                log::info!("{signal} received: stopping running workloads, then the server");
+                stop_running_workloads(&self.supervisor, deadline).await;
+                // The server future drives its own shutdown: poll it while stopping.
+                let (_, res) = tokio::join!(handle.stop(true), &mut server);
+                res?;
             }
         }
         match actix_web::rt::time::timeout(
@@ -239,6 +241,51 @@ impl Application {
             _ => log::error!("store flush did not complete before the shutdown deadline"),
         }
         Ok(())
+    }
+}
+
+/// Resolves with the signal's name on SIGTERM or SIGINT.
+async fn shutdown_signal() -> &'static str {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("cannot listen for SIGTERM: {e}");
+            return match tokio::signal::ctrl_c().await {
+                Ok(()) => "SIGINT",
+                Err(_) => std::future::pending().await,
+            };
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        res = tokio::signal::ctrl_c() => match res {
+            Ok(()) => "SIGINT",
+            Err(_) => std::future::pending().await,
+        },
+    }
+}
+
+/// Interrupt every running workload and wait (until `deadline`) for their executions
+/// to end and their terminal status to be recorded.
+async fn stop_running_workloads(supervisor: &Addr<Supervisor>, deadline: Instant) {
+    let Ok(n) = supervisor
+        .send(InterruptAll("interrupted by server shutdown".into()))
+        .await
+    else {
+        return;
+    };
+    if n == 0 {
+        return;
+    }
+    while Instant::now() < deadline {
+        let busy = match supervisor.send(ListBackends).await {
+            Ok(list) => list.iter().any(|b| b.running > 0),
+            Err(_) => false,
+        };
+        if !busy {
+            break;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

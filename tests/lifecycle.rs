@@ -588,6 +588,11 @@ async fn graceful_shutdown_marks_running_work_and_keeps_pending_work() {
         seen.saw_cancel(&id(&running)),
         "running work is stopped on shutdown"
     );
+    assert_eq!(
+        seen.started.load(Ordering::SeqCst),
+        1,
+        "queued work must not start while the server drains"
+    );
     let (f, _) = scripted::factory(Options::default());
     let again = common::app().backend(f).db(db).spawn().await;
     let w = again

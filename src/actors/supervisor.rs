@@ -28,6 +28,9 @@ pub enum SubmitError {
     /// The server holds `max_queue` pending workloads already (HTTP 429).
     #[error("the server already holds {0} pending workloads; retry later")]
     QueueFull(usize),
+    /// The server is shutting down (HTTP 503).
+    #[error("the server is shutting down; retry later")]
+    ShuttingDown,
     /// The store failed (HTTP 500).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -107,6 +110,9 @@ pub struct Supervisor {
     /// Accepted (or being recorded) and not yet granted a slot.
     pending: usize,
     factories: Vec<BackendFactory>,
+    /// Shutting down: no new work is accepted and no queued work is started (it stays
+    /// pending in the store for the next start).
+    draining: bool,
 }
 
 impl Supervisor {
@@ -129,6 +135,7 @@ impl Supervisor {
             workloads: HashMap::new(),
             pending: 0,
             factories,
+            draining: false,
         }
     }
 
@@ -254,6 +261,10 @@ impl Supervisor {
 
     /// Grant free slots of `backend` to its queue, oldest first.
     fn dispatch(&mut self, backend: &str) {
+        if self.draining {
+            self.update_gauges();
+            return;
+        }
         let Some(entry) = self.backends.get_mut(backend) else {
             return;
         };
@@ -386,7 +397,8 @@ pub struct RestartBackendByName(pub String);
 #[rtype(result = "Vec<ActorInfo>")]
 pub struct ListActors;
 
-/// Shutdown: running workloads are marked failed with this reason.
+/// Shutdown: stop accepting and starting work; running workloads are marked failed with
+/// this reason (queued ones stay pending for the next start).
 #[derive(Message)]
 #[rtype(result = "usize")]
 pub struct InterruptAll(pub String);
@@ -396,6 +408,9 @@ impl Handler<Submit> for Supervisor {
 
     fn handle(&mut self, msg: Submit, _: &mut Self::Context) -> Self::Result {
         let req = msg.request;
+        if self.draining {
+            return Box::pin(actix::fut::ready(Err(SubmitError::ShuttingDown)));
+        }
         let (backend, isolation) = match self.resolve(req.runtime, req.isolation.explicit()) {
             Ok(found) => found,
             Err(e) => return Box::pin(actix::fut::ready(Err(e))),
@@ -627,6 +642,7 @@ impl Handler<InterruptAll> for Supervisor {
     type Result = usize;
 
     fn handle(&mut self, msg: InterruptAll, _: &mut Self::Context) -> usize {
+        self.draining = true;
         for addr in self.workloads.values() {
             addr.do_send(Interrupt(msg.0.clone()));
         }

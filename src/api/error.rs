@@ -40,6 +40,10 @@ pub enum ApiError {
     /// 429: admission control refused; retry after the given seconds.
     #[error("{0}")]
     TooManyRequests(String, u64),
+    /// 503: the server cannot take work right now (shutting down); retry after the
+    /// given seconds.
+    #[error("{0}")]
+    Unavailable(String, u64),
     /// 500: a real server fault (the cause is logged, not shown).
     #[error("internal server error")]
     Internal(String),
@@ -62,6 +66,7 @@ impl ResponseError for ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooManyRequests(..) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(..) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -73,7 +78,7 @@ impl ResponseError for ApiError {
         let message = self.to_string();
         let mut res = HttpResponse::build(self.status_code());
         match self {
-            ApiError::TooManyRequests(_, secs) => {
+            ApiError::TooManyRequests(_, secs) | ApiError::Unavailable(_, secs) => {
                 res.insert_header((header::RETRY_AFTER, secs.to_string()));
             }
             ApiError::Unauthorized => {
@@ -106,6 +111,7 @@ impl From<SubmitError> for ApiError {
         match e {
             SubmitError::Unplaceable(m) => ApiError::Unprocessable(m),
             e @ SubmitError::QueueFull(_) => ApiError::TooManyRequests(e.to_string(), 1),
+            e @ SubmitError::ShuttingDown => ApiError::Unavailable(e.to_string(), 5),
             SubmitError::Store(e) => e.into(),
         }
     }

@@ -137,9 +137,13 @@ pub struct SseStream(Reader);
 impl SseStream {
     /// Open `/v1/workloads/{id}/logs`, asserting a 200 `text/event-stream` answer.
     pub async fn open(app: &super::TestApp, id: &str) -> Self {
-        let res = app
-            .client
-            .get(app.url(&format!("/v1/workloads/{id}/logs")))
+        Self::open_at(&app.client, &app.address, id).await
+    }
+
+    /// The same against a server at `base` (`http://host:port`).
+    pub async fn open_at(client: &reqwest::Client, base: &str, id: &str) -> Self {
+        let res = client
+            .get(format!("{base}/v1/workloads/{id}/logs"))
             .send()
             .await
             .expect("SSE request");
