@@ -111,7 +111,7 @@ impl GvApp {
             if entry["running"] == 0 && entry["queued"] == 0 {
                 return;
             }
-            assert!(start.elapsed() < Duration::from_secs(5), "{entry}");
+            assert!(start.elapsed() < Duration::from_secs(15), "{entry}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -423,7 +423,7 @@ async fn a_busy_loop_times_out() {
     assert_eq!(w["status"], "failed", "{w}");
     assert_eq!(w["error"], "timed out after 1s");
     assert!(took >= Duration::from_millis(900), "{took:?}");
-    assert!(took < Duration::from_secs(8), "{took:?}");
+    assert!(took < Duration::from_secs(15), "{took:?}");
     gv.assert_clean_soon().await;
 }
 

@@ -134,7 +134,7 @@ async fn an_infinite_loop_times_out() {
     assert_eq!(w["error"], "timed out after 1s");
     assert_eq!(w["output"], Value::Null);
     assert!(took >= Duration::from_millis(900), "{took:?}");
-    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
 }
 
 #[tokio::test]
@@ -183,7 +183,7 @@ async fn killing_infinite_loops_frees_their_threads_at_once() {
         if isolate["running"] == 0 && isolate["queued"] == 0 {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(2), "{isolate}");
+        assert!(t.elapsed() < Duration::from_secs(10), "{isolate}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     for wid in &ids {
@@ -319,7 +319,7 @@ async fn a_wasm_infinite_loop_times_out() {
     let w = run(&app, &body).await;
     assert_eq!(w["status"], "failed", "{w}");
     assert_eq!(w["error"], "timed out after 1s");
-    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(started.elapsed() < Duration::from_secs(10));
     // The worker is free again.
     let w = run(&app, &wat(WRAP_WAT)).await;
     assert_eq!(w["status"], "completed", "{w}");

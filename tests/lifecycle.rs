@@ -136,7 +136,7 @@ async fn timeout_cancels_the_execution_and_fails() {
         .expect("json");
     assert_eq!(w["status"], "failed");
     assert_eq!(w["error"], "timed out after 1s");
-    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(started.elapsed() < Duration::from_secs(10));
     let wid = id(&w);
     // The backend saw the cancellation and cleaned up.
     let t = Instant::now();
@@ -580,7 +580,7 @@ async fn graceful_shutdown_marks_running_work_and_keeps_pending_work() {
     let t = Instant::now();
     let dir = app.stop().await;
     assert!(
-        t.elapsed() < Duration::from_secs(5),
+        t.elapsed() < Duration::from_secs(10),
         "shutdown took {:?}",
         t.elapsed()
     );

@@ -90,7 +90,7 @@ async fn sigterm_stops_running_work_ends_streams_with_done_and_exits_0() {
         .expect("wait");
     assert!(exit.success(), "exit status {exit:?}");
     assert!(
-        t.elapsed() < Duration::from_secs(5),
+        t.elapsed() < Duration::from_secs(10),
         "shutdown took {:?}",
         t.elapsed()
     );

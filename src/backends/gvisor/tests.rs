@@ -319,7 +319,9 @@ async fn cancelling_a_busy_loop_returns_promptly_and_leaves_nothing() {
     let result = h.backend.execute(s, ctx).await;
     let took = fired.lock().unwrap().unwrap().elapsed();
     assert_eq!(result, Err(BackendError::Cancelled));
-    assert!(took < Duration::from_secs(2), "cancel took {took:?}");
+    // A liveness bound (the loop never ends and the deadline is 60 s away), generous
+    // enough for a loaded CI machine: the figure itself is in the benchmark, not here.
+    assert!(took < Duration::from_secs(15), "cancel took {took:?}");
     // execute itself already removed everything, before cleanup is called.
     h.assert_clean();
 }
