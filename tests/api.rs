@@ -374,12 +374,7 @@ async fn kill_pending_then_conflict_on_terminal() {
         ..Options::default()
     });
     let app = common::app().backend(f).spawn().await;
-    let blocker = app
-        .submit_async(&job("node", json!({"delay_ms": 10000})))
-        .await;
-    let blocker_id = blocker["id"].as_str().expect("id");
-    app.wait_status(blocker_id, "running", Duration::from_secs(5))
-        .await;
+    let blocker_id = scripted::occupy_slot(&app).await;
     let queued = app.submit_async(&job("node", json!({"output": 1}))).await;
     let id = queued["id"].as_str().expect("id");
     let res = app.delete(&format!("/v1/workloads/{id}")).await;

@@ -253,10 +253,7 @@ async fn a_full_queue_answers_429_and_records_nothing() {
         .backend(f)
         .spawn()
         .await;
-    let first = app
-        .submit_async(&job("node", json!({"delay_ms": 60000})))
-        .await;
-    app.wait_status(&id(&first), "running", SOON).await;
+    scripted::occupy_slot(&app).await;
     app.submit_async(&job("node", json!({"output": 1}))).await;
     app.submit_async(&job("node", json!({"output": 2}))).await;
     let before = app.count_rows("workloads");
@@ -523,10 +520,7 @@ async fn restart_recovery_fails_interrupted_work_and_runs_pending_work() {
         ..Options::default()
     });
     let app = common::app().backend(f).spawn().await;
-    let running = app
-        .submit_async(&job("node", json!({"delay_ms": 60000})))
-        .await;
-    app.wait_status(&id(&running), "running", SOON).await;
+    let running = scripted::occupy_slot(&app).await;
     let pending_a = app.submit_async(&job("node", json!({"output": "a"}))).await;
     let pending_b = app.submit_async(&job("node", json!({"output": "b"}))).await;
     let db = app.db_path.clone();
@@ -538,7 +532,7 @@ async fn restart_recovery_fails_interrupted_work_and_runs_pending_work() {
     });
     let again = common::app().backend(f).db(db).spawn().await;
     let w = again
-        .get_json(&format!("/v1/workloads/{}", id(&running)), 200)
+        .get_json(&format!("/v1/workloads/{running}"), 200)
         .await;
     assert_eq!(w["status"], "failed");
     assert!(w["error"]
@@ -571,10 +565,7 @@ async fn graceful_shutdown_marks_running_work_and_keeps_pending_work() {
         ..Options::default()
     });
     let app = common::app().backend(f).spawn().await;
-    let running = app
-        .submit_async(&job("node", json!({"delay_ms": 60000})))
-        .await;
-    app.wait_status(&id(&running), "running", SOON).await;
+    let running = scripted::occupy_slot(&app).await;
     let pending = app.submit_async(&job("node", json!({"output": 1}))).await;
     let db = app.db_path.clone();
     let t = Instant::now();
@@ -585,7 +576,7 @@ async fn graceful_shutdown_marks_running_work_and_keeps_pending_work() {
         t.elapsed()
     );
     assert!(
-        seen.saw_cancel(&id(&running)),
+        seen.saw_cancel(&running),
         "running work is stopped on shutdown"
     );
     assert_eq!(
@@ -596,7 +587,7 @@ async fn graceful_shutdown_marks_running_work_and_keeps_pending_work() {
     let (f, _) = scripted::factory(Options::default());
     let again = common::app().backend(f).db(db).spawn().await;
     let w = again
-        .get_json(&format!("/v1/workloads/{}", id(&running)), 200)
+        .get_json(&format!("/v1/workloads/{running}"), 200)
         .await;
     assert_eq!(w["status"], "failed");
     assert_eq!(w["error"], "interrupted by server shutdown");

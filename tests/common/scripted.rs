@@ -217,3 +217,15 @@ impl Backend for Scripted {
 pub fn job(runtime: &str, script: serde_json::Value) -> serde_json::Value {
     serde_json::json!({"runtime": runtime, "code": script.to_string()})
 }
+
+/// Submit a scripted workload that runs for a minute and wait until it is running: with
+/// `max_concurrency: 1` it holds the only slot, so later submissions stay queued.
+pub async fn occupy_slot(app: &super::TestApp) -> String {
+    let w = app
+        .submit_async(&job("node", serde_json::json!({"delay_ms": 60000})))
+        .await;
+    let id = w["id"].as_str().expect("id").to_string();
+    app.wait_status(&id, "running", Duration::from_secs(10))
+        .await;
+    id
+}
