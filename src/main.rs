@@ -25,6 +25,9 @@ enum Command {
     /// Measure cold starts, HTTP latency and throughput, a node baseline and SSE fan-out
     /// in one run (boots its own in-process server on a loopback port; no config used).
     Bench(BenchArgs),
+    /// An isolate worker process; started by the server only (its stdin is a socket).
+    #[command(hide = true)]
+    Worker,
 }
 
 #[derive(Args)]
@@ -54,6 +57,9 @@ struct BenchArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Worker = cli.command {
+        return vulcan::backends::isolate::worker::main();
+    }
     // Per-request access logs would distort the benchmark.
     let default_filter = match cli.command {
         Command::Bench(_) => "warn,vulcan::bench=info",
@@ -78,6 +84,7 @@ fn main() -> ExitCode {
         }
         Command::Serve => serve(config),
         Command::Bench(args) => run_bench(args),
+        Command::Worker => vulcan::backends::isolate::worker::main(),
     }
 }
 

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub store_batch_size: Histogram,
     /// Backend actor restarts, by backend.
     pub backend_restarts: IntCounterVec,
+    /// Backend worker processes replaced (crashed, or killed after a missed cancel).
+    pub worker_restarts: IntCounterVec,
 }
 
 impl Metrics {
@@ -93,6 +95,13 @@ impl Metrics {
             Opts::new("backend_restarts_total", "Backend actor restarts"),
             &["backend"],
         )?;
+        let worker_restarts = IntCounterVec::new(
+            Opts::new(
+                "worker_restarts_total",
+                "Backend worker processes replaced after a crash or a missed cancel",
+            ),
+            &["backend"],
+        )?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(workloads_finished.clone()))?;
@@ -106,6 +115,7 @@ impl Metrics {
         registry.register(Box::new(log_lines_truncated.clone()))?;
         registry.register(Box::new(store_batch_size.clone()))?;
         registry.register(Box::new(backend_restarts.clone()))?;
+        registry.register(Box::new(worker_restarts.clone()))?;
         Ok(Self {
             registry,
             http_requests,
@@ -121,6 +131,7 @@ impl Metrics {
             log_lines_truncated,
             store_batch_size,
             backend_restarts,
+            worker_restarts,
         })
     }
 

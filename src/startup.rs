@@ -66,7 +66,7 @@ pub fn builtin_backends(config: &Config) -> Vec<BackendFactory> {
     let mut out = Vec::new();
     let b = &config.backends;
     if b.isolate.enabled {
-        let cfg = b.isolate.clone();
+        let cfg = config.clone();
         let caps = BackendCapabilities {
             name: "isolate".into(),
             supported_runtimes: vec![Runtime::Node, Runtime::Wasm],
@@ -126,6 +126,7 @@ impl Application {
             metrics.clone(),
             config.node_id(),
             config.max_queue,
+            config.max_output_bytes,
             backends,
         )
         .start();

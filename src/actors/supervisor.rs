@@ -61,14 +61,20 @@ pub struct BackendInfo {
     pub queued: usize,
     /// Actor restarts since start-up.
     pub restarts: u64,
+    /// Worker processes replaced since start-up (crashed, or killed after a missed
+    /// cancel), across restarts of the backend actor.
+    pub worker_restarts: u64,
+    /// Protections that could not be applied on this host (empty when all hold).
+    pub limitations: Vec<String>,
 }
 
 /// One entry of `GET /v1/system/actors`.
 #[derive(Debug, Clone, Serialize)]
 pub struct ActorInfo {
-    /// Actor name (`store`, `log_broker`, `supervisor`, `backend:<name>`).
+    /// Actor name (`store`, `log_broker`, `supervisor`, `backend:<name>`, and
+    /// `worker:<backend>/<slot>` for a backend's worker processes).
     pub name: String,
-    /// `running` or `stopped`.
+    /// `running` or `stopped` (workers: `idle`, `busy`, `starting`, `failed`).
     pub state: &'static str,
     /// Restarts since start-up.
     pub restarts: u64,
@@ -84,9 +90,17 @@ struct BackendEntry {
     queue: VecDeque<WorkloadId>,
     restarts: u64,
     last_error: Option<String>,
+    /// Worker restarts of backend instances that were replaced (their counters are gone).
+    worker_restarts_before: u64,
+    /// Worker restarts already added to the metric.
+    worker_restarts_counted: u64,
 }
 
 impl BackendEntry {
+    fn worker_restarts(&self) -> u64 {
+        self.worker_restarts_before + self.backend.details().worker_restarts
+    }
+
     fn status(&self) -> (&'static str, Option<String>) {
         if !self.addr.connected() {
             return ("failed", self.last_error.clone());
@@ -105,6 +119,7 @@ pub struct Supervisor {
     metrics: Arc<Metrics>,
     node_id: String,
     max_queue: usize,
+    max_output_bytes: usize,
     backends: BTreeMap<String, BackendEntry>,
     workloads: HashMap<WorkloadId, Addr<WorkloadActor>>,
     /// Accepted (or being recorded) and not yet granted a slot.
@@ -123,6 +138,7 @@ impl Supervisor {
         metrics: Arc<Metrics>,
         node_id: String,
         max_queue: usize,
+        max_output_bytes: usize,
         factories: Vec<BackendFactory>,
     ) -> Self {
         Self {
@@ -131,6 +147,7 @@ impl Supervisor {
             metrics,
             node_id,
             max_queue,
+            max_output_bytes,
             backends: BTreeMap::new(),
             workloads: HashMap::new(),
             pending: 0,
@@ -238,6 +255,7 @@ impl Supervisor {
             cpus: record.cpu_limit,
             mem_mb: record.mem_limit,
             timeout: std::time::Duration::from_secs(u64::from(record.timeout_s)),
+            max_output_bytes: self.max_output_bytes,
         };
         self.broker.do_send(OpenTopic(id));
         let backend = record.backend.clone();
@@ -293,6 +311,22 @@ impl Supervisor {
             running: entry.running,
             queued: entry.queue.len(),
             restarts: entry.restarts,
+            worker_restarts: entry.worker_restarts(),
+            limitations: entry.backend.details().limitations,
+        }
+    }
+
+    /// Bring `vulcan_worker_restarts_total` up to date with the backends' counters.
+    fn count_worker_restarts(&mut self) {
+        for (name, entry) in &mut self.backends {
+            let total = entry.worker_restarts();
+            if total > entry.worker_restarts_counted {
+                self.metrics
+                    .worker_restarts
+                    .with_label_values(&[name.as_str()])
+                    .inc_by(total - entry.worker_restarts_counted);
+                entry.worker_restarts_counted = total;
+            }
         }
     }
 }
@@ -337,11 +371,18 @@ impl Actor for Supervisor {
                     queue: VecDeque::new(),
                     restarts: 0,
                     last_error: None,
+                    worker_restarts_before: 0,
+                    worker_restarts_counted: 0,
                 },
             );
         }
+        // Worker crashes also happen between requests; keep the metric current.
+        ctx.run_interval(WORKER_METRICS_EVERY, |act, _| act.count_worker_restarts());
     }
 }
+
+/// How often worker restart counters are copied into the metrics.
+const WORKER_METRICS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Accept a validated request: resolve, admit or refuse, record, queue.
 #[derive(Message)]
@@ -551,6 +592,7 @@ impl Handler<WorkloadEnded> for Supervisor {
 
     fn handle(&mut self, msg: WorkloadEnded, _: &mut Self::Context) {
         self.workloads.remove(&msg.id);
+        self.count_worker_restarts();
         if let Some(entry) = self.backends.get_mut(&msg.backend) {
             if msg.ran {
                 entry.running = entry.running.saturating_sub(1);
@@ -570,9 +612,11 @@ impl Handler<BackendRestarted> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, msg: BackendRestarted, _: &mut Self::Context) {
+        self.count_worker_restarts();
         if let Some(entry) = self.backends.get_mut(&msg.name) {
             entry.restarts += 1;
             entry.last_error = Some(msg.reason);
+            entry.worker_restarts_before += entry.backend.details().worker_restarts;
             entry.caps = msg.backend.capabilities();
             entry.backend = msg.backend;
             self.metrics
@@ -588,6 +632,7 @@ impl Handler<ListBackends> for Supervisor {
     type Result = MessageResult<ListBackends>;
 
     fn handle(&mut self, _: ListBackends, _: &mut Self::Context) -> Self::Result {
+        self.count_worker_restarts();
         MessageResult(self.backends.values().map(|e| self.info(e)).collect())
     }
 }
@@ -633,6 +678,14 @@ impl Handler<ListActors> for Supervisor {
                 restarts: e.restarts,
                 last_error: e.last_error.clone(),
             });
+            for w in e.backend.details().workers {
+                out.push(ActorInfo {
+                    name: w.name,
+                    state: w.state,
+                    restarts: w.restarts,
+                    last_error: w.last_error,
+                });
+            }
         }
         MessageResult(out)
     }

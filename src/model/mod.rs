@@ -12,4 +12,4 @@ pub use id::WorkloadId;
 pub use kinds::{Isolation, IsolationRequest, Runtime};
 pub use request::{Limits, Payload, RequestError, Resources, WorkloadRequest, WorkloadRequestDto};
 pub use status::{transition, Status, TransitionError};
-pub use workload::{format_time, output_value, LogLine, Workload};
+pub use workload::{cap_line, format_time, output_value, LogLine, Output, Workload};

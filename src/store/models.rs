@@ -5,7 +5,7 @@ use diesel::prelude::*;
 
 use super::schema::{log_lines, workloads};
 use super::StoreError;
-use crate::model::{format_time, LogLine, Payload, Workload, WorkloadId};
+use crate::model::{format_time, LogLine, Output, Payload, Workload, WorkloadId};
 
 /// A workload as stored, without its payload.
 #[derive(Debug, Queryable, Selectable)]
@@ -109,7 +109,7 @@ impl TryFrom<WorkloadRow> for Workload {
             input_hash: r.input_hash,
             output: r
                 .output
-                .map(|o| serde_json::from_str(&o))
+                .map(Output::from_stored)
                 .transpose()
                 .map_err(|e| StoreError::Corrupt(format!("output: {e}")))?,
             exit_code: r.exit_code,

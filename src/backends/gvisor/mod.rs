@@ -37,8 +37,8 @@ use self::bundle::{BundleLayout, SpecParams, WORK_MOUNT};
 use self::runsc::Runsc;
 use super::archive::{self, ArchiveError, ArchiveLimits};
 use super::{
-    Backend, BackendCapabilities, BackendError, BackendHealth, ExecContext, WorkloadResult,
-    WorkloadSpec,
+    output_exceeds, Backend, BackendCapabilities, BackendError, BackendHealth, ExecContext,
+    WorkloadResult, WorkloadSpec,
 };
 use crate::model::{Isolation, Payload, Runtime, WorkloadId};
 
@@ -58,8 +58,6 @@ pub struct GvisorConfig {
     pub state_dir: PathBuf,
     /// Parent of the per-run cgroups (one path component, owned by this server).
     pub cgroup_parent: String,
-    /// Most stdout bytes kept as the result; the rest is dropped and the run fails.
-    pub max_output_bytes: usize,
     /// Largest unpacked size of a code archive, in bytes.
     pub max_archive_bytes: u64,
     /// Most entries in a code archive.
@@ -82,7 +80,6 @@ impl Default for GvisorConfig {
             platform: "ptrace".into(),
             state_dir: PathBuf::from("/var/lib/vulcan/gvisor"),
             cgroup_parent: "vulcan-gvisor".into(),
-            max_output_bytes: 16 * 1024 * 1024,
             max_archive_bytes: 256 * 1024 * 1024,
             max_archive_entries: 10_000,
             max_processes: 256,
@@ -422,6 +419,7 @@ impl Inner {
         layout: &BundleLayout,
         container_id: &str,
         input: Vec<u8>,
+        max_output_bytes: usize,
         ctx: &ExecContext,
     ) -> Result<WorkloadResult, BackendError> {
         if ctx.cancel.is_cancelled() {
@@ -449,7 +447,7 @@ impl Inner {
         let out_task = tokio::spawn(runsc::pump(
             stdout,
             ctx.log.clone(),
-            Some(self.cfg.max_output_bytes),
+            Some(max_output_bytes),
         ));
         let err_task = tokio::spawn(runsc::pump(stderr, ctx.log.clone(), None));
 
@@ -487,17 +485,19 @@ impl Inner {
             128 + status.signal().unwrap_or(0)
         });
         let error = match exit_code {
-            0 if collected.truncated => Some(format!(
-                "output exceeded the limit of {} bytes",
-                self.cfg.max_output_bytes
-            )),
+            0 if collected.truncated => Some(output_exceeds(max_output_bytes)),
             0 => None,
             137 => Some("exited with code 137 (killed: out of memory or SIGKILL)".to_string()),
             n => Some(format!("exited with code {n}")),
         };
         Ok(WorkloadResult {
             exit_code: Some(exit_code),
-            output: collected.bytes,
+            // Over the cap the workload fails, and nothing of its output is kept.
+            output: if collected.truncated {
+                Vec::new()
+            } else {
+                collected.bytes
+            },
             error,
             duration_ms,
         })
@@ -615,12 +615,13 @@ impl Backend for GvisorBackend {
             let prep_inner = inner.clone();
             let prep_id = container_id.clone();
             let input = spec.input.clone();
+            let max_output_bytes = spec.max_output_bytes;
             let prepared = tokio::task::spawn_blocking(move || prep_inner.prepare(&spec, &prep_id))
                 .await
                 .map_err(|e| BackendError::Internal(format!("gvisor: prepare panicked: {e}")))
                 .and_then(|r| r);
             let result = match prepared {
-                Ok(layout) => inner.run(&layout, &container_id, input, &ctx).await,
+                Ok(layout) => inner.run(&layout, &container_id, input, max_output_bytes, &ctx).await,
                 Err(e) => Err(e),
             };
             inner.teardown(container_id).await;
