@@ -80,6 +80,8 @@ pub struct ActorInfo {
     pub restarts: u64,
     /// The last failure, if any.
     pub last_error: Option<String>,
+    /// Process id, for actors that are processes (a backend's workers); else `null`.
+    pub pid: Option<u32>,
 }
 
 struct BackendEntry {
@@ -666,6 +668,7 @@ impl Handler<ListActors> for Supervisor {
             state: "running",
             restarts: 0,
             last_error: None,
+            pid: None,
         }];
         for e in self.backends.values() {
             out.push(ActorInfo {
@@ -677,6 +680,7 @@ impl Handler<ListActors> for Supervisor {
                 },
                 restarts: e.restarts,
                 last_error: e.last_error.clone(),
+                pid: None,
             });
             for w in e.backend.details().workers {
                 out.push(ActorInfo {
@@ -684,6 +688,7 @@ impl Handler<ListActors> for Supervisor {
                     state: w.state,
                     restarts: w.restarts,
                     last_error: w.last_error,
+                    pid: w.pid,
                 });
             }
         }

@@ -45,6 +45,7 @@ async fn actors(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
             },
             restarts: 0,
             last_error: None,
+            pid: None,
         },
         ActorInfo {
             name: "log_broker".into(),
@@ -55,6 +56,7 @@ async fn actors(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
             },
             restarts: 0,
             last_error: None,
+            pid: None,
         },
     ];
     list.extend(state.supervisor.send(ListActors).await?);

@@ -138,10 +138,10 @@ impl IsolateBackend {
                 wasm_module_cache: cfg.wasm_module_cache,
                 max_line_bytes: config.logs.max_line_bytes,
                 max_lines: config.logs.max_lines,
-                max_output_bytes: config.max_output_bytes,
                 address_space_bytes: None,
                 probes: false,
             },
+            max_output_bytes: config.max_output_bytes,
             memory_bytes,
             address_space_fallback: memory_bytes.saturating_add(WASM_VIRTUAL_RESERVATION),
             cgroups,
@@ -224,7 +224,8 @@ impl Backend for IsolateBackend {
         let pool = Arc::clone(&self.pool);
         Box::pin(async move {
             let program = program(spec.runtime, spec.payload)?;
-            pool.run(program, spec.input, spec.mem_mb, ctx).await
+            pool.run(program, spec.input, spec.mem_mb, spec.max_output_bytes, ctx)
+                .await
         })
     }
 

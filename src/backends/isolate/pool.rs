@@ -51,6 +51,8 @@ pub(super) struct Settings {
     pub path: PathBuf,
     /// The first frame every worker gets (`address_space_bytes` is filled per worker).
     pub init: WorkerInit,
+    /// The server-wide output cap: bounds every frame a worker may send.
+    pub max_output_bytes: usize,
     /// Hard memory limit of each worker's cgroup.
     pub memory_bytes: u64,
     /// `RLIMIT_AS` used when no cgroup backs the worker.
@@ -293,6 +295,7 @@ impl WorkerPool {
         program: Program,
         input: Vec<u8>,
         mem_mb: u32,
+        max_output_bytes: usize,
         ctx: ExecContext,
     ) -> Result<WorkloadResult, BackendError> {
         let deadline = tokio::time::Instant::from_std(ctx.deadline);
@@ -309,6 +312,7 @@ impl WorkerPool {
             program,
             input,
             mem_mb,
+            max_output_bytes,
             timeout_ms: u64::try_from(ctx.deadline.saturating_duration_since(started).as_millis())
                 .unwrap_or(u64::MAX),
         });
@@ -557,7 +561,6 @@ async fn spawn_worker(settings: &Settings, slot: usize) -> Result<(Worker, Vec<S
     let stream = tokio::net::UnixStream::from_std(ours).map_err(|e| format!("socket: {e}"))?;
     let (read, writer) = stream.into_split();
     let max_frame = settings
-        .init
         .max_output_bytes
         .max(settings.init.max_line_bytes.saturating_mul(2))
         .saturating_add(MAX_ERROR_BYTES + FRAME_OVERHEAD);

@@ -43,8 +43,6 @@ pub struct WorkerInit {
     /// Lines forwarded per job; the worker sends one more (the log broker turns it into
     /// its "log truncated" marker) and drops the rest at the source.
     pub max_lines: u64,
-    /// Largest result a job may produce; larger results fail the job.
-    pub max_output_bytes: usize,
     /// `RLIMIT_AS` in bytes, or `None` when a memory cgroup backs the worker instead.
     pub address_space_bytes: Option<u64>,
     /// Accept [`ToWorker::Probe`]: only confinement tests set this; the server never does.
@@ -71,6 +69,8 @@ pub struct RunRequest {
     pub input: Vec<u8>,
     /// Memory limit of the engine instance, MiB.
     pub mem_mb: u32,
+    /// Largest result the job may produce; a larger one fails it.
+    pub max_output_bytes: usize,
     /// Time left until the workload's deadline when the request was sent, ms. The worker
     /// stops on its own then; the server kills it if it does not.
     pub timeout_ms: u64,
@@ -217,6 +217,7 @@ mod tests {
                 program: Program::Wasm(vec![0, 97, 115, 109]),
                 input: b"{\"a\":1}".to_vec(),
                 mem_mb: 64,
+                max_output_bytes: 1024,
                 timeout_ms: 1500,
             }),
             ToWorker::Cancel { job: 7 },

@@ -191,20 +191,27 @@ impl WasmEngine {
     }
 
     /// Start the thread that advances the epoch every [`EPOCH_TICK`]; it ends on its
-    /// own once the engine is dropped.
+    /// own once the engine is dropped. Returns once the thread runs (its start-up system
+    /// calls are done: a seccomp filter installed afterwards need not allow them).
     pub(super) fn start_ticker(&self) -> Result<(), BackendError> {
         let weak = self.engine.weak();
+        let (running_tx, running) = std::sync::mpsc::channel::<()>();
         std::thread::Builder::new()
             .name("isolate-epoch".into())
-            .spawn(move || loop {
-                std::thread::sleep(EPOCH_TICK);
-                match weak.upgrade() {
-                    Some(engine) => engine.increment_epoch(),
-                    None => return,
+            .spawn(move || {
+                let _ = running_tx.send(());
+                loop {
+                    std::thread::sleep(EPOCH_TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => return,
+                    }
                 }
             })
-            .map(|_| ())
-            .map_err(|e| BackendError::Internal(format!("cannot spawn the epoch ticker: {e}")))
+            .map_err(|e| BackendError::Internal(format!("cannot spawn the epoch ticker: {e}")))?;
+        running
+            .recv()
+            .map_err(|_| BackendError::Internal("the epoch ticker did not start".into()))
     }
 
     /// The compiled module for `bytes` (binary Wasm or WAT text), from the cache when

@@ -82,6 +82,13 @@ fn serve() -> Result<(), String> {
     let wasm = Arc::new(
         WasmEngine::new(init.wasm_module_cache).map_err(|e| format!("wasm engine: {e}"))?,
     );
+    // wasmtime-wasi drives its (always ready) streams through the ambient tokio
+    // runtime, and would start a multi-threaded one of its own on first use, after the
+    // filter forbids threads: give the job thread a driverless current-thread runtime.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    let _runtime = runtime.enter();
 
     let mut report = Report::default();
     confine::die_with_parent(&mut report);
@@ -103,11 +110,24 @@ fn serve() -> Result<(), String> {
     {
         let current = Arc::clone(&current);
         let probes = init.probes;
+        let (running_tx, running) = mpsc::channel::<()>();
         std::thread::Builder::new()
             .name("worker-reader".into())
-            .spawn(move || read_loop(reader, &current, &tasks_tx, probes))
+            .spawn(move || {
+                let _ = running_tx.send(());
+                read_loop(reader, &current, &tasks_tx, probes)
+            })
             .map_err(|e| format!("reader thread: {e}"))?;
+        // A thread's own start-up (robust list, rseq, its name) makes system calls the
+        // filter does not allow: wait until it runs.
+        running
+            .recv()
+            .map_err(|_| "the reader thread did not start".to_string())?;
     }
+    // Everything the engines initialise lazily on first use happens now, on trusted
+    // code, before the filter: a JavaScript job and a WASI command that touches every
+    // stream, the clocks, randomness and poll_oneoff.
+    warm_up(&wasm)?;
     confine::forbid_new_processes(&mut report);
     confine::install_seccomp()?;
 
@@ -197,7 +217,7 @@ fn run_job(
     *current.lock().unwrap_or_else(|p| p.into_inner()) = Some((req.job, token.clone()));
     let stop = StopSignal::new(token, started + Duration::from_millis(req.timeout_ms));
     let log = job_sink(req.job, init, writer);
-    let max_output = init.max_output_bytes;
+    let max_output = req.max_output_bytes;
     let result = match &req.program {
         Program::Js(code) => js::run(code, &req.input, req.mem_mb, max_output, &log, &stop),
         Program::Wasm(bytes) => wasm.run(bytes, &req.input, req.mem_mb, max_output, &log, &stop),
@@ -218,6 +238,63 @@ fn run_job(
         },
         Err(BackendError::Cancelled) => Outcome::Stopped,
         Err(e) => Outcome::Invalid(cut_error(e.to_string(), MAX_ERROR_BYTES)),
+    }
+}
+
+/// A WASI command that reads stdin, writes stdout and stderr, reads a clock, gets
+/// random bytes and sleeps for zero nanoseconds through `poll_oneoff`.
+const WARM_UP_WAT: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "clock_time_get" (func $clock (param i32 i64 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 512) "ok\n")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 1024))
+    (i32.store (i32.const 4) (i32.const 64))
+    (drop (call $read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (i32.store (i32.const 0) (i32.const 512))
+    (i32.store (i32.const 4) (i32.const 3))
+    (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (drop (call $write (i32.const 2) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (drop (call $clock (i32.const 1) (i64.const 1) (i32.const 16)))
+    (drop (call $random (i32.const 32) (i32.const 16)))
+    (i64.store (i32.const 128) (i64.const 1))
+    (i32.store8 (i32.const 136) (i32.const 0))
+    (i32.store (i32.const 144) (i32.const 1))
+    (i64.store (i32.const 152) (i64.const 0))
+    (i32.store16 (i32.const 168) (i32.const 0))
+    (drop (call $poll (i32.const 128) (i32.const 256) (i32.const 1) (i32.const 320)))))"#;
+
+/// Run one trusted JavaScript and one trusted Wasm job, so every lazily initialised
+/// part of the engines exists before the seccomp filter is installed.
+fn warm_up(wasm: &WasmEngine) -> Result<(), String> {
+    let log = LogSink::discard();
+    let stop = StopSignal::new(
+        CancellationToken::new(),
+        Instant::now() + Duration::from_secs(60),
+    );
+    let js = js::run(
+        "export default (i) => { console.log(new Date().toISOString(), Math.random()); \
+         return i.n + 1; }",
+        br#"{"n":1}"#,
+        16,
+        1024,
+        &log,
+        &stop,
+    )
+    .map_err(|e| format!("JavaScript warm-up: {e}"))?;
+    if js.output != b"2" {
+        return Err(format!("JavaScript warm-up returned {js:?}"));
+    }
+    let wasm_run = wasm
+        .run(WARM_UP_WAT.as_bytes(), b"{}", 16, 1024, &log, &stop)
+        .map_err(|e| format!("Wasm warm-up: {e}"))?;
+    match wasm_run.error {
+        None => Ok(()),
+        Some(e) => Err(format!("Wasm warm-up failed: {e}")),
     }
 }
 
