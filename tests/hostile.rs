@@ -214,7 +214,7 @@ async fn recursion_and_allocation_bombs_fail_with_their_reason() {
             js_mem(
                 "string doubling",
                 "let s = 'x'; while (true) s += s;",
-                "memory",
+                "string too long",
             ),
             js_mem(
                 "array of arrays",

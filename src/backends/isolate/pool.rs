@@ -313,8 +313,15 @@ impl WorkerPool {
             input,
             mem_mb,
             max_output_bytes,
-            timeout_ms: u64::try_from(ctx.deadline.saturating_duration_since(started).as_millis())
-                .unwrap_or(u64::MAX),
+            // Rounded up: the worker must never stop before the server's deadline (a stop
+            // it reports before then would not read as the timeout it is).
+            timeout_ms: u64::try_from(
+                ctx.deadline
+                    .saturating_duration_since(started)
+                    .as_micros()
+                    .div_ceil(1000),
+            )
+            .unwrap_or(u64::MAX),
         });
         if let Err(e) = worker.send(&request).await {
             return Ok(self

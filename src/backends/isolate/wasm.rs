@@ -26,7 +26,7 @@ use wasmtime::{
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 use wasmtime_wasi::{HostMonotonicClock, I32Exit, WasiCtxBuilder};
 
 use super::StopSignal;
@@ -618,7 +618,9 @@ impl LinePipe {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn push(&self, bytes: &[u8]) {
+    /// Forward and capture `bytes`; `false` once the capture is over its cap (the
+    /// guest is then stopped: nothing it writes afterwards could be kept).
+    fn push(&self, bytes: &[u8]) -> bool {
         let mut state = self.state();
         let state = &mut *state;
         if let Some((captured, limit)) = state.capture.as_mut() {
@@ -637,6 +639,7 @@ impl LinePipe {
             let line = std::mem::take(&mut state.partial);
             emit(&state.log, &line);
         }
+        !state.overflowed
     }
 
     /// Forward a last line that had no newline.
@@ -689,8 +692,11 @@ impl Pollable for LinePipe {
 
 impl OutputStream for LinePipe {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        self.push(&bytes);
-        Ok(())
+        if self.push(&bytes) {
+            Ok(())
+        } else {
+            Err(StreamError::Trap(wasmtime::Error::msg("output over its cap")))
+        }
     }
 
     fn flush(&mut self) -> StreamResult<()> {
@@ -708,8 +714,11 @@ impl tokio::io::AsyncWrite for LinePipe {
         _cx: &mut TaskContext<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        self.push(buf);
-        Poll::Ready(Ok(buf.len()))
+        if self.push(buf) {
+            Poll::Ready(Ok(buf.len()))
+        } else {
+            Poll::Ready(Err(std::io::Error::other("output over its cap")))
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
