@@ -348,8 +348,14 @@ async fn output_bombs_and_log_floods_are_capped() {
     let mut lines = Vec::new();
     loop {
         let path = match after {
-            Some(a) => format!("/v1/workloads/{}/logs/history?limit=10000&after={a}", flood["id"].as_str().expect("id")),
-            None => format!("/v1/workloads/{}/logs/history?limit=10000", flood["id"].as_str().expect("id")),
+            Some(a) => format!(
+                "/v1/workloads/{}/logs/history?limit=10000&after={a}",
+                flood["id"].as_str().expect("id")
+            ),
+            None => format!(
+                "/v1/workloads/{}/logs/history?limit=10000",
+                flood["id"].as_str().expect("id")
+            ),
         };
         let page = app.get_json(&path, 200).await;
         let got = page["lines"].as_array().expect("lines").clone();
@@ -369,7 +375,10 @@ async fn output_bombs_and_log_floods_are_capped() {
         .map(|l| l["line"].as_str().expect("line").len())
         .max()
         .unwrap_or(0);
-    assert!(longest <= 16 * 1024 + 64, "a line of {longest} bytes was kept");
+    assert!(
+        longest <= 16 * 1024 + 64,
+        "a line of {longest} bytes was kept"
+    );
 }
 
 /// Every WASI preview 1 function (but `proc_exit`) with its core signature.
@@ -429,7 +438,12 @@ fn wasi_abuse(name: &str, params: &str, values: &[i64]) -> String {
     for v in values {
         let args: String = types
             .iter()
-            .map(|t| format!("({t}.const {})", if *t == "i32" { (*v as i32) as i64 } else { *v }))
+            .map(|t| {
+                format!(
+                    "({t}.const {})",
+                    if *t == "i32" { (*v as i32) as i64 } else { *v }
+                )
+            })
             .collect::<Vec<_>>()
             .join(" ");
         calls.push_str(&format!("(drop (call $f {args}))\n"));
@@ -482,7 +496,9 @@ async fn every_wasi_function_survives_absurd_arguments() {
             case.name
         );
         assert!(
-            error == "exited with code 42" || error.contains("wasm trap") || error.contains("error while executing"),
+            error == "exited with code 42"
+                || error.contains("wasm trap")
+                || error.contains("error while executing"),
             "{}: {error}",
             case.name
         );
@@ -491,7 +507,10 @@ async fn every_wasi_function_survives_absurd_arguments() {
     let grown = rss_kb().saturating_sub(rss_before);
     assert!(grown < RSS_BOUND_KB, "server RSS grew by {grown} kB");
     let isolate = isolate_entry(&app.get_json("/v1/backends", 200).await);
-    assert_eq!(isolate["worker_restarts"], 0, "no worker may crash: {isolate}");
+    assert_eq!(
+        isolate["worker_restarts"], 0,
+        "no worker may crash: {isolate}"
+    );
 }
 
 /// A module of `functions` functions, each with a long body, whose `_start` loops.
@@ -512,11 +531,7 @@ async fn a_huge_module_is_stopped_at_its_deadline() {
     let app = hostile_app().await;
     let code = huge_module(1200);
     assert!(code.len() > 5 * 1024 * 1024, "{} bytes", code.len());
-    run_table(
-        &app,
-        vec![wat("huge module", &code, "timed out after 1s")],
-    )
-    .await;
+    run_table(&app, vec![wat("huge module", &code, "timed out after 1s")]).await;
 }
 
 #[tokio::test]

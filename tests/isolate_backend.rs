@@ -750,7 +750,11 @@ async fn a_native_call_that_ignores_the_interrupt_costs_its_worker() {
     let start = Instant::now();
     let r = run(&b, js(code, Value::Null), Duration::from_millis(300)).await;
     assert_eq!(r, Err(BackendError::Cancelled));
-    assert!(start.elapsed() < Duration::from_secs(8), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        start.elapsed()
+    );
     let details = b.details();
     assert_eq!(details.worker_restarts, 1, "{details:?}");
     assert!(

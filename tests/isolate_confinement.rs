@@ -104,7 +104,10 @@ fn a_worker_runs_as_nobody_without_capabilities_under_seccomp() {
     let mut w = start_worker();
     let id: Value = serde_json::from_str(&w.probe(Probe::Identity).expect("answer")).expect("json");
     assert_eq!(id["no_new_privs"], true, "{id}");
-    assert!(id["seccomp"].as_str().expect("mode").contains("Filter"), "{id}");
+    assert!(
+        id["seccomp"].as_str().expect("mode").contains("Filter"),
+        "{id}"
+    );
     assert_eq!(id["caps_effective"], 0, "{id}");
     assert_eq!(id["caps_permitted"], 0, "{id}");
     if !is_root() {

@@ -16,10 +16,7 @@ const SOON: Duration = Duration::from_secs(10);
 async fn app_with_workers(n: usize) -> TestApp {
     common::app()
         .builtin()
-        .env(
-            "VULCAN_BACKENDS__ISOLATE__MAX_CONCURRENCY",
-            &n.to_string(),
-        )
+        .env("VULCAN_BACKENDS__ISOLATE__MAX_CONCURRENCY", &n.to_string())
         .env("VULCAN_BACKENDS__GVISOR__ENABLED", "false")
         .env("VULCAN_BACKENDS__MICROVM__ENABLED", "false")
         .spawn()
@@ -42,7 +39,11 @@ async fn wait_for_workers(app: &TestApp, n: usize) -> Vec<u32> {
             .as_array()
             .expect("actors")
             .iter()
-            .filter(|a| a["name"].as_str().is_some_and(|n| n.starts_with("worker:isolate/")))
+            .filter(|a| {
+                a["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("worker:isolate/"))
+            })
             .filter(|a| a["state"] == "idle" || a["state"] == "busy")
             .filter_map(|a| a["pid"].as_u64().and_then(|p| u32::try_from(p).ok()))
             .collect();
@@ -185,7 +186,9 @@ async fn kill_busy_worker_with(signal: &str) -> (TestApp, Value) {
     let app = app_with_workers(1).await;
     let before = wait_for_workers(&app, 1).await;
     let w = app
-        .submit_async(&json!({"runtime": "node", "code": "while (true) {}", "resources": {"timeout_s": 60}}))
+        .submit_async(
+            &json!({"runtime": "node", "code": "while (true) {}", "resources": {"timeout_s": 60}}),
+        )
         .await;
     let id = w["id"].as_str().expect("id").to_string();
     app.wait_status(&id, "running", SOON).await;
@@ -209,7 +212,10 @@ async fn a_worker_killed_mid_workload_fails_only_that_workload_and_is_replaced()
     let backend = isolate(&app.get_json("/v1/backends", 200).await);
     assert_eq!(backend["status"], "healthy", "{backend}");
     assert_eq!(backend["worker_restarts"], 1, "{backend}");
-    assert_eq!(backend["restarts"], 0, "the backend actor itself did not restart");
+    assert_eq!(
+        backend["restarts"], 0,
+        "the backend actor itself did not restart"
+    );
     let actors = app.get_json("/v1/system/actors", 200).await;
     let worker = actors["actors"]
         .as_array()
@@ -237,7 +243,10 @@ async fn a_worker_killed_mid_workload_fails_only_that_workload_and_is_replaced()
     // The crashed workload is not retried: it stays failed.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let again = app
-        .get_json(&format!("/v1/workloads/{}", done["id"].as_str().expect("id")), 200)
+        .get_json(
+            &format!("/v1/workloads/{}", done["id"].as_str().expect("id")),
+            200,
+        )
         .await;
     assert_eq!(again["status"], "failed");
 }
@@ -277,7 +286,10 @@ async fn a_missing_worker_binary_makes_the_backend_unavailable_with_the_reason()
     let app = common::app()
         .builtin()
         .env("VULCAN_BACKENDS__ISOLATE__MAX_CONCURRENCY", "1")
-        .env("VULCAN_BACKENDS__ISOLATE__WORKER_PATH", "/nonexistent/vulcan")
+        .env(
+            "VULCAN_BACKENDS__ISOLATE__WORKER_PATH",
+            "/nonexistent/vulcan",
+        )
         .env("VULCAN_BACKENDS__GVISOR__ENABLED", "false")
         .env("VULCAN_BACKENDS__MICROVM__ENABLED", "false")
         .spawn()

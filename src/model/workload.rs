@@ -189,7 +189,10 @@ mod tests {
         assert_eq!(parsed(b"  42\n"), Some(serde_json::json!(42)));
         assert_eq!(parsed(b"hello\n"), Some(serde_json::json!("hello\n")));
         assert_eq!(parsed(&[0xff, b'a']), Some(serde_json::json!("\u{fffd}a")));
-        assert_eq!(parsed(b"{\"a\": 1} trailing"), Some(serde_json::json!("{\"a\": 1} trailing")));
+        assert_eq!(
+            parsed(b"{\"a\": 1} trailing"),
+            Some(serde_json::json!("{\"a\": 1} trailing"))
+        );
     }
 
     #[test]
@@ -213,12 +216,18 @@ mod tests {
         assert!(cut);
         assert_eq!(
             line,
-            format!("{} [vulcan: line truncated, 16 of 40 bytes kept]", "é".repeat(8))
+            format!(
+                "{} [vulcan: line truncated, 16 of 40 bytes kept]",
+                "é".repeat(8)
+            )
         );
         let (again, cut) = cap_line(line.clone(), 16);
         assert_eq!((again, cut), (line, false), "a second pass changes nothing");
         // A line that merely looks like a marker is still cut.
-        let fake = format!("{} [vulcan: line truncated, 1 of 99 bytes kept]", "x".repeat(40));
+        let fake = format!(
+            "{} [vulcan: line truncated, 1 of 99 bytes kept]",
+            "x".repeat(40)
+        );
         assert!(cap_line(fake, 16).1);
     }
 

@@ -444,11 +444,7 @@ impl Inner {
             let _ = stdin.write_all(&input).await;
             let _ = stdin.shutdown().await;
         });
-        let out_task = tokio::spawn(runsc::pump(
-            stdout,
-            ctx.log.clone(),
-            Some(max_output_bytes),
-        ));
+        let out_task = tokio::spawn(runsc::pump(stdout, ctx.log.clone(), Some(max_output_bytes)));
         let err_task = tokio::spawn(runsc::pump(stderr, ctx.log.clone(), None));
 
         let deadline = tokio::time::Instant::from_std(ctx.deadline);
@@ -621,7 +617,11 @@ impl Backend for GvisorBackend {
                 .map_err(|e| BackendError::Internal(format!("gvisor: prepare panicked: {e}")))
                 .and_then(|r| r);
             let result = match prepared {
-                Ok(layout) => inner.run(&layout, &container_id, input, max_output_bytes, &ctx).await,
+                Ok(layout) => {
+                    inner
+                        .run(&layout, &container_id, input, max_output_bytes, &ctx)
+                        .await
+                }
                 Err(e) => Err(e),
             };
             inner.teardown(container_id).await;

@@ -69,8 +69,12 @@ impl CgroupParent {
         }
         if version == Version::V2 {
             // Leaves get memory.max only if the controller is enabled for children.
-            fs::write(dir.join("cgroup.subtree_control"), "+memory")
-                .map_err(|e| format!("cannot enable the memory controller in {}: {e}", dir.display()))?;
+            fs::write(dir.join("cgroup.subtree_control"), "+memory").map_err(|e| {
+                format!(
+                    "cannot enable the memory controller in {}: {e}",
+                    dir.display()
+                )
+            })?;
         }
         let found = Self { dir, version };
         found.sweep();

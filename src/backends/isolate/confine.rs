@@ -66,7 +66,9 @@ pub fn enter_namespaces(report: &mut Report) -> bool {
         );
         return false;
     }
-    match unshare(UnshareFlags::NEWNET | UnshareFlags::NEWNS | UnshareFlags::NEWIPC | UnshareFlags::NEWUTS) {
+    match unshare(
+        UnshareFlags::NEWNET | UnshareFlags::NEWNS | UnshareFlags::NEWIPC | UnshareFlags::NEWUTS,
+    ) {
         Ok(()) => true,
         Err(e) => {
             report.missing(format!("no namespaces (unshare failed: {e})"));
@@ -98,7 +100,10 @@ pub fn empty_root(report: &mut Report) {
 
 fn pivot_into_empty_root() -> rustix::io::Result<()> {
     // Nothing done below may propagate back to the host's mounts.
-    rustix::mount::mount_change("/", MountPropagationFlags::REC | MountPropagationFlags::PRIVATE)?;
+    rustix::mount::mount_change(
+        "/",
+        MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
+    )?;
     rustix::mount::mount(
         "tmpfs",
         NEW_ROOT,
@@ -313,7 +318,12 @@ fn filters() -> Result<(BpfProgram, BpfProgram), String> {
         .map(|nr| (nr, Vec::new()))
         .collect();
     // Signals only to itself: abort() raises SIGABRT through tgkill(own pid, ...).
-    let pid = u64::from(rustix::process::getpid().as_raw_nonzero().get().unsigned_abs());
+    let pid = u64::from(
+        rustix::process::getpid()
+            .as_raw_nonzero()
+            .get()
+            .unsigned_abs(),
+    );
     rules.insert(libc::SYS_tgkill, vec![rule(vec![cond(0, pid)?])?]);
     // prctl only to read the seccomp and no_new_privs state (probes).
     rules.insert(
@@ -331,7 +341,10 @@ fn filters() -> Result<(BpfProgram, BpfProgram), String> {
     )
     .map_err(|e| format!("seccomp filter: {e}"))?;
     let deny_files = SeccompFilter::new(
-        file_syscalls().into_iter().map(|nr| (nr, Vec::new())).collect(),
+        file_syscalls()
+            .into_iter()
+            .map(|nr| (nr, Vec::new()))
+            .collect(),
         SeccompAction::Allow,
         SeccompAction::Errno(libc::EACCES as u32),
         arch,
@@ -373,7 +386,10 @@ mod tests {
             libc::SYS_uname,
             libc::SYS_ioctl,
         ] {
-            assert!(!allowed.contains(&forbidden), "syscall {forbidden} is allowed");
+            assert!(
+                !allowed.contains(&forbidden),
+                "syscall {forbidden} is allowed"
+            );
         }
     }
 }

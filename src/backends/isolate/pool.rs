@@ -89,8 +89,7 @@ impl Worker {
         String::from_utf8_lossy(&bytes)
             .lines()
             .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .last()
+            .rfind(|l| !l.is_empty())
             .unwrap_or_default()
             .to_string()
     }
@@ -264,7 +263,8 @@ impl WorkerPool {
                 // Died while idle (killed from outside): no job is to blame.
                 _ => {
                     let status = worker.reap().await;
-                    let what = describe_exit(status, worker.cgroup.as_ref(), &worker.stderr_tail(), None);
+                    let what =
+                        describe_exit(status, worker.cgroup.as_ref(), &worker.stderr_tail(), None);
                     log::warn!("isolate worker {} died while idle: {what}", worker.pid);
                     self.retire(worker, format!("died while idle: {what}"));
                 }
@@ -325,7 +325,11 @@ impl WorkerPool {
         });
         if let Err(e) = worker.send(&request).await {
             return Ok(self
-                .crashed(worker, started, Some(format!("the job could not be sent: {e}")))
+                .crashed(
+                    worker,
+                    started,
+                    Some(format!("the job could not be sent: {e}")),
+                )
                 .await);
         }
         // Set once a cancel went out: the instant the worker is killed if still busy.
@@ -529,8 +533,8 @@ async fn fill(pool: Weak<WorkerPool>, slot: usize) {
 
 /// Spawn `vulcan worker`, place it in its cgroup, send `Init` and wait for `Ready`.
 async fn spawn_worker(settings: &Settings, slot: usize) -> Result<(Worker, Vec<String>), String> {
-    let (ours, theirs) = std::os::unix::net::UnixStream::pair()
-        .map_err(|e| format!("socketpair: {e}"))?;
+    let (ours, theirs) =
+        std::os::unix::net::UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
     let cgroup = match &settings.cgroups {
         Some(parent) => Some(
             parent

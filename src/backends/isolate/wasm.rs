@@ -20,8 +20,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use wasmtime::{
-    Caller, Config, Engine, Linker, Module, ResourceLimiter, Store, Strategy, Trap,
-    UpdateDeadline, WasmBacktrace,
+    Caller, Config, Engine, Linker, Module, ResourceLimiter, Store, Strategy, Trap, UpdateDeadline,
+    WasmBacktrace,
 };
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -396,8 +396,8 @@ fn poll_oneoff(
     }
     // Checked against guest memory before the host copies anything: the copy is then
     // at most the guest's own (limited) memory.
-    let Some(subs) = guest_range(memory.data(&caller), subs_ptr, count, SUBSCRIPTION_SIZE)
-        .map(<[u8]>::to_vec)
+    let Some(subs) =
+        guest_range(memory.data(&caller), subs_ptr, count, SUBSCRIPTION_SIZE).map(<[u8]>::to_vec)
     else {
         return Ok(ERRNO_FAULT);
     };
@@ -695,7 +695,9 @@ impl OutputStream for LinePipe {
         if self.push(&bytes) {
             Ok(())
         } else {
-            Err(StreamError::Trap(wasmtime::Error::msg("output over its cap")))
+            Err(StreamError::Trap(wasmtime::Error::msg(
+                "output over its cap",
+            )))
         }
     }
 
@@ -762,4 +764,113 @@ pub fn bench_cold_wasm(n: usize) -> Result<Vec<Duration>, BackendError> {
         samples.push(start.elapsed());
     }
     Ok(samples)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Guest memory of the test modules: one page.
+    const PAGE: u64 = 65_536;
+
+    fn engine() -> WasmEngine {
+        let engine = WasmEngine::new(0).expect("engine");
+        engine.start_ticker().expect("ticker");
+        engine
+    }
+
+    /// Run a one-page module whose `_start` exits with the errno of `call`.
+    fn errno_of(engine: &WasmEngine, import: &str, call: &str) -> i32 {
+        let wat = format!(
+            r#"(module
+                 {import}
+                 (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+                 (memory (export "memory") 1)
+                 (func (export "_start") (call $exit {call})))"#
+        );
+        let stop = StopSignal::new(
+            crate::backends::CancellationToken::new(),
+            Instant::now() + Duration::from_secs(30),
+        );
+        let r = engine
+            .run(wat.as_bytes(), b"", 1, 1024, &LogSink::discard(), &stop)
+            .expect("runs");
+        r.exit_code.expect("an exit code")
+    }
+
+    fn fits(ptr: i32, bytes: u64) -> bool {
+        u64::from(ptr as u32) + bytes <= PAGE
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(40))]
+
+        #[test]
+        fn guest_ranges_never_overflow_or_leave_memory(
+            ptr in any::<i32>(), count in any::<u32>(), size in 1usize..64, len in 0usize..4096,
+        ) {
+            let memory = vec![0u8; len];
+            let got = guest_range(&memory, ptr, count as usize, size);
+            let end = u128::from(ptr as u32) + u128::from(count) * size as u128;
+            prop_assert_eq!(got.is_some(), end <= len as u128);
+            if let Some(slice) = got {
+                prop_assert_eq!(slice.len() as u128, u128::from(count) * size as u128);
+            }
+        }
+
+        #[test]
+        fn random_get_fills_in_range_buffers_and_faults_on_the_rest(
+            ptr in prop_oneof![0i32..70_000, any::<i32>()],
+            len in prop_oneof![0i32..70_000, any::<i32>()],
+        ) {
+            let engine = engine();
+            let errno = errno_of(
+                &engine,
+                r#"(import "wasi_snapshot_preview1" "random_get" (func $f (param i32 i32) (result i32)))"#,
+                &format!("(call $f (i32.const {ptr}) (i32.const {len}))"),
+            );
+            let expected = if fits(ptr, u64::from(len as u32)) { ERRNO_SUCCESS } else { ERRNO_FAULT };
+            prop_assert_eq!(errno, expected);
+        }
+
+        #[test]
+        fn poll_oneoff_checks_every_range_before_allocating(
+            subs in prop_oneof![0i32..70_000, any::<i32>()],
+            events in prop_oneof![0i32..70_000, any::<i32>()],
+            n in prop_oneof![0i32..1400, any::<i32>()],
+            nevents in prop_oneof![0i32..70_000, any::<i32>()],
+        ) {
+            let engine = engine();
+            let errno = errno_of(
+                &engine,
+                r#"(import "wasi_snapshot_preview1" "poll_oneoff" (func $f (param i32 i32 i32 i32) (result i32)))"#,
+                &format!("(call $f (i32.const {subs}) (i32.const {events}) (i32.const {n}) (i32.const {nevents}))"),
+            );
+            let count = u64::from(n as u32);
+            // Zeroed subscriptions are relative realtime clocks of 0 ns: all ready at once.
+            let expected = if count == 0 {
+                ERRNO_INVAL
+            } else if !fits(subs, count * SUBSCRIPTION_SIZE as u64)
+                || !fits(events, count * EVENT_SIZE as u64)
+                || !fits(nevents, 4)
+            {
+                ERRNO_FAULT
+            } else {
+                ERRNO_SUCCESS
+            };
+            prop_assert_eq!(errno, expected);
+        }
+    }
+
+    #[test]
+    fn memories_and_tables_share_one_budget() {
+        let mut limits = InstanceLimits::new(1000);
+        assert!(limits.memory_growing(0, 600, None).expect("ok"));
+        // 25 table elements are 400 bytes: exactly the rest.
+        assert!(limits.table_growing(0, 25, None).expect("ok"));
+        assert!(!limits.memory_growing(600, 601, None).expect("ok"));
+        assert!(!limits.table_growing(25, 26, None).expect("ok"));
+        assert!(!limits.memory_growing(0, usize::MAX, None).expect("ok"));
+    }
 }

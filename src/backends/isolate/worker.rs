@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use super::confine::{self, Report};
 use super::js;
 use super::protocol::{
-    self, FromWorker, Outcome, Probe, Program, RunRequest, ToWorker, WorkerInit,
-    MAX_ERROR_BYTES, MAX_TO_WORKER_FRAME,
+    self, FromWorker, Outcome, Probe, Program, RunRequest, ToWorker, WorkerInit, MAX_ERROR_BYTES,
+    MAX_TO_WORKER_FRAME,
 };
 use super::wasm::WasmEngine;
 use super::StopSignal;
@@ -79,9 +79,8 @@ fn serve() -> Result<(), String> {
     };
 
     // Heavy one-time set-up while nothing untrusted has been seen.
-    let wasm = Arc::new(
-        WasmEngine::new(init.wasm_module_cache).map_err(|e| format!("wasm engine: {e}"))?,
-    );
+    let wasm =
+        Arc::new(WasmEngine::new(init.wasm_module_cache).map_err(|e| format!("wasm engine: {e}"))?);
     // wasmtime-wasi drives its (always ready) streams through the ambient tokio
     // runtime, and would start a multi-threaded one of its own on first use, after the
     // filter forbids threads: give the job thread a driverless current-thread runtime.
