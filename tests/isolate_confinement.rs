@@ -33,8 +33,14 @@ struct Worker {
 }
 
 fn start_worker() -> Worker {
+    start_worker_with(|_| {})
+}
+
+fn start_worker_with(adjust: impl FnOnce(&mut Command)) -> Worker {
     let (ours, theirs) = UnixStream::pair().expect("socketpair");
-    let child = Command::new(env!("CARGO_BIN_EXE_vulcan"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_vulcan"));
+    adjust(&mut command);
+    let child = command
         .arg("worker")
         .stdin(Stdio::from(OwnedFd::from(theirs)))
         .stdout(Stdio::null())
@@ -192,4 +198,35 @@ fn probes_are_refused_unless_the_first_frame_enabled_them() {
     assert!(read_frame::<_, FromWorker>(&mut socket, 1 << 20).is_err());
     let status = child.wait().expect("wait");
     assert_eq!(status.code(), Some(70), "a protocol error ends the worker");
+}
+
+#[test]
+fn an_unprivileged_worker_applies_what_it_can_and_says_what_it_could_not() {
+    if !is_root() {
+        println!("SKIPPED: starting a worker as another user needs root");
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    // What a server that is not root gets: no namespaces, no empty root, no uid switch.
+    let mut w = start_worker_with(|c| {
+        c.uid(65534).gid(65534);
+    });
+    let limitations = w.limitations.join("\n");
+    assert!(
+        limitations.contains("no network, mount, IPC or UTS namespace"),
+        "{limitations}"
+    );
+    assert!(
+        limitations.contains("runs as the server's own user (uid 65534)"),
+        "{limitations}"
+    );
+    let id: Value = serde_json::from_str(&w.probe(Probe::Identity).expect("answer")).expect("json");
+    assert!(
+        id["seccomp"].as_str().expect("mode").contains("Filter"),
+        "{id}"
+    );
+    assert_eq!(id["no_new_privs"], true, "{id}");
+    // The filter holds all the same.
+    assert_eq!(w.probe(Probe::Connect("127.0.0.1:9".into())), None);
+    assert_eq!(w.exit_signal(), Some(libc::SIGSYS));
 }

@@ -122,3 +122,34 @@ fn payload_survives_for_recovery() {
     assert_eq!(rec.pending[0].1, payload);
     assert_eq!(rec.pending[0].2, b"{\"a\":1}");
 }
+
+#[test]
+fn outputs_are_kept_as_json_text_and_old_rows_still_read() {
+    use diesel::RunQueryDsl;
+    let dir = tempfile::tempdir().expect("dir");
+    let mut conn = open_writer(&dir.path().join("t.db")).expect("open");
+    // A row finished by the previous version: it stored serde_json's rendering of a
+    // parsed value. It must read back (and serve) as that same JSON.
+    let old = record();
+    queries::insert_workload(&mut conn, &old, &Payload::Code("1".into()), b"null").expect("insert");
+    diesel::sql_query(
+        "UPDATE workloads SET status = 'completed', output = '{\"sum\":3,\"list\":[1,\"x\"]}' \
+         WHERE id = ?",
+    )
+    .bind::<diesel::sql_types::Text, _>(old.id.to_string())
+    .execute(&mut conn)
+    .expect("old-style row");
+    let read = queries::get_workload(&mut conn, old.id).expect("read");
+    let out = read.output.expect("output");
+    assert_eq!(out.as_str(), r#"{"sum":3,"list":[1,"x"]}"#);
+    // A row finished now keeps the workload's own text, spacing and key order included.
+    let new = record();
+    queries::insert_workload(&mut conn, &new, &Payload::Code("1".into()), b"null").expect("insert");
+    queries::apply_change(&mut conn, new.id, &StatusChange::to(Status::Running)).expect("run");
+    let mut done = StatusChange::to(Status::Completed);
+    done.output = vulcan::model::output_value(b"{\"b\": 2, \"a\": 1}\n");
+    queries::apply_change(&mut conn, new.id, &done).expect("done");
+    let read = queries::get_workload(&mut conn, new.id).expect("read");
+    let json = serde_json::to_string(&read).expect("serialise");
+    assert!(json.contains(r#""output":{"b": 2, "a": 1}"#), "{json}");
+}

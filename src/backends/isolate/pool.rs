@@ -285,8 +285,15 @@ impl WorkerPool {
                 s.last_error = Some(reason);
             }
         }
+        // Dropping the worker kills its process (kill_on_drop).
         drop(worker);
-        tokio::spawn(fill(Arc::downgrade(self), slot));
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(fill(Arc::downgrade(self), slot));
+            }
+            // The runtime is shutting down, and the pool with it.
+            Err(_) => log::debug!("isolate worker slot {slot}: not replaced (no runtime)"),
+        }
     }
 
     /// Run one job on a worker, relaying its log lines to `ctx.log`.
@@ -299,14 +306,61 @@ impl WorkerPool {
         ctx: ExecContext,
     ) -> Result<WorkloadResult, BackendError> {
         let deadline = tokio::time::Instant::from_std(ctx.deadline);
-        let mut worker = tokio::select! {
+        let worker = tokio::select! {
             w = self.acquire() => w?,
             () = ctx.cancel.cancelled() => return Err(BackendError::Cancelled),
             () = tokio::time::sleep_until(deadline) => return Err(BackendError::Cancelled),
         };
+        let started = Instant::now();
+        let mut lease = Lease {
+            pool: Arc::clone(self),
+            worker: Some(worker),
+        };
+        let ending = match lease.worker.as_mut() {
+            Some(worker) => {
+                self.drive(worker, program, input, mem_mb, max_output_bytes, &ctx)
+                    .await
+            }
+            None => return Err(BackendError::Internal("lease without a worker".into())),
+        };
+        let Some(mut worker) = lease.worker.take() else {
+            return Err(BackendError::Internal("lease without a worker".into()));
+        };
+        match ending {
+            Ending::Answered(result) => {
+                self.release(worker);
+                result
+            }
+            Ending::Crashed(violation) => Ok(self.crashed(worker, started, violation).await),
+            Ending::Unresponsive => {
+                let grace_ms = self.settings.cancel_grace.as_millis();
+                log::warn!(
+                    "isolate worker {}: no answer {grace_ms} ms after a cancel; killing it",
+                    worker.pid
+                );
+                let _ = worker.kill_and_reap().await;
+                self.retire(
+                    worker,
+                    format!("killed: did not stop within {grace_ms} ms of a cancel"),
+                );
+                Err(BackendError::Cancelled)
+            }
+        }
+    }
+
+    /// Send the job and follow the conversation until it ends one way or another.
+    async fn drive(
+        &self,
+        worker: &mut Worker,
+        program: Program,
+        input: Vec<u8>,
+        mem_mb: u32,
+        max_output_bytes: usize,
+        ctx: &ExecContext,
+    ) -> Ending {
+        let deadline = tokio::time::Instant::from_std(ctx.deadline);
         worker.jobs += 1;
         let job = worker.jobs;
-        let started = Instant::now();
         let request = ToWorker::Run(RunRequest {
             job,
             program,
@@ -317,20 +371,14 @@ impl WorkerPool {
             // it reports before then would not read as the timeout it is).
             timeout_ms: u64::try_from(
                 ctx.deadline
-                    .saturating_duration_since(started)
+                    .saturating_duration_since(Instant::now())
                     .as_micros()
                     .div_ceil(1000),
             )
             .unwrap_or(u64::MAX),
         });
         if let Err(e) = worker.send(&request).await {
-            return Ok(self
-                .crashed(
-                    worker,
-                    started,
-                    Some(format!("the job could not be sent: {e}")),
-                )
-                .await);
+            return Ending::Crashed(Some(format!("the job could not be sent: {e}")));
         }
         // Set once a cancel went out: the instant the worker is killed if still busy.
         let mut kill_at: Option<tokio::time::Instant> = None;
@@ -348,40 +396,27 @@ impl WorkerPool {
                             .map_err(|e| format!("protocol violation: {e}")),
                         Some(Err(e)) => Err(format!("protocol violation: {e}")),
                         // The socket closed: the process is dead or dying.
-                        None => return Ok(self.crashed(worker, started, None).await),
+                        None => return Ending::Crashed(None),
                     };
                     match message {
                         Ok(FromWorker::Log { job: j, line }) if j == job => ctx.log.line(line),
                         Ok(FromWorker::Done { job: j, outcome }) if j == job => {
-                            self.release(worker);
-                            return outcome_result(outcome);
+                            return Ending::Answered(outcome_result(outcome));
                         }
                         Ok(other) => {
                             let what = format!("protocol violation: unexpected {}", kind(&other));
-                            return Ok(self.crashed(worker, started, Some(what)).await);
+                            return Ending::Crashed(Some(what));
                         }
-                        Err(what) => return Ok(self.crashed(worker, started, Some(what)).await),
+                        Err(what) => return Ending::Crashed(Some(what)),
                     }
                 }
                 () = ctx.cancel.cancelled(), if kill_at.is_none() => {
-                    kill_at = Some(self.cancel(&mut worker, job).await);
+                    kill_at = Some(self.cancel(worker, job).await);
                 }
                 () = tokio::time::sleep_until(deadline), if kill_at.is_none() => {
-                    kill_at = Some(self.cancel(&mut worker, job).await);
+                    kill_at = Some(self.cancel(worker, job).await);
                 }
-                () = grace => {
-                    let grace_ms = self.settings.cancel_grace.as_millis();
-                    log::warn!(
-                        "isolate worker {}: no answer {grace_ms} ms after a cancel; killing it",
-                        worker.pid
-                    );
-                    let _ = worker.kill_and_reap().await;
-                    self.retire(
-                        worker,
-                        format!("killed: did not stop within {grace_ms} ms of a cancel"),
-                    );
-                    return Err(BackendError::Cancelled);
-                }
+                () = grace => return Ending::Unresponsive,
             }
         }
     }
@@ -419,6 +454,32 @@ impl WorkerPool {
             output: Vec::new(),
             error: Some(format!("worker crashed: {what}")),
             duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+/// How a job's conversation with its worker ended.
+enum Ending {
+    /// The worker answered the job (done, stopped or invalid): it is fine for the next.
+    Answered(Result<WorkloadResult, BackendError>),
+    /// The worker died or broke the protocol (`Some` says how it broke it).
+    Crashed(Option<String>),
+    /// The worker did not answer a cancel within the grace.
+    Unresponsive,
+}
+
+/// A worker taken for a job. Whoever drops it still holding the worker (an execution
+/// abandoned half-way) retires the worker: its state is unknown, so it is replaced.
+struct Lease {
+    pool: Arc<WorkerPool>,
+    worker: Option<Worker>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            self.pool
+                .retire(worker, "killed: its execution was abandoned".into());
         }
     }
 }
@@ -532,6 +593,10 @@ async fn fill(pool: Weak<WorkerPool>, slot: usize) {
 }
 
 /// Spawn `vulcan worker`, place it in its cgroup, send `Init` and wait for `Ready`.
+///
+/// The worker's parent-death signal follows the spawning thread: the pool is driven from
+/// the runtime that owns the backend (the actix system arbiter), which lives as long as
+/// the backend does.
 async fn spawn_worker(settings: &Settings, slot: usize) -> Result<(Worker, Vec<String>), String> {
     let (ours, theirs) =
         std::os::unix::net::UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
