@@ -50,6 +50,8 @@ fn js(name: &str, code: &str, error: &'static str) -> Case {
     }
 }
 
+/// A JavaScript case with 32 MiB and ten seconds: bombs that must hit a limit other
+/// than the deadline.
 fn js_mem(name: &str, code: &str, error: &'static str) -> Case {
     let mut c = js(name, code, error);
     c.body["resources"] = json!({"timeout_s": 10, "mem_mb": 32});
@@ -63,6 +65,13 @@ fn wat(name: &str, code: &str, error: &'static str) -> Case {
                      "resources": {"timeout_s": TIMEOUT_S, "mem_mb": 16}}),
         error,
     }
+}
+
+/// The same case with ten seconds: it must end on its own limit, not the deadline, even
+/// on a slow machine.
+fn slow(mut case: Case) -> Case {
+    case.body["resources"]["timeout_s"] = json!(10);
+    case
 }
 
 fn rss_kb() -> u64 {
@@ -283,11 +292,14 @@ async fn promise_and_timer_storms_are_bounded() {
                 "for (;;) Promise.resolve().then(() => 0);",
                 "out of memory",
             ),
-            js(
-                "timer flood",
-                "for (let i = 0; i < 10000000; i++) setTimeout(() => {}, 1e9);",
-                "too many pending timers",
-            ),
+            // Given time and memory to reach the cap of pending timers on a slow machine.
+            Case {
+                name: "timer flood".into(),
+                body: json!({"runtime": "node",
+                             "code": "for (let i = 0; i < 10000000; i++) setTimeout(() => {}, 1e9);",
+                             "resources": {"timeout_s": 20, "mem_mb": 256}}),
+                error: "too many pending timers",
+            },
             js(
                 "timers rescheduling forever",
                 "const tick = () => setTimeout(tick, 0); tick(); 1",
@@ -304,12 +316,12 @@ async fn output_bombs_and_log_floods_are_capped() {
     run_table(
         &app,
         vec![
-            js(
+            slow(js(
                 "8 MB string result",
                 "export default () => 'x'.repeat(8 * 1024 * 1024)",
                 "output exceeds 4194304 bytes",
-            ),
-            wat(
+            )),
+            slow(wat(
                 "wasm stdout flood",
                 r#"(module
                      (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
@@ -319,7 +331,7 @@ async fn output_bombs_and_log_floods_are_capped() {
                        (i32.store (i32.const 4) (i32.const 65536))
                        (loop $l (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))) (br $l))))"#,
                 "output exceeds 4194304 bytes",
-            ),
+            )),
             js(
                 "one giant log line",
                 "console.log('y'.repeat(3 * 1024 * 1024)); while (true) {}",

@@ -68,23 +68,23 @@ pub struct IsolateConfig {
     pub cgroup_parent: String,
 }
 
-/// The worker executable: the configured path, or this process's own executable when
-/// it is `vulcan` (a test harness or any other host binary must name it explicitly:
-/// running a test binary as a worker would run tests).
+/// The worker executable: the configured path, or this process's own executable. A
+/// cargo test harness (an executable in a `deps` directory) must name the vulcan binary
+/// explicitly: started as `<harness> worker` it would run tests, not serve jobs.
 fn worker_executable(configured: &str) -> Result<PathBuf, BackendError> {
     if !configured.is_empty() {
         return Ok(PathBuf::from(configured));
     }
     let exe = std::env::current_exe()
         .map_err(|e| BackendError::Unavailable(format!("cannot find this executable: {e}")))?;
-    if exe.file_stem().and_then(|s| s.to_str()) == Some("vulcan") {
-        Ok(exe)
-    } else {
-        Err(BackendError::Unavailable(format!(
-            "{} is not the vulcan binary: set backends.isolate.worker_path",
+    if exe.parent().and_then(|p| p.file_name()) == Some(std::ffi::OsStr::new("deps")) {
+        return Err(BackendError::Unavailable(format!(
+            "{} looks like a test harness, not the vulcan binary: set \
+             backends.isolate.worker_path",
             exe.display()
-        )))
+        )));
     }
+    Ok(exe)
 }
 
 /// The isolate backend.
