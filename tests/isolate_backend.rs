@@ -272,7 +272,7 @@ async fn kill_stops_loops_and_frees_the_workers() {
         let r = run_ok(&b, js("1 + 1", Value::Null)).await;
         assert_eq!(output_json(&r), json!(2));
     }
-    assert_eq!(b.details().worker_restarts, 0);
+    assert_eq!(b.process_report().worker_restarts, 0);
 }
 
 #[tokio::test]
@@ -755,7 +755,7 @@ async fn a_native_call_that_ignores_the_interrupt_costs_its_worker() {
         "{:?}",
         start.elapsed()
     );
-    let details = b.details();
+    let details = b.process_report();
     assert_eq!(details.worker_restarts, 1, "{details:?}");
     assert!(
         details.workers[0]

@@ -100,7 +100,7 @@ struct BackendEntry {
 
 impl BackendEntry {
     fn worker_restarts(&self) -> u64 {
-        self.worker_restarts_before + self.backend.details().worker_restarts
+        self.worker_restarts_before + self.backend.process_report().worker_restarts
     }
 
     fn status(&self) -> (&'static str, Option<String>) {
@@ -314,7 +314,7 @@ impl Supervisor {
             queued: entry.queue.len(),
             restarts: entry.restarts,
             worker_restarts: entry.worker_restarts(),
-            limitations: entry.backend.details().limitations,
+            limitations: entry.backend.process_report().limitations,
         }
     }
 
@@ -618,7 +618,7 @@ impl Handler<BackendRestarted> for Supervisor {
         if let Some(entry) = self.backends.get_mut(&msg.name) {
             entry.restarts += 1;
             entry.last_error = Some(msg.reason);
-            entry.worker_restarts_before += entry.backend.details().worker_restarts;
+            entry.worker_restarts_before += entry.backend.process_report().worker_restarts;
             entry.caps = msg.backend.capabilities();
             entry.backend = msg.backend;
             self.metrics
@@ -682,7 +682,7 @@ impl Handler<ListActors> for Supervisor {
                 last_error: e.last_error.clone(),
                 pid: None,
             });
-            for w in e.backend.details().workers {
+            for w in e.backend.process_report().workers {
                 out.push(ActorInfo {
                     name: w.name,
                     state: w.state,

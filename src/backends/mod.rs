@@ -95,7 +95,7 @@ pub struct WorkerInfo {
 
 /// What a backend reports about its processes and protections beyond its health.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct BackendDetails {
+pub struct ProcessReport {
     /// Worker processes replaced since this backend instance started.
     pub worker_restarts: u64,
     /// Protections that could not be applied on this host (empty when all hold).
@@ -229,8 +229,8 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Worker processes, their restarts and the protections that could not be applied
     /// here. Cheap. Backends without helper processes keep the default (nothing).
-    fn details(&self) -> BackendDetails {
-        BackendDetails::default()
+    fn process_report(&self) -> ProcessReport {
+        ProcessReport::default()
     }
 
     /// Run one workload to completion, honouring `ctx.cancel`.

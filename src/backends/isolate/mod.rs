@@ -18,8 +18,8 @@ use futures_util::future::BoxFuture;
 use serde::Deserialize;
 
 use super::{
-    Backend, BackendCapabilities, BackendDetails, BackendError, BackendHealth, CancellationToken,
-    ExecContext, WorkloadResult, WorkloadSpec,
+    Backend, BackendCapabilities, BackendError, BackendHealth, CancellationToken, ExecContext,
+    ProcessReport, WorkloadResult, WorkloadSpec,
 };
 use crate::config::Config;
 use crate::model::{Isolation, Payload, Runtime, WorkloadId};
@@ -208,8 +208,8 @@ impl Backend for IsolateBackend {
         self.pool.health()
     }
 
-    fn details(&self) -> BackendDetails {
-        BackendDetails {
+    fn process_report(&self) -> ProcessReport {
+        ProcessReport {
             worker_restarts: self.pool.restarts(),
             limitations: self.pool.limitations(),
             workers: self.pool.workers("isolate"),
