@@ -2,6 +2,8 @@
 //! a temporary SQLite file) and talks to it over HTTP.
 #![allow(dead_code)]
 
+pub mod cli;
+pub mod gvisor;
 pub mod scripted;
 pub mod sse;
 
