@@ -742,6 +742,24 @@ async fn a_body_above_the_server_limit_is_refused_before_sending() {
 }
 
 #[tokio::test]
+async fn run_image_submits_an_oci_workload() {
+    // No backend here runs images: the server's refusal names the oci runtime, which
+    // proves what was sent.
+    let (app, _) = scripted_app().await;
+    let out = cli::run(
+        &app.address,
+        &["run", "--image", "busybox:1.36", "--", "echo", "hi"],
+    )
+    .await;
+    assert_code(&out, 2);
+    assert!(
+        out.stderr.contains("422") && out.stderr.contains("oci"),
+        "{out:#?}"
+    );
+    assert_eq!(total(&app).await, 0);
+}
+
+#[tokio::test]
 async fn run_async_prints_the_id_and_returns_at_once() {
     let (app, _) = scripted_app().await;
     let dir = tempfile::tempdir().expect("dir");

@@ -13,11 +13,13 @@ mod payload;
 mod run;
 mod workloads;
 
+use std::collections::HashMap;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
 use crate::client::{Client, ClientError};
+use crate::config::Config;
 use crate::model::{Status, WorkloadId};
 
 pub use run::RunArgs;
@@ -26,14 +28,10 @@ pub use workloads::{KillArgs, LogsArgs, LsArgs, StatusArgs};
 /// Where the server is and how to authenticate; accepted by every client subcommand.
 #[derive(Debug, Clone, Args)]
 pub struct Connection {
-    /// Server base URL.
-    #[arg(
-        long,
-        env = "VULCAN_SERVER",
-        default_value = "http://127.0.0.1:8080",
-        value_name = "URL"
-    )]
-    pub server: String,
+    /// Server base URL [default: http:// + the server's default `listen_addr`, i.e.
+    /// http://127.0.0.1:8080].
+    #[arg(long, env = "VULCAN_SERVER", value_name = "URL")]
+    pub server: Option<String>,
     /// Bearer token for servers with auth on.
     #[arg(
         long,
@@ -49,7 +47,14 @@ pub struct Connection {
 
 impl Connection {
     fn client(&self) -> Result<Client, CliError> {
-        Ok(Client::new(&self.server, self.token.as_deref())?)
+        let server = match &self.server {
+            Some(s) => s.clone(),
+            // Where a server started with the embedded defaults listens.
+            None => Config::load_from(HashMap::new())
+                .map(|c| format!("http://{}", c.listen_addr))
+                .map_err(|e| CliError::Usage(e.to_string()))?,
+        };
+        Ok(Client::new(&server, self.token.as_deref())?)
     }
 }
 
@@ -178,4 +183,30 @@ fn explain(e: &CliError) -> String {
 /// Parse a workload id argument (clap value parser).
 fn parse_id(s: &str) -> Result<WorkloadId, String> {
     s.parse::<WorkloadId>().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_server_is_where_a_default_server_listens() {
+        let conn = Connection {
+            server: None,
+            token: None,
+            json: false,
+        };
+        let client = conn.client().expect("client");
+        assert_eq!(client.server(), "http://127.0.0.1:8080");
+    }
+
+    #[test]
+    fn exit_statuses_follow_the_outcome() {
+        assert_eq!(Outcome::Workload(Status::Completed).exit_code(), 0);
+        assert_eq!(Outcome::Workload(Status::Running).exit_code(), 0);
+        assert_eq!(Outcome::Workload(Status::Failed).exit_code(), 1);
+        assert_eq!(Outcome::Workload(Status::Killed).exit_code(), 3);
+        assert_eq!(Outcome::Interrupted.exit_code(), 130);
+        assert_eq!(CliError::EXIT_CODE, 2);
+    }
 }

@@ -413,6 +413,29 @@ mod tests {
     }
 
     #[test]
+    fn images_make_an_oci_body_with_their_command() {
+        let source = Source::Image {
+            reference: "busybox:1.36".into(),
+            command: vec!["echo".into(), "hi".into()],
+        };
+        let body = build(&source, None, Default::default(), 1 << 20).expect("image");
+        assert_eq!(body.runtime.as_deref(), Some("oci"));
+        assert_eq!(body.image.as_deref(), Some("busybox:1.36"));
+        assert_eq!(
+            body.command,
+            Some(vec!["echo".to_string(), "hi".to_string()])
+        );
+        assert_eq!((body.code, body.code_archive), (None, None));
+        assert!(build(&source, Some(Runtime::Node), Default::default(), 1 << 20).is_err());
+        let bare = Source::Image {
+            reference: "busybox:1.36".into(),
+            command: Vec::new(),
+        };
+        let body = build(&bare, None, Default::default(), 1 << 20).expect("image");
+        assert_eq!(body.command, None, "no command: the image's own");
+    }
+
+    #[test]
     fn input_is_json_text_or_a_file() {
         assert_eq!(
             parse_input(r#"{"a":1}"#, 100).expect("json"),
