@@ -351,11 +351,13 @@ async fn logs_follow_prints_lines_while_the_workload_runs() {
 async fn logs_follow_resumes_after_a_dropped_connection_without_loss() {
     let (app, _) = scripted_app().await;
     let proxy = cli::cutting_proxy(&app.address).await;
-    let lines: Vec<String> = (0..6).map(|i| format!("line {i}")).collect();
+    // Long enough (4 s) that the stream is cut while the workload still runs, however
+    // late the CLI connects.
+    let lines: Vec<String> = (0..8).map(|i| format!("line {i}")).collect();
     let w = app
         .submit_async(&job(
             "node",
-            json!({"logs": lines, "log_interval_ms": 300, "error": "bad end", "exit_code": 1}),
+            json!({"logs": lines, "log_interval_ms": 500, "error": "bad end", "exit_code": 1}),
         ))
         .await;
     let id = w["id"].as_str().expect("id");

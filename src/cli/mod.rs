@@ -22,6 +22,7 @@ use crate::client::{Client, ClientError};
 use crate::config::Config;
 use crate::model::{Status, WorkloadId};
 
+pub use ops::RestartArgs;
 pub use run::RunArgs;
 pub use workloads::{KillArgs, LogsArgs, LsArgs, StatusArgs};
 
@@ -75,7 +76,7 @@ pub enum ClientCommand {
     /// List the registered backends with their health and load.
     Backends(ConnectionOnly),
     /// Restart a backend's actor (operators).
-    Restart(ops::RestartArgs),
+    Restart(RestartArgs),
     /// Counts and durations per status, isolation and backend.
     Stats(ConnectionOnly),
 }

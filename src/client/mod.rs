@@ -31,6 +31,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// (it lasts as long as the workload) nor to log streams (they last as long as it runs).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Most bytes of an error answer read to find its `{"error"}` message.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
 /// Why a call did not produce an answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -386,8 +389,16 @@ impl Client {
             return Ok(res);
         }
         let status = res.status();
-        let text = res.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<Value>(&text)
+        // An error answer is a short JSON object; never hold more than a little of one.
+        let mut res = res;
+        let mut text = Vec::new();
+        while let Ok(Some(chunk)) = res.chunk().await {
+            text.extend_from_slice(&chunk);
+            if text.len() > MAX_ERROR_BODY {
+                break;
+            }
+        }
+        let message = serde_json::from_slice::<Value>(&text)
             .ok()
             .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
             .unwrap_or_else(|| {
