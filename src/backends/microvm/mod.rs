@@ -334,6 +334,7 @@ fn vm_name(id: WorkloadId) -> String {
 }
 
 /// A prepared run: the request for the agent and the sizes derived from it.
+#[derive(Debug)]
 struct Prepared {
     request: RunRequest,
     guest_mem_mb: u64,
