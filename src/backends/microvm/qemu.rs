@@ -169,6 +169,9 @@ pub fn spawn(p: &VmParams, procs_files: &[PathBuf]) -> std::io::Result<Child> {
         .args(args(p))
         .env_clear()
         .env("PATH", PATH_ENV)
+        // The VM's scratch dir, removed after the run: nothing QEMU might drop in its
+        // working directory (a core file after an assert) outlives it.
+        .current_dir(p.socket.parent().unwrap_or(std::path::Path::new("/")))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
