@@ -377,15 +377,23 @@ async fn a_busy_loop_times_out_a_memory_hog_fails_and_a_sleeper_is_killed() {
         started.elapsed()
     );
 
-    // Memory: 64 MiB allowed, 256 MB asked for.
-    let mut body = python("x = bytearray(256 * 1024 * 1024)\nprint(len(x))\n");
+    // Memory: 64 MiB allowed, 128 MiB asked for.
+    let mut body = python("x = bytearray(128 * 1024 * 1024)\nprint(len(x))\n");
     body["resources"] = json!({"mem_mb": 64, "timeout_s": 120});
     let w = vm.run(&body).await;
     assert_eq!(w["status"], "failed", "{w}");
-    assert!(error_of(&w).starts_with("out of memory"), "{w}");
-    assert_eq!(w["exit_code"], 137, "{w}");
+    // Either the guest kernel refuses the mapping (python's MemoryError) or the
+    // workload's cgroup OOM-kills it; both end the workload, not the VM or the host.
+    if !error_of(&w).starts_with("out of memory") {
+        assert_eq!(error_of(&w), "exited with code 1", "{w}");
+        let logs = vm
+            .app
+            .get_json(&format!("/v1/workloads/{}/logs/history", id(&w)), 200)
+            .await;
+        assert!(logs.to_string().contains("MemoryError"), "{logs}");
+    }
     assert_ne!(
-        w["output"], "268435456\n",
+        w["output"], "134217728\n",
         "the allocation must not succeed: {w}"
     );
 
