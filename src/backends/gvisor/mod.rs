@@ -15,8 +15,8 @@
 
 mod bench;
 mod bundle;
-mod cgroup;
-mod runsc;
+pub(crate) mod cgroup;
+pub(crate) mod runsc;
 
 pub use bench::bench_python_hello;
 
@@ -94,7 +94,7 @@ impl Default for GvisorConfig {
 
 /// Inputs larger than this are only given on stdin, not in `VULCAN_INPUT` (a single
 /// environment string is limited to 128 KiB by execve).
-const MAX_ENV_INPUT: usize = 100 * 1024;
+pub(crate) const MAX_ENV_INPUT: usize = 100 * 1024;
 
 /// How long the output readers may take to drain after the runsc process exited.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -102,14 +102,14 @@ const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Language toolchains found on the host, under `/usr` (the only host tree the sandbox
 /// sees). Paths are canonical, so they are valid inside the sandbox as well.
 #[derive(Debug, Clone, Default)]
-struct Toolchains {
+pub(crate) struct Toolchains {
     python: Option<PathBuf>,
     go: Option<PathBuf>,
     node: Option<PathBuf>,
 }
 
 impl Toolchains {
-    fn detect() -> Self {
+    pub(crate) fn detect() -> Self {
         Self {
             python: find_under_usr(&["/usr/local/bin/python3", "/usr/bin/python3"]),
             go: find_under_usr(&["/usr/local/go/bin/go", "/usr/local/bin/go", "/usr/bin/go"]),
@@ -117,7 +117,7 @@ impl Toolchains {
         }
     }
 
-    fn get(&self, runtime: Runtime) -> Option<&Path> {
+    pub(crate) fn get(&self, runtime: Runtime) -> Option<&Path> {
         match runtime {
             Runtime::Python => self.python.as_deref(),
             Runtime::Go => self.go.as_deref(),
@@ -126,7 +126,7 @@ impl Toolchains {
         }
     }
 
-    fn runtimes(&self) -> Vec<Runtime> {
+    pub(crate) fn runtimes(&self) -> Vec<Runtime> {
         [Runtime::Node, Runtime::Python, Runtime::Go]
             .into_iter()
             .filter(|r| self.get(*r).is_some())
@@ -505,7 +505,7 @@ impl Inner {
 }
 
 /// The file the runtime starts from, at the root of the work dir.
-fn entry_file(runtime: Runtime) -> &'static str {
+pub(crate) fn entry_file(runtime: Runtime) -> &'static str {
     match runtime {
         Runtime::Go => "main.go",
         Runtime::Node => "main.js",
@@ -514,7 +514,7 @@ fn entry_file(runtime: Runtime) -> &'static str {
 }
 
 /// The command line inside the sandbox.
-fn command_line(runtime: Runtime, interpreter: &Path, work: &Path) -> Vec<String> {
+pub(crate) fn command_line(runtime: Runtime, interpreter: &Path, work: &Path) -> Vec<String> {
     let exe = interpreter.to_string_lossy().into_owned();
     match runtime {
         // -u: unbuffered, so each line reaches the log as it is printed.
@@ -548,7 +548,7 @@ fn command_line(runtime: Runtime, interpreter: &Path, work: &Path) -> Vec<String
 }
 
 /// The workload's whole environment: nothing comes from the host.
-fn environment(runtime: Runtime, input: &[u8]) -> Vec<String> {
+pub(crate) fn environment(runtime: Runtime, input: &[u8]) -> Vec<String> {
     let mut env = vec![
         "PATH=/usr/local/bin:/usr/bin:/bin".to_string(),
         format!("HOME={WORK_MOUNT}"),
