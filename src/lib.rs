@@ -10,6 +10,7 @@ pub mod api;
 pub mod backends;
 pub mod bench;
 pub mod config;
+pub mod images;
 pub mod metrics;
 pub mod model;
 pub mod startup;

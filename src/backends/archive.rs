@@ -843,12 +843,19 @@ mod tests {
             (build(&[E::File("lib/victim", b"owned")]), "write through"),
             (build(&[E::File("lib/.wh.victim", b"")]), "whiteout through"),
             (build(&[E::File("lib/.wh..wh..opq", b"")]), "opaque through"),
-            (build(&[E::Hardlink("h", "lib/victim")]), "hard link through"),
+            (
+                build(&[E::Hardlink("h", "lib/victim")]),
+                "hard link through",
+            ),
         ] {
             let (_o, root) = dirs();
             let result = apply_layers(&[lower.clone(), upper], &root);
             assert!(result.is_err(), "{what}: accepted");
-            assert_eq!(fs::read(host.join("victim")).unwrap(), b"host data", "{what}");
+            assert_eq!(
+                fs::read(host.join("victim")).unwrap(),
+                b"host data",
+                "{what}"
+            );
         }
         assert_rejected_layer(&[E::File("../x", b"x")], "traversal");
         assert_rejected_layer(&[E::Special("dev/null", EntryType::Char)], "device");
