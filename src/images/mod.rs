@@ -354,10 +354,11 @@ impl ImageStore {
         let timeout = Duration::from_secs(self.inner.cfg.pull_timeout_s.max(1));
         let cancel = Arc::new(AtomicBool::new(false));
         let work = PullDir::new(&self.inner.cfg.dir, cancel.clone());
+        let published = Arc::new(Mutex::new(Vec::new()));
         let result = match work {
             Ok(work) => {
-                let outcome =
-                    tokio::time::timeout(timeout, self.fetch(reference, &work, &cancel)).await;
+                let fetch = self.fetch(reference, &work, &cancel, &published);
+                let outcome = tokio::time::timeout(timeout, fetch).await;
                 cancel.store(true, Ordering::Relaxed);
                 outcome.unwrap_or(Err(PullError::Timeout(timeout.as_secs())))
             }
@@ -368,6 +369,7 @@ impl ImageStore {
             Err(e) => {
                 metrics.pull_failures.inc();
                 log::warn!("image {reference}: pull failed: {e}");
+                self.forget_unused_blobs(&published);
             }
         }
         result
@@ -379,6 +381,7 @@ impl ImageStore {
         reference: &ImageRef,
         work: &PullDir,
         cancel: &Arc<AtomicBool>,
+        published: &Mutex<Vec<String>>,
     ) -> Result<ImageLease, PullError> {
         let cfg = &self.inner.cfg;
         let (manifest, digest) = self.inner.registry.manifest(reference).await?;
@@ -420,14 +423,16 @@ impl ImageStore {
             return Err(PullError::Unsupported("the image has no layers".into()));
         }
 
-        let config_path = self.blob(reference, &manifest.config, work).await?;
+        let config_path = self
+            .blob(reference, &manifest.config, work, published)
+            .await?;
         let config_bytes = tokio::fs::read(&config_path)
             .await
             .map_err(|e| internal("cannot read the image configuration", e))?;
         let run = parse_config(&config_bytes)?;
         let mut unpack = Vec::with_capacity(layers.len());
         for (desc, compression) in &layers {
-            let path = self.blob(reference, desc, work).await?;
+            let path = self.blob(reference, desc, work, published).await?;
             unpack.push((path, *compression, desc.digest.clone()));
         }
 
@@ -504,6 +509,7 @@ impl ImageStore {
         reference: &ImageRef,
         desc: &oci_client::manifest::OciDescriptor,
         work: &PullDir,
+        published: &Mutex<Vec<String>>,
     ) -> Result<PathBuf, PullError> {
         let shared = blob_path(&self.inner.cfg.dir, &desc.digest);
         let mine = work.path.join(desc.digest.replace(':', "-"));
@@ -523,10 +529,25 @@ impl ImageStore {
         let tmp = work
             .path
             .join(format!("{}.publish", desc.digest.replace(':', "-")));
-        if fs::hard_link(&mine, &tmp).is_ok() && fs::rename(&tmp, &shared).is_err() {
-            let _ = fs::remove_file(&tmp);
+        if fs::hard_link(&mine, &tmp).is_ok() {
+            if fs::rename(&tmp, &shared).is_ok() {
+                lock(published).push(desc.digest.clone());
+            } else {
+                let _ = fs::remove_file(&tmp);
+            }
         }
         Ok(mine)
+    }
+
+    /// A failed pull keeps nothing: the blobs it published that no image uses go.
+    fn forget_unused_blobs(&self, published: &Mutex<Vec<String>>) {
+        let st = lock(&self.inner.state);
+        let used = st.index.used_blobs();
+        for digest in lock(published).iter() {
+            if !used.contains(digest.as_str()) {
+                let _ = fs::remove_file(blob_path(&self.inner.cfg.dir, digest));
+            }
+        }
     }
 
     /// Move the prepared root file system into place and record the image.

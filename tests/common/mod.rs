@@ -2,6 +2,7 @@
 //! a temporary SQLite file) and talks to it over HTTP.
 #![allow(dead_code)]
 
+pub mod oci;
 pub mod scripted;
 pub mod sse;
 
