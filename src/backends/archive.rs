@@ -837,7 +837,7 @@ mod tests {
         let host_str = host.to_str().unwrap();
         // An absolute link is fine in an image (resolved inside the sandbox)...
         let lower = build(&[E::Symlink("lib", host_str)]);
-        apply_layers(&[lower.clone()], &root).unwrap();
+        apply_layers(std::slice::from_ref(&lower), &root).unwrap();
         // ...but nothing is ever written, linked or deleted through it.
         for (upper, what) in [
             (build(&[E::File("lib/victim", b"owned")]), "write through"),

@@ -76,6 +76,7 @@ pub fn is_sha256_digest(s: &str) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
