@@ -1014,6 +1014,117 @@ pub fn parse_digest(s: &str) -> Option<&str> {
 mod tests {
     use super::*;
 
+    fn config(dir: &Path) -> ImagesConfig {
+        let mut cfg = crate::config::Config::load_from(std::collections::HashMap::new())
+            .unwrap()
+            .images;
+        cfg.dir = dir.to_path_buf();
+        cfg
+    }
+
+    /// A store directory as a crash could leave it: one complete image in the index,
+    /// a half pull in tmp/, a root file system and a blob nobody names.
+    fn crashed_store(dir: &Path) -> String {
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let blob = format!("sha256:{}", "b".repeat(64));
+        for d in ["rootfs", "blobs/sha256", "tmp/pull-x/rootfs"] {
+            fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        fs::create_dir_all(rootfs_dir(dir, &digest).join("bin")).unwrap();
+        fs::write(blob_path(dir, &blob), b"layer").unwrap();
+        fs::create_dir_all(dir.join("rootfs").join("c".repeat(64))).unwrap();
+        fs::write(dir.join("blobs/sha256").join("d".repeat(64)), b"orphan").unwrap();
+        let mut index = Index::empty();
+        index.images.insert(
+            digest.clone(),
+            ImageRecord {
+                digest: digest.clone(),
+                blobs: vec![BlobRef {
+                    digest: blob,
+                    size: 5,
+                }],
+                run: RunConfig::default(),
+                rootfs_bytes: 100,
+                pulled_at: Utc::now(),
+                last_used: Utc::now(),
+            },
+        );
+        index
+            .refs
+            .insert("reg.example/app:1".into(), digest.clone());
+        index::write_atomically(
+            &dir.join("index.json"),
+            &serde_json::to_vec(&index).unwrap(),
+        )
+        .unwrap();
+        digest
+    }
+
+    #[test]
+    fn reopening_keeps_the_index_and_sweeps_what_it_does_not_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("images");
+        fs::create_dir(&root).unwrap();
+        let digest = crashed_store(&root);
+        let store = ImageStore::open(&config(&root)).unwrap();
+        let list = store.list();
+        assert_eq!(list.images.len(), 1);
+        assert_eq!(list.images[0].digest, digest);
+        assert_eq!(
+            list.images[0].references,
+            vec!["reg.example/app:1".to_string()]
+        );
+        assert_eq!(list.total_bytes, 105);
+        assert_eq!(
+            fs::read_dir(root.join("tmp")).unwrap().count(),
+            0,
+            "half pull removed"
+        );
+        assert_eq!(
+            fs::read_dir(root.join("rootfs")).unwrap().count(),
+            1,
+            "orphan rootfs removed"
+        );
+        assert_eq!(
+            fs::read_dir(root.join("blobs/sha256")).unwrap().count(),
+            1,
+            "orphan blob removed"
+        );
+        // A reference in the index is served without a registry (none is configured).
+        let lease = store
+            .lookup(&ImageRef::parse("reg.example/app:1").unwrap())
+            .unwrap();
+        assert_eq!(lease.digest(), digest);
+        assert_eq!(store.list().images[0].in_use, 1);
+        // Held: neither removed nor collected.
+        let err = store.remove_now(&digest).unwrap_err();
+        assert!(matches!(err, RemoveError::InUse { runs: 1, .. }), "{err}");
+        drop(lease);
+        assert_eq!(store.list().images[0].in_use, 0);
+        store.remove_now(&digest).unwrap();
+        assert!(store.list().images.is_empty());
+        assert_eq!(fs::read_dir(root.join("rootfs")).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(root.join("blobs/sha256")).unwrap().count(), 0);
+        // The removal is on disk: a fresh store (another directory key) sees it.
+        drop(store);
+        let again = ImageStore::open(&config(&root)).unwrap();
+        assert!(again.list().images.is_empty());
+    }
+
+    #[test]
+    fn opening_creates_nothing_until_the_first_pull() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("not-yet");
+        let store = ImageStore::open(&config(&root)).unwrap();
+        assert!(store.list().images.is_empty());
+        assert!(!root.exists());
+        assert!(ImageStore::open(&ImagesConfig {
+            dir: PathBuf::from("relative"),
+            ..config(&root)
+        })
+        .is_err());
+    }
+
     #[test]
     fn config_is_parsed_and_other_platforms_refused() {
         let ok = format!(

@@ -336,6 +336,102 @@ mod tests {
         assert!(resolve_user(root.path(), "evil").is_err());
     }
 
+    fn layer(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (name, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_path(name).unwrap();
+            h.set_cksum();
+            builder.append(&h, *data).unwrap();
+        }
+        builder.into_inner().unwrap()
+    }
+
+    #[test]
+    fn layers_of_every_compression_apply_in_order() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let base = layer(&[("etc/os", b"base"), ("bin/tool", b"v1")]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&layer(&[("bin/tool", b"v2")])).unwrap();
+        let zst =
+            zstd::stream::encode_all(&layer(&[("bin/.wh.tool", b""), ("srv/x", b"z")])[..], 3)
+                .unwrap();
+        let files = [
+            ("plain", base, Compression::None),
+            ("gz", gz.finish().unwrap(), Compression::Gzip),
+            ("zst", zst, Compression::Zstd),
+        ];
+        let mut layers = Vec::new();
+        for (name, bytes, c) in files {
+            let p = dir.path().join(name);
+            fs::write(&p, bytes).unwrap();
+            layers.push((p, c, format!("sha256:{name}")));
+        }
+        let dest = dir.path().join("rootfs");
+        let limits = ArchiveLimits {
+            max_total_bytes: 1 << 20,
+            max_entries: 100,
+        };
+        let bytes = build(&layers, &dest, &limits, "/srv/app", &AtomicBool::new(false)).unwrap();
+        assert_eq!(bytes, 4 + 2 + 2 + 1);
+        assert_eq!(fs::read(dest.join("etc/os")).unwrap(), b"base");
+        assert!(
+            !dest.join("bin/tool").exists(),
+            "the zstd layer's whiteout applied last"
+        );
+        assert!(
+            dest.join("srv/app").is_dir(),
+            "the working directory is made"
+        );
+        for (name, _) in MOUNT_POINTS {
+            assert!(dest.join(name).is_dir(), "{name}");
+        }
+    }
+
+    #[test]
+    fn limits_span_all_layers_and_cancel_stops_unpacking() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut layers = Vec::new();
+        for i in 0..2 {
+            let p = dir.path().join(format!("l{i}"));
+            fs::write(&p, layer(&[(&format!("f{i}"), &[7u8; 600][..])])).unwrap();
+            layers.push((p, Compression::None, format!("sha256:{i}")));
+        }
+        let limits = ArchiveLimits {
+            max_total_bytes: 1000,
+            max_entries: 100,
+        };
+        let dest = dir.path().join("rootfs");
+        let err = build(&layers, &dest, &limits, "", &AtomicBool::new(false)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RootfsError::Layer {
+                    source: ArchiveError::TooLarge(_),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(!dest.exists(), "a failed build leaves nothing");
+        let err = build(
+            &layers,
+            &dest,
+            &ArchiveLimits {
+                max_total_bytes: 1 << 20,
+                max_entries: 100,
+            },
+            "",
+            &AtomicBool::new(true),
+        )
+        .unwrap_err();
+        assert!(matches!(err, RootfsError::Cancelled), "{err}");
+        assert!(!dest.exists());
+    }
+
     #[test]
     fn compression_follows_the_media_type() {
         assert_eq!(

@@ -626,6 +626,12 @@ impl Backend for GvisorBackend {
                 return Err(BackendError::Unavailable(reason));
             }
             if spec.runtime == Runtime::Oci {
+                if inner.images.is_none() {
+                    return Err(BackendError::Unsupported(
+                        "runtime oci needs an image store, and this gvisor backend has none"
+                            .into(),
+                    ));
+                }
                 return image::execute(inner, spec, ctx).await;
             }
             if inner.toolchains.get(spec.runtime).is_none() {
