@@ -356,6 +356,8 @@ async fn memory_limit_and_no_network() {
     let w = t.run(&body).await;
     assert_eq!(w["status"], "failed", "{w}");
     assert_ne!(w["output"], "wrote-it-all\n");
+    assert_eq!(w["exit_code"], 137, "{w}");
+    assert!(error_of(&w).contains("out of memory"), "{w}");
     t.assert_next_runs(&image).await;
 
     let registry = format!("http://{}/v2/", t.registry.host);

@@ -55,6 +55,9 @@ use self::rootfs::Compression;
 use crate::backends::archive::ArchiveLimits;
 use crate::model::{is_sha256_digest, ImageRef};
 
+/// How stale `last_used` may be in the index on disk (it is exact in memory).
+const LAST_USED_PRECISION: Duration = Duration::from_secs(60);
+
 /// Largest image configuration blob accepted (it is read into memory).
 const MAX_CONFIG_BYTES: u64 = 8 * 1024 * 1024;
 
@@ -263,9 +266,11 @@ impl ImageStore {
     /// The image `reference` names, ready to run: from the store when it is there (no
     /// registry request), otherwise pulled (one pull for all concurrent callers).
     pub async fn ensure(&self, reference: &ImageRef) -> Result<ImageLease, PullError> {
-        if let Some(lease) = self.lookup(reference) {
+        if let Some((lease, stale)) = self.lookup(reference) {
             self.inner.metrics.cache_hits.inc();
-            self.persist_in_background();
+            if stale {
+                self.persist_in_background();
+            }
             return Ok(lease);
         }
         self.pull(reference).await
@@ -299,7 +304,9 @@ impl ImageStore {
         let task_key = key.clone();
         let task = tokio::spawn(async move {
             let result = store.pull_now(&reference).await;
-            lock(&store.inner.state).pulls.remove(&task_key);
+            // Dropped after the lock is released (the lease's own drop takes it).
+            let finished = lock(&store.inner.state).pulls.remove(&task_key);
+            drop(finished);
             result
         });
         let shared = async move {
@@ -312,12 +319,15 @@ impl ImageStore {
         shared
     }
 
-    /// A lease on the stored image `reference` names, if stored; marks it used.
-    fn lookup(&self, reference: &ImageRef) -> Option<ImageLease> {
+    /// A lease on the stored image `reference` names, if stored; marks it used. Also
+    /// says whether the index on disk should be rewritten (a new reference, or a
+    /// `last_used` older on disk than [`LAST_USED_PRECISION`]: warm runs do not each
+    /// rewrite the index).
+    fn lookup(&self, reference: &ImageRef) -> Option<(ImageLease, bool)> {
         let mut st = lock(&self.inner.state);
         let key = reference.key();
-        let digest = match st.index.refs.get(&key) {
-            Some(d) => d.clone(),
+        let (digest, new_ref) = match st.index.refs.get(&key) {
+            Some(d) => (d.clone(), false),
             // A digest reference to an image stored under another name.
             None => {
                 let d = reference.digest()?.to_string();
@@ -325,15 +335,18 @@ impl ImageStore {
                     return None;
                 }
                 st.index.refs.insert(key, d.clone());
-                d
+                (d, true)
             }
         };
         let lease = self.lease_locked(&mut st, &digest)?;
+        let now = Utc::now();
+        let mut stale = new_ref;
         if let Some(record) = st.index.images.get_mut(&digest) {
-            record.last_used = Utc::now();
+            stale |= (now - record.last_used).to_std().unwrap_or_default() > LAST_USED_PRECISION;
+            record.last_used = now;
         }
         st.version += 1;
-        Some(lease)
+        Some((lease, stale))
     }
 
     fn lease_locked(&self, st: &mut State, digest: &str) -> Option<ImageLease> {
@@ -1091,7 +1104,7 @@ mod tests {
             "orphan blob removed"
         );
         // A reference in the index is served without a registry (none is configured).
-        let lease = store
+        let (lease, _) = store
             .lookup(&ImageRef::parse("reg.example/app:1").unwrap())
             .unwrap();
         assert_eq!(lease.digest(), digest);

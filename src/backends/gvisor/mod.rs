@@ -628,8 +628,7 @@ impl Backend for GvisorBackend {
             if spec.runtime == Runtime::Oci {
                 if inner.images.is_none() {
                     return Err(BackendError::Unsupported(
-                        "runtime oci needs an image store, and this gvisor backend has none"
-                            .into(),
+                        "runtime oci needs an image store, and this gvisor backend has none".into(),
                     ));
                 }
                 return image::execute(inner, spec, ctx).await;
