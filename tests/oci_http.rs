@@ -9,6 +9,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::oci::{self, ImageSpec, Registry};
@@ -824,4 +825,89 @@ async fn the_store_survives_a_restart_without_the_registry() {
     let w = t.run(&oci_job(&image, Some(&["/bin/echo", "after"]))).await;
     assert_eq!(w["status"], "completed", "{w}");
     assert_eq!(w["output"], "after\n");
+}
+
+/// A TCP proxy to the address in `target` (read at each connection) that holds every
+/// new connection for `delay` first: a slow registry.
+async fn slow_proxy(target: Arc<Mutex<String>>, delay: Duration) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let host = format!("127.0.0.1:{}", listener.local_addr().expect("addr").port());
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let target = target.lock().expect("target").clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    host
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_keeps_the_workload_pending_outside_its_timeout() {
+    let target = Arc::new(Mutex::new(String::new()));
+    let proxy = slow_proxy(target.clone(), Duration::from_millis(2500)).await;
+    let Some(t) = oci_app_with("slowpull", "", &[&proxy]).await else {
+        return;
+    };
+    *target.lock().expect("target") = t.registry.host.clone();
+    let image = t.image("slow", cat_image()).await;
+    let through_proxy = image.replace(&t.registry.host, &proxy);
+    // Every registry connection waits 2.5 s: the pull takes longer than the
+    // workload's 1 s timeout, which does not run yet.
+    let mut body = oci_job(&through_proxy, Some(&["/bin/echo", "ran"]));
+    body["resources"]["timeout_s"] = json!(1);
+    let w = t.app.submit_async(&body).await;
+    let id = w["id"].as_str().expect("id").to_string();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let now = t.app.get_json(&format!("/v1/workloads/{id}"), 200).await;
+    assert_eq!(now["status"], "pending", "{now}");
+    let list = t.images().await;
+    assert_eq!(list["pulling"], json!([through_proxy]), "{list}");
+    assert_eq!(
+        t.backend("gvisor").await["running"],
+        0,
+        "a pull holds no run slot"
+    );
+    let w = t.app.wait_terminal(&id, SOON).await;
+    assert_eq!(w["status"], "completed", "{w}");
+    assert_eq!(w["output"], "ran\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_during_the_pull_ends_the_workload_killed() {
+    // A registry that accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_host = format!("127.0.0.1:{}", silent.local_addr().expect("addr").port());
+    let Some(t) = oci_app_with("killpull", "pull_timeout_s = 120\n", &[&silent_host]).await else {
+        return;
+    };
+    let image = t.image("fine", cat_image()).await;
+    let w = t
+        .app
+        .submit_async(&oci_job(&format!("{silent_host}/test/never"), None))
+        .await;
+    let id = w["id"].as_str().expect("id").to_string();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        t.app.get_json(&format!("/v1/workloads/{id}"), 200).await["status"],
+        "pending"
+    );
+    let started = Instant::now();
+    let res = t.app.delete(&format!("/v1/workloads/{id}")).await;
+    assert_eq!(res.status(), 200);
+    let w: Value = res.json().await.expect("json");
+    assert_eq!(w["status"], "killed", "{w}");
+    assert!(w["started_at"].is_null(), "{w}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the kill waited for the pull"
+    );
+    t.assert_next_runs(&image).await;
+    drop(silent);
 }
