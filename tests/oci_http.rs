@@ -911,3 +911,34 @@ async fn a_kill_during_the_pull_ends_the_workload_killed() {
     t.assert_next_runs(&image).await;
     drop(silent);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_oci_workload_survives_a_backend_restart() {
+    let Some(t) = oci_app("restartq", "[backends.gvisor]\nmax_concurrency = 1\n").await else {
+        return;
+    };
+    let image = t.image("queued", cat_image()).await;
+    let busy = t
+        .app
+        .submit_async(&oci_job(&image, Some(&["/bin/sleep", "60"])))
+        .await;
+    let busy = busy["id"].as_str().expect("id").to_string();
+    t.app.wait_status(&busy, "running", SOON).await;
+    // Prepared (the image is stored) and queued behind the only slot.
+    let queued = t
+        .app
+        .submit_async(&oci_job(&image, Some(&["/bin/echo", "queued"])))
+        .await;
+    let queued = queued["id"].as_str().expect("id").to_string();
+    let start = Instant::now();
+    while t.backend("gvisor").await["queued"] != 1 {
+        assert!(start.elapsed() < SOON);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let res = t.app.post("/v1/backends/gvisor/restart", &json!({})).await;
+    assert_eq!(res.status(), 200);
+    t.app.delete(&format!("/v1/workloads/{busy}")).await;
+    let w = t.app.wait_terminal(&queued, SOON).await;
+    assert_eq!(w["status"], "completed", "{w}");
+    assert_eq!(w["output"], "queued\n");
+}

@@ -219,8 +219,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl ImageStore {
-    /// The store for `cfg.dir`: the one already open in this process, or a new one
-    /// whose index is loaded from disk. Leftovers of an interrupted pull, and root file
+    /// The store for `cfg.dir`: the one already open in this process (whose
+    /// configuration, the first opener's, stays in force), or a new one whose index is
+    /// loaded from disk. Leftovers of an interrupted pull, and root file
     /// systems and blobs the index does not name, are removed. Creates nothing when the
     /// directory does not exist yet (it is made at the first pull).
     pub fn open(cfg: &ImagesConfig) -> Result<Self, String> {

@@ -84,15 +84,30 @@ pub(super) async fn execute(
     spec: WorkloadSpec,
     ctx: ExecContext,
 ) -> Result<WorkloadResult, BackendError> {
-    let lease = inner
+    let pinned = inner
         .prepared
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .get(&spec.id)
-        .cloned()
-        .ok_or_else(|| {
-            BackendError::Internal("gvisor: the image of this workload was not prepared".into())
-        })?;
+        .cloned();
+    let lease = match pinned {
+        Some(lease) => lease,
+        // Prepared by an earlier instance of this backend (its actor restarted since):
+        // that instance's pin still holds the image, so the store has it.
+        None => {
+            let (Some(store), Payload::Image { reference, .. }) = (&inner.images, &spec.payload)
+            else {
+                return Err(BackendError::Unsupported(
+                    "runtime oci needs an image".into(),
+                ));
+            };
+            let image = ImageRef::parse(reference).map_err(BackendError::InvalidPayload)?;
+            store
+                .ensure(&image)
+                .await
+                .map_err(|e| BackendError::InvalidPayload(images::pull_failed(&e)))?
+        }
+    };
     let container_id = Inner::container_id(spec.id);
     // A leftover of an earlier attempt would keep its old cgroup limits.
     inner.clone().teardown(container_id.clone()).await;
