@@ -942,3 +942,110 @@ async fn a_queued_oci_workload_survives_a_backend_restart() {
     assert_eq!(w["status"], "completed", "{w}");
     assert_eq!(w["output"], "queued\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_layers_fail_the_pull_and_touch_nothing_outside() {
+    use tar::EntryType::{Block, Char, Fifo, Link, Regular, Symlink};
+    let Some(t) = oci_app("hostile", "").await else {
+        return;
+    };
+    let image = t.image("fine", cat_image()).await;
+    let outside = tempfile::tempdir().expect("outside");
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, b"host data").expect("victim");
+    let host_dir = outside.path().to_string_lossy().into_owned();
+    let cases: Vec<(&str, Vec<Vec<u8>>, &str)> = vec![
+        (
+            "traversal",
+            vec![oci::hostile_tar(&[("../../escape", Regular, "", b"x")])],
+            "escapes",
+        ),
+        (
+            "absolute",
+            vec![oci::hostile_tar(&[(
+                &format!("{host_dir}/abs"),
+                Regular,
+                "",
+                b"x",
+            )])],
+            "escapes",
+        ),
+        (
+            "char-device",
+            vec![oci::hostile_tar(&[("dev/mem", Char, "", b"")])],
+            "forbidden type",
+        ),
+        (
+            "block-device",
+            vec![oci::hostile_tar(&[("dev/sda", Block, "", b"")])],
+            "forbidden type",
+        ),
+        (
+            "fifo",
+            vec![oci::hostile_tar(&[("pipe", Fifo, "", b"")])],
+            "forbidden type",
+        ),
+        (
+            "write-through-link",
+            vec![
+                oci::hostile_tar(&[("evil", Symlink, &host_dir, b"")]),
+                oci::hostile_tar(&[("evil/victim", Regular, "", b"owned")]),
+            ],
+            "conflicts",
+        ),
+        (
+            "whiteout-through-link",
+            vec![
+                oci::hostile_tar(&[("evil", Symlink, &host_dir, b"")]),
+                oci::hostile_tar(&[("evil/.wh.victim", Regular, "", b"")]),
+            ],
+            "conflicts",
+        ),
+        (
+            "hardlink-to-host",
+            vec![oci::hostile_tar(&[(
+                "h",
+                Link,
+                &victim.to_string_lossy(),
+                b"",
+            )])],
+            "escapes",
+        ),
+    ];
+    for (name, layers, want) in cases {
+        let spec = ImageSpec {
+            extra_layers: layers,
+            ..cat_image()
+        };
+        let reference = t.image(&format!("hostile-{name}"), spec).await;
+        let w = t.run(&oci_job(&reference, None)).await;
+        assert_eq!(w["status"], "failed", "{name}: {w}");
+        let error = error_of(&w);
+        assert!(
+            error.starts_with("image pull failed: ") && error.contains(want),
+            "{name}: {error} (wanted {want:?})"
+        );
+        assert!(
+            !error.contains(&*t.images.path().to_string_lossy()),
+            "{name}: leaks a host path"
+        );
+        assert_eq!(
+            std::fs::read(&victim).expect("victim"),
+            b"host data",
+            "{name}"
+        );
+        let mut left: Vec<String> = std::fs::read_dir(outside.path())
+            .expect("outside")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, vec!["victim".to_string()], "{name}: wrote outside");
+        t.assert_next_runs(&image).await;
+    }
+    assert_eq!(
+        t.images().await["images"].as_array().expect("images").len(),
+        1
+    );
+    assert_eq!(t.rootfs_dirs().len(), 1, "no half-prepared rootfs kept");
+}

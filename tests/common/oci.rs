@@ -362,3 +362,23 @@ pub fn tree_digest(dir: &Path) -> String {
     entries.sort();
     hex::encode(Sha256::digest(entries.join("\n").as_bytes()))
 }
+
+/// An uncompressed tar whose entry names and link targets are written raw (the tar
+/// crate's own builder refuses `..`): (name, type, link target, content).
+pub fn hostile_tar(entries: &[(&str, tar::EntryType, &str, &[u8])]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, kind, link, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(*kind);
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        let old = h.as_old_mut();
+        old.name = [0; 100];
+        old.name[..name.len()].copy_from_slice(name.as_bytes());
+        old.linkname = [0; 100];
+        old.linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_cksum();
+        builder.append(&h, *data).expect("append");
+    }
+    builder.into_inner().expect("tar")
+}
