@@ -2,7 +2,8 @@
 # Install what the OCI image tests need on a fresh Debian (12+) machine: a real registry
 # (docker-registry, the CNCF distribution registry), umoci to build test images,
 # skopeo to push them, and busybox-static as the images' content. runsc itself comes
-# from install-gvisor.sh. Idempotent and non-interactive; run as root.
+# from install-gvisor.sh; python3 makes the bcrypt hash of the auth test registry.
+# Idempotent and non-interactive; run as root.
 set -eu
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -12,7 +13,7 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 missing=""
-for pkg in docker-registry umoci skopeo busybox-static ca-certificates; do
+for pkg in docker-registry umoci skopeo busybox-static ca-certificates python3; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
         missing="$missing $pkg"
     fi

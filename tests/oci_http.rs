@@ -66,6 +66,16 @@ async fn oci_app_with(name: &str, extra_config: &str, insecure: &[&str]) -> Opti
         return None;
     }
     let registry = Registry::start().await;
+    oci_app_on(name, registry, extra_config, insecure).await
+}
+
+/// [`oci_app_with`] on a registry the caller started.
+async fn oci_app_on(
+    name: &str,
+    registry: Registry,
+    extra_config: &str,
+    insecure: &[&str],
+) -> Option<OciApp> {
     let images = tempfile::Builder::new()
         .prefix("vulcan-images-")
         .tempdir()
@@ -146,10 +156,13 @@ impl OciApp {
     /// Build and push a test image; returns its reference.
     async fn image(&self, name: &str, spec: ImageSpec) -> String {
         let host = self.registry.host.clone();
+        let creds = self.registry.creds.clone();
         let name = name.to_string();
-        tokio::task::spawn_blocking(move || oci::build_and_push(&host, &name, &spec))
-            .await
-            .expect("build image")
+        tokio::task::spawn_blocking(move || {
+            oci::build_and_push_as(&host, creds.as_deref(), &name, &spec)
+        })
+        .await
+        .expect("build image")
     }
 
     /// Synchronous submit; asserts 200 and returns the terminal workload.
@@ -1048,4 +1061,63 @@ async fn hostile_layers_fail_the_pull_and_touch_nothing_outside() {
         1
     );
     assert_eq!(t.rootfs_dirs().len(), 1, "no half-prepared rootfs kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_credentials_are_used_and_a_refusal_is_the_reason() {
+    if let Some(why) = oci::missing_tools() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let registry = Registry::start_with_auth("ci", "s3cret").await;
+    let host = registry.host.clone();
+    let creds = |password: &str| {
+        format!("\n[images.credentials.\"{host}\"]\nusername = \"ci\"\npassword = \"{password}\"\n")
+    };
+    let Some(t) = oci_app_on("auth", registry, &creds("s3cret"), &[]).await else {
+        return;
+    };
+    let image = t.image("private", cat_image()).await;
+    let w = t
+        .run(&oci_job(&image, Some(&["/bin/echo", "authorised"])))
+        .await;
+    assert_eq!(w["status"], "completed", "{w}");
+    assert_eq!(w["output"], "authorised\n");
+    let check = t
+        .app
+        .get("/v1/system/actors")
+        .await
+        .text()
+        .await
+        .expect("text");
+    assert!(!check.contains("s3cret"));
+
+    // Another server with a wrong password, and one with none: refused, with the reason.
+    for (name, extra) in [("authwrong", creds("wrong")), ("authnone", String::new())] {
+        let images = tempfile::tempdir().expect("dir");
+        let config = tempfile::Builder::new()
+            .suffix(".toml")
+            .tempfile()
+            .expect("config");
+        std::fs::write(
+            config.path(),
+            images_config(images.path(), &[&t.registry.host], &extra),
+        )
+        .expect("config");
+        let state = tempfile::tempdir().expect("state");
+        let other = boot(&config, &state, &format!("{}-{name}", t.parent), None).await;
+        let res = other.post("/v1/workloads", &oci_job(&image, None)).await;
+        let w: Value = res.json().await.expect("json");
+        assert_eq!(w["status"], "failed", "{name}: {w}");
+        let error = error_of(&w);
+        assert!(
+            error.starts_with("image pull failed: ") && error.contains("refused access"),
+            "{name}: {error}"
+        );
+        assert!(
+            !error.contains("s3cret") && !error.contains("wrong"),
+            "{name}: {error}"
+        );
+        other.stop().await;
+    }
 }

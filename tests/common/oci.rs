@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 pub struct Registry {
     /// `127.0.0.1:<port>`.
     pub host: String,
+    /// `user:password` when the registry requires basic auth.
+    pub creds: Option<String>,
     dir: tempfile::TempDir,
     child: Child,
 }
@@ -60,18 +62,42 @@ impl Registry {
     /// Start a registry on a free loopback port with filesystem storage in a temp dir
     /// and an access log, and wait until it answers.
     pub async fn start() -> Registry {
+        Self::start_with(None).await
+    }
+
+    /// [`Registry::start`], refusing anyone but `user` with `password` (htpasswd with a
+    /// bcrypt hash made by python3's `crypt`).
+    pub async fn start_with_auth(user: &str, password: &str) -> Registry {
+        Self::start_with(Some((user, password))).await
+    }
+
+    async fn start_with(auth: Option<(&str, &str)>) -> Registry {
         let dir = tempfile::Builder::new()
             .prefix("vulcan-registry-")
             .tempdir()
             .expect("registry dir");
         let port = free_port();
         let host = format!("127.0.0.1:{port}");
-        let config = format!(
+        let mut config = format!(
             "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\n\
              storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
              http:\n  addr: {host}\n",
             dir.path().join("storage").display()
         );
+        if let Some((user, password)) = auth {
+            let hash = Command::new("python3")
+                .args(["-W", "ignore", "-c", "import crypt, sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH)))", password])
+                .output()
+                .expect("python3 for a bcrypt hash");
+            let hash = String::from_utf8_lossy(&hash.stdout).trim().to_string();
+            assert!(hash.starts_with("$2"), "bcrypt hash: {hash:?}");
+            let path = dir.path().join("htpasswd");
+            std::fs::write(&path, format!("{user}:{hash}\n")).expect("htpasswd");
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: vulcan-test\n    path: {}\n",
+                path.display()
+            ));
+        }
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config).expect("registry config");
         let log = std::fs::File::create(dir.path().join("access.log")).expect("log");
@@ -83,12 +109,18 @@ impl Registry {
             .stderr(log)
             .spawn()
             .expect("start docker-registry");
-        let reg = Registry { host, dir, child };
+        let creds = auth.map(|(u, p)| format!("{u}:{p}"));
+        let reg = Registry {
+            host,
+            creds,
+            dir,
+            child,
+        };
         let client = reqwest::Client::new();
         let start = Instant::now();
         loop {
             if let Ok(res) = client.get(format!("http://{}/v2/", reg.host)).send().await {
-                if res.status().is_success() {
+                if res.status().is_success() || res.status() == 401 {
                     return reg;
                 }
             }
@@ -192,6 +224,16 @@ pub struct ImageSpec {
 /// and `app` (1000:1000)) plus `spec`, and push it as `<registry>/test/<name>:latest`.
 /// Runs blocking tools: call from `spawn_blocking`.
 pub fn build_and_push(registry_host: &str, name: &str, spec: &ImageSpec) -> String {
+    build_and_push_as(registry_host, None, name, spec)
+}
+
+/// [`build_and_push`] to a registry that wants `creds` (`user:password`).
+pub fn build_and_push_as(
+    registry_host: &str,
+    creds: Option<&str>,
+    name: &str,
+    spec: &ImageSpec,
+) -> String {
     let work = tempfile::Builder::new()
         .prefix("vulcan-image-")
         .tempdir()
@@ -254,16 +296,18 @@ pub fn build_and_push(registry_host: &str, name: &str, spec: &ImageSpec) -> Stri
         run("umoci", &args);
     }
     let reference = format!("{registry_host}/test/{name}:latest");
-    run(
-        "skopeo",
-        &[
-            "copy",
-            "--quiet",
-            "--dest-tls-verify=false",
-            &format!("oci:{image}"),
-            &format!("docker://{reference}"),
-        ],
-    );
+    let mut args = vec![
+        "copy".to_string(),
+        "--quiet".into(),
+        "--dest-tls-verify=false".into(),
+    ];
+    if let Some(creds) = creds {
+        args.push(format!("--dest-creds={creds}"));
+    }
+    args.push(format!("oci:{image}"));
+    args.push(format!("docker://{reference}"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run("skopeo", &args);
     reference
 }
 
