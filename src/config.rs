@@ -11,6 +11,7 @@ use serde::Deserialize;
 use crate::backends::gvisor::GvisorConfig;
 use crate::backends::isolate::IsolateConfig;
 use crate::backends::microvm::MicrovmConfig;
+use crate::images::ImagesConfig;
 use crate::model::Limits;
 
 /// The defaults, embedded so `vulcan serve` works with no file on disk.
@@ -70,6 +71,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Per-backend settings.
     pub backends: BackendsConfig,
+    /// The OCI image store.
+    pub images: ImagesConfig,
 }
 
 /// `[logs]`: limits of the log pipeline.

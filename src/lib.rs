@@ -14,6 +14,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod images;
 pub mod metrics;
 pub mod model;
 pub mod startup;

@@ -124,6 +124,17 @@ impl Metrics {
         })
     }
 
+    /// Register collectors owned elsewhere (the image store's), so `/metrics` shows them.
+    pub fn register_all(
+        &self,
+        collectors: Vec<Box<dyn prometheus::core::Collector>>,
+    ) -> Result<(), prometheus::Error> {
+        for c in collectors {
+            self.registry.register(c)?;
+        }
+        Ok(())
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

@@ -10,6 +10,7 @@ use actix_web::dev::Server;
 use actix_web::middleware::{from_fn, Logger};
 use actix_web::{web, App, HttpServer};
 
+use crate::actors::images::ImagesActor;
 use crate::actors::log_broker::LogBroker;
 use crate::actors::store::{Flush, Recover, StoreActor};
 use crate::actors::supervisor::{InterruptAll, ListBackends, Readmit, Supervisor};
@@ -19,6 +20,7 @@ use crate::backends::isolate::IsolateBackend;
 use crate::backends::microvm::MicrovmBackend;
 use crate::backends::{Backend, BackendCapabilities, BackendFactory, UnavailableBackend};
 use crate::config::Config;
+use crate::images::ImageStore;
 use crate::metrics::Metrics;
 use crate::model::{Isolation, Runtime};
 
@@ -79,6 +81,7 @@ pub fn builtin_backends(config: &Config) -> Vec<BackendFactory> {
     }
     if b.gvisor.enabled {
         let cfg = b.gvisor.clone();
+        let images = open_images(config);
         let caps = BackendCapabilities {
             name: "gvisor".into(),
             supported_runtimes: vec![],
@@ -86,7 +89,7 @@ pub fn builtin_backends(config: &Config) -> Vec<BackendFactory> {
             max_concurrency: 1,
         };
         out.push(factory(caps, move || {
-            GvisorBackend::new(&cfg).map_err(|e| e.to_string())
+            GvisorBackend::with_images(&cfg, images.clone()).map_err(|e| e.to_string())
         }));
     }
     if b.microvm.enabled {
@@ -104,6 +107,18 @@ pub fn builtin_backends(config: &Config) -> Vec<BackendFactory> {
     out
 }
 
+/// The image store of `config` (the one instance for its directory), or `None` with
+/// the reason logged: then `oci` workloads are not offered.
+fn open_images(config: &Config) -> Option<ImageStore> {
+    match ImageStore::open(&config.images) {
+        Ok(store) => Some(store),
+        Err(e) => {
+            log::error!("images: {e}; oci workloads are not available");
+            None
+        }
+    }
+}
+
 impl Application {
     /// Build the server with the built-in backends enabled in `config`.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
@@ -118,6 +133,11 @@ impl Application {
         backends: Vec<BackendFactory>,
     ) -> Result<Self, StartupError> {
         let metrics = Arc::new(Metrics::new()?);
+        let image_store = open_images(&config);
+        if let Some(store) = &image_store {
+            metrics.register_all(store.metrics().collectors())?;
+        }
+        let images = ImagesActor::new(image_store).start();
         let store = StoreActor::open(
             &config.db_path,
             config.store.read_pool_size,
@@ -162,6 +182,7 @@ impl Application {
             supervisor: supervisor.clone(),
             store: store.clone(),
             broker,
+            images,
             metrics,
             limits: config.limits(),
             token: config.api_token().cloned(),

@@ -473,7 +473,10 @@ async fn auto_routes_along_the_fallback_chain_and_explicit_never_falls_back() {
         .as_str()
         .expect("msg")
         .to_string();
-    assert!(msg.contains("OCI images are not available yet"), "{msg}");
+    assert!(
+        msg.contains("no registered backend supports runtime oci"),
+        "{msg}"
+    );
     assert_eq!(
         app.count_rows("workloads"),
         1,

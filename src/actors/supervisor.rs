@@ -2,7 +2,7 @@
 //! (per-backend concurrency with a FIFO queue; a server-wide bound on pending work),
 //! creates one [`WorkloadActor`] per accepted workload and restarts backend actors.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -111,6 +111,9 @@ pub struct Supervisor {
     workloads: HashMap<WorkloadId, Addr<WorkloadActor>>,
     /// Accepted (or being recorded) and not yet granted a slot.
     pending: usize,
+    /// Accepted, waiting for their backend's preparation (counted in `pending`, not
+    /// yet in a backend queue).
+    preparing: HashSet<WorkloadId>,
     factories: Vec<BackendFactory>,
     /// Shutting down: no new work is accepted and no queued work is started (it stays
     /// pending in the store for the next start).
@@ -136,6 +139,7 @@ impl Supervisor {
             backends: BTreeMap::new(),
             workloads: HashMap::new(),
             pending: 0,
+            preparing: HashSet::new(),
             factories,
             draining: false,
         }
@@ -186,7 +190,7 @@ impl Supervisor {
             .any(|e| e.caps.supported_runtimes.contains(&runtime))
         {
             let hint = if runtime == Runtime::Oci {
-                " (OCI images are not available yet: no image store is configured)"
+                " (OCI images run on the gvisor backend)"
             } else {
                 ""
             };
@@ -243,6 +247,7 @@ impl Supervisor {
         };
         self.broker.do_send(OpenTopic(id));
         let backend = record.backend.clone();
+        let actor_spec = spec.clone();
         let mut actor = WorkloadActor::new(
             record,
             spec,
@@ -252,13 +257,29 @@ impl Supervisor {
             self.metrics.clone(),
         );
         let done = wait.then(|| actor.waiter());
+        let preparation = self
+            .backends
+            .get(&backend)
+            .and_then(|e| e.backend.prepare(&actor_spec, actor.cancel_token()));
+        let ready = preparation.is_none();
+        if let Some(p) = preparation {
+            actor.set_preparation(p);
+            self.preparing.insert(id);
+        }
         let addr = actor.start();
         self.workloads.insert(id, addr);
-        if let Some(entry) = self.backends.get_mut(&backend) {
+        if ready {
+            self.enqueue(id, &backend);
+        }
+        done
+    }
+
+    /// Put a ready workload at the back of its backend's queue and grant free slots.
+    fn enqueue(&mut self, id: WorkloadId, backend: &str) {
+        if let Some(entry) = self.backends.get_mut(backend) {
             entry.queue.push_back(id);
         }
-        self.dispatch(&backend);
-        done
+        self.dispatch(backend);
     }
 
     /// Grant free slots of `backend` to its queue, oldest first.
@@ -383,6 +404,16 @@ pub struct WorkloadEnded {
     pub backend: String,
     /// Whether it had been granted a slot.
     pub ran: bool,
+}
+
+/// A workload's preparation finished: it may queue for a slot now.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WorkloadReady {
+    /// Which workload.
+    pub id: WorkloadId,
+    /// Its backend.
+    pub backend: String,
 }
 
 /// `GET /v1/backends`.
@@ -565,7 +596,21 @@ impl Handler<WorkloadEnded> for Supervisor {
                 }
             }
         }
+        if !msg.ran && self.preparing.remove(&msg.id) {
+            self.pending = self.pending.saturating_sub(1);
+        }
         self.dispatch(&msg.backend);
+    }
+}
+
+impl Handler<WorkloadReady> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: WorkloadReady, _: &mut Self::Context) {
+        // Gone already (it ended while preparing): nothing to queue.
+        if self.preparing.remove(&msg.id) && self.workloads.contains_key(&msg.id) {
+            self.enqueue(msg.id, &msg.backend);
+        }
     }
 }
 

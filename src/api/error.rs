@@ -6,8 +6,10 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
+use crate::actors::images::ImagesError;
 use crate::actors::supervisor::SubmitError;
 use crate::actors::workload::KillError;
+use crate::images::RemoveError;
 use crate::store::StoreError;
 
 /// Every error an API handler can answer with.
@@ -122,6 +124,16 @@ impl From<KillError> for ApiError {
         match e {
             e @ KillError::Terminal(_) => ApiError::Conflict(e.to_string()),
             KillError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<ImagesError> for ApiError {
+    fn from(e: ImagesError) -> Self {
+        match e {
+            e @ ImagesError::Unavailable => ApiError::Unprocessable(e.to_string()),
+            ImagesError::Remove(e @ RemoveError::NotFound(_)) => ApiError::NotFound(e.to_string()),
+            ImagesError::Remove(e @ RemoveError::InUse { .. }) => ApiError::Conflict(e.to_string()),
         }
     }
 }

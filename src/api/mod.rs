@@ -3,6 +3,7 @@
 
 mod backends;
 pub mod error;
+mod images;
 mod logs;
 mod system;
 mod workloads;
@@ -20,6 +21,7 @@ use subtle::ConstantTimeEq;
 
 pub use error::ApiError;
 
+use crate::actors::images::ImagesActor;
 use crate::actors::log_broker::LogBroker;
 use crate::actors::store::StoreActor;
 use crate::actors::supervisor::Supervisor;
@@ -35,6 +37,8 @@ pub struct AppState {
     pub store: Addr<StoreActor>,
     /// Log topics.
     pub broker: Addr<LogBroker>,
+    /// The OCI image store.
+    pub images: Addr<ImagesActor>,
     /// Metrics registry.
     pub metrics: Arc<Metrics>,
     /// Request limits.
@@ -80,6 +84,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
                 .configure(workloads::routes)
                 .configure(logs::routes)
                 .configure(backends::routes)
+                .configure(images::routes)
                 .configure(system::routes),
         )
         .default_service(web::to(not_found));

@@ -160,6 +160,31 @@ impl ExecContext {
     }
 }
 
+/// What [`Backend::prepare`] made ready for one workload: a hold the engine keeps until
+/// the workload's execution has ended (or it was killed before running), then drops.
+/// A backend uses it to pin what the preparation fetched (an image, for instance).
+pub struct Prepared {
+    _hold: Box<dyn Send + Sync>,
+}
+
+impl Prepared {
+    /// A hold on `value`, released when the workload is done with it.
+    pub fn new(value: impl Send + Sync + 'static) -> Self {
+        Self {
+            _hold: Box::new(value),
+        }
+    }
+}
+
+impl fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Prepared")
+    }
+}
+
+/// The future [`Backend::prepare`] returns.
+pub type Preparation = BoxFuture<'static, Result<Prepared, BackendError>>;
+
 /// The contract every isolation technology implements.
 ///
 /// Object-safe and `Send + Sync`: the supervisor holds backends as `Arc<dyn Backend>`
@@ -178,6 +203,11 @@ impl ExecContext {
 ///   work (interpreters, `wait()` on processes) belongs on the backend's own threads.
 /// - **Panics** inside `execute` are caught by the engine: the workload fails and the
 ///   backend's actor is restarted. They are still bugs.
+/// - **Preparation** ([`Backend::prepare`]) is for slow work that must not hold a run
+///   slot or count against the workload's timeout (pulling an image). The engine awaits
+///   it while the workload is `pending`, before the workload joins the backend's FIFO
+///   queue; a kill during it ends `killed`, an error ends `failed` with the error's
+///   text (so it must read well on its own, e.g. `image pull failed: …`).
 pub trait Backend: Send + Sync + 'static {
     /// Name, runtimes, isolation classes and concurrency. Must be cheap and stable for
     /// the backend's lifetime.
@@ -193,6 +223,16 @@ pub trait Backend: Send + Sync + 'static {
     /// like [`Backend::health`]; empty by default.
     fn details(&self) -> serde_json::Map<String, serde_json::Value> {
         serde_json::Map::new()
+    }
+
+    /// Work to do before `spec` may queue for a slot, or `None` (the default) when there
+    /// is none and the workload queues at once. The future must stop promptly when
+    /// `cancel` fires (kill) and return [`BackendError::Cancelled`]; what it returns is
+    /// held by the engine until the workload is over. Called once per admission, on the
+    /// engine's thread: only cheap checks before the future starts.
+    fn prepare(&self, spec: &WorkloadSpec, cancel: CancellationToken) -> Option<Preparation> {
+        let _ = (spec, cancel);
+        None
     }
 
     /// Run one workload to completion, honouring `ctx.cancel`.

@@ -3,12 +3,14 @@
 //! into these types first, so invalid input cannot reach an actor.
 
 mod id;
+mod image_ref;
 mod kinds;
 mod request;
 mod status;
 mod workload;
 
 pub use id::WorkloadId;
+pub use image_ref::{is_sha256_digest, ImageRef};
 pub use kinds::{Isolation, IsolationRequest, Runtime};
 pub use request::{
     Limits, Payload, RequestError, Resources, ResourcesDto, WorkloadRequest, WorkloadRequestDto,

@@ -249,19 +249,7 @@ impl TryFrom<(WorkloadRequestDto, &Limits)> for WorkloadRequest {
 }
 
 fn validate_image(reference: &str) -> Result<(), RequestError> {
-    let ok = !reference.is_empty()
-        && reference.len() <= 512
-        && reference
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-/:@+".contains(c))
-        && !reference.starts_with(['/', '.', '-', ':', '@']);
-    if ok {
-        Ok(())
-    } else {
-        Err(bad(format!(
-            "image {reference:?} is not a valid OCI image reference"
-        )))
-    }
+    super::ImageRef::parse(reference).map(|_| ()).map_err(bad)
 }
 
 impl WorkloadRequest {
@@ -380,9 +368,17 @@ mod tests {
 
     #[test]
     fn oci_with_image_and_command() {
-        let r = parse(r#"{"runtime":"oci","image":"registry.example/ns/app@sha256:abc","command":["sh","-c","echo"]}"#)
-            .expect("valid");
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let json = format!(
+            r#"{{"runtime":"oci","image":"registry.example/ns/app@{digest}","command":["sh","-c","echo"]}}"#
+        );
+        let r = parse(&json).expect("valid");
         assert!(matches!(r.payload, Payload::Image { .. }));
+        let short = r#"{"runtime":"oci","image":"registry.example/ns/app@sha256:abc"}"#;
+        assert!(
+            parse(short).is_err(),
+            "a truncated digest is not a reference"
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@
 mod bench;
 mod bundle;
 pub(crate) mod cgroup;
+mod image;
 pub(crate) mod runsc;
 
 pub use bench::bench_python_hello;
@@ -24,10 +25,11 @@ pub use bench::bench_python_hello;
 #[allow(clippy::unwrap_used)]
 mod tests;
 
+use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures_util::future::BoxFuture;
@@ -37,9 +39,10 @@ use self::bundle::{BundleLayout, SpecParams, WORK_MOUNT};
 use self::runsc::Runsc;
 use super::archive::{self, ArchiveError, ArchiveLimits};
 use super::{
-    Backend, BackendCapabilities, BackendError, BackendHealth, ExecContext, WorkloadResult,
-    WorkloadSpec,
+    Backend, BackendCapabilities, BackendError, BackendHealth, CancellationToken, ExecContext,
+    Preparation, WorkloadResult, WorkloadSpec,
 };
+use crate::images::{ImageLease, ImageStore};
 use crate::model::{Isolation, Payload, Runtime, WorkloadId};
 
 /// `[backends.gvisor]`: see `config/default.toml` for each key's meaning.
@@ -150,6 +153,10 @@ struct Inner {
     runsc: Runsc,
     bundles_dir: PathBuf,
     toolchains: Toolchains,
+    /// The image store, when `oci` workloads are offered.
+    images: Option<ImageStore>,
+    /// Images pinned by [`Backend::prepare`] for workloads not over yet.
+    prepared: Mutex<HashMap<WorkloadId, ImageLease>>,
 }
 
 /// The gVisor backend. Cheap to share; every execution is independent.
@@ -163,8 +170,16 @@ impl GvisorBackend {
     /// Probe the host (runsc, root, toolchains), prepare the state directory and
     /// remove whatever a previous, crashed server left behind. Succeeds on hosts
     /// without runsc: the backend then reports [`BackendHealth::Unavailable`].
-    /// Fails only on an invalid configuration.
+    /// Fails only on an invalid configuration. Without an image store: no `oci`.
     pub fn new(cfg: &GvisorConfig) -> Result<Self, BackendError> {
+        Self::with_images(cfg, None)
+    }
+
+    /// [`GvisorBackend::new`], also running `oci` workloads from `images`.
+    pub fn with_images(
+        cfg: &GvisorConfig,
+        images: Option<ImageStore>,
+    ) -> Result<Self, BackendError> {
         let parent_ok = !cfg.cgroup_parent.is_empty()
             && cfg
                 .cgroup_parent
@@ -202,6 +217,8 @@ impl GvisorBackend {
             runsc,
             bundles_dir,
             toolchains: Toolchains::detect(),
+            images,
+            prepared: Mutex::new(HashMap::new()),
         });
         let health = match probe(&inner, bin.as_deref()) {
             Ok(()) => {
@@ -283,8 +300,8 @@ fn probe(inner: &Inner, bin: Option<&Path>) -> Result<(), String> {
             .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(0o700)))
             .map_err(|e| format!("cannot prepare state dir {}: {e}", dir.display()))?;
     }
-    if inner.toolchains.runtimes().is_empty() {
-        return Err("no python3, go or node found under /usr".into());
+    if inner.toolchains.runtimes().is_empty() && inner.images.is_none() {
+        return Err("no python3, go or node found under /usr, and no image store".into());
     }
     Ok(())
 }
@@ -416,10 +433,12 @@ impl Inner {
         Ok(layout)
     }
 
-    /// Run a prepared bundle to completion or cancellation.
+    /// Run a prepared bundle to completion or cancellation (`root_overlay`: image runs,
+    /// whose shared root file system gets a private writable layer).
     async fn run(
         &self,
-        layout: &BundleLayout,
+        bundle_dir: &Path,
+        root_overlay: bool,
         container_id: &str,
         input: Vec<u8>,
         ctx: &ExecContext,
@@ -430,7 +449,7 @@ impl Inner {
         let started = Instant::now();
         let mut child = self
             .runsc
-            .run_command(&layout.dir, container_id)
+            .run_command_with(bundle_dir, container_id, root_overlay)
             .spawn()
             .map_err(|e| BackendError::Internal(format!("gvisor: cannot start runsc: {e}")))?;
         let (Some(mut stdin), Some(stdout), Some(stderr)) =
@@ -574,7 +593,13 @@ impl Backend for GvisorBackend {
     fn capabilities(&self) -> BackendCapabilities {
         BackendCapabilities {
             name: "gvisor".into(),
-            supported_runtimes: self.inner.toolchains.runtimes(),
+            supported_runtimes: {
+                let mut runtimes = self.inner.toolchains.runtimes();
+                if self.inner.images.is_some() {
+                    runtimes.push(Runtime::Oci);
+                }
+                runtimes
+            },
             supported_isolations: vec![Isolation::Gvisor],
             max_concurrency: self.max_concurrency,
         }
@@ -582,6 +607,11 @@ impl Backend for GvisorBackend {
 
     fn health(&self) -> BackendHealth {
         self.health.clone()
+    }
+
+    fn prepare(&self, spec: &WorkloadSpec, cancel: CancellationToken) -> Option<Preparation> {
+        let store = self.inner.images.as_ref()?;
+        image::prepare(&self.inner, store, spec, cancel)
     }
 
     fn execute(
@@ -592,15 +622,16 @@ impl Backend for GvisorBackend {
         let inner = self.inner.clone();
         let health = self.health.clone();
         Box::pin(async move {
-            if spec.runtime == Runtime::Oci {
-                return Err(BackendError::Unsupported(
-                    "OCI images are not available yet: the gvisor backend runs python, go \
-                     and node code for now"
-                        .into(),
-                ));
-            }
             if let BackendHealth::Unavailable(reason) = health {
                 return Err(BackendError::Unavailable(reason));
+            }
+            if spec.runtime == Runtime::Oci {
+                if inner.images.is_none() {
+                    return Err(BackendError::Unsupported(
+                        "runtime oci needs an image store, and this gvisor backend has none".into(),
+                    ));
+                }
+                return image::execute(inner, spec, ctx).await;
             }
             if inner.toolchains.get(spec.runtime).is_none() {
                 return Err(BackendError::Unsupported(format!(
@@ -620,7 +651,11 @@ impl Backend for GvisorBackend {
                 .map_err(|e| BackendError::Internal(format!("gvisor: prepare panicked: {e}")))
                 .and_then(|r| r);
             let result = match prepared {
-                Ok(layout) => inner.run(&layout, &container_id, input, &ctx).await,
+                Ok(layout) => {
+                    inner
+                        .run(&layout.dir, false, &container_id, input, &ctx)
+                        .await
+                }
                 Err(e) => Err(e),
             };
             inner.teardown(container_id).await;
