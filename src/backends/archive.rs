@@ -35,15 +35,6 @@ pub struct ArchiveLimits {
     pub max_entries: usize,
 }
 
-impl Default for ArchiveLimits {
-    fn default() -> Self {
-        Self {
-            max_total_bytes: 256 * 1024 * 1024,
-            max_entries: 10_000,
-        }
-    }
-}
-
 /// What an unpacked archive contained.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UnpackStats {
@@ -358,6 +349,18 @@ mod tests {
     use flate2::Compression;
     use tar::Header;
 
+    /// The gvisor backend's configured archive limits (the embedded defaults).
+    fn default_limits() -> ArchiveLimits {
+        let g = crate::config::Config::defaults()
+            .expect("defaults")
+            .backends
+            .gvisor;
+        ArchiveLimits {
+            max_total_bytes: g.max_archive_bytes,
+            max_entries: g.max_archive_entries,
+        }
+    }
+
     /// One entry of a test archive; names are written raw so hostile ones are possible.
     enum E<'a> {
         File(&'a str, &'a [u8]),
@@ -437,7 +440,7 @@ mod tests {
             E::Symlink("pkg/up.py", "../main.py"),
             E::Hardlink("copy.py", "main.py"),
         ]);
-        let stats = unpack_tar_gz(&bytes, &work, &ArchiveLimits::default()).unwrap();
+        let stats = unpack_tar_gz(&bytes, &work, &default_limits()).unwrap();
         assert_eq!(stats.entries, 7);
         assert_eq!(fs::read(work.join("main.py")).unwrap(), b"import helper\n");
         assert_eq!(fs::read(work.join("deep/er/file.txt")).unwrap(), b"hello");
@@ -452,7 +455,7 @@ mod tests {
     fn assert_rejected(entries: &[E<'_>], what: &str) {
         let (outer, work) = dirs();
         let bytes = build(entries);
-        let result = unpack_tar_gz(&bytes, &work, &ArchiveLimits::default());
+        let result = unpack_tar_gz(&bytes, &work, &default_limits());
         assert!(result.is_err(), "{what}: accepted");
         assert_eq!(
             outside_entries(outer.path()),
@@ -573,7 +576,7 @@ mod tests {
     #[test]
     fn rejects_garbage() {
         let (_outer, work) = dirs();
-        let err = unpack_tar_gz(b"definitely not gzip", &work, &ArchiveLimits::default());
+        let err = unpack_tar_gz(b"definitely not gzip", &work, &default_limits());
         assert!(matches!(err, Err(ArchiveError::Malformed(_))), "{err:?}");
     }
 
@@ -586,7 +589,7 @@ mod tests {
         let mut builder = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::fast()));
         builder.append(&h, &b"hi"[..]).unwrap();
         let bytes = builder.into_inner().unwrap().finish().unwrap();
-        unpack_tar_gz(&bytes, &work, &ArchiveLimits::default()).unwrap();
+        unpack_tar_gz(&bytes, &work, &default_limits()).unwrap();
         let mode = fs::metadata(work.join("run.sh"))
             .unwrap()
             .permissions()

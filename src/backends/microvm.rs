@@ -25,6 +25,8 @@ pub struct MicrovmConfig {
     pub enabled: bool,
     /// Concurrent workloads.
     pub max_concurrency: usize,
+    /// Workloads waiting for a slot; beyond it submissions to this backend get 429.
+    pub max_queue: usize,
 }
 
 /// The micro-VM backend (reports why it cannot run work here).
@@ -37,12 +39,14 @@ impl MicrovmBackend {
     /// Probe the host once.
     pub fn new(cfg: &MicrovmConfig) -> Self {
         let health = if !Path::new("/dev/kvm").exists() {
-            BackendHealth::Unavailable(
-                "no /dev/kvm: hardware virtualisation is not available".into(),
+            BackendHealth::unavailable(
+                "hardware virtualisation (KVM) is not available on this host",
+                "no /dev/kvm",
             )
         } else {
-            BackendHealth::Unavailable(
-                "no guest kernel and agent are installed for micro-VMs on this host".into(),
+            BackendHealth::unavailable(
+                "no guest kernel and agent are installed for micro-VMs on this host",
+                "no guest kernel and agent are installed",
             )
         };
         Self {
@@ -71,10 +75,11 @@ impl Backend for MicrovmBackend {
         _spec: WorkloadSpec,
         _ctx: ExecContext,
     ) -> BoxFuture<'static, Result<WorkloadResult, BackendError>> {
-        let reason = match &self.health {
-            BackendHealth::Unavailable(r) => r.clone(),
-            BackendHealth::Healthy => "micro-VMs are not available".into(),
-        };
+        let reason = self
+            .health
+            .reason()
+            .unwrap_or("micro-VMs are not available")
+            .to_string();
         Box::pin(async move { Err(BackendError::Unavailable(reason)) })
     }
 

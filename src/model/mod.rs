@@ -3,12 +3,14 @@
 //! into these types first, so invalid input cannot reach an actor.
 
 mod id;
+mod idempotency;
 mod kinds;
 mod request;
 mod status;
 mod workload;
 
 pub use id::WorkloadId;
+pub use idempotency::{IdempotencyKey, IdempotencyRecord, SubmitKind, MAX_KEY_BYTES};
 pub use kinds::{Isolation, IsolationRequest, Runtime};
 pub use request::{Limits, Payload, RequestError, Resources, WorkloadRequest, WorkloadRequestDto};
 pub use status::{transition, Status, TransitionError};
