@@ -533,8 +533,7 @@ const text = readFileSync(0, "utf8");
 const input = text.trim() === "" ? undefined : JSON.parse(text);
 const mod = await import("{WORK_MOUNT}/{NODE_MODULE_ENTRY}");
 if (mod.default === undefined) {{
-  process.stderr.write("the module has no default export (expected `export default (input) => value`)
-");
+  process.stderr.write("the module has no default export (expected `export default (input) => value`)\n");
   process.exit(1);
 }}
 const value = typeof mod.default === "function" ? await mod.default(input) : mod.default;
