@@ -4,11 +4,15 @@
 //! [`backends::Backend`] contract and one module per technology), [`actors`] (supervisor,
 //! workload, backend, log broker, store), [`store`] (Diesel/SQLite), [`api`] (HTTP
 //! handlers), [`startup`] (wiring), [`config`], [`metrics`], [`bench`] (`vulcan bench`).
+//! Client side: [`client`] (a typed HTTP/SSE client of the API) and [`cli`] (the `vulcan`
+//! client subcommands built on it); the server never depends on either.
 
 pub mod actors;
 pub mod api;
 pub mod backends;
 pub mod bench;
+pub mod cli;
+pub mod client;
 pub mod config;
 pub mod metrics;
 pub mod model;

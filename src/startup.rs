@@ -91,8 +91,14 @@ pub fn builtin_backends(config: &Config) -> Vec<BackendFactory> {
     }
     if b.microvm.enabled {
         let cfg = b.microvm.clone();
-        out.push(Arc::new(move || {
-            Arc::new(MicrovmBackend::new(&cfg)) as Arc<dyn Backend>
+        let caps = BackendCapabilities {
+            name: "microvm".into(),
+            supported_runtimes: vec![],
+            supported_isolations: vec![Isolation::Microvm],
+            max_concurrency: 1,
+        };
+        out.push(factory(caps, move || {
+            MicrovmBackend::new(&cfg).map_err(|e| e.to_string())
         }));
     }
     out

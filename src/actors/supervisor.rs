@@ -82,6 +82,8 @@ pub struct BackendInfo {
     pub queued: usize,
     /// Actor restarts since start-up.
     pub restarts: u64,
+    /// Technology-specific facts ([`Backend::details`]); `{}` when there are none.
+    pub details: serde_json::Map<String, serde_json::Value>,
 }
 
 /// One entry of `GET /v1/system/actors`.
@@ -413,6 +415,7 @@ impl Supervisor {
             running: entry.running,
             queued: entry.queue.len(),
             restarts: entry.restarts,
+            details: entry.backend.details(),
         }
     }
 }

@@ -215,6 +215,13 @@ pub trait Backend: Send + Sync + 'static {
     /// `status: "unavailable"` and never routed to.
     fn health(&self) -> BackendHealth;
 
+    /// Technology-specific facts for operators, listed by `GET /v1/backends` under
+    /// `details` (the micro-VM backend's accelerator and probe boot time, say). Cheap
+    /// like [`Backend::health`]; empty by default.
+    fn details(&self) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::Map::new()
+    }
+
     /// Run one workload to completion, honouring `ctx.cancel`.
     fn execute(
         &self,

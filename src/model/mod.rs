@@ -12,6 +12,8 @@ mod workload;
 pub use id::WorkloadId;
 pub use idempotency::{IdempotencyKey, IdempotencyRecord, SubmitKind, MAX_KEY_BYTES};
 pub use kinds::{Isolation, IsolationRequest, Runtime};
-pub use request::{Limits, Payload, RequestError, Resources, WorkloadRequest, WorkloadRequestDto};
+pub use request::{
+    Limits, Payload, RequestError, Resources, ResourcesDto, WorkloadRequest, WorkloadRequestDto,
+};
 pub use status::{transition, Status, TransitionError};
 pub use workload::{format_time, output_value, LogLine, Workload};

@@ -1,41 +1,53 @@
 use base64::Engine as _;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{IsolationRequest, Runtime};
 
 /// The submission body exactly as a client sends it (see docs/api.md). Only shape is
-/// checked here; every rule lives in [`WorkloadRequest::try_from`].
-#[derive(Debug, Default, Deserialize)]
+/// checked here; every rule lives in [`WorkloadRequest::try_from`]. `Serialize` is for
+/// clients (`vulcan::client`): absent fields are left out of the body.
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkloadRequestDto {
     /// Required: `node`, `wasm`, `python`, `go` or `oci`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub runtime: Option<String>,
     /// Optional, default `auto`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub isolation: Option<String>,
     /// Source text; exclusive with `code_archive`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
     /// Base64 of an archive or binary module; exclusive with `code`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub code_archive: Option<String>,
     /// Any JSON value handed to the workload.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub input: Option<serde_json::Value>,
     /// OCI image reference (runtime `oci` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// Replacement entrypoint (runtime `oci` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
     /// Limits; missing ones take the configured defaults.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourcesDto>,
 }
 
 /// The `resources` object of a submission.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResourcesDto {
     /// CPUs (whole cores).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cpus: Option<i64>,
     /// Memory in MiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mem_mb: Option<i64>,
     /// Wall-clock limit in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_s: Option<i64>,
 }
 

@@ -1,13 +1,14 @@
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 
 use super::{Isolation, IsolationRequest, Runtime, Status, WorkloadId};
 
 /// The workload object of the API (docs/api.md), as stored and as answered.
 ///
 /// Invariant: `isolation` is never `auto`; optional numbers are serialised as `null`,
-/// never omitted, so clients see a stable shape.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// never omitted, so clients see a stable shape. `Deserialize` is the client's reading
+/// of the same shape (`vulcan::client`); the server never reads it back from JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Workload {
     /// The id.
     pub id: WorkloadId,
@@ -50,8 +51,8 @@ pub struct Workload {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-/// One recorded log line of a workload.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One recorded log line of a workload (answered by the server, read by the client).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogLine {
     /// Position in the workload's log, from 0, without gaps.
     pub seq: u64,

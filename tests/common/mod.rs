@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod cli;
+pub mod gvisor;
 pub mod scripted;
 pub mod sse;
 

@@ -15,8 +15,8 @@
 
 mod bench;
 mod bundle;
-mod cgroup;
-mod runsc;
+pub(crate) mod cgroup;
+pub(crate) mod runsc;
 
 pub use bench::bench_python_hello;
 
@@ -77,7 +77,7 @@ pub struct GvisorConfig {
 
 /// Inputs larger than this are only given on stdin, not in `VULCAN_INPUT` (a single
 /// environment string is limited to 128 KiB by execve).
-const MAX_ENV_INPUT: usize = 100 * 1024;
+pub(crate) const MAX_ENV_INPUT: usize = 100 * 1024;
 
 /// How long the output readers may take to drain after the runsc process exited.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -85,14 +85,14 @@ const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Language toolchains found on the host, under `/usr` (the only host tree the sandbox
 /// sees). Paths are canonical, so they are valid inside the sandbox as well.
 #[derive(Debug, Clone, Default)]
-struct Toolchains {
+pub(crate) struct Toolchains {
     python: Option<PathBuf>,
     go: Option<PathBuf>,
     node: Option<PathBuf>,
 }
 
 impl Toolchains {
-    fn detect() -> Self {
+    pub(crate) fn detect() -> Self {
         Self {
             python: find_under_usr(&["/usr/local/bin/python3", "/usr/bin/python3"]),
             go: find_under_usr(&["/usr/local/go/bin/go", "/usr/local/bin/go", "/usr/bin/go"]),
@@ -100,7 +100,7 @@ impl Toolchains {
         }
     }
 
-    fn get(&self, runtime: Runtime) -> Option<&Path> {
+    pub(crate) fn get(&self, runtime: Runtime) -> Option<&Path> {
         match runtime {
             Runtime::Python => self.python.as_deref(),
             Runtime::Go => self.go.as_deref(),
@@ -109,7 +109,7 @@ impl Toolchains {
         }
     }
 
-    fn runtimes(&self) -> Vec<Runtime> {
+    pub(crate) fn runtimes(&self) -> Vec<Runtime> {
         [Runtime::Node, Runtime::Python, Runtime::Go]
             .into_iter()
             .filter(|r| self.get(*r).is_some())
@@ -511,7 +511,7 @@ const NODE_MODULE_ENTRY: &str = "main.mjs";
 /// The file the runtime starts from, at the root of the work dir. Node code that is an
 /// ES module (the same test as the isolate backend's) is written as `main.mjs`; a
 /// plain script stays `main.js`. An archive brings its own (`main.mjs` wins).
-fn entry_file(runtime: Runtime, payload: &Payload) -> &'static str {
+pub(crate) fn entry_file(runtime: Runtime, payload: &Payload) -> &'static str {
     match (runtime, payload) {
         (Runtime::Go, _) => "main.go",
         (Runtime::Node, Payload::Code(code)) if looks_like_module(code) => NODE_MODULE_ENTRY,
@@ -544,7 +544,12 @@ if (out !== undefined) process.stdout.write(out);
 }
 
 /// The command line inside the sandbox.
-fn command_line(runtime: Runtime, interpreter: &Path, work: &Path, entry: &str) -> Vec<String> {
+pub(crate) fn command_line(
+    runtime: Runtime,
+    interpreter: &Path,
+    work: &Path,
+    entry: &str,
+) -> Vec<String> {
     let exe = interpreter.to_string_lossy().into_owned();
     match runtime {
         // -u: unbuffered, so each line reaches the log as it is printed.
@@ -584,7 +589,7 @@ fn command_line(runtime: Runtime, interpreter: &Path, work: &Path, entry: &str) 
 }
 
 /// The workload's whole environment: nothing comes from the host.
-fn environment(runtime: Runtime, input: &[u8]) -> Vec<String> {
+pub(crate) fn environment(runtime: Runtime, input: &[u8]) -> Vec<String> {
     let mut env = vec![
         "PATH=/usr/local/bin:/usr/bin:/bin".to_string(),
         format!("HOME={WORK_MOUNT}"),
