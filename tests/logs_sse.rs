@@ -660,3 +660,28 @@ async fn subscribing_to_a_recorded_but_unadmitted_workload_opens_at_once_and_end
     common::wait_gauge(&app, topics, 0, SOON).await;
     common::wait_gauge(&app, "vulcan_sse_subscribers", 0, SOON).await;
 }
+
+#[tokio::test]
+async fn the_client_ends_a_stream_answered_204_with_the_final_status() {
+    let app = scripted_app().await;
+    let w: Value = app
+        .post(
+            "/v1/workloads",
+            &job("node", json!({"logs": lines(3), "error": "bad"})),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    let client = vulcan::client::Client::new(&app.address, None).expect("client");
+    let wid: vulcan::model::WorkloadId = id(&w).parse().expect("id");
+    // Resuming after the last line of a finished workload: 204, then the status.
+    let mut stream = client.logs_stream(wid, Some(2));
+    assert_eq!(
+        stream.next().await.expect("no error"),
+        Some(vulcan::client::LogEvent::Done(
+            vulcan::model::Status::Failed
+        ))
+    );
+    assert_eq!(stream.next().await.expect("no error"), None);
+}
