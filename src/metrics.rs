@@ -24,6 +24,9 @@ pub struct Metrics {
     pub rejected_queue_full: IntCounter,
     /// Open SSE subscriptions.
     pub sse_subscribers: IntGauge,
+    /// Open log topics (admitted, unfinished workloads plus provisional topics of early
+    /// subscribers).
+    pub log_topics: IntGauge,
     /// Log lines handed to the store.
     pub log_lines_persisted: IntCounter,
     /// Log events not delivered to a subscriber that fell behind (it was disconnected).
@@ -75,6 +78,10 @@ impl Metrics {
             "Submissions refused with 429 because the queue was full",
         )?;
         let sse_subscribers = IntGauge::new("sse_subscribers", "Open SSE log subscriptions")?;
+        let log_topics = IntGauge::new(
+            "log_topics",
+            "Open log topics (unfinished workloads with a topic)",
+        )?;
         let log_lines_persisted =
             IntCounter::new("log_lines_persisted_total", "Log lines handed to the store")?;
         let log_lines_dropped = IntCounter::new(
@@ -101,6 +108,7 @@ impl Metrics {
         registry.register(Box::new(running.clone()))?;
         registry.register(Box::new(rejected_queue_full.clone()))?;
         registry.register(Box::new(sse_subscribers.clone()))?;
+        registry.register(Box::new(log_topics.clone()))?;
         registry.register(Box::new(log_lines_persisted.clone()))?;
         registry.register(Box::new(log_lines_dropped.clone()))?;
         registry.register(Box::new(log_lines_truncated.clone()))?;
@@ -116,6 +124,7 @@ impl Metrics {
             running,
             rejected_queue_full,
             sse_subscribers,
+            log_topics,
             log_lines_persisted,
             log_lines_dropped,
             log_lines_truncated,

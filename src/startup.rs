@@ -14,7 +14,7 @@ use crate::actors::images::ImagesActor;
 use crate::actors::log_broker::LogBroker;
 use crate::actors::store::{Flush, Recover, StoreActor};
 use crate::actors::supervisor::{InterruptAll, ListBackends, Readmit, Supervisor};
-use crate::api::{self, AppState};
+use crate::api::{self, AllowedHosts, AppState};
 use crate::backends::gvisor::GvisorBackend;
 use crate::backends::isolate::IsolateBackend;
 use crate::backends::microvm::MicrovmBackend;
@@ -144,6 +144,7 @@ impl Application {
             config.store.max_batch,
             metrics.clone(),
         )?
+        .sweep_idempotency_keys(Duration::from_secs(config.idempotency_ttl_s))
         .start();
         let broker = LogBroker::new(store.clone(), config.logs.clone(), metrics.clone()).start();
         let supervisor = Supervisor::new(
@@ -152,6 +153,7 @@ impl Application {
             metrics.clone(),
             config.node_id(),
             config.max_queue,
+            config.backends.queue_bounds(),
             backends,
         )
         .start();
@@ -186,6 +188,8 @@ impl Application {
             metrics,
             limits: config.limits(),
             token: config.api_token().cloned(),
+            allowed_hosts: AllowedHosts::new(&config.allowed_hosts),
+            idempotency_ttl: Duration::from_secs(config.idempotency_ttl_s),
             keepalive: Duration::from_secs(config.logs.keepalive_s.max(1)),
             max_body_bytes: config.max_body_bytes,
         });
@@ -194,10 +198,17 @@ impl Application {
         }
         let listener = TcpListener::bind(&config.listen_addr)
             .map_err(|e| StartupError::Bind(config.listen_addr.clone(), e))?;
-        let port = listener
+        let local = listener
             .local_addr()
-            .map_err(|e| StartupError::Bind(config.listen_addr.clone(), e))?
-            .port();
+            .map_err(|e| StartupError::Bind(config.listen_addr.clone(), e))?;
+        let port = local.port();
+        if state.token.is_none() && !local.ip().is_loopback() {
+            log::warn!(
+                "listening on {local}, which is not a loopback address, without an API token: \
+                 anyone who can reach it can run code here; set api_token \
+                 (VULCAN_API_TOKEN) or listen on 127.0.0.1"
+            );
+        }
         let shutdown_timeout = Duration::from_secs(config.shutdown_timeout_s);
         let server = HttpServer::new(move || {
             App::new()

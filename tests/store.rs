@@ -122,3 +122,48 @@ fn payload_survives_for_recovery() {
     assert_eq!(rec.pending[0].1, payload);
     assert_eq!(rec.pending[0].2, b"{\"a\":1}");
 }
+
+/// A database written by the previous version (only the first migration applied)
+/// opens with this one: the new migrations run, and every row is still there.
+#[test]
+fn a_database_of_the_previous_version_opens_and_keeps_its_data() {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+    use diesel_migrations::MigrationHarness;
+
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("old.db");
+    let w = record();
+    {
+        let mut old = diesel::sqlite::SqliteConnection::establish(path.to_str().expect("utf8"))
+            .expect("open");
+        old.run_next_migration(vulcan::store::MIGRATIONS)
+            .expect("the first migration only");
+        // Rows as the previous version wrote them.
+        old.batch_execute(&format!(
+            "INSERT INTO workloads (id, status, isolation, requested_isolation, backend, \
+             runtime, node_id, input_hash, cpu_limit, mem_limit, timeout_s, created_at, \
+             code, input) VALUES ('{}', 'pending', 'isolate', 'auto', 'isolate', 'node', \
+             'n', 'sha256:00', 1, 128, 30, '2026-11-27T09:05:48.123Z', 'x', X'6E756C6C');
+             INSERT INTO log_lines (workload_id, seq, line, created_at) \
+             VALUES ('{}', 0, 'kept', '2026-11-27T09:05:48.200Z');",
+            w.id, w.id
+        ))
+        .expect("old rows");
+    }
+    let mut conn = open_writer(&path).expect("the new version opens it");
+    let got = queries::get_workload(&mut conn, w.id).expect("kept");
+    assert_eq!(got.status, Status::Pending);
+    assert_eq!(got.backend, "isolate");
+    let lines = queries::log_lines(&mut conn, w.id, None, None).expect("lines");
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0].line, "kept");
+    let rec = queries::recover(&mut conn).expect("recover");
+    assert_eq!(rec.pending.len(), 1);
+    assert_eq!(rec.pending[0].1, Payload::Code("x".into()));
+    // The new table is there and usable.
+    let key = vulcan::model::IdempotencyKey::parse(b"k", None).expect("key");
+    let found = queries::find_idempotency_key(&mut conn, &key, chrono::DateTime::<Utc>::MIN_UTC)
+        .expect("query");
+    assert_eq!(found, None);
+}

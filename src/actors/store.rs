@@ -9,15 +9,18 @@
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use diesel::sqlite::SqliteConnection;
 use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
-use crate::model::{LogLine, Payload, Workload, WorkloadId};
+use chrono::{DateTime, Utc};
+
+use crate::model::{IdempotencyKey, IdempotencyRecord, LogLine, Payload, Workload, WorkloadId};
 use crate::store::models::LogLineRow;
-use crate::store::queries::{self, ListQuery, Recovered, Stats, StatusChange};
+use crate::store::queries::{self, KeyedInsert, ListQuery, Recovered, Stats, StatusChange};
 use crate::store::{open_read_pool, open_writer, ReadPool, StoreError};
 
 type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
@@ -27,7 +30,12 @@ type Job = Box<dyn FnOnce(&mut SqliteConnection) -> Reply + Send>;
 pub struct StoreActor {
     writer: mpsc::Sender<Job>,
     reads: ReadPool,
+    /// How long `Idempotency-Key`s are kept; older ones are swept periodically.
+    key_ttl: Option<Duration>,
 }
+
+/// The longest pause between two sweeps of expired `Idempotency-Key`s.
+const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 impl StoreActor {
     /// Open the database (running migrations) and start the writer thread.
@@ -44,7 +52,34 @@ impl StoreActor {
             .name("vulcan-store-writer".into())
             .spawn(move || writer_loop(conn, rx, max_batch.max(1), metrics))
             .map_err(|e| StoreError::Connection(format!("cannot start writer thread: {e}")))?;
-        Ok(Self { writer: tx, reads })
+        Ok(Self {
+            writer: tx,
+            reads,
+            key_ttl: None,
+        })
+    }
+
+    /// Forget `Idempotency-Key`s older than `ttl`: swept at start and then at least
+    /// every minute (more often for short TTLs).
+    pub fn sweep_idempotency_keys(mut self, ttl: Duration) -> Self {
+        self.key_ttl = Some(ttl);
+        self
+    }
+
+    fn sweep(&self, ttl: Duration) {
+        let before = chrono::Duration::from_std(ttl)
+            .ok()
+            .and_then(|ttl| Utc::now().checked_sub_signed(ttl))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        // Fire and forget: failures are logged here, the next sweep tries again.
+        drop(self.write(move |c| {
+            match queries::sweep_idempotency_keys(c, before) {
+                Ok(0) => {}
+                Ok(n) => log::debug!("store: {n} expired idempotency key(s) swept"),
+                Err(e) => log::error!("store: sweeping idempotency keys failed: {e}"),
+            }
+            Ok(())
+        }));
     }
 
     fn write<T: Send + 'static>(
@@ -125,11 +160,23 @@ fn writer_loop(
 
 impl Actor for StoreActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if let Some(ttl) = self.key_ttl {
+            self.sweep(ttl);
+            let every = ttl.clamp(Duration::from_secs(1), MAX_SWEEP_INTERVAL);
+            ctx.run_interval(every, move |act, _| act.sweep(ttl));
+        }
+    }
 }
 
-/// Record a newly accepted workload (status pending) with its payload.
+/// Record a newly accepted workload (status pending) with its payload, and with the
+/// `Idempotency-Key` that created it when there is one.
+///
+/// With a key that is remembered already, nothing is written and the answer is
+/// [`KeyedInsert::Existing`]: the submission is a replay.
 #[derive(Message)]
-#[rtype(result = "Result<(), StoreError>")]
+#[rtype(result = "Result<KeyedInsert, StoreError>")]
 pub struct InsertWorkload {
     /// The record.
     pub workload: Workload,
@@ -137,6 +184,29 @@ pub struct InsertWorkload {
     pub payload: Payload,
     /// Its input JSON bytes.
     pub input: Vec<u8>,
+    /// The key to remember with it.
+    pub key: Option<KeyToRemember>,
+}
+
+/// An `Idempotency-Key` recorded together with the workload it creates.
+#[derive(Debug, Clone)]
+pub struct KeyToRemember {
+    /// The client's key.
+    pub key: IdempotencyKey,
+    /// What it stands for (its `workload_id` is the new workload's).
+    pub record: IdempotencyRecord,
+    /// Remembered keys older than this are expired and forgotten.
+    pub not_before: DateTime<Utc>,
+}
+
+/// The remembered record of an `Idempotency-Key` (not older than `not_before`).
+#[derive(Message)]
+#[rtype(result = "Result<Option<IdempotencyRecord>, StoreError>")]
+pub struct FindIdempotencyKey {
+    /// The client's key.
+    pub key: IdempotencyKey,
+    /// Keys older than this are expired.
+    pub not_before: DateTime<Utc>,
 }
 
 /// Change a workload's status. Validated by the state machine inside the transaction;
@@ -165,7 +235,7 @@ pub struct GetWorkload(pub WorkloadId);
 #[rtype(result = "Result<(Vec<Workload>, u64), StoreError>")]
 pub struct ListWorkloads(pub ListQuery);
 
-/// Log lines of a workload, after `after` when set.
+/// Log lines of a workload, after `after` when set, at most `limit` when set.
 ///
 /// With `consistent`, the read is queued behind every write sent before it (so it sees
 /// every line the log broker handed over before this message); otherwise it uses the
@@ -176,7 +246,9 @@ pub struct GetLogs {
     /// Which workload.
     pub id: WorkloadId,
     /// Only lines with a larger seq.
-    pub after: Option<u64>,
+    pub after: Option<i64>,
+    /// At most this many lines.
+    pub limit: Option<i64>,
     /// Read through the writer queue.
     pub consistent: bool,
 }
@@ -197,12 +269,31 @@ pub struct Recover;
 pub struct Flush;
 
 impl Handler<InsertWorkload> for StoreActor {
-    type Result = ResponseFuture<Result<(), StoreError>>;
+    type Result = ResponseFuture<Result<KeyedInsert, StoreError>>;
 
     fn handle(&mut self, msg: InsertWorkload, _: &mut Self::Context) -> Self::Result {
-        let rx = self
-            .write(move |c| queries::insert_workload(c, &msg.workload, &msg.payload, &msg.input));
+        let rx = self.write(move |c| match &msg.key {
+            None => queries::insert_workload(c, &msg.workload, &msg.payload, &msg.input)
+                .map(|()| KeyedInsert::Inserted),
+            Some(k) => queries::insert_keyed_workload(
+                c,
+                &msg.workload,
+                &msg.payload,
+                &msg.input,
+                &k.key,
+                &k.record,
+                k.not_before,
+            ),
+        });
         Box::pin(answer(rx))
+    }
+}
+
+impl Handler<FindIdempotencyKey> for StoreActor {
+    type Result = ResponseFuture<Result<Option<IdempotencyRecord>, StoreError>>;
+
+    fn handle(&mut self, msg: FindIdempotencyKey, _: &mut Self::Context) -> Self::Result {
+        Box::pin(self.read(move |c| queries::find_idempotency_key(c, &msg.key, msg.not_before)))
     }
 }
 
@@ -253,14 +344,15 @@ impl Handler<GetLogs> for StoreActor {
         let GetLogs {
             id,
             after,
+            limit,
             consistent,
         } = msg;
         if consistent {
             Box::pin(answer(
-                self.write(move |c| queries::log_lines(c, id, after)),
+                self.write(move |c| queries::log_lines(c, id, after, limit)),
             ))
         } else {
-            Box::pin(self.read(move |c| queries::log_lines(c, id, after)))
+            Box::pin(self.read(move |c| queries::log_lines(c, id, after, limit)))
         }
     }
 }

@@ -29,6 +29,9 @@ pub enum KillError {
     /// The workload is already terminal (or about to be).
     #[error("workload is already {0}")]
     Terminal(Status),
+    /// The workload's submission is still being recorded; a kill a moment later works.
+    #[error("workload is still being accepted; retry the kill")]
+    NotYetAccepted,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -107,6 +110,11 @@ impl WorkloadActor {
         let (tx, rx) = oneshot::channel();
         self.waiters.push(tx);
         rx
+    }
+
+    /// Send the terminal record on `tx` too (registered before the actor starts).
+    pub fn add_waiter(&mut self, tx: oneshot::Sender<Workload>) {
+        self.waiters.push(tx);
     }
 
     /// The error of a workload that ran out of time.

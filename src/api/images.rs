@@ -5,22 +5,13 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{method_not_allowed, ok_json, ApiError, AppState};
+use super::{ok_json, ApiError, AppState, Endpoint};
 use crate::actors::images::{ListImages, PullImage, RemoveImage};
 use crate::model::{is_sha256_digest, ImageRef};
 
 pub(super) fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/images")
-            .route(web::get().to(list))
-            .route(web::post().to(pull))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/images/{digest}")
-            .route(web::delete().to(remove))
-            .default_service(web::to(method_not_allowed)),
-    );
+    cfg.service(Endpoint::new("/images").get(list).post(pull).build())
+        .service(Endpoint::new("/images/{digest}").delete(remove).build());
 }
 
 /// The body of `POST /v1/images`.

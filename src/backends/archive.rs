@@ -51,15 +51,6 @@ pub struct ArchiveLimits {
     pub max_entries: usize,
 }
 
-impl Default for ArchiveLimits {
-    fn default() -> Self {
-        Self {
-            max_total_bytes: 256 * 1024 * 1024,
-            max_entries: 10_000,
-        }
-    }
-}
-
 /// Which kind of stream is unpacked: see the module documentation for the rules each
 /// adds to the common ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -538,6 +529,18 @@ mod tests {
     use flate2::Compression;
     use tar::Header;
 
+    /// The gvisor backend's configured archive limits (the embedded defaults).
+    fn default_limits() -> ArchiveLimits {
+        let g = crate::config::Config::defaults()
+            .expect("defaults")
+            .backends
+            .gvisor;
+        ArchiveLimits {
+            max_total_bytes: g.max_archive_bytes,
+            max_entries: g.max_archive_entries,
+        }
+    }
+
     /// One entry of a test archive; names are written raw so hostile ones are possible.
     enum E<'a> {
         File(&'a str, &'a [u8]),
@@ -617,7 +620,7 @@ mod tests {
             E::Symlink("pkg/up.py", "../main.py"),
             E::Hardlink("copy.py", "main.py"),
         ]);
-        let stats = unpack_tar_gz(&bytes, &work, &ArchiveLimits::default()).unwrap();
+        let stats = unpack_tar_gz(&bytes, &work, &default_limits()).unwrap();
         assert_eq!(stats.entries, 7);
         assert_eq!(fs::read(work.join("main.py")).unwrap(), b"import helper\n");
         assert_eq!(fs::read(work.join("deep/er/file.txt")).unwrap(), b"hello");
@@ -632,7 +635,7 @@ mod tests {
     fn assert_rejected(entries: &[E<'_>], what: &str) {
         let (outer, work) = dirs();
         let bytes = build(entries);
-        let result = unpack_tar_gz(&bytes, &work, &ArchiveLimits::default());
+        let result = unpack_tar_gz(&bytes, &work, &default_limits());
         assert!(result.is_err(), "{what}: accepted");
         assert_eq!(
             outside_entries(outer.path()),
@@ -753,14 +756,17 @@ mod tests {
     #[test]
     fn rejects_garbage() {
         let (_outer, work) = dirs();
-        let err = unpack_tar_gz(b"definitely not gzip", &work, &ArchiveLimits::default());
+        let err = unpack_tar_gz(b"definitely not gzip", &work, &default_limits());
         assert!(matches!(err, Err(ArchiveError::Malformed(_))), "{err:?}");
     }
 
     /// Apply each layer (built like a code archive, then decompressed) in order.
     fn apply_layers(layers: &[Vec<u8>], dest: &Path) -> Result<(), ArchiveError> {
         for layer in layers {
-            let limits = ArchiveLimits::default();
+            let limits = ArchiveLimits {
+                max_total_bytes: 256 * 1024 * 1024,
+                max_entries: 10_000,
+            };
             unpack(
                 flate2::read::GzDecoder::new(&layer[..]),
                 dest,
@@ -919,7 +925,7 @@ mod tests {
         let mut builder = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::fast()));
         builder.append(&h, &b"hi"[..]).unwrap();
         let bytes = builder.into_inner().unwrap().finish().unwrap();
-        unpack_tar_gz(&bytes, &work, &ArchiveLimits::default()).unwrap();
+        unpack_tar_gz(&bytes, &work, &default_limits()).unwrap();
         let mode = fs::metadata(work.join("run.sh"))
             .unwrap()
             .permissions()

@@ -36,12 +36,39 @@ pub struct BackendCapabilities {
 }
 
 /// Whether a backend can take work on this host right now.
+///
+/// This is where a backend decides what clients may see: `reason` is public (listed by
+/// `GET /v1/backends`, quoted in 422 answers and workload errors) and never holds a
+/// host path, uid or file name; `detail` holds those and only reaches the server log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendHealth {
     /// Ready to run work.
     Healthy,
-    /// Cannot run work here; the reason is shown to operators and in 422 answers.
-    Unavailable(String),
+    /// Cannot run work here.
+    Unavailable {
+        /// Why, for clients: a sentence without host paths, uids or file names.
+        reason: String,
+        /// The same with host specifics, for operators (server log only).
+        detail: String,
+    },
+}
+
+impl BackendHealth {
+    /// Unavailable, with a public `reason` and a private `detail` for the log.
+    pub fn unavailable(reason: impl Into<String>, detail: impl Into<String>) -> Self {
+        BackendHealth::Unavailable {
+            reason: reason.into(),
+            detail: detail.into(),
+        }
+    }
+
+    /// The public reason when unavailable.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            BackendHealth::Healthy => None,
+            BackendHealth::Unavailable { reason, .. } => Some(reason),
+        }
+    }
 }
 
 /// Everything a backend needs to run one workload. Built by the engine from a validated
@@ -252,18 +279,22 @@ pub trait Backend: Send + Sync + 'static {
 pub type BackendFactory = Arc<dyn Fn() -> Arc<dyn Backend> + Send + Sync>;
 
 /// Stands in for a backend whose construction failed: registered under its name so
-/// operators see it, reported `unavailable` with the reason, never routed to.
+/// operators see it, reported `unavailable`, never routed to.
 pub struct UnavailableBackend {
     caps: BackendCapabilities,
-    reason: String,
+    health: BackendHealth,
 }
 
 impl UnavailableBackend {
-    /// A placeholder for `caps.name` that cannot run because of `reason`.
-    pub fn new(caps: BackendCapabilities, reason: impl Into<String>) -> Self {
+    /// A placeholder for `caps.name` that could not be built. The construction error
+    /// may name host paths: it goes to the log only, clients see that it failed to start.
+    pub fn new(caps: BackendCapabilities, error: impl Into<String>) -> Self {
         Self {
             caps,
-            reason: reason.into(),
+            health: BackendHealth::unavailable(
+                "it failed to start (the server log says why)",
+                error,
+            ),
         }
     }
 }
@@ -274,7 +305,7 @@ impl Backend for UnavailableBackend {
     }
 
     fn health(&self) -> BackendHealth {
-        BackendHealth::Unavailable(self.reason.clone())
+        self.health.clone()
     }
 
     fn execute(
@@ -282,7 +313,7 @@ impl Backend for UnavailableBackend {
         _spec: WorkloadSpec,
         _ctx: ExecContext,
     ) -> BoxFuture<'static, Result<WorkloadResult, BackendError>> {
-        let reason = self.reason.clone();
+        let reason = self.health.reason().unwrap_or_default().to_string();
         Box::pin(async move { Err(BackendError::Unavailable(reason)) })
     }
 

@@ -39,6 +39,14 @@ pub enum LogEvent {
 
 type Events = Pin<Box<dyn Stream<Item = Result<Event, EventStreamError<reqwest::Error>>> + Send>>;
 
+/// What connecting to the log endpoint gave.
+enum Connected {
+    /// An event stream.
+    Stream(Events),
+    /// 204 No Content: the workload is terminal and nothing is left after `last`.
+    NothingLeft,
+}
+
 /// The connection state of a [`LogStream`].
 enum Phase {
     /// Never connected: a failure here is reported as it is (refused, 404, 401...).
@@ -93,9 +101,10 @@ impl LogStream {
         loop {
             match &mut self.phase {
                 Phase::Finished => return Ok(None),
-                Phase::Start => {
-                    self.phase = Phase::Open(self.connect().await?);
-                }
+                Phase::Start => match self.connect().await? {
+                    Connected::Stream(events) => self.phase = Phase::Open(events),
+                    Connected::NothingLeft => return self.finished().await.map(Some),
+                },
                 Phase::Lost { failures, cause } => {
                     if *failures >= MAX_RESUME_ATTEMPTS {
                         return Err(ClientError::StreamLost {
@@ -109,10 +118,12 @@ impl LogStream {
                     tokio::time::sleep(pause).await;
                     let failures = *failures;
                     match self.connect().await {
-                        Ok(events) => {
+                        Ok(Connected::Stream(events)) => {
                             self.phase = Phase::Open(events);
                             return Ok(Some(LogEvent::Resumed { after: self.last }));
                         }
+                        // It ended while we were away, after the last line we got.
+                        Ok(Connected::NothingLeft) => return self.finished().await.map(Some),
                         // The server is there and refuses: resuming cannot help.
                         Err(e @ ClientError::Api { .. }) => return Err(e),
                         Err(e) => {
@@ -175,7 +186,15 @@ impl LogStream {
         }
     }
 
-    async fn connect(&self) -> Result<Events, ClientError> {
+    /// The stream is over without a `done` event (the server answered 204): the final
+    /// status comes from the workload record.
+    async fn finished(&mut self) -> Result<LogEvent, ClientError> {
+        let w = self.client.get(self.id).await?;
+        self.phase = Phase::Finished;
+        Ok(LogEvent::Done(w.body.status))
+    }
+
+    async fn connect(&self) -> Result<Connected, ClientError> {
         let mut req = self
             .client
             .request(Method::GET, &format!("/v1/workloads/{}/logs", self.id))
@@ -184,6 +203,9 @@ impl LogStream {
             req = req.header("Last-Event-ID", last.to_string());
         }
         let res = self.client.send(req).await?;
+        if res.status() == reqwest::StatusCode::NO_CONTENT {
+            return Ok(Connected::NothingLeft);
+        }
         let is_sse = res
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
@@ -194,6 +216,8 @@ impl LogStream {
                 "the log endpoint did not answer an event stream".into(),
             ));
         }
-        Ok(Box::pin(res.bytes_stream().eventsource()))
+        Ok(Connected::Stream(Box::pin(
+            res.bytes_stream().eventsource(),
+        )))
     }
 }

@@ -3,6 +3,7 @@
 //! into these types first, so invalid input cannot reach an actor.
 
 mod id;
+mod idempotency;
 mod image_ref;
 mod kinds;
 mod request;
@@ -10,6 +11,7 @@ mod status;
 mod workload;
 
 pub use id::WorkloadId;
+pub use idempotency::{IdempotencyKey, IdempotencyRecord, SubmitKind, MAX_KEY_BYTES};
 pub use image_ref::{is_sha256_digest, ImageRef};
 pub use kinds::{Isolation, IsolationRequest, Runtime};
 pub use request::{

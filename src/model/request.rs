@@ -68,19 +68,6 @@ pub struct Limits {
     pub max_timeout_s: u32,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            default_cpus: 1,
-            max_cpus: 8,
-            default_mem_mb: 128,
-            max_mem_mb: 4096,
-            default_timeout_s: 30,
-            max_timeout_s: 3600,
-        }
-    }
-}
-
 /// Validated limits. Invariant: every field is ≥ 1 and within the configured maximum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Resources {
@@ -281,7 +268,10 @@ mod tests {
 
     fn parse(json: &str) -> Result<WorkloadRequest, RequestError> {
         let dto: WorkloadRequestDto = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
-        WorkloadRequest::try_from((dto, &Limits::default()))
+        let limits = crate::config::Config::defaults()
+            .expect("defaults")
+            .limits();
+        WorkloadRequest::try_from((dto, &limits))
     }
 
     #[test]

@@ -3,9 +3,12 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 
-use super::schema::{log_lines, workloads};
+use super::schema::{idempotency_keys, log_lines, workloads};
 use super::StoreError;
-use crate::model::{format_time, LogLine, Payload, Workload, WorkloadId};
+use crate::model::{
+    format_time, IdempotencyKey, IdempotencyRecord, LogLine, Payload, SubmitKind, Workload,
+    WorkloadId,
+};
 
 /// A workload as stored, without its payload.
 #[derive(Debug, Queryable, Selectable)]
@@ -76,6 +79,45 @@ pub struct LogLineRow {
     pub seq: i64,
     pub line: String,
     pub created_at: String,
+}
+
+/// One remembered `Idempotency-Key`.
+#[derive(Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = idempotency_keys)]
+#[diesel(check_for_backend(diesel::sqlite::Sqlite))]
+pub struct IdempotencyKeyRow {
+    pub scope: String,
+    pub key: String,
+    pub fingerprint: String,
+    pub workload_id: String,
+    pub kind: String,
+    pub created_at: String,
+}
+
+impl IdempotencyKeyRow {
+    /// The row remembering that `key` created `workload` (now).
+    pub fn new(key: &IdempotencyKey, record: &IdempotencyRecord, at: &DateTime<Utc>) -> Self {
+        Self {
+            scope: key.scope().to_string(),
+            key: key.key().to_string(),
+            fingerprint: record.fingerprint.clone(),
+            workload_id: record.workload_id.to_string(),
+            kind: record.kind.as_str().to_string(),
+            created_at: format_time(at),
+        }
+    }
+}
+
+impl TryFrom<IdempotencyKeyRow> for IdempotencyRecord {
+    type Error = StoreError;
+
+    fn try_from(r: IdempotencyKeyRow) -> Result<Self, Self::Error> {
+        Ok(IdempotencyRecord {
+            fingerprint: r.fingerprint,
+            workload_id: parse("workload_id", &r.workload_id)?,
+            kind: parse::<SubmitKind>("kind", &r.kind)?,
+        })
+    }
 }
 
 fn parse<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, StoreError> {

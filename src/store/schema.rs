@@ -1,6 +1,17 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
+    idempotency_keys (scope, key) {
+        scope -> Text,
+        key -> Text,
+        fingerprint -> Text,
+        workload_id -> Text,
+        kind -> Text,
+        created_at -> Text,
+    }
+}
+
+diesel::table! {
     log_lines (workload_id, seq) {
         workload_id -> Text,
         seq -> BigInt,
@@ -37,6 +48,7 @@ diesel::table! {
     }
 }
 
+diesel::joinable!(idempotency_keys -> workloads (workload_id));
 diesel::joinable!(log_lines -> workloads (workload_id));
 
-diesel::allow_tables_to_appear_in_same_query!(log_lines, workloads,);
+diesel::allow_tables_to_appear_in_same_query!(idempotency_keys, log_lines, workloads,);

@@ -38,6 +38,7 @@ use serde::Deserialize;
 use self::bundle::{BundleLayout, SpecParams, WORK_MOUNT};
 use self::runsc::Runsc;
 use super::archive::{self, ArchiveError, ArchiveLimits};
+use super::isolate::looks_like_module;
 use super::{
     Backend, BackendCapabilities, BackendError, BackendHealth, CancellationToken, ExecContext,
     Preparation, WorkloadResult, WorkloadSpec,
@@ -53,6 +54,8 @@ pub struct GvisorConfig {
     pub enabled: bool,
     /// Concurrent workloads; 0 = one per CPU core.
     pub max_concurrency: usize,
+    /// Workloads waiting for a slot; beyond it submissions to this backend get 429.
+    pub max_queue: usize,
     /// The `runsc` binary: a path, or a name looked up in `PATH`.
     pub runsc_path: String,
     /// runsc `--platform` (`ptrace` works everywhere; `kvm` needs usable hardware KVM).
@@ -73,26 +76,6 @@ pub struct GvisorConfig {
     pub max_file_mb: u64,
     /// Size of the sandbox's tmpfs `/tmp`, in MiB (counts against the memory limit).
     pub tmp_size_mb: u64,
-}
-
-impl Default for GvisorConfig {
-    /// The same values as `config/default.toml`.
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            max_concurrency: 4,
-            runsc_path: "runsc".into(),
-            platform: "ptrace".into(),
-            state_dir: PathBuf::from("/var/lib/vulcan/gvisor"),
-            cgroup_parent: "vulcan-gvisor".into(),
-            max_output_bytes: 16 * 1024 * 1024,
-            max_archive_bytes: 256 * 1024 * 1024,
-            max_archive_entries: 10_000,
-            max_processes: 256,
-            max_file_mb: 256,
-            tmp_size_mb: 64,
-        }
-    }
 }
 
 /// Inputs larger than this are only given on stdin, not in `VULCAN_INPUT` (a single
@@ -227,9 +210,11 @@ impl GvisorBackend {
                 }
                 BackendHealth::Healthy
             }
-            Err(reason) => {
-                log::warn!("gvisor backend unavailable: {reason}");
-                BackendHealth::Unavailable(reason)
+            Err(health) => {
+                if let BackendHealth::Unavailable { detail, .. } = &health {
+                    log::warn!("gvisor backend unavailable: {detail}");
+                }
+                health
             }
         };
         Ok(Self {
@@ -277,31 +262,42 @@ fn resolve_binary(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Why the backend cannot run work here, if it cannot. Also creates the state dirs.
-fn probe(inner: &Inner, bin: Option<&Path>) -> Result<(), String> {
+/// Why the backend cannot run work here, if it cannot (as an unavailable health: a
+/// public reason, and the host specifics for the log). Also creates the state dirs.
+fn probe(inner: &Inner, bin: Option<&Path>) -> Result<(), BackendHealth> {
     let Some(bin) = bin else {
-        return Err(format!(
-            "runsc not found ({:?}); install the Debian package `runsc`",
-            inner.cfg.runsc_path
+        return Err(BackendHealth::unavailable(
+            "runsc is not installed (Debian package `runsc`)",
+            format!("runsc not found ({:?})", inner.cfg.runsc_path),
         ));
     };
-    runsc::version(bin)?;
+    runsc::version(bin)
+        .map_err(|e| BackendHealth::unavailable("runsc does not run on this host", e))?;
     // SAFETY: geteuid has no preconditions, cannot fail and touches no memory.
     #[allow(unsafe_code)]
     let euid = unsafe { libc::geteuid() };
     if euid != 0 {
-        return Err(format!(
-            "the server runs as uid {euid}, not root: runsc applies memory/CPU limits \
-             only when started by root"
+        return Err(BackendHealth::unavailable(
+            "the server does not run as root: runsc applies memory/CPU limits only when \
+             started by root",
+            format!("the server runs as uid {euid}, not root"),
         ));
     }
     for dir in [&inner.cfg.state_dir, &inner.bundles_dir, &inner.runsc.root] {
         fs::create_dir_all(dir)
             .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(0o700)))
-            .map_err(|e| format!("cannot prepare state dir {}: {e}", dir.display()))?;
+            .map_err(|e| {
+                BackendHealth::unavailable(
+                    "its state directory cannot be prepared",
+                    format!("cannot prepare state dir {}: {e}", dir.display()),
+                )
+            })?;
     }
     if inner.toolchains.runtimes().is_empty() && inner.images.is_none() {
-        return Err("no python3, go or node found under /usr, and no image store".into());
+        return Err(BackendHealth::unavailable(
+            "no python3, go or node toolchain is installed, and no image store",
+            "no python3, go or node found under /usr, and no image store",
+        ));
     }
     Ok(())
 }
@@ -375,7 +371,7 @@ impl Inner {
                 spec.runtime
             ))
         })?;
-        let entry = entry_file(spec.runtime);
+        let mut entry = entry_file(spec.runtime, &spec.payload);
         let layout = BundleLayout::new(&self.bundles_dir, container_id);
         let internal = |what: &str, e: std::io::Error| {
             BackendError::Internal(format!("gvisor: {what} for {container_id}: {e}"))
@@ -395,6 +391,11 @@ impl Inner {
                     ArchiveError::Io(_) => BackendError::Internal(e.to_string()),
                     other => BackendError::InvalidPayload(other.to_string()),
                 })?;
+                if spec.runtime == Runtime::Node
+                    && fs::metadata(layout.work.join(NODE_MODULE_ENTRY)).is_ok_and(|m| m.is_file())
+                {
+                    entry = NODE_MODULE_ENTRY;
+                }
                 if !fs::metadata(layout.work.join(entry)).is_ok_and(|m| m.is_file()) {
                     return Err(BackendError::InvalidPayload(format!(
                         "the archive has no {entry} at its root"
@@ -412,7 +413,7 @@ impl Inner {
             .chown_work()
             .map_err(|e| internal("cannot hand the work dir to the sandbox user", e))?;
 
-        let args = command_line(spec.runtime, interpreter, &layout.work);
+        let args = command_line(spec.runtime, interpreter, &layout.work, entry);
         let params = SpecParams {
             args,
             env: environment(spec.runtime, &spec.input),
@@ -523,21 +524,61 @@ impl Inner {
     }
 }
 
-/// The file the runtime starts from, at the root of the work dir.
-pub(crate) fn entry_file(runtime: Runtime) -> &'static str {
-    match runtime {
-        Runtime::Go => "main.go",
-        Runtime::Node => "main.js",
+/// A node entry that is an ES module: run through [`node_module_wrapper`].
+const NODE_MODULE_ENTRY: &str = "main.mjs";
+
+/// The file the runtime starts from, at the root of the work dir. Node code that is an
+/// ES module (the same test as the isolate backend's) is written as `main.mjs`; a
+/// plain script stays `main.js`. An archive brings its own (`main.mjs` wins).
+pub(crate) fn entry_file(runtime: Runtime, payload: &Payload) -> &'static str {
+    match (runtime, payload) {
+        (Runtime::Go, _) => "main.go",
+        (Runtime::Node, Payload::Code(code)) if looks_like_module(code) => NODE_MODULE_ENTRY,
+        (Runtime::Node, _) => "main.js",
         _ => "main.py",
     }
 }
 
+/// Gives `node` one meaning on every isolation: imports the module, reads the input
+/// JSON from stdin, awaits the default export called with it (or takes a non-function
+/// default as is) and prints the result as JSON, alone on stdout. The module's
+/// console output goes to stderr, so it is logged but never mixed into the result.
+fn node_module_wrapper() -> String {
+    format!(
+        r#"import {{ readFileSync }} from "node:fs";
+import {{ Console }} from "node:console";
+globalThis.console = new Console({{ stdout: process.stderr, stderr: process.stderr }});
+const text = readFileSync(0, "utf8");
+const input = text.trim() === "" ? undefined : JSON.parse(text);
+const mod = await import("{WORK_MOUNT}/{NODE_MODULE_ENTRY}");
+if (mod.default === undefined) {{
+  process.stderr.write("the module has no default export (expected `export default (input) => value`)\n");
+  process.exit(1);
+}}
+const value = typeof mod.default === "function" ? await mod.default(input) : mod.default;
+const out = JSON.stringify(value);
+if (out !== undefined) process.stdout.write(out);
+"#
+    )
+}
+
 /// The command line inside the sandbox.
-pub(crate) fn command_line(runtime: Runtime, interpreter: &Path, work: &Path) -> Vec<String> {
+pub(crate) fn command_line(
+    runtime: Runtime,
+    interpreter: &Path,
+    work: &Path,
+    entry: &str,
+) -> Vec<String> {
     let exe = interpreter.to_string_lossy().into_owned();
     match runtime {
         // -u: unbuffered, so each line reaches the log as it is printed.
         Runtime::Python => vec![exe, "-u".into(), "main.py".into()],
+        Runtime::Node if entry == NODE_MODULE_ENTRY => vec![
+            exe,
+            "--input-type=module".into(),
+            "-e".into(),
+            node_module_wrapper(),
+        ],
         Runtime::Node => vec![exe, "main.js".into()],
         Runtime::Go => {
             let mut args = vec![exe, "run".into()];
@@ -622,8 +663,8 @@ impl Backend for GvisorBackend {
         let inner = self.inner.clone();
         let health = self.health.clone();
         Box::pin(async move {
-            if let BackendHealth::Unavailable(reason) = health {
-                return Err(BackendError::Unavailable(reason));
+            if let Some(reason) = health.reason() {
+                return Err(BackendError::Unavailable(reason.to_string()));
             }
             if spec.runtime == Runtime::Oci {
                 if inner.images.is_none() {

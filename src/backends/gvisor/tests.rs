@@ -34,14 +34,14 @@ impl Harness {
         let cfg = GvisorConfig {
             state_dir: state.path().to_path_buf(),
             cgroup_parent: format!("vulcan-test-{name}-{}", std::process::id()),
-            ..GvisorConfig::default()
+            ..default_config()
         };
         Self::with_config(cfg, state)
     }
 
     fn with_config(cfg: GvisorConfig, state: tempfile::TempDir) -> Option<Self> {
         let backend = GvisorBackend::new(&cfg).unwrap();
-        if let BackendHealth::Unavailable(reason) = backend.health() {
+        if let BackendHealth::Unavailable { detail: reason, .. } = backend.health() {
             eprintln!("SKIPPED: gvisor backend unavailable: {reason}");
             return None;
         }
@@ -452,7 +452,7 @@ async fn many_threads_hit_the_process_limit() {
         state_dir: state.path().to_path_buf(),
         cgroup_parent: format!("vulcan-test-nproc-{}", std::process::id()),
         max_processes: 32,
-        ..GvisorConfig::default()
+        ..default_config()
     };
     let Some(h) = Harness::with_config(cfg, state) else {
         return;
@@ -525,7 +525,7 @@ async fn files_beyond_the_size_limit_cannot_be_written() {
         state_dir: state.path().to_path_buf(),
         cgroup_parent: format!("vulcan-test-fsize-{}", std::process::id()),
         max_file_mb: 1,
-        ..GvisorConfig::default()
+        ..default_config()
     };
     let Some(h) = Harness::with_config(cfg, state) else {
         return;
@@ -584,7 +584,7 @@ async fn oci_needs_an_image_store() {
     let cfg = GvisorConfig {
         state_dir: state.path().to_path_buf(),
         cgroup_parent: format!("vulcan-test-oci-{}", std::process::id()),
-        ..GvisorConfig::default()
+        ..default_config()
     };
     let backend = GvisorBackend::new(&cfg).unwrap();
     assert!(!backend
@@ -618,11 +618,14 @@ async fn a_missing_runsc_makes_the_backend_unavailable() {
     let cfg = GvisorConfig {
         state_dir: state.path().to_path_buf(),
         runsc_path: "/nonexistent/runsc".into(),
-        ..GvisorConfig::default()
+        ..default_config()
     };
     let backend = GvisorBackend::new(&cfg).unwrap();
+    // The public reason names what is missing, never the host path; the detail has it.
     assert!(
-        matches!(backend.health(), BackendHealth::Unavailable(ref r) if r.contains("runsc")),
+        matches!(backend.health(), BackendHealth::Unavailable { ref reason, ref detail }
+            if reason.contains("runsc") && !reason.contains("/nonexistent")
+                && detail.contains("/nonexistent/runsc")),
         "{:?}",
         backend.health()
     );
@@ -639,10 +642,9 @@ async fn a_missing_runsc_makes_the_backend_unavailable() {
     backend.cleanup(WorkloadId::new()).await;
 }
 
-#[test]
-fn default_config_matches_default_toml() {
-    let cfg = crate::config::Config::load_from(std::collections::HashMap::new()).unwrap();
-    assert_eq!(cfg.backends.gvisor, GvisorConfig::default());
+/// The embedded defaults of `[backends.gvisor]`.
+fn default_config() -> GvisorConfig {
+    crate::config::Config::defaults().unwrap().backends.gvisor
 }
 
 #[tokio::test]

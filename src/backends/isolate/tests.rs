@@ -9,10 +9,14 @@ use super::*;
 use crate::backends::LogSink;
 
 fn backend(max_concurrency: usize) -> IsolateBackend {
+    let defaults = crate::config::Config::defaults()
+        .expect("defaults")
+        .backends
+        .isolate;
     IsolateBackend::new(&IsolateConfig {
-        enabled: true,
         max_concurrency,
         wasm_module_cache: 8,
+        ..defaults
     })
     .expect("backend starts")
 }

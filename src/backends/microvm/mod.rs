@@ -64,6 +64,8 @@ pub struct MicrovmConfig {
     pub enabled: bool,
     /// Concurrent VMs; 0 = one per CPU core.
     pub max_concurrency: usize,
+    /// Workloads waiting for a slot; beyond it submissions to this backend get 429.
+    pub max_queue: usize,
     /// `auto` (KVM if the probe boots), `kvm` or `tcg` (software, slow).
     pub accel: AccelMode,
     /// The QEMU binary: a path, or a name looked up in `PATH`.
@@ -127,7 +129,8 @@ impl Inner {
 /// Why the backend cannot run here, decided at construction or by the probe.
 enum Readiness {
     /// A missing piece (not root, no QEMU, no guest image…): no probe was started.
-    Missing(String),
+    /// Always [`BackendHealth::Unavailable`] (a public reason and the host detail).
+    Missing(BackendHealth),
     /// The probe decides.
     Probe(Arc<ProbeCell>),
 }
@@ -160,7 +163,7 @@ impl MicrovmBackend {
             .collect();
         let mut backend = Self {
             inner: None,
-            readiness: Readiness::Missing(String::new()),
+            readiness: Readiness::Missing(BackendHealth::unavailable("not prepared", "")),
             accel_mode: cfg.accel,
             max_concurrency,
             runtimes,
@@ -171,32 +174,47 @@ impl MicrovmBackend {
                 backend.readiness = Readiness::Probe(probe::shared(&inner, cfg.accel.accel()));
                 backend.inner = Some(inner);
             }
-            Err(reason) => {
-                log::warn!("microvm backend unavailable: {reason}");
-                backend.readiness = Readiness::Missing(reason);
+            Err(health) => {
+                if let BackendHealth::Unavailable { detail, .. } = &health {
+                    log::warn!("microvm backend unavailable: {detail}");
+                }
+                backend.readiness = Readiness::Missing(health);
             }
         }
         Ok(backend)
     }
 
-    fn ready(&self) -> Result<(Arc<Inner>, Accel), String> {
+    /// The VM machinery and accelerator, or why not (an unavailable health: a public
+    /// reason without host paths, and the detail for the log).
+    fn ready(&self) -> Result<(Arc<Inner>, Accel), BackendHealth> {
         match (&self.readiness, &self.inner) {
-            (Readiness::Missing(reason), _) => Err(reason.clone()),
+            (Readiness::Missing(health), _) => Err(health.clone()),
             (Readiness::Probe(cell), Some(inner)) => match cell.state() {
-                ProbeState::Running => Err(format!(
-                    "probing: booting a test micro-VM with {}",
-                    self.accel_mode.accel().as_str()
-                )),
+                ProbeState::Running => {
+                    let probing = format!(
+                        "probing: booting a test micro-VM with {}",
+                        self.accel_mode.accel().as_str()
+                    );
+                    Err(BackendHealth::unavailable(probing.clone(), probing))
+                }
                 ProbeState::Done(Ok(p)) => Ok((inner.clone(), p.accel)),
-                ProbeState::Done(Err(reason)) => Err(match self.accel_mode {
-                    AccelMode::Auto => format!(
-                        "{reason}; accel \"auto\" needs working KVM (set \
-                         backends.microvm.accel = \"tcg\" for slow software emulation)"
-                    ),
-                    _ => reason,
-                }),
+                ProbeState::Done(Err(detail)) => {
+                    let accel = self.accel_mode.accel().as_str();
+                    let reason = match self.accel_mode {
+                        AccelMode::Auto => format!(
+                            "a test micro-VM did not boot with {accel}; accel \"auto\" needs \
+                             working KVM (set backends.microvm.accel = \"tcg\" for slow \
+                             software emulation)"
+                        ),
+                        _ => format!("a test micro-VM did not boot with {accel}"),
+                    };
+                    Err(BackendHealth::unavailable(reason, detail))
+                }
             },
-            (Readiness::Probe(_), None) => Err("micro-VMs are not prepared".into()),
+            (Readiness::Probe(_), None) => Err(BackendHealth::unavailable(
+                "micro-VMs are not prepared",
+                "micro-VMs are not prepared",
+            )),
         }
     }
 }
@@ -235,17 +253,21 @@ fn validate(cfg: &MicrovmConfig) -> Result<(), BackendError> {
 }
 
 /// Everything short of booting: privileges, binaries, state dirs, the guest image.
-fn prepare(cfg: &MicrovmConfig, toolchains: Toolchains) -> Result<Inner, String> {
+/// Fails with an unavailable health: a public reason, and the host detail for the log.
+fn prepare(cfg: &MicrovmConfig, toolchains: Toolchains) -> Result<Inner, BackendHealth> {
     if !nix::unistd::geteuid().is_root() {
-        return Err(format!(
-            "the server runs as uid {}, not root: each VM needs a cgroup of its own",
-            nix::unistd::geteuid()
+        return Err(BackendHealth::unavailable(
+            "the server is not root: each VM needs a cgroup of its own",
+            format!(
+                "the server runs as uid {}, not root",
+                nix::unistd::geteuid()
+            ),
         ));
     }
     let qemu = resolve_binary(&cfg.qemu_path).ok_or_else(|| {
-        format!(
-            "{} not found; install the Debian package qemu-system-x86 (.ci/install-microvm.sh)",
-            cfg.qemu_path
+        BackendHealth::unavailable(
+            "QEMU is not installed (Debian package qemu-system-x86; .ci/install-microvm.sh)",
+            format!("{} not found", cfg.qemu_path),
         )
     })?;
     if cfg.accel.accel() == Accel::Kvm {
@@ -253,16 +275,29 @@ fn prepare(cfg: &MicrovmConfig, toolchains: Toolchains) -> Result<Inner, String>
             .read(true)
             .write(true)
             .open("/dev/kvm")
-            .map_err(|e| format!("/dev/kvm is not usable ({e}): no hardware virtualisation"))?;
+            .map_err(|e| {
+                BackendHealth::unavailable(
+                    "KVM is not usable here: no hardware virtualisation",
+                    format!("/dev/kvm is not usable ({e})"),
+                )
+            })?;
     }
     if toolchains.get(Runtime::Python).is_none() && toolchains.get(Runtime::Go).is_none() {
-        return Err("no python3 or go found under /usr".into());
+        return Err(BackendHealth::unavailable(
+            "no python3 or go toolchain is installed",
+            "no python3 or go found under /usr",
+        ));
     }
     let runs_dir = cfg.state_dir.join("runs");
     for dir in [&cfg.state_dir, &runs_dir] {
         fs::create_dir_all(dir)
             .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(0o700)))
-            .map_err(|e| format!("cannot prepare state dir {}: {e}", dir.display()))?;
+            .map_err(|e| {
+                BackendHealth::unavailable(
+                    "its state directory cannot be prepared",
+                    format!("cannot prepare state dir {}: {e}", dir.display()),
+                )
+            })?;
     }
     if first_start_in_process(&cfg.state_dir) {
         sweep(cfg, &runs_dir);
@@ -271,7 +306,14 @@ fn prepare(cfg: &MicrovmConfig, toolchains: Toolchains) -> Result<Inner, String>
         &cfg.guest_dir,
         &cfg.guest_modules,
         &cfg.state_dir.join("initramfs.cpio"),
-    )?;
+    )
+    .map_err(|e| {
+        BackendHealth::unavailable(
+            "the micro-VM guest is not installed or not usable (.ci/install-microvm.sh \
+             installs it)",
+            e,
+        )
+    })?;
     Ok(Inner {
         cfg: cfg.clone(),
         qemu,
@@ -355,7 +397,7 @@ impl Inner {
         };
         let code = dir.join("code");
         fs::create_dir_all(&code).map_err(|e| internal("cannot create the scratch dir", e))?;
-        let entry = entry_file(spec.runtime);
+        let entry = entry_file(spec.runtime, &spec.payload);
         match &spec.payload {
             Payload::Code(text) => {
                 fs::write(code.join(entry), text).map_err(|e| internal("cannot write code", e))?
@@ -393,7 +435,7 @@ impl Inner {
             .sum();
         let code_mb = code_bytes.div_ceil(1 << 20);
         let request = RunRequest {
-            argv: command_line(spec.runtime, interpreter, &code),
+            argv: command_line(spec.runtime, interpreter, &code, entry),
             env: environment(spec.runtime, &spec.input),
             entries,
             stdin: spec.input.clone(),
@@ -677,7 +719,7 @@ impl Backend for MicrovmBackend {
     fn health(&self) -> BackendHealth {
         match self.ready() {
             Ok(_) => BackendHealth::Healthy,
-            Err(reason) => BackendHealth::Unavailable(reason),
+            Err(unavailable) => unavailable,
         }
     }
 
@@ -703,7 +745,9 @@ impl Backend for MicrovmBackend {
         let ready = self.ready();
         let runtimes = self.runtimes.clone();
         Box::pin(async move {
-            let (inner, accel) = ready.map_err(BackendError::Unavailable)?;
+            let (inner, accel) = ready.map_err(|h| {
+                BackendError::Unavailable(h.reason().unwrap_or_default().to_string())
+            })?;
             if !runtimes.contains(&spec.runtime) {
                 return Err(BackendError::Unsupported(format!(
                     "runtime {} is not available on this host's microvm backend",

@@ -79,7 +79,7 @@ fn without_a_guest_image_the_backend_is_unavailable_and_says_how_to_install_it()
     cfg.accel = AccelMode::Tcg;
     let b = MicrovmBackend::new(&cfg).unwrap();
     match b.health() {
-        BackendHealth::Unavailable(reason) => assert!(
+        BackendHealth::Unavailable { reason, .. } => assert!(
             reason.contains("install-microvm.sh")
                 || reason.contains("not root")
                 || reason.contains("qemu")
