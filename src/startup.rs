@@ -11,8 +11,9 @@ use actix_web::middleware::{from_fn, Logger};
 use actix_web::{web, App, HttpServer};
 
 use crate::actors::log_broker::LogBroker;
-use crate::actors::store::{Flush, Recover, StoreActor};
+use crate::actors::store::{Flush, Recover, StoreActor, WatchDeliveries};
 use crate::actors::supervisor::{InterruptAll, ListBackends, Readmit, Supervisor};
+use crate::actors::webhooks::{Deliverer, DeliveriesEnqueued};
 use crate::api::{self, AppState};
 use crate::backends::gvisor::GvisorBackend;
 use crate::backends::isolate::IsolateBackend;
@@ -21,6 +22,7 @@ use crate::backends::{Backend, BackendCapabilities, BackendFactory, UnavailableB
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::model::{Isolation, Runtime};
+use crate::webhooks::policy::CallbackPolicy;
 
 /// Start-up failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +39,9 @@ pub enum StartupError {
     /// An actor did not answer during start-up.
     #[error("actor unavailable during start-up: {0}")]
     Actor(#[from] actix::MailboxError),
+    /// The webhook policy or HTTP client could not be set up.
+    #[error("webhooks: {0}")]
+    Webhooks(String),
 }
 
 /// A built, bound, not yet awaited server.
@@ -119,6 +124,12 @@ impl Application {
             metrics.clone(),
         )?
         .start();
+        // Watching before any status can change, so no enqueued delivery goes unnoticed.
+        let callbacks = CallbackPolicy::new(&config.webhooks).map_err(StartupError::Webhooks)?;
+        let deliverer = Deliverer::new(store.clone(), metrics.clone(), &config.webhooks)
+            .map_err(StartupError::Webhooks)?
+            .start();
+        store.do_send(WatchDeliveries(deliverer.clone().recipient()));
         let broker = LogBroker::new(store.clone(), config.logs.clone(), metrics.clone()).start();
         let supervisor = Supervisor::new(
             store.clone(),
@@ -137,6 +148,8 @@ impl Application {
                 w.id
             );
         }
+        // Recovery may have finished workloads with a callback_url.
+        deliverer.do_send(DeliveriesEnqueued);
         let readmitted = recovered.pending.len();
         for (workload, payload, input) in recovered.pending {
             supervisor.do_send(Readmit {
@@ -158,12 +171,19 @@ impl Application {
             broker,
             metrics,
             limits: config.limits(),
+            callbacks,
             token: config.api_token().cloned(),
             keepalive: Duration::from_secs(config.logs.keepalive_s.max(1)),
             max_body_bytes: config.max_body_bytes,
         });
         if state.token.is_some() {
             log::info!("auth: bearer token required on /v1/*");
+        }
+        if state.callbacks.enabled() {
+            log::info!(
+                "webhooks: on for {} host pattern(s)",
+                config.webhooks.allowed_hosts.len()
+            );
         }
         let listener = TcpListener::bind(&config.listen_addr)
             .map_err(|e| StartupError::Bind(config.listen_addr.clone(), e))?;

@@ -28,6 +28,7 @@ fn record() -> Workload {
         created_at: Utc::now(),
         started_at: None,
         finished_at: None,
+        callback_url: None,
     }
 }
 

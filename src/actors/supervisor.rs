@@ -443,6 +443,7 @@ impl Handler<Submit> for Supervisor {
             created_at: id.created_at(),
             started_at: None,
             finished_at: None,
+            callback_url: req.callback_url.clone(),
         };
         let insert = InsertWorkload {
             workload: record.clone(),

@@ -2,6 +2,7 @@
 //! actors; they never touch the database or a backend themselves.
 
 mod backends;
+mod deliveries;
 pub mod error;
 mod logs;
 mod system;
@@ -26,6 +27,7 @@ use crate::actors::supervisor::Supervisor;
 use crate::config::Secret;
 use crate::metrics::Metrics;
 use crate::model::{Limits, WorkloadId};
+use crate::webhooks::policy::CallbackPolicy;
 
 /// What handlers share: actor addresses and settings. Read-only.
 pub struct AppState {
@@ -39,6 +41,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Request limits.
     pub limits: Limits,
+    /// Which `callback_url`s submissions may carry.
+    pub callbacks: CallbackPolicy,
     /// Bearer token for `/v1/*` when auth is on.
     pub token: Option<Secret>,
     /// Idle SSE keep-alive period.
@@ -78,6 +82,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
             web::scope("/v1")
                 .wrap(from_fn(require_token))
                 .configure(workloads::routes)
+                .configure(deliveries::routes)
                 .configure(logs::routes)
                 .configure(backends::routes)
                 .configure(system::routes),

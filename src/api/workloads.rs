@@ -36,8 +36,8 @@ async fn submit(
     body: WorkloadRequestDto,
     wait: bool,
 ) -> Result<Submitted, ApiError> {
-    let request =
-        WorkloadRequest::try_from((body, &state.limits)).map_err(|e| ApiError::BadRequest(e.0))?;
+    let request = WorkloadRequest::try_from((body, &state.limits, &state.callbacks))
+        .map_err(|e| ApiError::BadRequest(e.0))?;
     Ok(state.supervisor.send(Submit { request, wait }).await??)
 }
 

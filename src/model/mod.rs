@@ -2,12 +2,14 @@
 //! validated submission request. Everything that crosses the HTTP boundary is turned
 //! into these types first, so invalid input cannot reach an actor.
 
+mod delivery;
 mod id;
 mod kinds;
 mod request;
 mod status;
 mod workload;
 
+pub use delivery::{Deliveries, DeliveryAttempt, DeliveryState};
 pub use id::WorkloadId;
 pub use kinds::{Isolation, IsolationRequest, Runtime};
 pub use request::{

@@ -30,6 +30,7 @@ pub struct WorkloadRow {
     pub created_at: String,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
+    pub callback_url: Option<String>,
 }
 
 /// A new workload with its payload.
@@ -53,6 +54,7 @@ pub struct NewWorkloadRow {
     pub input: Vec<u8>,
     pub image: Option<String>,
     pub command: Option<String>,
+    pub callback_url: Option<String>,
 }
 
 /// The stored payload of a workload (for re-admission after a restart).
@@ -78,7 +80,7 @@ pub struct LogLineRow {
     pub created_at: String,
 }
 
-fn parse<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, StoreError> {
+pub(super) fn parse<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, StoreError> {
     s.parse()
         .map_err(|_| StoreError::Corrupt(format!("{what} {s:?}")))
 }
@@ -121,6 +123,7 @@ impl TryFrom<WorkloadRow> for Workload {
             created_at: parse_time(&r.created_at)?,
             started_at: r.started_at.as_deref().map(parse_time).transpose()?,
             finished_at: r.finished_at.as_deref().map(parse_time).transpose()?,
+            callback_url: r.callback_url,
         })
     }
 }
@@ -156,6 +159,7 @@ impl NewWorkloadRow {
             input: input.to_vec(),
             image,
             command,
+            callback_url: w.callback_url.clone(),
         }
     }
 }

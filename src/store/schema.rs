@@ -10,6 +10,29 @@ diesel::table! {
 }
 
 diesel::table! {
+    webhook_attempts (workload_id, attempt) {
+        workload_id -> Text,
+        attempt -> Integer,
+        started_at -> Text,
+        finished_at -> Text,
+        status_code -> Nullable<Integer>,
+        error -> Nullable<Text>,
+        next_attempt_at -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    webhook_deliveries (workload_id) {
+        workload_id -> Text,
+        delivery_id -> Text,
+        state -> Text,
+        attempts -> Integer,
+        next_attempt_at -> Nullable<Text>,
+        created_at -> Text,
+    }
+}
+
+diesel::table! {
     workloads (id) {
         id -> Text,
         status -> Text,
@@ -34,9 +57,17 @@ diesel::table! {
         input -> Binary,
         image -> Nullable<Text>,
         command -> Nullable<Text>,
+        callback_url -> Nullable<Text>,
     }
 }
 
 diesel::joinable!(log_lines -> workloads (workload_id));
+diesel::joinable!(webhook_attempts -> webhook_deliveries (workload_id));
+diesel::joinable!(webhook_deliveries -> workloads (workload_id));
 
-diesel::allow_tables_to_appear_in_same_query!(log_lines, workloads,);
+diesel::allow_tables_to_appear_in_same_query!(
+    log_lines,
+    webhook_attempts,
+    webhook_deliveries,
+    workloads,
+);
