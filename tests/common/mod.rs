@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod gvisor;
+pub mod receiver;
 pub mod scripted;
 pub mod sse;
 
