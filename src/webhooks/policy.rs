@@ -40,7 +40,7 @@ impl Pattern {
 
 /// The accepted callback URLs and reachable addresses, built from `[webhooks]`.
 ///
-/// Invariant: every pattern and private host is normalised the way [`host_of`]
+/// Invariant: every pattern and private host is normalised the way `host_of`
 /// normalises a URL's host, so comparisons are plain string equality.
 #[derive(Debug, Clone)]
 pub struct CallbackPolicy {
