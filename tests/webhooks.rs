@@ -21,7 +21,12 @@ const SECRET: &str = "whsec_test_0123456789";
 
 /// An app with the scripted backend and webhooks on for the loopback receiver.
 fn hooks_app() -> TestAppBuilder {
-    let (f, _) = scripted::factory(Options::default());
+    hooks_app_with(Options::default())
+}
+
+/// [`hooks_app`] with these scripted backend options.
+fn hooks_app_with(options: Options) -> TestAppBuilder {
+    let (f, _) = scripted::factory(options);
     common::app()
         .backend(f)
         .env("VULCAN_WEBHOOKS__ALLOWED_HOSTS", "127.0.0.1")
@@ -935,6 +940,55 @@ async fn hundred_workloads_with_callbacks_are_all_delivered() {
         100.0
     );
     assert_eq!(metric(&metrics, "vulcan_webhook_queue_depth"), 0.0);
+    app.stop().await;
+    receiver.stop().await;
+}
+
+#[tokio::test]
+async fn callbacks_survive_a_crash_with_pending_and_interrupted_workloads() {
+    let receiver = Receiver::start().await;
+    let one_slot = || {
+        hooks_app_with(Options {
+            max_concurrency: 1,
+            ..Options::default()
+        })
+    };
+    let app = one_slot().spawn().await;
+    let mut running = job("node", json!({"delay_ms": 60000}));
+    running["callback_url"] = json!(receiver.url("/interrupted"));
+    let running = id_of(&app.submit_async(&running).await);
+    app.wait_status(&running, "running", Duration::from_secs(10))
+        .await;
+    let queued = id_of(
+        &app.submit_async(&job_with_callback(json!("later"), &receiver.url("/queued")))
+            .await,
+    );
+    assert_eq!(
+        app.get_json(&format!("/v1/workloads/{queued}"), 200).await["status"],
+        "pending"
+    );
+    let db = app.db_path.clone();
+    let _dir = app.crash().await;
+    assert!(receiver.all().is_empty());
+
+    // Restart: the running one is recorded as interrupted and its webhook goes out; the
+    // pending one kept its callback_url, runs, and is delivered.
+    let app = one_slot().db(db).spawn().await;
+    let got = receiver
+        .wait_for("/interrupted", 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(got[0].json()["id"], running.as_str());
+    assert_eq!(got[0].json()["status"], "failed");
+    assert_eq!(got[0].json()["error"], "interrupted by server restart");
+    let got = receiver
+        .wait_for("/queued", 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(got[0].json()["id"], queued.as_str());
+    assert_eq!(got[0].json()["status"], "completed");
+    assert_eq!(got[0].json()["callback_url"], receiver.url("/queued"));
+    for id in [&running, &queued] {
+        wait_delivery(&app, id, "delivered", Duration::from_secs(10)).await;
+    }
     app.stop().await;
     receiver.stop().await;
 }

@@ -20,9 +20,9 @@ CREATE TABLE webhook_deliveries (
     CHECK ((state = 'pending') = (next_attempt_at IS NOT NULL))
 );
 
--- The deliverer looks for due pending deliveries, oldest due first.
-CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at)
-    WHERE state = 'pending';
+-- The deliverer looks for due pending deliveries, oldest due first, and counts the
+-- pending ones (not a partial index: the state is a bound parameter in those queries).
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (state, next_attempt_at);
 
 -- Every attempt, as recorded when it ended: an HTTP status, or an error (timeout,
 -- connection error, address refused), and when the next attempt is due (NULL when
