@@ -162,11 +162,8 @@ fn a_terminal_status_with_a_callback_enqueues_exactly_one_delivery_in_the_same_w
     for w in [&plain, &hooked] {
         queries::apply_change(&mut conn, w.id, &StatusChange::to(Status::Running)).expect("run");
     }
-    assert_eq!(
-        count(&mut conn, "SELECT COUNT(*) AS n FROM webhook_deliveries"),
-        0,
-        "running is not terminal"
-    );
+    let queued = "SELECT COUNT(*) AS n FROM workloads WHERE delivery_due_at IS NOT NULL";
+    assert_eq!(count(&mut conn, queued), 0, "running is not terminal");
     for w in [&plain, &hooked] {
         let done = queries::apply_change(&mut conn, w.id, &StatusChange::to(Status::Completed))
             .expect("complete");
@@ -189,11 +186,29 @@ fn a_terminal_status_with_a_callback_enqueues_exactly_one_delivery_in_the_same_w
         "one delivery per terminal workload with a callback_url"
     );
     assert_eq!(queue.pending, 2);
+    assert_eq!(count(&mut conn, queued), 2);
     assert!(queue
         .due
         .iter()
-        .all(|d| d.attempts == 0 && d.delivery_id.len() == 32));
+        .all(|d| d.attempts == 0 && d.delivery_id.len() == 26));
     assert_ne!(queue.due[0].delivery_id, queue.due[1].delivery_id);
+    // Due from the moment the status was recorded, under the id chosen at submission.
+    let report = vulcan::store::deliveries::deliveries(&mut conn, hooked.id).expect("report");
+    let finished = queries::get_workload(&mut conn, hooked.id)
+        .expect("get")
+        .finished_at;
+    assert_eq!(report.next_attempt_at, finished);
+    let due_id = queue
+        .due
+        .iter()
+        .find(|d| d.workload_id == hooked.id)
+        .map(|d| d.delivery_id.clone());
+    assert_eq!(report.delivery_id, due_id);
+    let none = vulcan::store::deliveries::deliveries(&mut conn, plain.id).expect("report");
+    assert_eq!(
+        (none.delivery_id, none.state, none.next_attempt_at),
+        (None, None, None)
+    );
 }
 
 #[test]
@@ -218,20 +233,22 @@ fn attempts_are_recorded_once_in_order_and_deleted_with_their_workload() {
             error: (code != Some(200)).then(|| "receiver answered 500".to_string()),
             next_attempt_at: next,
         };
-    let rec = |a: DeliveryAttempt, state| AttemptRecord {
+    let rec = |a: DeliveryAttempt| AttemptRecord {
         workload_id: w.id,
         attempt: a,
-        state,
     };
-    let first = rec(attempt(1, Some(500), Some(later)), DeliveryState::Pending);
+    let first = rec(attempt(1, Some(500), Some(later)));
     assert!(deliveries::record_attempt(&mut conn, &first).expect("record"));
     assert!(
         !deliveries::record_attempt(&mut conn, &first).expect("again"),
         "the same attempt is recorded once"
     );
-    let skipped = rec(attempt(3, Some(200), None), DeliveryState::Delivered);
+    let skipped = rec(attempt(3, Some(200), None));
     assert!(!deliveries::record_attempt(&mut conn, &skipped).expect("gap"));
 
+    let report = deliveries::deliveries(&mut conn, w.id).expect("report");
+    assert_eq!(report.state, Some(DeliveryState::Pending));
+    assert_eq!(report.attempts.len(), 1);
     // Not due before its time; due after it.
     let q = deliveries::due_deliveries(&mut conn, now, 10, &[]).expect("queue");
     assert!(q.due.is_empty());
@@ -246,9 +263,9 @@ fn attempts_are_recorded_once_in_order_and_deleted_with_their_workload() {
     let q = deliveries::due_deliveries(&mut conn, later, 10, &[w.id]).expect("queue");
     assert!(q.due.is_empty(), "deliveries in flight are left out");
 
-    let second = rec(attempt(2, Some(200), None), DeliveryState::Delivered);
+    let second = rec(attempt(2, Some(200), None));
     assert!(deliveries::record_attempt(&mut conn, &second).expect("record"));
-    let third = rec(attempt(3, Some(200), None), DeliveryState::Delivered);
+    let third = rec(attempt(3, Some(200), None));
     assert!(
         !deliveries::record_attempt(&mut conn, &third).expect("settled"),
         "nothing is recorded after delivery"
@@ -274,10 +291,6 @@ fn attempts_are_recorded_once_in_order_and_deleted_with_their_workload() {
             .execute(&mut conn)
             .expect("delete");
     }
-    assert_eq!(
-        count(&mut conn, "SELECT COUNT(*) AS n FROM webhook_deliveries"),
-        0
-    );
     assert_eq!(
         count(&mut conn, "SELECT COUNT(*) AS n FROM webhook_attempts"),
         0
@@ -345,7 +358,10 @@ fn a_database_of_the_previous_version_opens_with_its_data_and_recovers() {
     assert_eq!(rec.pending.len(), 1);
     assert_eq!(rec.pending[0].1, Payload::Code("42".into()));
     assert_eq!(
-        count(&mut conn, "SELECT COUNT(*) AS n FROM webhook_deliveries"),
+        count(
+            &mut conn,
+            "SELECT COUNT(*) AS n FROM workloads WHERE delivery_due_at IS NOT NULL"
+        ),
         0,
         "old workloads have no callback_url, so no delivery"
     );

@@ -163,8 +163,9 @@ async fn completion_is_posted_signed_and_verifiable_with_the_documented_method()
     assert_eq!(hit.header("content-type"), "application/json");
     assert_eq!(hit.header("vulcan-event"), "workload.finished");
     let delivery_id = hit.header("vulcan-delivery").to_string();
-    assert_eq!(delivery_id.len(), 32, "{delivery_id}");
-    assert!(delivery_id.chars().all(|c| c.is_ascii_hexdigit()));
+    assert_eq!(delivery_id.len(), 26, "a ULID: {delivery_id}");
+    assert!(delivery_id.chars().all(|c| c.is_ascii_alphanumeric()));
+    assert_ne!(delivery_id, id, "the delivery has its own id");
 
     // The body is the workload object, byte for byte the JSON of GET.
     let stored = app.get(&format!("/v1/workloads/{id}")).await;
@@ -241,6 +242,15 @@ async fn failed_and_killed_workloads_and_sync_submissions_are_delivered_too() {
     let w = app.submit_async(&long).await;
     app.wait_status(&id_of(&w), "running", Duration::from_secs(10))
         .await;
+    // Not terminal yet: the delivery has its id, nothing else.
+    let d = deliveries(&app, &id_of(&w)).await;
+    assert_eq!(d["callback_url"], receiver.url("/killed"));
+    assert!(d["delivery_id"].is_string(), "{d}");
+    assert_eq!(
+        (&d["state"], &d["next_attempt_at"]),
+        (&Value::Null, &Value::Null)
+    );
+    assert_eq!(d["attempts"], json!([]));
     assert_eq!(
         app.delete(&format!("/v1/workloads/{}", id_of(&w)))
             .await

@@ -1,4 +1,5 @@
-DROP TRIGGER workloads_enqueue_webhook;
 DROP TABLE webhook_attempts;
-DROP TABLE webhook_deliveries;
+DROP INDEX workloads_delivery_due;
+ALTER TABLE workloads DROP COLUMN delivery_due_at;
+ALTER TABLE workloads DROP COLUMN delivery_id;
 ALTER TABLE workloads DROP COLUMN callback_url;

@@ -252,8 +252,8 @@ impl Handler<ChangeStatus> for StoreActor {
         Box::pin(async move {
             let res = answer(rx).await;
             if let (Ok(w), Some(watcher)) = (&res, watcher) {
-                // The same rule as the enqueueing trigger; told after the commit, so
-                // the deliverer's read sees the row.
+                // The rule apply_change enqueues by; told after the commit, so the
+                // deliverer's read sees the delivery.
                 if w.status.is_terminal() && w.callback_url.is_some() {
                     watcher.do_send(DeliveriesEnqueued);
                 }

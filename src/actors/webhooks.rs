@@ -1,7 +1,7 @@
 //! The Deliverer: sends completion webhooks.
 //!
 //! The store enqueues a delivery in the same statement that records a terminal status
-//! and tells this actor ([`DeliveriesEnqueued`]). The deliverer looks at the queue (a
+//! (see [`crate::store::deliveries`]) and tells this actor ([`DeliveriesEnqueued`]). The deliverer looks at the queue (a
 //! read), starts an attempt for each due delivery while fewer than
 //! `webhooks.max_concurrency` are in flight, and records every attempt before the
 //! delivery may be picked again. Attempts run as futures of this actor, so a slow
@@ -197,10 +197,9 @@ impl Deliverer {
                     error: outcome.error.clone(),
                     next_attempt_at,
                 },
-                state,
             };
             let recorded = store.send(RecordAttempt(record.clone())).await;
-            Some((record, outcome.kind, recorded))
+            Some((record, state, outcome.kind, recorded))
         }
         .into_actor(self)
         .map(move |res, act, ctx| {
@@ -208,8 +207,8 @@ impl Deliverer {
             act.metrics
                 .webhook_in_flight
                 .set(act.in_flight.len() as i64);
-            if let Some((record, kind, recorded)) = res {
-                act.attempt_ended(&record, kind, recorded);
+            if let Some((record, state, kind, recorded)) = res {
+                act.attempt_ended(&record, state, kind, recorded);
             }
             act.look(ctx);
         })
@@ -219,6 +218,7 @@ impl Deliverer {
     fn attempt_ended(
         &self,
         record: &AttemptRecord,
+        state: DeliveryState,
         kind: AttemptKind,
         recorded: Result<Result<bool, StoreError>, MailboxError>,
     ) {
@@ -246,7 +246,7 @@ impl Deliverer {
             .with_label_values(&[kind.as_str()])
             .inc();
         let error = record.attempt.error.as_deref().unwrap_or("");
-        match record.state {
+        match state {
             DeliveryState::Delivered => {
                 log::info!("webhooks: workload {id}: delivered on attempt {n}");
                 self.metrics

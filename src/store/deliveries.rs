@@ -1,32 +1,23 @@
-//! Webhook deliveries: rows and queries.
+//! Webhook deliveries: the queue and the attempts.
 //!
-//! A delivery row is never inserted from Rust: the `workloads_enqueue_webhook` trigger
-//! (migration `2026-11-30-000016_webhooks`) creates it inside the statement that records
-//! a terminal status of a workload with a `callback_url`, so the two commit (or fail)
-//! together. These functions read the queue, record attempts and list them.
+//! The queue is the `workloads.delivery_due_at` column and its partial index (migration
+//! `2026-11-30-000016_webhooks`): [`super::queries::apply_change`] sets it in the very
+//! statement that records a terminal status of a workload with a `callback_url`, so the
+//! status and its delivery commit (or fail) together, and workloads without one pay
+//! nothing. These functions read the due deliveries, record attempts (moving the due
+//! time, or clearing it once the delivery is settled) and list them.
+
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use diesel::dsl::min;
+use diesel::dsl::{count_star, min};
 use diesel::prelude::*;
 use diesel::sqlite::SqliteConnection;
 
 use super::models::{parse, parse_time};
-use super::schema::{webhook_attempts, webhook_deliveries, workloads};
+use super::schema::{webhook_attempts, workloads};
 use super::StoreError;
 use crate::model::{format_time, Deliveries, DeliveryAttempt, DeliveryState, WorkloadId};
-
-/// A delivery as stored.
-#[derive(Debug, Queryable, Selectable)]
-#[diesel(table_name = webhook_deliveries)]
-#[diesel(check_for_backend(diesel::sqlite::Sqlite))]
-pub struct DeliveryRow {
-    pub workload_id: String,
-    pub delivery_id: String,
-    pub state: String,
-    pub attempts: i32,
-    pub next_attempt_at: Option<String>,
-    pub created_at: String,
-}
 
 /// One attempt as stored.
 #[derive(Debug, Queryable, Selectable, Insertable)]
@@ -45,7 +36,7 @@ pub struct AttemptRow {
 /// A pending delivery whose next attempt is due.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DueDelivery {
-    /// The workload (and delivery key).
+    /// The workload.
     pub workload_id: WorkloadId,
     /// The `Vulcan-Delivery` id.
     pub delivery_id: String,
@@ -64,18 +55,14 @@ pub struct DeliveryQueue {
     pub pending: u64,
 }
 
-/// An attempt that ended, and the state it leaves the delivery in.
-///
-/// Invariant (the caller's): `state` is `Pending` exactly when
-/// `attempt.next_attempt_at` is set.
+/// An attempt that ended. Invariant (the caller's): `next_attempt_at` is set exactly
+/// when another attempt is to follow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttemptRecord {
-    /// Which delivery.
+    /// Which workload's delivery.
     pub workload_id: WorkloadId,
     /// The attempt as it ended.
     pub attempt: DeliveryAttempt,
-    /// The delivery's state after it.
-    pub state: DeliveryState,
 }
 
 impl TryFrom<AttemptRow> for DeliveryAttempt {
@@ -97,8 +84,8 @@ impl TryFrom<AttemptRow> for DeliveryAttempt {
     }
 }
 
-/// Up to `limit` due pending deliveries (not in `exclude`: those in flight), the next
-/// due time after `now`, and the number pending.
+/// Up to `limit` due deliveries (not in `exclude`: those in flight), the next due time
+/// after `now`, and the number pending.
 pub fn due_deliveries(
     conn: &mut SqliteConnection,
     now: DateTime<Utc>,
@@ -106,37 +93,44 @@ pub fn due_deliveries(
     exclude: &[WorkloadId],
 ) -> Result<DeliveryQueue, StoreError> {
     let now = format_time(&now);
-    let pending = || webhook_deliveries::table.filter(webhook_deliveries::state.eq("pending"));
+    let pending = || workloads::table.filter(workloads::delivery_due_at.is_not_null());
     let exclude: Vec<String> = exclude.iter().map(WorkloadId::to_string).collect();
-    let rows: Vec<(String, String, i32)> = if limit == 0 {
+    let rows: Vec<(String, Option<String>)> = if limit == 0 {
         Vec::new()
     } else {
         pending()
-            .filter(webhook_deliveries::next_attempt_at.le(&now))
-            .filter(webhook_deliveries::workload_id.ne_all(&exclude))
-            .order(webhook_deliveries::next_attempt_at.asc())
+            .filter(workloads::delivery_due_at.le(&now))
+            .filter(workloads::id.ne_all(&exclude))
+            .order(workloads::delivery_due_at.asc())
             .limit(i64::try_from(limit).unwrap_or(i64::MAX))
-            .select((
-                webhook_deliveries::workload_id,
-                webhook_deliveries::delivery_id,
-                webhook_deliveries::attempts,
-            ))
+            .select((workloads::id, workloads::delivery_id))
             .load(conn)?
     };
-    let due = rows
+    let ids: Vec<&String> = rows.iter().map(|(id, _)| id).collect();
+    let counts: HashMap<String, i64> = webhook_attempts::table
+        .filter(webhook_attempts::workload_id.eq_any(&ids))
+        .group_by(webhook_attempts::workload_id)
+        .select((webhook_attempts::workload_id, count_star()))
+        .load::<(String, i64)>(conn)?
         .into_iter()
-        .map(|(id, delivery_id, attempts)| {
+        .collect();
+    let due = rows
+        .iter()
+        .map(|(id, delivery_id)| {
+            let attempts = counts.get(id).copied().unwrap_or(0);
             Ok(DueDelivery {
-                workload_id: parse("id", &id)?,
-                delivery_id,
+                workload_id: parse("id", id)?,
+                // Always set with a callback_url; the workload id is unique too, should
+                // an edited database lack it.
+                delivery_id: delivery_id.clone().unwrap_or_else(|| id.clone()),
                 attempts: u32::try_from(attempts)
                     .map_err(|_| StoreError::Corrupt(format!("attempts {attempts}")))?,
             })
         })
         .collect::<Result<_, StoreError>>()?;
     let next_due: Option<String> = pending()
-        .filter(webhook_deliveries::next_attempt_at.gt(&now))
-        .select(min(webhook_deliveries::next_attempt_at))
+        .filter(workloads::delivery_due_at.gt(&now))
+        .select(min(workloads::delivery_due_at))
         .first(conn)?;
     let count: i64 = pending().count().get_result(conn)?;
     Ok(DeliveryQueue {
@@ -146,10 +140,10 @@ pub fn due_deliveries(
     })
 }
 
-/// Record an attempt and move the delivery on, in one savepoint. Only the attempt the
-/// delivery is waiting for is recorded (`attempts + 1` of a pending delivery); anything
-/// else (already recorded, settled, or the workload deleted) writes nothing and answers
-/// `false`.
+/// Record an attempt and move the delivery on (the next due time, or none once it is
+/// settled), in one savepoint. Only the attempt the delivery is waiting for is recorded
+/// (number `recorded + 1` of a pending delivery); anything else (already recorded,
+/// settled, or the workload deleted) writes nothing and answers `false`.
 pub fn record_attempt(
     conn: &mut SqliteConnection,
     rec: &AttemptRecord,
@@ -160,17 +154,19 @@ pub fn record_attempt(
         .map_err(|_| StoreError::Corrupt(format!("attempt {}", a.attempt)))?;
     let next = a.next_attempt_at.as_ref().map(format_time);
     conn.transaction(|c| {
+        let recorded: i64 = webhook_attempts::table
+            .filter(webhook_attempts::workload_id.eq(&id))
+            .count()
+            .get_result(c)?;
+        if recorded != i64::from(number) - 1 {
+            return Ok(false);
+        }
         let moved = diesel::update(
-            webhook_deliveries::table
+            workloads::table
                 .find(&id)
-                .filter(webhook_deliveries::state.eq("pending"))
-                .filter(webhook_deliveries::attempts.eq(number - 1)),
+                .filter(workloads::delivery_due_at.is_not_null()),
         )
-        .set((
-            webhook_deliveries::state.eq(rec.state.as_str()),
-            webhook_deliveries::attempts.eq(number),
-            webhook_deliveries::next_attempt_at.eq(&next),
-        ))
+        .set(workloads::delivery_due_at.eq(&next))
         .execute(c)?;
         if moved == 0 {
             return Ok(false);
@@ -190,21 +186,33 @@ pub fn record_attempt(
     })
 }
 
+/// Where a delivery stands: pending while an attempt is due; otherwise the last attempt
+/// says (no error: delivered; an error and nothing after it: failed); `None` before the
+/// workload is terminal or without a `callback_url`.
+fn state(due: bool, last: Option<&DeliveryAttempt>) -> Option<DeliveryState> {
+    match (due, last) {
+        (true, _) => Some(DeliveryState::Pending),
+        (false, Some(a)) if a.error.is_none() => Some(DeliveryState::Delivered),
+        (false, Some(_)) => Some(DeliveryState::Failed),
+        (false, None) => None,
+    }
+}
+
 /// The webhook picture of a workload (one read snapshot).
 pub fn deliveries(conn: &mut SqliteConnection, id: WorkloadId) -> Result<Deliveries, StoreError> {
     let key = id.to_string();
     conn.transaction(|c| {
-        let callback_url: Option<String> = workloads::table
-            .find(&key)
-            .select(workloads::callback_url)
-            .first(c)
-            .optional()?
-            .ok_or(StoreError::NotFound)?;
-        let delivery: Option<DeliveryRow> = webhook_deliveries::table
-            .find(&key)
-            .select(DeliveryRow::as_select())
-            .first(c)
-            .optional()?;
+        let (callback_url, delivery_id, due): (Option<String>, Option<String>, Option<String>) =
+            workloads::table
+                .find(&key)
+                .select((
+                    workloads::callback_url,
+                    workloads::delivery_id,
+                    workloads::delivery_due_at,
+                ))
+                .first(c)
+                .optional()?
+                .ok_or(StoreError::NotFound)?;
         let attempts = webhook_attempts::table
             .filter(webhook_attempts::workload_id.eq(&key))
             .order(webhook_attempts::attempt.asc())
@@ -213,20 +221,12 @@ pub fn deliveries(conn: &mut SqliteConnection, id: WorkloadId) -> Result<Deliver
             .into_iter()
             .map(DeliveryAttempt::try_from)
             .collect::<Result<Vec<_>, _>>()?;
-        let (delivery_id, state, next_attempt_at) = match delivery {
-            Some(d) => (
-                Some(d.delivery_id),
-                Some(parse::<DeliveryState>("delivery state", &d.state)?),
-                d.next_attempt_at.as_deref().map(parse_time).transpose()?,
-            ),
-            None => (None, None, None),
-        };
         Ok(Deliveries {
             workload_id: id,
+            state: state(due.is_some(), attempts.last()),
+            next_attempt_at: due.as_deref().map(parse_time).transpose()?,
+            delivery_id: callback_url.as_ref().and(delivery_id),
             callback_url,
-            delivery_id,
-            state,
-            next_attempt_at,
             attempts,
         })
     })

@@ -55,6 +55,7 @@ pub struct NewWorkloadRow {
     pub image: Option<String>,
     pub command: Option<String>,
     pub callback_url: Option<String>,
+    pub delivery_id: Option<String>,
 }
 
 /// The stored payload of a workload (for re-admission after a restart).
@@ -129,7 +130,8 @@ impl TryFrom<WorkloadRow> for Workload {
 }
 
 impl NewWorkloadRow {
-    /// The row for a freshly accepted workload.
+    /// The row for a freshly accepted workload (with a fresh webhook delivery id when it
+    /// has a `callback_url`).
     pub fn new(w: &Workload, payload: &Payload, input: &[u8]) -> Self {
         let (code, code_archive, image, command) = match payload {
             Payload::Code(c) => (Some(c.clone()), None, None, None),
@@ -160,6 +162,11 @@ impl NewWorkloadRow {
             image,
             command,
             callback_url: w.callback_url.clone(),
+            // Chosen now, so every attempt of the delivery carries the same id.
+            delivery_id: w
+                .callback_url
+                .as_ref()
+                .map(|_| ulid::Ulid::new().to_string()),
         }
     }
 }

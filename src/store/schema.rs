@@ -22,17 +22,6 @@ diesel::table! {
 }
 
 diesel::table! {
-    webhook_deliveries (workload_id) {
-        workload_id -> Text,
-        delivery_id -> Text,
-        state -> Text,
-        attempts -> Integer,
-        next_attempt_at -> Nullable<Text>,
-        created_at -> Text,
-    }
-}
-
-diesel::table! {
     workloads (id) {
         id -> Text,
         status -> Text,
@@ -58,16 +47,12 @@ diesel::table! {
         image -> Nullable<Text>,
         command -> Nullable<Text>,
         callback_url -> Nullable<Text>,
+        delivery_id -> Nullable<Text>,
+        delivery_due_at -> Nullable<Text>,
     }
 }
 
 diesel::joinable!(log_lines -> workloads (workload_id));
-diesel::joinable!(webhook_attempts -> webhook_deliveries (workload_id));
-diesel::joinable!(webhook_deliveries -> workloads (workload_id));
+diesel::joinable!(webhook_attempts -> workloads (workload_id));
 
-diesel::allow_tables_to_appear_in_same_query!(
-    log_lines,
-    webhook_attempts,
-    webhook_deliveries,
-    workloads,
-);
+diesel::allow_tables_to_appear_in_same_query!(log_lines, webhook_attempts, workloads,);

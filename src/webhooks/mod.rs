@@ -4,10 +4,11 @@
 //! This module holds the rules; the moving parts live where the architecture puts them:
 //! [`policy`] decides which URLs and addresses are acceptable (at submission and again
 //! at every attempt), [`signature`] signs a body, [`backoff`] spaces the retries and
-//! [`sender`] is the HTTP client that makes one attempt. The delivery rows belong to
-//! the store (a trigger enqueues a delivery in the same statement that records the
-//! terminal status); the [`crate::actors::webhooks::Deliverer`] actor picks due rows,
-//! makes attempts and records every one.
+//! [`sender`] is the HTTP client that makes one attempt. The queue and the attempt rows
+//! belong to the store ([`crate::store::deliveries`]: the statement that records a
+//! terminal status also enqueues the delivery); the
+//! [`crate::actors::webhooks::Deliverer`] actor picks due deliveries, makes attempts and
+//! records every one.
 
 pub mod backoff;
 pub mod policy;
