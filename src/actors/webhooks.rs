@@ -31,6 +31,21 @@ const MAX_SLEEP: Duration = Duration::from_secs(30);
 /// Wait before looking again after the queue could not be read.
 const RETRY_READ: Duration = Duration::from_secs(1);
 
+/// How an attempt future ended.
+enum Ended {
+    /// The workload is gone (deleted with its delivery).
+    Gone,
+    /// The store could not be read; no attempt was made.
+    StoreTrouble,
+    /// An attempt was made; `recorded` is the store's answer to recording it.
+    Attempted {
+        record: AttemptRecord,
+        state: DeliveryState,
+        kind: AttemptKind,
+        recorded: Result<Result<bool, StoreError>, MailboxError>,
+    },
+}
+
 /// New deliveries may be due: look at the queue.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -157,14 +172,17 @@ impl Deliverer {
             let started_at = Utc::now();
             let workload = match store.send(GetWorkload(id)).await {
                 Ok(Ok(w)) => w,
-                // Deleted with its delivery (retention): nothing left to send.
-                Ok(Err(StoreError::NotFound)) => return None,
-                // The store is down: try again at a later look, no attempt counted.
+                // Deleted, and its delivery with it (retention): nothing left to send.
+                Ok(Err(StoreError::NotFound)) => return Ended::Gone,
+                // The store is in trouble: no attempt made, none counted.
                 Ok(Err(e)) => {
                     log::error!("webhooks: workload {id}: cannot read it: {e}");
-                    return None;
+                    return Ended::StoreTrouble;
                 }
-                Err(_) => return None,
+                Err(e) => {
+                    log::error!("webhooks: workload {id}: store unreachable: {e}");
+                    return Ended::StoreTrouble;
+                }
             };
             let outcome = match (&workload.callback_url, serde_json::to_vec(&workload)) {
                 (Some(url), Ok(body)) => sender.attempt(url, &due.delivery_id, body).await,
@@ -199,46 +217,70 @@ impl Deliverer {
                 },
             };
             let recorded = store.send(RecordAttempt(record.clone())).await;
-            Some((record, state, outcome.kind, recorded))
+            Ended::Attempted {
+                record,
+                state,
+                kind: outcome.kind,
+                recorded,
+            }
         }
         .into_actor(self)
-        .map(move |res, act, ctx| {
-            act.in_flight.remove(&id);
-            act.metrics
-                .webhook_in_flight
-                .set(act.in_flight.len() as i64);
-            if let Some((record, state, kind, recorded)) = res {
-                act.attempt_ended(&record, state, kind, recorded);
-            }
-            act.look(ctx);
+        .map(move |ended, act, ctx| {
+            let hold = match ended {
+                Ended::Gone => Duration::ZERO,
+                Ended::StoreTrouble => RETRY_READ,
+                Ended::Attempted {
+                    record,
+                    state,
+                    kind,
+                    recorded,
+                } => {
+                    if act.attempt_ended(&record, state, kind, recorded) {
+                        Duration::ZERO
+                    } else {
+                        // Not recorded: the delivery is still due and would be sent again
+                        // at once; keep its slot a while so a failing store never turns
+                        // into a flood of requests to the receiver.
+                        Duration::from_millis(act.retry_base_ms).max(RETRY_READ)
+                    }
+                }
+            };
+            ctx.run_later(hold, move |act, ctx| {
+                act.in_flight.remove(&id);
+                act.metrics
+                    .webhook_in_flight
+                    .set(act.in_flight.len() as i64);
+                act.look(ctx);
+            });
         })
         .spawn(ctx);
     }
 
+    /// Count and log an attempt that ended; `false` when the store could not record it.
     fn attempt_ended(
         &self,
         record: &AttemptRecord,
         state: DeliveryState,
         kind: AttemptKind,
         recorded: Result<Result<bool, StoreError>, MailboxError>,
-    ) {
+    ) -> bool {
         let id = record.workload_id;
         let n = record.attempt.attempt;
         match recorded {
             Ok(Ok(true)) => {}
             Ok(Ok(false)) => {
                 log::warn!("webhooks: workload {id}: attempt {n} was not recorded (delivery gone or already moved on)");
-                return;
+                return true;
             }
             Ok(Err(e)) => {
                 log::error!("webhooks: workload {id}: attempt {n} could not be recorded (it will be repeated): {e}");
-                return;
+                return false;
             }
             Err(e) => {
                 log::error!(
                     "webhooks: workload {id}: store unreachable recording attempt {n}: {e}"
                 );
-                return;
+                return false;
             }
         }
         self.metrics
@@ -271,6 +313,7 @@ impl Deliverer {
                     .unwrap_or_default()
             ),
         }
+        true
     }
 }
 
