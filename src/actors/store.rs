@@ -15,10 +15,14 @@ use actix::prelude::*;
 use diesel::sqlite::SqliteConnection;
 use tokio::sync::oneshot;
 
+use crate::actors::webhooks::DeliveriesEnqueued;
 use crate::metrics::Metrics;
 use chrono::{DateTime, Utc};
 
-use crate::model::{IdempotencyKey, IdempotencyRecord, LogLine, Payload, Workload, WorkloadId};
+use crate::model::{
+    Deliveries, IdempotencyKey, IdempotencyRecord, LogLine, Payload, Workload, WorkloadId,
+};
+use crate::store::deliveries::{self, AttemptRecord, DeliveryQueue};
 use crate::store::models::LogLineRow;
 use crate::store::queries::{self, KeyedInsert, ListQuery, Recovered, Stats, StatusChange};
 use crate::store::{open_read_pool, open_writer, ReadPool, StoreError};
@@ -32,6 +36,8 @@ pub struct StoreActor {
     reads: ReadPool,
     /// How long `Idempotency-Key`s are kept; older ones are swept periodically.
     key_ttl: Option<Duration>,
+    /// Told after a committed terminal status enqueued a webhook delivery.
+    deliveries: Option<Recipient<DeliveriesEnqueued>>,
 }
 
 /// The longest pause between two sweeps of expired `Idempotency-Key`s.
@@ -56,6 +62,7 @@ impl StoreActor {
             writer: tx,
             reads,
             key_ttl: None,
+            deliveries: None,
         })
     }
 
@@ -263,6 +270,35 @@ pub struct GetStats;
 #[rtype(result = "Result<Recovered, StoreError>")]
 pub struct Recover;
 
+/// From now on, tell `0` each time a committed status change enqueued a webhook
+/// delivery (a workload with a `callback_url` reached a terminal status).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WatchDeliveries(pub Recipient<DeliveriesEnqueued>);
+
+/// Look at the webhook queue (see [`deliveries::due_deliveries`]).
+#[derive(Message)]
+#[rtype(result = "Result<DeliveryQueue, StoreError>")]
+pub struct DueDeliveries {
+    /// Due means `next_attempt_at <= now`.
+    pub now: chrono::DateTime<chrono::Utc>,
+    /// At most this many due deliveries.
+    pub limit: usize,
+    /// Deliveries in flight, left out.
+    pub exclude: Vec<WorkloadId>,
+}
+
+/// Record a webhook attempt (see [`deliveries::record_attempt`]); answers whether it
+/// was recorded.
+#[derive(Message)]
+#[rtype(result = "Result<bool, StoreError>")]
+pub struct RecordAttempt(pub AttemptRecord);
+
+/// The webhook delivery and attempts of a workload.
+#[derive(Message)]
+#[rtype(result = "Result<Deliveries, StoreError>")]
+pub struct GetDeliveries(pub WorkloadId);
+
 /// Resolves once everything queued before it is committed.
 #[derive(Message)]
 #[rtype(result = "Result<(), StoreError>")]
@@ -302,7 +338,18 @@ impl Handler<ChangeStatus> for StoreActor {
 
     fn handle(&mut self, msg: ChangeStatus, _: &mut Self::Context) -> Self::Result {
         let rx = self.write(move |c| queries::apply_change(c, msg.id, &msg.change));
-        Box::pin(answer(rx))
+        let watcher = self.deliveries.clone();
+        Box::pin(async move {
+            let res = answer(rx).await;
+            if let (Ok(w), Some(watcher)) = (&res, watcher) {
+                // The rule apply_change enqueues by; told after the commit, so the
+                // deliverer's read sees the delivery.
+                if w.status.is_terminal() && w.callback_url.is_some() {
+                    watcher.do_send(DeliveriesEnqueued);
+                }
+            }
+            res
+        })
     }
 }
 
@@ -378,5 +425,41 @@ impl Handler<Flush> for StoreActor {
 
     fn handle(&mut self, _: Flush, _: &mut Self::Context) -> Self::Result {
         Box::pin(answer(self.write(|_| Ok(()))))
+    }
+}
+
+impl Handler<WatchDeliveries> for StoreActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: WatchDeliveries, _: &mut Self::Context) {
+        self.deliveries = Some(msg.0);
+    }
+}
+
+impl Handler<DueDeliveries> for StoreActor {
+    type Result = ResponseFuture<Result<DeliveryQueue, StoreError>>;
+
+    fn handle(&mut self, msg: DueDeliveries, _: &mut Self::Context) -> Self::Result {
+        Box::pin(
+            self.read(move |c| deliveries::due_deliveries(c, msg.now, msg.limit, &msg.exclude)),
+        )
+    }
+}
+
+impl Handler<RecordAttempt> for StoreActor {
+    type Result = ResponseFuture<Result<bool, StoreError>>;
+
+    fn handle(&mut self, msg: RecordAttempt, _: &mut Self::Context) -> Self::Result {
+        Box::pin(answer(
+            self.write(move |c| deliveries::record_attempt(c, &msg.0)),
+        ))
+    }
+}
+
+impl Handler<GetDeliveries> for StoreActor {
+    type Result = ResponseFuture<Result<Deliveries, StoreError>>;
+
+    fn handle(&mut self, msg: GetDeliveries, _: &mut Self::Context) -> Self::Result {
+        Box::pin(self.read(move |c| deliveries::deliveries(c, msg.0)))
     }
 }

@@ -6,6 +6,7 @@ pub mod binary;
 pub mod cli;
 pub mod gvisor;
 pub mod oci;
+pub mod receiver;
 pub mod scripted;
 pub mod sse;
 
@@ -308,6 +309,7 @@ pub fn insert_unadmitted(db: &std::path::Path, backend: &str) -> String {
         created_at: id.created_at(),
         started_at: None,
         finished_at: None,
+        callback_url: None,
     };
     let mut conn = vulcan::store::open_writer(db).expect("open db");
     vulcan::store::queries::insert_workload(&mut conn, &w, &Payload::Code("{}".into()), b"null")
