@@ -1,8 +1,17 @@
 //! Layered configuration: the embedded `config/default.toml` → an optional file named by
 //! `VULCAN_CONFIG` → `VULCAN_*` environment variables (`__` separates sections, e.g.
-//! `VULCAN_LOGS__MAX_LINES`). Unknown keys anywhere are an error at start-up.
+//! `VULCAN_LOGS__MAX_LINES`).
+//!
+//! The embedded file is the one place defaults are written: it lists every key, and the
+//! Rust types below are deserialised from it (no field has a serde default), so a key
+//! missing on either side fails every start. Unknown keys in a file are errors. Unknown
+//! `VULCAN_*` environment variables are not: orchestrators inject their own (a Kubernetes
+//! Service named `vulcan` sets `VULCAN_PORT`, `VULCAN_SERVICE_HOST`, …), so they are
+//! only named in one warning. Environment values are read verbatim: a string setting
+//! is never parsed as a number (`VULCAN_API_TOKEN=000123` stays `000123`); numbers and
+//! booleans are parsed from the text when the key is numeric or boolean.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::PathBuf;
 
@@ -11,7 +20,9 @@ use serde::Deserialize;
 use crate::backends::gvisor::GvisorConfig;
 use crate::backends::isolate::IsolateConfig;
 use crate::backends::microvm::MicrovmConfig;
+use crate::images::ImagesConfig;
 use crate::model::Limits;
+use crate::webhooks::WebhooksConfig;
 
 /// The defaults, embedded so `vulcan serve` works with no file on disk.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -46,8 +57,14 @@ pub struct Config {
     pub node_id: String,
     /// Bearer token for `/v1/*`; empty = no auth.
     pub api_token: Secret,
-    /// Pending workloads the server holds before answering 429.
+    /// Host names (any port) `/v1/*` answers when `api_token` is empty; `"*"` = any.
+    pub allowed_hosts: Vec<String>,
+    /// Pending workloads the server holds before answering 429 (all backends together;
+    /// each backend also has its own `max_queue`).
     pub max_queue: usize,
+    /// Seconds an `Idempotency-Key` is remembered (replays within it return the same
+    /// workload; older keys are swept).
+    pub idempotency_ttl_s: u64,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
     /// CPUs when a request names none.
@@ -72,6 +89,14 @@ pub struct Config {
     pub store: StoreConfig,
     /// Per-backend settings.
     pub backends: BackendsConfig,
+    /// The OCI image store.
+    pub images: ImagesConfig,
+    /// `VULCAN_*` environment variables that name no key and were ignored (names only:
+    /// values may be secrets). Not a configuration key.
+    #[serde(skip)]
+    pub ignored_env: Vec<String>,
+    /// Completion webhooks.
+    pub webhooks: WebhooksConfig,
 }
 
 /// `[logs]`: limits of the log pipeline.
@@ -111,43 +136,148 @@ pub struct BackendsConfig {
     pub microvm: MicrovmConfig,
 }
 
+impl BackendsConfig {
+    /// Each built-in backend's queue bound, by registry name.
+    pub fn queue_bounds(&self) -> HashMap<String, usize> {
+        HashMap::from([
+            ("isolate".to_string(), self.isolate.max_queue),
+            ("gvisor".to_string(), self.gvisor.max_queue),
+            ("microvm".to_string(), self.microvm.max_queue),
+        ])
+    }
+}
+
 /// Configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[error("configuration error: {0}")]
 pub struct ConfigError(String);
 
+/// Environment variables read by Vulcan's clients (not the server): never warned about.
+const CLIENT_VARIABLES: &[&str] = &["VULCAN_SERVER"];
+
+/// Names the configuration file; not a key itself.
+const CONFIG_FILE_VARIABLE: &str = "VULCAN_CONFIG";
+
+/// Every key of the embedded defaults (dotted paths), and whether its value is a list.
+///
+/// The embedded file lists every key, so this is the set of keys that exist.
+fn known_keys() -> Result<BTreeMap<String, bool>, ConfigError> {
+    fn walk(
+        prefix: &str,
+        table: config::Map<String, config::Value>,
+        out: &mut BTreeMap<String, bool>,
+    ) {
+        for (k, v) in table {
+            let path = if prefix.is_empty() {
+                k
+            } else {
+                format!("{prefix}.{k}")
+            };
+            match v.kind {
+                config::ValueKind::Table(t) => walk(&path, t, out),
+                config::ValueKind::Array(_) => {
+                    out.insert(path, true);
+                }
+                _ => {
+                    out.insert(path, false);
+                }
+            }
+        }
+    }
+    use config::Source as _;
+    let defaults = config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml)
+        .collect()
+        .map_err(|e| ConfigError(format!("embedded defaults: {e}")))?;
+    let mut out = BTreeMap::new();
+    walk("", defaults, &mut out);
+    Ok(out)
+}
+
+/// The environment variable that sets `key` (`logs.max_lines` → `VULCAN_LOGS__MAX_LINES`).
+fn env_name(key: &str) -> String {
+    format!("VULCAN_{}", key.replace('.', "__").to_ascii_uppercase())
+}
+
 impl Config {
-    /// Load the layers from the real environment.
+    /// Load the layers from the real environment, and warn once (names only) about
+    /// `VULCAN_*` variables that are not configuration keys.
     pub fn load() -> Result<Self, ConfigError> {
-        Self::load_from(std::env::vars().collect())
+        let cfg = Self::load_from(std::env::vars().collect())?;
+        if !cfg.ignored_env.is_empty() {
+            log::warn!(
+                "ignoring environment variables that are not Vulcan settings: {}",
+                cfg.ignored_env.join(", ")
+            );
+        }
+        Ok(cfg)
     }
 
     /// Load the layers with `env` standing in for the process environment.
+    ///
+    /// Only variables naming a key of the embedded defaults reach the configuration;
+    /// other `VULCAN_*` names are collected in [`Config::ignored_env`].
     pub fn load_from(env: HashMap<String, String>) -> Result<Self, ConfigError> {
+        let known = known_keys()?;
+        let by_env: HashMap<String, (&String, bool)> = known
+            .iter()
+            .map(|(key, list)| (env_name(key), (key, *list)))
+            .collect();
         let mut builder = config::Config::builder().add_source(config::File::from_str(
             DEFAULT_TOML,
             config::FileFormat::Toml,
         ));
-        if let Some(path) = env.get("VULCAN_CONFIG").filter(|p| !p.is_empty()) {
+        if let Some(path) = env.get(CONFIG_FILE_VARIABLE).filter(|p| !p.is_empty()) {
             builder = builder.add_source(config::File::with_name(path).required(true));
         }
-        let vars: HashMap<String, String> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("VULCAN_") && k != "VULCAN_CONFIG")
-            .collect();
+        let mut scalars: HashMap<String, String> = HashMap::new();
+        let mut ignored = Vec::new();
+        for (name, value) in env {
+            if !name.starts_with("VULCAN_")
+                || name == CONFIG_FILE_VARIABLE
+                || CLIENT_VARIABLES.contains(&name.as_str())
+            {
+                continue;
+            }
+            match by_env.get(&name) {
+                // Lists come as comma-separated text (`VULCAN_ALLOWED_HOSTS=a,b`).
+                Some((key, true)) => {
+                    let items: Vec<String> = value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(String::from)
+                        .collect();
+                    builder = builder
+                        .set_override(key.as_str(), items)
+                        .map_err(|e| ConfigError(format!("{name}: {e}")))?;
+                }
+                Some((_, false)) => {
+                    scalars.insert(name, value);
+                }
+                None => ignored.push(name),
+            }
+        }
+        ignored.sort();
         builder = builder.add_source(
             config::Environment::with_prefix("VULCAN")
                 .prefix_separator("_")
                 .separator("__")
-                .try_parsing(true)
-                .source(Some(vars)),
+                // Verbatim: numeric and boolean keys parse their text when deserialised.
+                .try_parsing(false)
+                .source(Some(scalars)),
         );
-        let cfg: Config = builder
+        let mut cfg: Config = builder
             .build()
             .and_then(|c| c.try_deserialize())
             .map_err(|e| ConfigError(e.to_string()))?;
+        cfg.ignored_env = ignored;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The embedded defaults alone (no file, no environment).
+    pub fn defaults() -> Result<Self, ConfigError> {
+        Self::load_from(HashMap::new())
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -168,13 +298,20 @@ impl Config {
             || self.max_output_bytes == 0
             || self.store.max_batch == 0
             || self.logs.subscriber_buffer == 0
+            || self.idempotency_ttl_s == 0
         {
             return Err(ConfigError(
-                "max_body_bytes, max_output_bytes, store.max_batch and logs.subscriber_buffer \
-                 must be positive"
+                "max_body_bytes, max_output_bytes, store.max_batch, logs.subscriber_buffer and \
+                 idempotency_ttl_s must be positive"
                     .into(),
             ));
         }
+        if let Some(bad) = self.allowed_hosts.iter().find(|h| h.trim().is_empty()) {
+            return Err(ConfigError(format!(
+                "allowed_hosts entries must be host names, got {bad:?}"
+            )));
+        }
+        self.webhooks.validate().map_err(ConfigError)?;
         Ok(())
     }
 
@@ -249,15 +386,131 @@ mod tests {
     }
 
     #[test]
-    fn unknown_keys_are_errors() {
-        let err = Config::load_from(env(&[("VULCAN_LISTEN_ADRR", "x")])).expect_err("typo");
-        assert!(err.to_string().contains("listen_adrr"), "{err}");
+    fn unknown_keys_in_a_file_are_errors_and_unknown_variables_are_named() {
+        let c = Config::load_from(env(&[
+            ("VULCAN_LISTEN_ADRR", "x"),
+            ("VULCAN_PORT", "tcp://10.0.0.1:8080"),
+            ("VULCAN_SERVICE_HOST", "10.0.0.1"),
+            ("VULCAN_SERVER", "http://127.0.0.1:8080"),
+            ("VULCAN_LOGS", "x"),
+        ]))
+        .expect("unknown variables are not errors");
+        assert_eq!(
+            c.ignored_env,
+            [
+                "VULCAN_LISTEN_ADRR",
+                "VULCAN_LOGS",
+                "VULCAN_PORT",
+                "VULCAN_SERVICE_HOST"
+            ],
+            "client variables are known, every other unknown one is named"
+        );
+        assert_eq!(c.listen_addr, "127.0.0.1:8080");
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("v.toml");
         std::fs::write(&path, "[logs]\nmax_linez = 3\n").expect("write");
         let err = Config::load_from(env(&[("VULCAN_CONFIG", path.to_str().expect("utf8"))]))
             .expect_err("typo in file");
         assert!(err.to_string().contains("max_linez"), "{err}");
+    }
+
+    #[test]
+    fn strings_are_verbatim_and_numbers_booleans_and_lists_parse() {
+        let c = Config::load_from(env(&[
+            ("VULCAN_API_TOKEN", "000123"),
+            ("VULCAN_NODE_ID", "1e5"),
+            ("VULCAN_MAX_QUEUE", "0042"),
+            ("VULCAN_BACKENDS__GVISOR__ENABLED", "false"),
+            ("VULCAN_BACKENDS__GVISOR__RUNSC_PATH", "123"),
+            ("VULCAN_BACKENDS__ISOLATE__MAX_QUEUE", "7"),
+            ("VULCAN_ALLOWED_HOSTS", "api.example, 10.0.0.5:8080"),
+        ]))
+        .expect("env");
+        assert_eq!(c.api_token().map(Secret::expose), Some("000123"));
+        assert_eq!(c.node_id(), "1e5");
+        assert_eq!(c.max_queue, 42);
+        assert!(!c.backends.gvisor.enabled);
+        assert_eq!(c.backends.gvisor.runsc_path, "123");
+        assert_eq!(c.backends.queue_bounds()["isolate"], 7);
+        assert_eq!(c.allowed_hosts, ["api.example", "10.0.0.5:8080"]);
+        let long = "9".repeat(40);
+        let c = Config::load_from(env(&[("VULCAN_API_TOKEN", long.as_str())])).expect("env");
+        assert_eq!(c.api_token().map(Secret::expose), Some(long.as_str()));
+    }
+
+    #[test]
+    fn bad_values_for_known_keys_are_errors() {
+        for (var, key) in [
+            ("VULCAN_MAX_QUEUE", "max_queue"),
+            ("VULCAN_BACKENDS__GVISOR__ENABLED", "enabled"),
+            ("VULCAN_LOGS__MAX_LINES", "max_lines"),
+        ] {
+            let err = Config::load_from(env(&[(var, "lots")])).expect_err(var);
+            assert!(err.to_string().contains(key), "{var}: {err}");
+        }
+    }
+
+    /// The embedded file is the one place defaults live: every key carries a comment,
+    /// and the README's table of variables states the same defaults.
+    #[test]
+    fn defaults_are_documented_once_and_the_readme_agrees() {
+        // A key is documented by the comment above it, or above the run of keys it
+        // belongs to (a blank line or a section header ends the run).
+        let mut documented = false;
+        for line in DEFAULT_TOML.lines().map(str::trim) {
+            if line.starts_with('#') {
+                documented = true;
+            } else if line.is_empty() || line.starts_with('[') {
+                documented = false;
+            } else {
+                assert!(
+                    documented,
+                    "config/default.toml: key without a comment: {line}"
+                );
+            }
+        }
+        let defaults = config::Config::builder()
+            .add_source(config::File::from_str(
+                DEFAULT_TOML,
+                config::FileFormat::Toml,
+            ))
+            .build()
+            .expect("defaults");
+        let readme = include_str!("../README.md");
+        let mut checked = 0;
+        for row in readme.lines().filter(|l| l.starts_with("| `VULCAN_")) {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let (vars, values) = (cells[1], cells[2]);
+            let vars: Vec<&str> = vars
+                .split(" / ")
+                .map(|v| v.trim().trim_matches('`'))
+                .collect();
+            let values: Vec<&str> = values.split(" / ").map(|v| v.trim()).collect();
+            for (var, value) in vars.iter().zip(values) {
+                let key = var
+                    .strip_prefix("VULCAN_")
+                    .expect("prefix")
+                    .to_ascii_lowercase()
+                    .replace("__", ".");
+                let stated = value.split('`').nth(1).unwrap_or("");
+                let actual = defaults
+                    .get::<config::Value>(&key)
+                    .unwrap_or_else(|e| panic!("README names {var}, not a key: {e}"));
+                let actual = match actual.kind {
+                    config::ValueKind::Array(items) => items
+                        .into_iter()
+                        .map(|v| v.to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    other => other.to_string(),
+                };
+                if stated != "unset" {
+                    assert_eq!(stated, actual, "README default of {var}");
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 8, "README table not found ({checked} rows)");
     }
 
     #[test]
@@ -272,6 +525,49 @@ mod tests {
         .expect("layers");
         assert_eq!(c.max_queue, 3);
         assert_eq!(c.node_id(), "env");
+    }
+
+    #[test]
+    fn webhook_host_lists_come_from_the_environment_comma_separated() {
+        let c = Config::load_from(env(&[
+            (
+                "VULCAN_WEBHOOKS__ALLOWED_HOSTS",
+                "hooks.example.com,*.corp.example",
+            ),
+            ("VULCAN_WEBHOOKS__PRIVATE_HOSTS", "hooks.example.com"),
+            ("VULCAN_WEBHOOKS__SECRET", "s3cret"),
+        ]))
+        .expect("lists");
+        assert_eq!(
+            c.webhooks.allowed_hosts,
+            vec!["hooks.example.com", "*.corp.example"]
+        );
+        assert_eq!(c.webhooks.private_hosts, vec!["hooks.example.com"]);
+        assert!(
+            !format!("{c:?}").contains("s3cret"),
+            "secret leaked in Debug"
+        );
+        let defaults = Config::load_from(HashMap::new()).expect("defaults");
+        assert!(
+            defaults.webhooks.allowed_hosts.is_empty(),
+            "webhooks off by default"
+        );
+    }
+
+    #[test]
+    fn enabled_webhooks_need_a_secret_and_valid_patterns() {
+        let err = Config::load_from(env(&[("VULCAN_WEBHOOKS__ALLOWED_HOSTS", "*")]))
+            .expect_err("no secret");
+        assert!(err.to_string().contains("webhooks.secret"), "{err}");
+        let err = Config::load_from(env(&[
+            ("VULCAN_WEBHOOKS__ALLOWED_HOSTS", "http://x"),
+            ("VULCAN_WEBHOOKS__SECRET", "s"),
+        ]))
+        .expect_err("bad pattern");
+        assert!(err.to_string().contains("webhooks.allowed_hosts"), "{err}");
+        let err = Config::load_from(env(&[("VULCAN_WEBHOOKS__MAX_ATTEMPTS", "0")]))
+            .expect_err("zero attempts");
+        assert!(err.to_string().contains("max_attempts"), "{err}");
     }
 
     #[test]

@@ -5,10 +5,12 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use vulcan::bench::{self, BenchOptions};
+use vulcan::cli::{self, ClientCommand};
 use vulcan::config::Config;
 use vulcan::startup::Application;
 
-/// Vulcan: run workloads with pluggable isolation behind an HTTP API.
+/// Vulcan: run workloads with pluggable isolation behind an HTTP API, and the client that
+/// talks to it.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
@@ -28,6 +30,8 @@ enum Command {
     /// An isolate worker process; started by the server only (its stdin is a socket).
     #[command(hide = true)]
     Worker,
+    #[command(flatten)]
+    Client(ClientCommand),
 }
 
 #[derive(Args)]
@@ -60,32 +64,38 @@ fn main() -> ExitCode {
     if let Command::Worker = cli.command {
         return vulcan::backends::isolate::worker::main();
     }
-    // Per-request access logs would distort the benchmark.
+    // Per-request access logs would distort the benchmark; a client prints only its own
+    // output.
     let default_filter = match cli.command {
         Command::Bench(_) => "warn,vulcan::bench=info",
+        Command::Client(_) => "warn",
         _ => "info,actix_server=warn",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_filter))
         .init();
-    if let Command::Bench(args) = cli.command {
-        return run_bench(args);
-    }
-    let config = match Config::load() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("vulcan: {e}");
-            return ExitCode::from(2);
-        }
-    };
     match cli.command {
-        Command::CheckConfig => {
-            println!("{config:#?}");
-            ExitCode::SUCCESS
-        }
-        Command::Serve => serve(config),
         Command::Bench(args) => run_bench(args),
         Command::Worker => vulcan::backends::isolate::worker::main(),
+        Command::Client(command) => cli::main(command),
+        Command::CheckConfig => match load_config() {
+            Ok(config) => {
+                println!("{config:#?}");
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Serve => match load_config() {
+            Ok(config) => serve(config),
+            Err(code) => code,
+        },
     }
+}
+
+fn load_config() -> Result<Config, ExitCode> {
+    Config::load().map_err(|e| {
+        eprintln!("vulcan: {e}");
+        ExitCode::from(2)
+    })
 }
 
 fn run_bench(args: BenchArgs) -> ExitCode {

@@ -24,6 +24,9 @@ pub struct Metrics {
     pub rejected_queue_full: IntCounter,
     /// Open SSE subscriptions.
     pub sse_subscribers: IntGauge,
+    /// Open log topics (admitted, unfinished workloads plus provisional topics of early
+    /// subscribers).
+    pub log_topics: IntGauge,
     /// Log lines handed to the store.
     pub log_lines_persisted: IntCounter,
     /// Log events not delivered to a subscriber that fell behind (it was disconnected).
@@ -36,6 +39,16 @@ pub struct Metrics {
     pub backend_restarts: IntCounterVec,
     /// Backend worker processes replaced (crashed, or killed after a missed cancel).
     pub worker_restarts: IntCounterVec,
+    /// Webhook deliveries settled, by outcome (`delivered`, `failed`).
+    pub webhook_deliveries: IntCounterVec,
+    /// Webhook attempts recorded, by result (`success`, `http_status`, `timeout`,
+    /// `refused`, `error`).
+    pub webhook_attempts: IntCounterVec,
+    /// Webhook deliveries pending (due, waiting for a retry or in flight), as of the
+    /// deliverer's last look at the queue.
+    pub webhook_queue_depth: IntGauge,
+    /// Webhook attempts in progress.
+    pub webhook_in_flight: IntGauge,
 }
 
 impl Metrics {
@@ -77,6 +90,10 @@ impl Metrics {
             "Submissions refused with 429 because the queue was full",
         )?;
         let sse_subscribers = IntGauge::new("sse_subscribers", "Open SSE log subscriptions")?;
+        let log_topics = IntGauge::new(
+            "log_topics",
+            "Open log topics (unfinished workloads with a topic)",
+        )?;
         let log_lines_persisted =
             IntCounter::new("log_lines_persisted_total", "Log lines handed to the store")?;
         let log_lines_dropped = IntCounter::new(
@@ -102,6 +119,22 @@ impl Metrics {
             ),
             &["backend"],
         )?;
+        let webhook_deliveries = IntCounterVec::new(
+            Opts::new(
+                "webhook_deliveries_total",
+                "Webhook deliveries settled, by outcome",
+            ),
+            &["outcome"],
+        )?;
+        let webhook_attempts = IntCounterVec::new(
+            Opts::new("webhook_attempts_total", "Webhook attempts, by result"),
+            &["result"],
+        )?;
+        let webhook_queue_depth = IntGauge::new(
+            "webhook_queue_depth",
+            "Webhook deliveries pending (due, waiting for a retry or in flight)",
+        )?;
+        let webhook_in_flight = IntGauge::new("webhook_in_flight", "Webhook attempts in progress")?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(workloads_finished.clone()))?;
@@ -110,12 +143,17 @@ impl Metrics {
         registry.register(Box::new(running.clone()))?;
         registry.register(Box::new(rejected_queue_full.clone()))?;
         registry.register(Box::new(sse_subscribers.clone()))?;
+        registry.register(Box::new(log_topics.clone()))?;
         registry.register(Box::new(log_lines_persisted.clone()))?;
         registry.register(Box::new(log_lines_dropped.clone()))?;
         registry.register(Box::new(log_lines_truncated.clone()))?;
         registry.register(Box::new(store_batch_size.clone()))?;
         registry.register(Box::new(backend_restarts.clone()))?;
         registry.register(Box::new(worker_restarts.clone()))?;
+        registry.register(Box::new(webhook_deliveries.clone()))?;
+        registry.register(Box::new(webhook_attempts.clone()))?;
+        registry.register(Box::new(webhook_queue_depth.clone()))?;
+        registry.register(Box::new(webhook_in_flight.clone()))?;
         Ok(Self {
             registry,
             http_requests,
@@ -126,13 +164,29 @@ impl Metrics {
             running,
             rejected_queue_full,
             sse_subscribers,
+            log_topics,
             log_lines_persisted,
             log_lines_dropped,
             log_lines_truncated,
             store_batch_size,
             backend_restarts,
             worker_restarts,
+            webhook_deliveries,
+            webhook_attempts,
+            webhook_queue_depth,
+            webhook_in_flight,
         })
+    }
+
+    /// Register collectors owned elsewhere (the image store's), so `/metrics` shows them.
+    pub fn register_all(
+        &self,
+        collectors: Vec<Box<dyn prometheus::core::Collector>>,
+    ) -> Result<(), prometheus::Error> {
+        for c in collectors {
+            self.registry.register(c)?;
+        }
+        Ok(())
     }
 
     /// The Prometheus text exposition of every metric.

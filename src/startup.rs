@@ -10,17 +10,21 @@ use actix_web::dev::Server;
 use actix_web::middleware::{from_fn, Logger};
 use actix_web::{web, App, HttpServer};
 
+use crate::actors::images::ImagesActor;
 use crate::actors::log_broker::LogBroker;
-use crate::actors::store::{Flush, Recover, StoreActor};
+use crate::actors::store::{Flush, Recover, StoreActor, WatchDeliveries};
 use crate::actors::supervisor::{InterruptAll, ListBackends, Readmit, Supervisor};
-use crate::api::{self, AppState};
+use crate::actors::webhooks::{Deliverer, DeliveriesEnqueued};
+use crate::api::{self, AllowedHosts, AppState};
 use crate::backends::gvisor::GvisorBackend;
 use crate::backends::isolate::IsolateBackend;
 use crate::backends::microvm::MicrovmBackend;
 use crate::backends::{Backend, BackendCapabilities, BackendFactory, UnavailableBackend};
 use crate::config::Config;
+use crate::images::ImageStore;
 use crate::metrics::Metrics;
 use crate::model::{Isolation, Runtime};
+use crate::webhooks::policy::CallbackPolicy;
 
 /// Start-up failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +41,9 @@ pub enum StartupError {
     /// An actor did not answer during start-up.
     #[error("actor unavailable during start-up: {0}")]
     Actor(#[from] actix::MailboxError),
+    /// The webhook policy or HTTP client could not be set up.
+    #[error("webhooks: {0}")]
+    Webhooks(String),
 }
 
 /// A built, bound, not yet awaited server.
@@ -79,6 +86,7 @@ pub fn builtin_backends(config: &Config) -> Vec<BackendFactory> {
     }
     if b.gvisor.enabled {
         let cfg = b.gvisor.clone();
+        let images = open_images(config);
         let caps = BackendCapabilities {
             name: "gvisor".into(),
             supported_runtimes: vec![],
@@ -86,16 +94,34 @@ pub fn builtin_backends(config: &Config) -> Vec<BackendFactory> {
             max_concurrency: 1,
         };
         out.push(factory(caps, move || {
-            GvisorBackend::new(&cfg).map_err(|e| e.to_string())
+            GvisorBackend::with_images(&cfg, images.clone()).map_err(|e| e.to_string())
         }));
     }
     if b.microvm.enabled {
         let cfg = b.microvm.clone();
-        out.push(Arc::new(move || {
-            Arc::new(MicrovmBackend::new(&cfg)) as Arc<dyn Backend>
+        let caps = BackendCapabilities {
+            name: "microvm".into(),
+            supported_runtimes: vec![],
+            supported_isolations: vec![Isolation::Microvm],
+            max_concurrency: 1,
+        };
+        out.push(factory(caps, move || {
+            MicrovmBackend::new(&cfg).map_err(|e| e.to_string())
         }));
     }
     out
+}
+
+/// The image store of `config` (the one instance for its directory), or `None` with
+/// the reason logged: then `oci` workloads are not offered.
+fn open_images(config: &Config) -> Option<ImageStore> {
+    match ImageStore::open(&config.images) {
+        Ok(store) => Some(store),
+        Err(e) => {
+            log::error!("images: {e}; oci workloads are not available");
+            None
+        }
+    }
 }
 
 impl Application {
@@ -112,13 +138,25 @@ impl Application {
         backends: Vec<BackendFactory>,
     ) -> Result<Self, StartupError> {
         let metrics = Arc::new(Metrics::new()?);
+        let image_store = open_images(&config);
+        if let Some(store) = &image_store {
+            metrics.register_all(store.metrics().collectors())?;
+        }
+        let images = ImagesActor::new(image_store).start();
         let store = StoreActor::open(
             &config.db_path,
             config.store.read_pool_size,
             config.store.max_batch,
             metrics.clone(),
         )?
+        .sweep_idempotency_keys(Duration::from_secs(config.idempotency_ttl_s))
         .start();
+        // Watching before any status can change, so no enqueued delivery goes unnoticed.
+        let callbacks = CallbackPolicy::new(&config.webhooks).map_err(StartupError::Webhooks)?;
+        let deliverer = Deliverer::new(store.clone(), metrics.clone(), &config.webhooks)
+            .map_err(StartupError::Webhooks)?
+            .start();
+        store.do_send(WatchDeliveries(deliverer.clone().recipient()));
         let broker = LogBroker::new(store.clone(), config.logs.clone(), metrics.clone()).start();
         let supervisor = Supervisor::new(
             store.clone(),
@@ -127,6 +165,7 @@ impl Application {
             config.node_id(),
             config.max_queue,
             config.max_output_bytes,
+            config.backends.queue_bounds(),
             backends,
         )
         .start();
@@ -138,6 +177,8 @@ impl Application {
                 w.id
             );
         }
+        // Recovery may have finished workloads with a callback_url.
+        deliverer.do_send(DeliveriesEnqueued);
         let readmitted = recovered.pending.len();
         for (workload, payload, input) in recovered.pending {
             supervisor.do_send(Readmit {
@@ -157,21 +198,38 @@ impl Application {
             supervisor: supervisor.clone(),
             store: store.clone(),
             broker,
+            images,
             metrics,
             limits: config.limits(),
+            callbacks,
             token: config.api_token().cloned(),
+            allowed_hosts: AllowedHosts::new(&config.allowed_hosts),
+            idempotency_ttl: Duration::from_secs(config.idempotency_ttl_s),
             keepalive: Duration::from_secs(config.logs.keepalive_s.max(1)),
             max_body_bytes: config.max_body_bytes,
         });
         if state.token.is_some() {
             log::info!("auth: bearer token required on /v1/*");
         }
+        if state.callbacks.enabled() {
+            log::info!(
+                "webhooks: on for {} host pattern(s)",
+                config.webhooks.allowed_hosts.len()
+            );
+        }
         let listener = TcpListener::bind(&config.listen_addr)
             .map_err(|e| StartupError::Bind(config.listen_addr.clone(), e))?;
-        let port = listener
+        let local = listener
             .local_addr()
-            .map_err(|e| StartupError::Bind(config.listen_addr.clone(), e))?
-            .port();
+            .map_err(|e| StartupError::Bind(config.listen_addr.clone(), e))?;
+        let port = local.port();
+        if state.token.is_none() && !local.ip().is_loopback() {
+            log::warn!(
+                "listening on {local}, which is not a loopback address, without an API token: \
+                 anyone who can reach it can run code here; set api_token \
+                 (VULCAN_API_TOKEN) or listen on 127.0.0.1"
+            );
+        }
         let shutdown_timeout = Duration::from_secs(config.shutdown_timeout_s);
         let server = HttpServer::new(move || {
             App::new()

@@ -397,3 +397,245 @@ async fn kill_pending_then_conflict_on_terminal() {
     );
     assert_eq!(seen.started.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn every_get_route_answers_head_and_405_lists_the_allowed_methods() {
+    let (f, _) = scripted::factory(Options::default());
+    let app = common::app().backend(f).spawn().await;
+    let w = app.submit_async(&job("node", json!({"logs": ["a"]}))).await;
+    let id = w["id"].as_str().expect("id").to_string();
+    app.wait_terminal(&id, Duration::from_secs(10)).await;
+    let gets = [
+        "/healthz".to_string(),
+        "/metrics".to_string(),
+        "/v1/workloads".to_string(),
+        format!("/v1/workloads/{id}"),
+        format!("/v1/workloads/{id}/logs"),
+        format!("/v1/workloads/{id}/logs/history"),
+        "/v1/backends".to_string(),
+        "/v1/stats".to_string(),
+        "/v1/system/actors".to_string(),
+    ];
+    for path in &gets {
+        let get = app.get(path).await;
+        let head = app.client.head(app.url(path)).send().await.expect("head");
+        assert_eq!(head.status(), get.status(), "HEAD {path}");
+        assert_eq!(head.status(), 200, "HEAD {path}");
+        assert_eq!(
+            head.headers().get("content-type").map(|v| v.to_str().ok()),
+            get.headers().get("content-type").map(|v| v.to_str().ok()),
+            "HEAD {path}"
+        );
+        assert!(head.bytes().await.expect("body").is_empty(), "HEAD {path}");
+    }
+    // HEAD of an unknown workload is a 404 like GET.
+    let head = app
+        .client
+        .head(app.url("/v1/workloads/01JKQX7V8MZRN3B4HTGFWDCS9E"))
+        .send()
+        .await
+        .expect("head");
+    assert_eq!(head.status(), 404);
+
+    let cases: [(reqwest::Method, String, &str); 5] = [
+        (
+            reqwest::Method::PUT,
+            "/v1/workloads".into(),
+            "GET, HEAD, POST",
+        ),
+        (reqwest::Method::GET, "/v1/workloads/async".into(), "POST"),
+        (
+            reqwest::Method::POST,
+            format!("/v1/workloads/{id}"),
+            "GET, HEAD, DELETE",
+        ),
+        (reqwest::Method::DELETE, "/healthz".into(), "GET, HEAD"),
+        (
+            reqwest::Method::GET,
+            "/v1/backends/isolate/restart".into(),
+            "POST",
+        ),
+    ];
+    for (method, path, allow) in cases {
+        let res = app
+            .client
+            .request(method.clone(), app.url(&path))
+            .send()
+            .await
+            .expect("req");
+        let mut got: Vec<String> = res
+            .headers()
+            .get("allow")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .split(',')
+            .map(|m| m.trim().to_string())
+            .collect();
+        got.sort();
+        let mut want: Vec<&str> = allow.split(", ").collect();
+        want.sort();
+        assert_eq!(got, want, "{method} {path}");
+        error_of(res, 405).await;
+    }
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_matches_in_any_case() {
+    let app = common::app()
+        .env("VULCAN_API_TOKEN", "s3cret-token")
+        .spawn()
+        .await;
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let res = app
+            .client
+            .get(app.url("/v1/workloads"))
+            .header("authorization", format!("{scheme} s3cret-token"))
+            .send()
+            .await
+            .expect("req");
+        assert_eq!(res.status(), 200, "{scheme}");
+    }
+    for bad in [
+        "Bearers3cret-token",
+        "Basic s3cret-token",
+        "bearer",
+        "s3cret-token",
+    ] {
+        let res = app
+            .client
+            .get(app.url("/v1/workloads"))
+            .header("authorization", bad)
+            .send()
+            .await
+            .expect("req");
+        error_of(res, 401).await;
+    }
+}
+
+/// GET `path` with the given `Host` header.
+async fn with_host(app: &common::TestApp, path: &str, host: &str) -> reqwest::Response {
+    app.client
+        .get(app.url(path))
+        .header("host", host)
+        .send()
+        .await
+        .expect("req")
+}
+
+#[tokio::test]
+async fn without_a_token_only_allowed_hosts_reach_the_api() {
+    let app = common::app().spawn().await;
+    for host in [
+        "localhost",
+        "localhost:8080",
+        "LOCALHOST:1",
+        "127.0.0.1:9",
+        "[::1]:8080",
+        "[::1]",
+    ] {
+        assert_eq!(
+            with_host(&app, "/v1/workloads", host).await.status(),
+            200,
+            "{host}"
+        );
+    }
+    // A page that rebinds its own name to 127.0.0.1 still sends its own name.
+    for host in [
+        "evil.example",
+        "evil.example:8080",
+        "127.0.0.1.evil.example",
+        "localhost.evil.example",
+        "10.0.0.7:8080",
+    ] {
+        let msg = error_of(with_host(&app, "/v1/workloads", host).await, 403).await;
+        assert!(msg.contains("allowed_hosts"), "{msg}");
+        // Also for writes and unknown routes under /v1.
+        let res = app
+            .client
+            .post(app.url("/v1/workloads/async"))
+            .header("host", host)
+            .json(&json!({"runtime": "node", "code": "1"}))
+            .send()
+            .await
+            .expect("req");
+        error_of(res, 403).await;
+    }
+    assert_eq!(app.count_rows("workloads"), 0);
+    // Probes from orchestrators send a pod IP: health and metrics stay open.
+    assert_eq!(
+        with_host(&app, "/healthz", "10.1.2.3:8080").await.status(),
+        200
+    );
+    assert_eq!(
+        with_host(&app, "/metrics", "10.1.2.3:8080").await.status(),
+        200
+    );
+
+    // Configured hosts are allowed, "*" turns the check off, a token replaces it.
+    let app = common::app()
+        .env("VULCAN_ALLOWED_HOSTS", "vulcan.internal,10.0.0.7:8080")
+        .spawn()
+        .await;
+    assert_eq!(
+        with_host(&app, "/v1/workloads", "vulcan.internal:1")
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        with_host(&app, "/v1/workloads", "10.0.0.7:8080")
+            .await
+            .status(),
+        200
+    );
+    error_of(with_host(&app, "/v1/workloads", "10.0.0.7:9090").await, 403).await;
+    error_of(with_host(&app, "/v1/workloads", "localhost").await, 403).await;
+    let app = common::app().env("VULCAN_ALLOWED_HOSTS", "*").spawn().await;
+    assert_eq!(
+        with_host(&app, "/v1/workloads", "anything.example")
+            .await
+            .status(),
+        200
+    );
+    let app = common::app().env("VULCAN_API_TOKEN", "tok").spawn().await;
+    let res = app
+        .client
+        .get(app.url("/v1/workloads"))
+        .header("host", "vulcan.example.com")
+        .bearer_auth("tok")
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(res.status(), 200);
+}
+
+#[tokio::test]
+async fn metrics_label_only_known_methods_and_route_patterns() {
+    let app = common::app().spawn().await;
+    let id = "01JKQX7V8MZRN3B4HTGFWDCS9E";
+    for method in ["FROBNICATE", "X-EVIL-12345", "GET"] {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let res = app
+            .client
+            .request(m, app.url(&format!("/v1/workloads/{id}")))
+            .send()
+            .await
+            .expect("req");
+        assert!(res.status() == 405 || res.status() == 404, "{method}");
+    }
+    app.get("/no/such/path/12345").await;
+    let text = app.get("/metrics").await.text().await.expect("text");
+    let requests: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("vulcan_http_requests_total{"))
+        .collect();
+    assert!(
+        requests
+            .iter()
+            .any(|l| l.contains(r#"method="other""#) && l.contains(r#"route="/v1/workloads/{id}""#)),
+        "{requests:#?}"
+    );
+    for leaked in ["FROBNICATE", "X-EVIL", id, "/no/such/path"] {
+        assert!(!text.contains(leaked), "{leaked} became a label:\n{text}");
+    }
+}

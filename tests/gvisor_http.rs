@@ -679,3 +679,82 @@ async fn no_leftovers_after_fifty_mixed_runs() {
     let stats = gv.app.get_json("/v1/stats", 200).await;
     assert_eq!(stats["by_isolation"]["gvisor"], 50, "{stats}");
 }
+
+#[tokio::test]
+async fn node_means_an_es_module_default_export_on_every_isolation() {
+    let Some(gv) = gvisor_app("node-module", &[]).await else {
+        return;
+    };
+    let runtimes = gv.backend("gvisor").await["capabilities"]["supported_runtimes"].clone();
+    if !runtimes
+        .as_array()
+        .is_some_and(|r| r.contains(&json!("node")))
+    {
+        eprintln!("SKIPPED: the gvisor backend offers no node here: {runtimes}");
+        return;
+    }
+    let cases = [
+        (
+            "export default (input) => ({ sum: input.a + input.b });",
+            json!({"sum": 3}),
+        ),
+        (
+            "export default async function (input) {\n  console.log('adding', input.a);\n  await new Promise((r) => setTimeout(r, 10));\n  return [input.a, input.b];\n}",
+            json!([1, 2]),
+        ),
+        ("const answer = 42;\nexport default answer;", json!(42)),
+    ];
+    for (code, want) in cases {
+        for isolation in ["isolate", "gvisor"] {
+            let w = gv
+                .run(
+                    &json!({"runtime": "node", "isolation": isolation, "code": code,
+                             "input": {"a": 1, "b": 2}, "resources": {"timeout_s": 30}}),
+                )
+                .await;
+            let logs = gv
+                .app
+                .get_json(&format!("/v1/workloads/{}/logs/history", id(&w)), 200)
+                .await;
+            assert_eq!(w["status"], "completed", "{isolation}: {code}: {w}\n{logs}");
+            assert_eq!(w["output"], want, "{isolation}: {code}");
+        }
+    }
+    // console output is logged, never mixed into the result.
+    let w = gv
+        .run(&json!({"runtime": "node", "isolation": "gvisor",
+                     "code": "export default (i) => { console.log('hello', i); console.error('warn'); return 'ok'; }",
+                     "input": 5}))
+        .await;
+    assert_eq!(w["output"], "ok", "{w}");
+    let h = gv
+        .app
+        .get_json(&format!("/v1/workloads/{}/logs/history", id(&w)), 200)
+        .await;
+    let lines: Vec<&str> = h["lines"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .map(|l| l["line"].as_str().expect("line"))
+        .collect();
+    assert!(
+        lines.contains(&"hello 5") && lines.contains(&"warn"),
+        "{lines:?}"
+    );
+    // A module without a default export fails on both, saying so.
+    for isolation in ["isolate", "gvisor"] {
+        let w = gv
+            .run(&json!({"runtime": "node", "isolation": isolation,
+                         "code": "export const x = 1;"}))
+            .await;
+        assert_eq!(w["status"], "failed", "{isolation}: {w}");
+    }
+    // A plain script under gvisor still reads stdin and prints its output.
+    let w = gv
+        .run(&json!({"runtime": "node", "isolation": "gvisor", "input": {"a": 20},
+                     "code": "let s = '';\nprocess.stdin.on('data', (d) => (s += d));\nprocess.stdin.on('end', () => console.log(JSON.stringify(JSON.parse(s).a + 1)));"}))
+        .await;
+    assert_eq!(w["status"], "completed", "{w}");
+    assert_eq!(w["output"], 21);
+    gv.assert_clean_soon().await;
+}

@@ -459,7 +459,8 @@ async fn auto_routes_along_the_fallback_chain_and_explicit_never_falls_back() {
         .expect("msg")
         .to_string();
     assert!(
-        msg.contains("no registered backend supports runtime node"),
+        msg.contains("prefers isolate")
+            && msg.contains("no backend with isolation isolate is registered"),
         "{msg}"
     );
     let res = app
@@ -473,7 +474,12 @@ async fn auto_routes_along_the_fallback_chain_and_explicit_never_falls_back() {
         .as_str()
         .expect("msg")
         .to_string();
-    assert!(msg.contains("OCI images are not available yet"), "{msg}");
+    assert!(
+        msg.contains("prefers gvisor")
+            && msg.contains("backend gv does not support runtime oci")
+            && msg.contains("OCI images run on the gvisor backend"),
+        "{msg}"
+    );
     assert_eq!(
         app.count_rows("workloads"),
         1,
@@ -645,4 +651,179 @@ async fn three_hundred_concurrent_async_submissions_all_finish() {
         metrics.contains("vulcan_workloads_running 0"),
         "running gauge back to 0"
     );
+}
+
+#[tokio::test]
+async fn a_full_backend_queue_refuses_only_its_own_work() {
+    // Registered under the built-in names so their [backends.<name>] max_queue applies.
+    let (iso, _) = scripted::factory(Options {
+        name: "isolate".into(),
+        isolation: Isolation::Isolate,
+        runtimes: vec![Runtime::Node],
+        max_concurrency: 1,
+        ..Options::default()
+    });
+    let (gv, gv_seen) = scripted::factory(Options {
+        name: "gvisor".into(),
+        isolation: Isolation::Gvisor,
+        runtimes: vec![Runtime::Python],
+        max_concurrency: 1,
+        ..Options::default()
+    });
+    let app = common::app()
+        .env("VULCAN_BACKENDS__ISOLATE__MAX_QUEUE", "2")
+        .backend(iso)
+        .backend(gv)
+        .spawn()
+        .await;
+    let holder = scripted::occupy_slot(&app).await;
+    let q1 = app.submit_async(&job("node", json!({"output": 1}))).await;
+    app.submit_async(&job("node", json!({"output": 2}))).await;
+    // isolate holds its 2: its work gets 429, naming the backend, and is not recorded.
+    let before = app.count_rows("workloads");
+    let res = app
+        .post("/v1/workloads/async", &job("node", json!({"output": 3})))
+        .await;
+    assert_eq!(res.status(), 429);
+    assert_eq!(res.headers()["retry-after"], "1");
+    let v: Value = res.json().await.expect("json");
+    assert!(
+        v["error"]
+            .as_str()
+            .expect("error")
+            .contains("backend isolate"),
+        "{v}"
+    );
+    assert_eq!(app.count_rows("workloads"), before);
+    // gvisor's work is taken at once, queued behind nothing.
+    let w: Value = app
+        .post("/v1/workloads", &job("python", json!({"output": 4})))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(w["status"], "completed");
+    assert_eq!(w["backend"], "gvisor");
+    assert_eq!(gv_seen.started.load(Ordering::SeqCst), 1);
+    let backends = app.get_json("/v1/backends", 200).await;
+    let queued = |name: &str| {
+        backends
+            .as_array()
+            .expect("array")
+            .iter()
+            .find(|b| b["name"] == name)
+            .map(|b| b["queued"].clone())
+    };
+    assert_eq!(queued("isolate"), Some(json!(2)));
+    assert_eq!(queued("gvisor"), Some(json!(0)));
+    // Once a slot frees, isolate accepts again.
+    app.delete(&format!("/v1/workloads/{holder}")).await;
+    app.wait_terminal(&id(&q1), Duration::from_secs(10)).await;
+    app.submit_async(&job("node", json!({"output": 5}))).await;
+}
+
+#[tokio::test]
+async fn every_422_names_the_class_and_why_without_host_details() {
+    let (vm, _) = scripted::factory(Options {
+        name: "vm".into(),
+        isolation: Isolation::Microvm,
+        runtimes: vec![Runtime::Python, Runtime::Go],
+        unavailable: Some("no KVM".into()),
+        ..Options::default()
+    });
+    let app = common::app().backend(vm).spawn().await;
+    let body = |runtime: &str, isolation: &str| {
+        let mut b = job(runtime, json!({"output": 1}));
+        b["isolation"] = json!(isolation);
+        b
+    };
+    // (body, what the message must say)
+    let cases: Vec<(Value, Vec<&str>)> = vec![
+        (
+            body("python", "microvm"),
+            vec!["microvm", "backend vm is unavailable: no KVM"],
+        ),
+        (
+            body("python", "gvisor"),
+            vec!["gvisor", "no backend with isolation gvisor is registered"],
+        ),
+        (
+            body("node", "microvm"),
+            vec!["microvm", "backend vm does not support runtime node"],
+        ),
+        (
+            body("node", "auto"),
+            vec!["prefers isolate", "no backend with isolation isolate"],
+        ),
+        (
+            body("go", "auto"),
+            vec![
+                "prefers microvm",
+                "backend vm is unavailable: no KVM",
+                "gvisor is not available",
+            ],
+        ),
+        (
+            json!({"runtime": "oci", "image": "busybox:1.36"}),
+            vec!["prefers gvisor", "no backend with isolation gvisor"],
+        ),
+    ];
+    for (b, wants) in cases {
+        for path in ["/v1/workloads", "/v1/workloads/async"] {
+            let res = app.post(path, &b).await;
+            assert_eq!(res.status(), 422, "{b}");
+            let msg = res.json::<Value>().await.expect("json")["error"]
+                .as_str()
+                .expect("msg")
+                .to_string();
+            for want in &wants {
+                assert!(msg.contains(want), "{b}: {msg:?} lacks {want:?}");
+            }
+            assert!(!msg.contains("(detail)"), "private detail leaked: {msg}");
+        }
+    }
+    assert_eq!(app.count_rows("workloads"), 0);
+
+    // The built-in backends on a host without runsc or KVM: reasons for clients name
+    // what is missing, never where on the host it was looked for.
+    let app = common::app()
+        .builtin()
+        .env(
+            "VULCAN_BACKENDS__GVISOR__RUNSC_PATH",
+            "/nonexistent/secret-dir/runsc",
+        )
+        .env("VULCAN_BACKENDS__GVISOR__STATE_DIR", "/nonexistent/state")
+        .spawn()
+        .await;
+    let leaks = ["/nonexistent", "secret-dir", "/dev/", "/usr", "uid "];
+    let backends = app.get_json("/v1/backends", 200).await;
+    let text = backends.to_string();
+    for leak in leaks {
+        assert!(!text.contains(leak), "{leak} in /v1/backends: {text}");
+    }
+    let gvisor = backends
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|b| b["name"] == "gvisor")
+        .expect("gvisor listed")
+        .clone();
+    assert_eq!(gvisor["status"], "unavailable");
+    assert!(
+        gvisor["reason"].as_str().expect("reason").contains("runsc"),
+        "{gvisor}"
+    );
+    for b in [
+        body("python", "gvisor"),
+        body("python", "microvm"),
+        body("go", "auto"),
+    ] {
+        let res = app.post("/v1/workloads", &b).await;
+        assert_eq!(res.status(), 422);
+        let msg = res.json::<Value>().await.expect("json")["error"].to_string();
+        for leak in leaks {
+            assert!(!msg.contains(leak), "{leak} in {msg}");
+        }
+        assert!(msg.contains("is unavailable: "), "{msg}");
+    }
 }

@@ -42,6 +42,9 @@ fn assert_exact(events: &[Event], expected: &[String], first_seq: u64, status: &
     let (done, line_events) = events.split_last().expect("at least done");
     assert_eq!(done.event.as_deref(), Some("done"), "{events:?}");
     assert_eq!(done.data, status);
+    // `done` carries the id after the last line: resuming from it finds nothing left.
+    let next = first_seq + (events.len() as u64 - 1);
+    assert_eq!(done.id.as_deref(), Some(next.to_string().as_str()));
     let got: Vec<&str> = line_events.iter().map(|e| e.data.as_str()).collect();
     let want: Vec<&str> = expected.iter().map(String::as_str).collect();
     assert_eq!(got, want);
@@ -211,7 +214,10 @@ async fn history_lists_lines_in_order_and_is_never_null() {
     let h = app
         .get_json(&format!("/v1/workloads/{}/logs/history", id(&w)), 200)
         .await;
-    assert_eq!(h, json!({"workload_id": id(&w), "lines": []}));
+    assert_eq!(
+        h,
+        json!({"workload_id": id(&w), "lines": [], "next_after": null})
+    );
     let w: Value = app
         .post("/v1/workloads", &job("node", json!({"logs": lines(5)})))
         .await
@@ -410,4 +416,272 @@ async fn idle_streams_get_keep_alive_comments() {
         .expect("within 5s");
     assert_eq!(item, Some(Item::Comment("keep-alive".into())));
     app.delete(&format!("/v1/workloads/{wid}")).await;
+}
+
+#[tokio::test]
+async fn sequence_numbers_outside_the_stored_range_are_400() {
+    let app = scripted_app().await;
+    let w: Value = app
+        .post("/v1/workloads", &job("node", json!({"logs": lines(3)})))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let wid = id(&w);
+    let logs = app.url(&format!("/v1/workloads/{wid}/logs"));
+    for bad in [
+        "18446744073709551615",
+        "9223372036854775808",
+        "-1",
+        "1.5",
+        "abc",
+        "0x10",
+    ] {
+        let res = app
+            .client
+            .get(&logs)
+            .header("Last-Event-ID", bad)
+            .send()
+            .await
+            .expect("req");
+        assert_eq!(res.status(), 400, "Last-Event-ID {bad}");
+        let msg = res.json::<Value>().await.expect("json")["error"].to_string();
+        assert!(msg.contains("Last-Event-ID"), "{msg}");
+    }
+    // The largest valid one: nothing after it.
+    let res = app
+        .client
+        .get(&logs)
+        .header("Last-Event-ID", i64::MAX.to_string())
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(res.status(), 204);
+    let history = format!("/v1/workloads/{wid}/logs/history");
+    for bad in [
+        "after=18446744073709551615",
+        "after=9223372036854775808",
+        "after=-1",
+        "after=x",
+        "limit=0",
+        "limit=10001",
+        "limit=-3",
+        "cursor=1",
+    ] {
+        let res = app.get(&format!("{history}?{bad}")).await;
+        assert_eq!(res.status(), 400, "{bad}");
+    }
+    let h = app
+        .get_json(&format!("{history}?after={}", i64::MAX), 200)
+        .await;
+    assert_eq!(h["lines"], json!([]));
+}
+
+#[tokio::test]
+async fn history_pages_with_after_and_limit() {
+    let app = scripted_app().await;
+    let all = lines(25);
+    let w: Value = app
+        .post("/v1/workloads", &job("node", json!({"logs": all})))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let history = format!("/v1/workloads/{}/logs/history", id(&w));
+    let mut after: Option<u64> = None;
+    let mut got = Vec::new();
+    let mut pages = 0;
+    loop {
+        let q = match after {
+            None => "?limit=10".to_string(),
+            Some(a) => format!("?limit=10&after={a}"),
+        };
+        let page = app.get_json(&format!("{history}{q}"), 200).await;
+        pages += 1;
+        for l in page["lines"].as_array().expect("lines") {
+            got.push(l["line"].as_str().expect("line").to_string());
+        }
+        match page["next_after"].as_u64() {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(got, all);
+    // The default page holds them all.
+    let page = app.get_json(&history, 200).await;
+    assert_eq!(page["lines"].as_array().expect("lines").len(), 25);
+    assert_eq!(page["next_after"], Value::Null);
+}
+
+#[tokio::test]
+async fn a_reconnect_with_nothing_left_after_done_gets_204() {
+    let app = scripted_app().await;
+    let w: Value = app
+        .post("/v1/workloads", &job("node", json!({"logs": lines(3)})))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let wid = id(&w);
+    let events = subscribe(&app, &wid, None).await.collect(SOON).await;
+    let done = events.last().expect("done");
+    assert_eq!(done.id.as_deref(), Some("3"));
+    let get = |last: Option<&str>, head: bool| {
+        let mut req = if head {
+            app.client
+                .head(app.url(&format!("/v1/workloads/{wid}/logs")))
+        } else {
+            app.client
+                .get(app.url(&format!("/v1/workloads/{wid}/logs")))
+        };
+        if let Some(l) = last {
+            req = req.header("Last-Event-ID", l);
+        }
+        req.send()
+    };
+    // What an EventSource sends after `done` (its id), or after only the last line.
+    for last in ["3", "2"] {
+        for head in [false, true] {
+            let res = get(Some(last), head).await.expect("req");
+            assert_eq!(res.status(), 204, "Last-Event-ID {last} (HEAD: {head})");
+            assert!(res.bytes().await.expect("body").is_empty());
+        }
+    }
+    // Something left: the rest, then done again.
+    let res = get(Some("1"), false).await.expect("req");
+    let events = Reader::new(res).collect(SOON).await;
+    assert_exact(&events, &lines(3)[2..], 2, "completed");
+    // A workload without lines: done has id 0, resuming from it is 204 as well.
+    let w: Value = app
+        .post("/v1/workloads", &job("node", json!({})))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let events = subscribe(&app, &id(&w), None).await.collect(SOON).await;
+    assert_eq!(events.last().expect("done").id.as_deref(), Some("0"));
+    let res = app
+        .client
+        .get(app.url(&format!("/v1/workloads/{}/logs", id(&w))))
+        .header("Last-Event-ID", "0")
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(res.status(), 204);
+}
+
+/// Open the log stream of `wid`, asserting the answer comes at once (headers within
+/// a liveness bound, not after a wait for the workload).
+async fn subscribe_at_once(app: &common::TestApp, wid: &str) -> Reader {
+    let res = tokio::time::timeout(
+        Duration::from_secs(3),
+        app.client
+            .get(app.url(&format!("/v1/workloads/{wid}/logs")))
+            .send(),
+    )
+    .await
+    .expect("the stream must open at once")
+    .expect("subscribe");
+    Reader::new(res)
+}
+
+#[tokio::test]
+async fn subscribing_to_a_queued_workload_opens_at_once_and_streams_when_it_runs() {
+    let (f, _) = scripted::factory(Options {
+        max_concurrency: 1,
+        ..Options::default()
+    });
+    let app = common::app()
+        .backend(f)
+        .env("VULCAN_LOGS__KEEPALIVE_S", "1")
+        .spawn()
+        .await;
+    let holder = scripted::occupy_slot(&app).await;
+    let w = app
+        .submit_async(&job("node", json!({"logs": ["one", "two"]})))
+        .await;
+    let wid = id(&w);
+    let mut r = subscribe_at_once(&app, &wid).await;
+    // Idle but alive while it waits.
+    let first = tokio::time::timeout(SOON, r.next_item())
+        .await
+        .expect("keep-alive");
+    assert_eq!(first, Some(Item::Comment("keep-alive".into())));
+    assert_eq!(
+        app.get_json(&format!("/v1/workloads/{wid}"), 200).await["status"],
+        "pending"
+    );
+    app.delete(&format!("/v1/workloads/{holder}")).await;
+    let events = r.collect(SOON).await;
+    assert_exact(
+        &events,
+        &["one".to_string(), "two".to_string()],
+        0,
+        "completed",
+    );
+}
+
+#[tokio::test]
+async fn subscribing_to_a_recorded_but_unadmitted_workload_opens_at_once_and_ends_with_done() {
+    let app = common::app()
+        .backend(scripted::factory(Options::default()).0)
+        .env("VULCAN_LOGS__KEEPALIVE_S", "1")
+        .spawn()
+        .await;
+    let topics = "vulcan_log_topics";
+    assert_eq!(common::gauge(&app, topics).await, 0);
+    let wid = common::insert_unadmitted(&app.db_path, "scripted");
+
+    let mut r = subscribe_at_once(&app, &wid).await;
+    let first = tokio::time::timeout(SOON, r.next_item())
+        .await
+        .expect("keep-alive");
+    assert_eq!(first, Some(Item::Comment("keep-alive".into())));
+    assert_eq!(common::gauge(&app, topics).await, 1);
+    // A second subscriber that leaves does not close the stream of the first.
+    let second = subscribe_at_once(&app, &wid).await;
+    drop(second);
+    common::wait_gauge(&app, "vulcan_sse_subscribers", 1, SOON).await;
+    assert_eq!(common::gauge(&app, topics).await, 1);
+
+    // It ends without ever being admitted (here: killed): the stream ends with done.
+    let killed = app.delete(&format!("/v1/workloads/{wid}")).await;
+    assert_eq!(killed.status(), 200);
+    let events = r.collect(SOON).await;
+    assert_exact(&events, &[], 0, "killed");
+    common::wait_gauge(&app, topics, 0, SOON).await;
+
+    // A subscriber that leaves a workload that never runs leaves nothing behind.
+    let never = common::insert_unadmitted(&app.db_path, "scripted");
+    let r = subscribe_at_once(&app, &never).await;
+    common::wait_gauge(&app, topics, 1, SOON).await;
+    drop(r);
+    common::wait_gauge(&app, topics, 0, SOON).await;
+    common::wait_gauge(&app, "vulcan_sse_subscribers", 0, SOON).await;
+}
+
+#[tokio::test]
+async fn the_client_ends_a_stream_answered_204_with_the_final_status() {
+    let app = scripted_app().await;
+    let w: Value = app
+        .post(
+            "/v1/workloads",
+            &job("node", json!({"logs": lines(3), "error": "bad"})),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    let client = vulcan::client::Client::new(&app.address, None).expect("client");
+    let wid: vulcan::model::WorkloadId = id(&w).parse().expect("id");
+    // Resuming after the last line of a finished workload: 204, then the status.
+    let mut stream = client.logs_stream(wid, Some(2));
+    assert_eq!(
+        stream.next().await.expect("no error"),
+        Some(vulcan::client::LogEvent::Done(
+            vulcan::model::Status::Failed
+        ))
+    );
+    assert_eq!(stream.next().await.expect("no error"), None);
 }

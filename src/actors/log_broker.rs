@@ -5,6 +5,15 @@
 //! line it has numbered to the store, so a replay read queued behind the answer (see
 //! [`crate::actors::store::GetLogs::consistent`]) sees every line below the subscriber's
 //! `live_from`, and the live channel carries every line from `live_from` on.
+//!
+//! Topics: the supervisor opens a workload's topic when it admits it, the workload
+//! actor closes it once the terminal status is stored. A subscriber may come earlier,
+//! while the workload is recorded but not admitted yet (start-up re-admits a backlog):
+//! its subscription opens a *provisional* topic that admission adopts. A provisional
+//! topic is removed when its last subscriber leaves, closed by whoever records a
+//! terminal status without admitting the workload, and closed by [`CloseProvisional`]
+//! when a subscriber finds the workload terminal right after subscribing, so none is
+//! left behind.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,7 +35,12 @@ pub enum LogEvent {
     /// A log line.
     Line(LogLine),
     /// The workload reached this terminal status; nothing follows.
-    Done(Status),
+    Done {
+        /// The final status.
+        status: Status,
+        /// The seq after the workload's last line (the number of lines kept).
+        next_seq: u64,
+    },
 }
 
 struct Subscriber {
@@ -37,7 +51,20 @@ struct Subscriber {
 struct Topic {
     next_seq: u64,
     capped: bool,
+    /// Opened by admission (false: opened by an early subscriber, see the module docs).
+    admitted: bool,
     subscribers: Vec<Subscriber>,
+}
+
+impl Topic {
+    fn new(admitted: bool) -> Self {
+        Self {
+            next_seq: 0,
+            capped: false,
+            admitted,
+            subscribers: Vec::new(),
+        }
+    }
 }
 
 /// The log broker actor.
@@ -68,6 +95,24 @@ impl LogBroker {
         }
     }
 
+    fn update_gauge(&self) {
+        self.metrics.log_topics.set(self.topics.len() as i64);
+    }
+
+    /// End `id`'s topic: subscribers get `Done` after every line, then their stream ends.
+    fn close(&mut self, id: WorkloadId, status: Status) {
+        if let Some(topic) = self.topics.remove(&id) {
+            for s in topic.subscribers {
+                let _ = s.tx.try_send(LogEvent::Done {
+                    status,
+                    next_seq: topic.next_seq,
+                });
+                self.metrics.sse_subscribers.dec();
+            }
+        }
+        self.update_gauge();
+    }
+
     fn flush(&mut self) {
         if !self.unflushed.is_empty() {
             let rows = std::mem::take(&mut self.unflushed);
@@ -90,7 +135,8 @@ impl Actor for LogBroker {
     type Context = Context<Self>;
 }
 
-/// Open a workload's topic (at admission, before anything can print).
+/// Open a workload's topic (at admission, before anything can print); adopts a
+/// provisional topic an early subscriber opened.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct OpenTopic(pub WorkloadId);
@@ -116,24 +162,31 @@ pub struct CloseTopic {
     pub status: Status,
 }
 
-/// Subscribe to a workload's live lines.
+/// Close `id`'s topic only if it is provisional (no admission adopted it): sent by a
+/// subscriber that found the workload terminal right after subscribing.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseProvisional {
+    /// Which workload.
+    pub id: WorkloadId,
+    /// Its terminal status.
+    pub status: Status,
+}
+
+/// Subscribe to a workload's live lines. Send only for a workload found not terminal:
+/// without an open topic, a provisional one is opened (see the module docs).
 #[derive(Message)]
 #[rtype(result = "Subscription")]
 pub struct Subscribe(pub WorkloadId);
 
-/// The answer to [`Subscribe`].
-pub enum Subscription {
-    /// The topic is open: lines with `seq >= live_from` arrive on `events`.
-    Live {
-        /// First seq delivered live; everything below is in the store already.
-        live_from: u64,
-        /// The live events (bounded; the broker drops this subscriber if it is full).
-        events: mpsc::Receiver<LogEvent>,
-        /// Identifies the subscription for [`Unsubscribe`].
-        key: u64,
-    },
-    /// No open topic: the workload is terminal (or not yet admitted).
-    Closed,
+/// The answer to [`Subscribe`]: lines with `seq >= live_from` arrive on `events`.
+pub struct Subscription {
+    /// First seq delivered live; everything below is in the store already.
+    pub live_from: u64,
+    /// The live events (bounded; the broker drops this subscriber if it is full).
+    pub events: mpsc::Receiver<LogEvent>,
+    /// Identifies the subscription for [`Unsubscribe`].
+    pub key: u64,
 }
 
 /// A subscriber went away.
@@ -150,11 +203,11 @@ impl Handler<OpenTopic> for LogBroker {
     type Result = ();
 
     fn handle(&mut self, msg: OpenTopic, _: &mut Self::Context) {
-        self.topics.entry(msg.0).or_insert_with(|| Topic {
-            next_seq: 0,
-            capped: false,
-            subscribers: Vec::new(),
-        });
+        self.topics
+            .entry(msg.0)
+            .or_insert_with(|| Topic::new(true))
+            .admitted = true;
+        self.update_gauge();
     }
 }
 
@@ -217,11 +270,16 @@ impl Handler<CloseTopic> for LogBroker {
 
     fn handle(&mut self, msg: CloseTopic, _: &mut Self::Context) {
         self.flush();
-        if let Some(topic) = self.topics.remove(&msg.id) {
-            for s in topic.subscribers {
-                let _ = s.tx.try_send(LogEvent::Done(msg.status));
-                self.metrics.sse_subscribers.dec();
-            }
+        self.close(msg.id, msg.status);
+    }
+}
+
+impl Handler<CloseProvisional> for LogBroker {
+    type Result = ();
+
+    fn handle(&mut self, msg: CloseProvisional, _: &mut Self::Context) {
+        if self.topics.get(&msg.id).is_some_and(|t| !t.admitted) {
+            self.close(msg.id, msg.status);
         }
     }
 }
@@ -232,16 +290,19 @@ impl Handler<Subscribe> for LogBroker {
     fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) -> Self::Result {
         self.flush();
         let buffer = self.cfg.subscriber_buffer;
-        let Some(topic) = self.topics.get_mut(&msg.0) else {
-            return MessageResult(Subscription::Closed);
-        };
-        let (tx, rx) = mpsc::channel(buffer);
         let key = self.next_key;
         self.next_key += 1;
+        let topic = self
+            .topics
+            .entry(msg.0)
+            .or_insert_with(|| Topic::new(false));
+        let (tx, rx) = mpsc::channel(buffer);
         topic.subscribers.push(Subscriber { key, tx });
+        let live_from = topic.next_seq;
         self.metrics.sse_subscribers.inc();
-        MessageResult(Subscription::Live {
-            live_from: topic.next_seq,
+        self.update_gauge();
+        MessageResult(Subscription {
+            live_from,
             events: rx,
             key,
         })
@@ -257,6 +318,11 @@ impl Handler<Unsubscribe> for LogBroker {
             topic.subscribers.retain(|s| s.key != msg.key);
             if topic.subscribers.len() < before {
                 self.metrics.sse_subscribers.dec();
+            }
+            // A provisional topic exists only for its subscribers.
+            if !topic.admitted && topic.subscribers.is_empty() {
+                self.topics.remove(&msg.id);
+                self.update_gauge();
             }
         }
     }

@@ -9,15 +9,22 @@
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use diesel::sqlite::SqliteConnection;
 use tokio::sync::oneshot;
 
+use crate::actors::webhooks::DeliveriesEnqueued;
 use crate::metrics::Metrics;
-use crate::model::{LogLine, Payload, Workload, WorkloadId};
+use chrono::{DateTime, Utc};
+
+use crate::model::{
+    Deliveries, IdempotencyKey, IdempotencyRecord, LogLine, Payload, Workload, WorkloadId,
+};
+use crate::store::deliveries::{self, AttemptRecord, DeliveryQueue};
 use crate::store::models::LogLineRow;
-use crate::store::queries::{self, ListQuery, Recovered, Stats, StatusChange};
+use crate::store::queries::{self, KeyedInsert, ListQuery, Recovered, Stats, StatusChange};
 use crate::store::{open_read_pool, open_writer, ReadPool, StoreError};
 
 type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
@@ -27,7 +34,14 @@ type Job = Box<dyn FnOnce(&mut SqliteConnection) -> Reply + Send>;
 pub struct StoreActor {
     writer: mpsc::Sender<Job>,
     reads: ReadPool,
+    /// How long `Idempotency-Key`s are kept; older ones are swept periodically.
+    key_ttl: Option<Duration>,
+    /// Told after a committed terminal status enqueued a webhook delivery.
+    deliveries: Option<Recipient<DeliveriesEnqueued>>,
 }
+
+/// The longest pause between two sweeps of expired `Idempotency-Key`s.
+const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 impl StoreActor {
     /// Open the database (running migrations) and start the writer thread.
@@ -44,7 +58,35 @@ impl StoreActor {
             .name("vulcan-store-writer".into())
             .spawn(move || writer_loop(conn, rx, max_batch.max(1), metrics))
             .map_err(|e| StoreError::Connection(format!("cannot start writer thread: {e}")))?;
-        Ok(Self { writer: tx, reads })
+        Ok(Self {
+            writer: tx,
+            reads,
+            key_ttl: None,
+            deliveries: None,
+        })
+    }
+
+    /// Forget `Idempotency-Key`s older than `ttl`: swept at start and then at least
+    /// every minute (more often for short TTLs).
+    pub fn sweep_idempotency_keys(mut self, ttl: Duration) -> Self {
+        self.key_ttl = Some(ttl);
+        self
+    }
+
+    fn sweep(&self, ttl: Duration) {
+        let before = chrono::Duration::from_std(ttl)
+            .ok()
+            .and_then(|ttl| Utc::now().checked_sub_signed(ttl))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        // Fire and forget: failures are logged here, the next sweep tries again.
+        drop(self.write(move |c| {
+            match queries::sweep_idempotency_keys(c, before) {
+                Ok(0) => {}
+                Ok(n) => log::debug!("store: {n} expired idempotency key(s) swept"),
+                Err(e) => log::error!("store: sweeping idempotency keys failed: {e}"),
+            }
+            Ok(())
+        }));
     }
 
     fn write<T: Send + 'static>(
@@ -125,11 +167,23 @@ fn writer_loop(
 
 impl Actor for StoreActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if let Some(ttl) = self.key_ttl {
+            self.sweep(ttl);
+            let every = ttl.clamp(Duration::from_secs(1), MAX_SWEEP_INTERVAL);
+            ctx.run_interval(every, move |act, _| act.sweep(ttl));
+        }
+    }
 }
 
-/// Record a newly accepted workload (status pending) with its payload.
+/// Record a newly accepted workload (status pending) with its payload, and with the
+/// `Idempotency-Key` that created it when there is one.
+///
+/// With a key that is remembered already, nothing is written and the answer is
+/// [`KeyedInsert::Existing`]: the submission is a replay.
 #[derive(Message)]
-#[rtype(result = "Result<(), StoreError>")]
+#[rtype(result = "Result<KeyedInsert, StoreError>")]
 pub struct InsertWorkload {
     /// The record.
     pub workload: Workload,
@@ -137,6 +191,29 @@ pub struct InsertWorkload {
     pub payload: Payload,
     /// Its input JSON bytes.
     pub input: Vec<u8>,
+    /// The key to remember with it.
+    pub key: Option<KeyToRemember>,
+}
+
+/// An `Idempotency-Key` recorded together with the workload it creates.
+#[derive(Debug, Clone)]
+pub struct KeyToRemember {
+    /// The client's key.
+    pub key: IdempotencyKey,
+    /// What it stands for (its `workload_id` is the new workload's).
+    pub record: IdempotencyRecord,
+    /// Remembered keys older than this are expired and forgotten.
+    pub not_before: DateTime<Utc>,
+}
+
+/// The remembered record of an `Idempotency-Key` (not older than `not_before`).
+#[derive(Message)]
+#[rtype(result = "Result<Option<IdempotencyRecord>, StoreError>")]
+pub struct FindIdempotencyKey {
+    /// The client's key.
+    pub key: IdempotencyKey,
+    /// Keys older than this are expired.
+    pub not_before: DateTime<Utc>,
 }
 
 /// Change a workload's status. Validated by the state machine inside the transaction;
@@ -165,7 +242,7 @@ pub struct GetWorkload(pub WorkloadId);
 #[rtype(result = "Result<(Vec<Workload>, u64), StoreError>")]
 pub struct ListWorkloads(pub ListQuery);
 
-/// Log lines of a workload, after `after` when set.
+/// Log lines of a workload, after `after` when set, at most `limit` when set.
 ///
 /// With `consistent`, the read is queued behind every write sent before it (so it sees
 /// every line the log broker handed over before this message); otherwise it uses the
@@ -176,7 +253,9 @@ pub struct GetLogs {
     /// Which workload.
     pub id: WorkloadId,
     /// Only lines with a larger seq.
-    pub after: Option<u64>,
+    pub after: Option<i64>,
+    /// At most this many lines.
+    pub limit: Option<i64>,
     /// Read through the writer queue.
     pub consistent: bool,
 }
@@ -191,18 +270,66 @@ pub struct GetStats;
 #[rtype(result = "Result<Recovered, StoreError>")]
 pub struct Recover;
 
+/// From now on, tell `0` each time a committed status change enqueued a webhook
+/// delivery (a workload with a `callback_url` reached a terminal status).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WatchDeliveries(pub Recipient<DeliveriesEnqueued>);
+
+/// Look at the webhook queue (see [`deliveries::due_deliveries`]).
+#[derive(Message)]
+#[rtype(result = "Result<DeliveryQueue, StoreError>")]
+pub struct DueDeliveries {
+    /// Due means `next_attempt_at <= now`.
+    pub now: chrono::DateTime<chrono::Utc>,
+    /// At most this many due deliveries.
+    pub limit: usize,
+    /// Deliveries in flight, left out.
+    pub exclude: Vec<WorkloadId>,
+}
+
+/// Record a webhook attempt (see [`deliveries::record_attempt`]); answers whether it
+/// was recorded.
+#[derive(Message)]
+#[rtype(result = "Result<bool, StoreError>")]
+pub struct RecordAttempt(pub AttemptRecord);
+
+/// The webhook delivery and attempts of a workload.
+#[derive(Message)]
+#[rtype(result = "Result<Deliveries, StoreError>")]
+pub struct GetDeliveries(pub WorkloadId);
+
 /// Resolves once everything queued before it is committed.
 #[derive(Message)]
 #[rtype(result = "Result<(), StoreError>")]
 pub struct Flush;
 
 impl Handler<InsertWorkload> for StoreActor {
-    type Result = ResponseFuture<Result<(), StoreError>>;
+    type Result = ResponseFuture<Result<KeyedInsert, StoreError>>;
 
     fn handle(&mut self, msg: InsertWorkload, _: &mut Self::Context) -> Self::Result {
-        let rx = self
-            .write(move |c| queries::insert_workload(c, &msg.workload, &msg.payload, &msg.input));
+        let rx = self.write(move |c| match &msg.key {
+            None => queries::insert_workload(c, &msg.workload, &msg.payload, &msg.input)
+                .map(|()| KeyedInsert::Inserted),
+            Some(k) => queries::insert_keyed_workload(
+                c,
+                &msg.workload,
+                &msg.payload,
+                &msg.input,
+                &k.key,
+                &k.record,
+                k.not_before,
+            ),
+        });
         Box::pin(answer(rx))
+    }
+}
+
+impl Handler<FindIdempotencyKey> for StoreActor {
+    type Result = ResponseFuture<Result<Option<IdempotencyRecord>, StoreError>>;
+
+    fn handle(&mut self, msg: FindIdempotencyKey, _: &mut Self::Context) -> Self::Result {
+        Box::pin(self.read(move |c| queries::find_idempotency_key(c, &msg.key, msg.not_before)))
     }
 }
 
@@ -211,7 +338,18 @@ impl Handler<ChangeStatus> for StoreActor {
 
     fn handle(&mut self, msg: ChangeStatus, _: &mut Self::Context) -> Self::Result {
         let rx = self.write(move |c| queries::apply_change(c, msg.id, &msg.change));
-        Box::pin(answer(rx))
+        let watcher = self.deliveries.clone();
+        Box::pin(async move {
+            let res = answer(rx).await;
+            if let (Ok(w), Some(watcher)) = (&res, watcher) {
+                // The rule apply_change enqueues by; told after the commit, so the
+                // deliverer's read sees the delivery.
+                if w.status.is_terminal() && w.callback_url.is_some() {
+                    watcher.do_send(DeliveriesEnqueued);
+                }
+            }
+            res
+        })
     }
 }
 
@@ -253,14 +391,15 @@ impl Handler<GetLogs> for StoreActor {
         let GetLogs {
             id,
             after,
+            limit,
             consistent,
         } = msg;
         if consistent {
             Box::pin(answer(
-                self.write(move |c| queries::log_lines(c, id, after)),
+                self.write(move |c| queries::log_lines(c, id, after, limit)),
             ))
         } else {
-            Box::pin(self.read(move |c| queries::log_lines(c, id, after)))
+            Box::pin(self.read(move |c| queries::log_lines(c, id, after, limit)))
         }
     }
 }
@@ -286,5 +425,41 @@ impl Handler<Flush> for StoreActor {
 
     fn handle(&mut self, _: Flush, _: &mut Self::Context) -> Self::Result {
         Box::pin(answer(self.write(|_| Ok(()))))
+    }
+}
+
+impl Handler<WatchDeliveries> for StoreActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: WatchDeliveries, _: &mut Self::Context) {
+        self.deliveries = Some(msg.0);
+    }
+}
+
+impl Handler<DueDeliveries> for StoreActor {
+    type Result = ResponseFuture<Result<DeliveryQueue, StoreError>>;
+
+    fn handle(&mut self, msg: DueDeliveries, _: &mut Self::Context) -> Self::Result {
+        Box::pin(
+            self.read(move |c| deliveries::due_deliveries(c, msg.now, msg.limit, &msg.exclude)),
+        )
+    }
+}
+
+impl Handler<RecordAttempt> for StoreActor {
+    type Result = ResponseFuture<Result<bool, StoreError>>;
+
+    fn handle(&mut self, msg: RecordAttempt, _: &mut Self::Context) -> Self::Result {
+        Box::pin(answer(
+            self.write(move |c| deliveries::record_attempt(c, &msg.0)),
+        ))
+    }
+}
+
+impl Handler<GetDeliveries> for StoreActor {
+    type Result = ResponseFuture<Result<Deliveries, StoreError>>;
+
+    fn handle(&mut self, msg: GetDeliveries, _: &mut Self::Context) -> Self::Result {
+        Box::pin(self.read(move |c| deliveries::deliveries(c, msg.0)))
     }
 }

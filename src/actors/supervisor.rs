@@ -1,22 +1,27 @@
 //! The Supervisor: owns the backend registry, resolves `auto`, applies admission control
-//! (per-backend concurrency with a FIFO queue; a server-wide bound on pending work),
-//! creates one [`WorkloadActor`] per accepted workload and restarts backend actors.
+//! (per-backend concurrency with a bounded FIFO queue per backend; a server-wide bound
+//! on pending work), creates one [`WorkloadActor`] per accepted workload and restarts
+//! backend actors.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use actix::prelude::*;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::actors::backend::{BackendActor, BackendRestarted, RestartBackend};
-use crate::actors::log_broker::{LogBroker, OpenTopic};
-use crate::actors::store::{ChangeStatus, GetWorkload, InsertWorkload, StoreActor};
-use crate::actors::workload::{Interrupt, Kill, KillError, Start, WorkloadActor};
+use crate::actors::log_broker::{CloseTopic, LogBroker, OpenTopic};
+use crate::actors::store::{ChangeStatus, GetWorkload, InsertWorkload, KeyToRemember, StoreActor};
+use crate::actors::workload::{AwaitTerminal, Interrupt, Kill, KillError, Start, WorkloadActor};
 use crate::backends::{Backend, BackendCapabilities, BackendFactory, BackendHealth, WorkloadSpec};
 use crate::metrics::Metrics;
-use crate::model::{Isolation, Payload, Runtime, Status, Workload, WorkloadId, WorkloadRequest};
-use crate::store::queries::StatusChange;
+use crate::model::{
+    IdempotencyKey, IdempotencyRecord, Isolation, Payload, Runtime, Status, SubmitKind, Workload,
+    WorkloadId, WorkloadRequest,
+};
+use crate::store::queries::{KeyedInsert, StatusChange};
 use crate::store::StoreError;
 
 /// Why a submission was not accepted.
@@ -25,9 +30,16 @@ pub enum SubmitError {
     /// No healthy backend can take it (HTTP 422).
     #[error("{0}")]
     Unplaceable(String),
-    /// The server holds `max_queue` pending workloads already (HTTP 429).
-    #[error("the server already holds {0} pending workloads; retry later")]
-    QueueFull(usize),
+    /// The server, or the chosen backend, holds as many pending workloads as it may
+    /// (HTTP 429); the text says which bound was hit.
+    #[error("{0}; retry later")]
+    QueueFull(String),
+    /// The `Idempotency-Key` was first used with a different request (HTTP 422).
+    #[error(
+        "this Idempotency-Key was already used with a different request (body or endpoint); \
+         use a new key for a new request"
+    )]
+    IdempotencyMismatch,
     /// The server is shutting down (HTTP 503).
     #[error("the server is shutting down; retry later")]
     ShuttingDown,
@@ -42,6 +54,15 @@ pub struct Submitted {
     pub workload: Workload,
     /// For synchronous submissions: resolves with the terminal record.
     pub done: Option<oneshot::Receiver<Workload>>,
+}
+
+/// The answer to [`Submit`].
+pub enum SubmitOutcome {
+    /// A new workload was recorded and admitted.
+    Accepted(Box<Submitted>),
+    /// The submission's `Idempotency-Key` is remembered already (another request with
+    /// it was recorded first): nothing was recorded, the caller replays this.
+    Existing(IdempotencyRecord),
 }
 
 /// One entry of `GET /v1/backends`.
@@ -66,6 +87,8 @@ pub struct BackendInfo {
     pub worker_restarts: u64,
     /// Protections that could not be applied on this host (empty when all hold).
     pub limitations: Vec<String>,
+    /// Technology-specific facts ([`Backend::details`]); `{}` when there are none.
+    pub details: serde_json::Map<String, serde_json::Value>,
 }
 
 /// One entry of `GET /v1/system/actors`.
@@ -90,6 +113,10 @@ struct BackendEntry {
     caps: BackendCapabilities,
     running: usize,
     queue: VecDeque<WorkloadId>,
+    /// Accepted (or being recorded) for this backend and not yet granted a slot.
+    pending: usize,
+    /// Most `pending` before this backend's submissions get 429.
+    max_queue: usize,
     restarts: u64,
     last_error: Option<String>,
     /// Worker restarts of backend instances that were replaced (their counters are gone).
@@ -103,13 +130,14 @@ impl BackendEntry {
         self.worker_restarts_before + self.backend.process_report().worker_restarts
     }
 
+    /// `healthy`, `failed` or `unavailable`, and the public reason when not healthy.
     fn status(&self) -> (&'static str, Option<String>) {
         if !self.addr.connected() {
             return ("failed", self.last_error.clone());
         }
         match self.backend.health() {
             BackendHealth::Healthy => ("healthy", None),
-            BackendHealth::Unavailable(r) => ("unavailable", Some(r)),
+            BackendHealth::Unavailable { reason, .. } => ("unavailable", Some(reason)),
         }
     }
 }
@@ -120,12 +148,21 @@ pub struct Supervisor {
     broker: Addr<LogBroker>,
     metrics: Arc<Metrics>,
     node_id: String,
+    /// Most pending workloads, all backends together.
     max_queue: usize,
     max_output_bytes: usize,
+    /// Per-backend queue bounds by registry name; a backend without one gets `max_queue`.
+    queue_bounds: HashMap<String, usize>,
     backends: BTreeMap<String, BackendEntry>,
     workloads: HashMap<WorkloadId, Addr<WorkloadActor>>,
-    /// Accepted (or being recorded) and not yet granted a slot.
-    pending: usize,
+    /// Accepted, waiting for their backend's preparation (counted in their backend's
+    /// `pending`, not yet in its queue).
+    preparing: HashSet<WorkloadId>,
+    /// Accepted, not admitted yet: their insert is on its way to the store.
+    recording: HashSet<WorkloadId>,
+    /// Receivers of the terminal record of workloads that have no actor (yet): handed
+    /// to the actor at admission, or answered when the workload ends without one.
+    awaiting: HashMap<WorkloadId, Vec<oneshot::Sender<Workload>>>,
     factories: Vec<BackendFactory>,
     /// Shutting down: no new work is accepted and no queued work is started (it stays
     /// pending in the store for the next start).
@@ -134,6 +171,8 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// A supervisor that will register the backends built by `factories` when started.
+    /// `queue_bounds` caps each backend's pending work by registry name (a backend
+    /// without an entry is only bound by `max_queue`, the cap of all together).
     pub fn new(
         store: Addr<StoreActor>,
         broker: Addr<LogBroker>,
@@ -141,6 +180,7 @@ impl Supervisor {
         node_id: String,
         max_queue: usize,
         max_output_bytes: usize,
+        queue_bounds: HashMap<String, usize>,
         factories: Vec<BackendFactory>,
     ) -> Self {
         Self {
@@ -150,92 +190,175 @@ impl Supervisor {
             node_id,
             max_queue,
             max_output_bytes,
+            queue_bounds,
             backends: BTreeMap::new(),
             workloads: HashMap::new(),
-            pending: 0,
+            preparing: HashSet::new(),
+            recording: HashSet::new(),
+            awaiting: HashMap::new(),
             factories,
             draining: false,
         }
     }
 
+    /// Accepted (or being recorded) and not yet granted a slot, all backends together.
+    fn pending(&self) -> usize {
+        self.backends.values().map(|e| e.pending).sum()
+    }
+
     /// Pick the backend for `runtime` and the requested class (the one routing rule).
+    ///
+    /// When nothing can take it, the error names the requested class (or, for `auto`,
+    /// the preferred one and the whole chain) and why each candidate cannot be used;
+    /// reasons are the backends' public ones (no host paths, uids or file names).
     fn resolve(
         &self,
         runtime: Runtime,
         explicit: Option<Isolation>,
     ) -> Result<(String, Isolation), SubmitError> {
-        let candidates = |class: Isolation| {
-            self.backends.values().filter(move |e| {
-                e.caps.supported_isolations.contains(&class)
-                    && e.caps.supported_runtimes.contains(&runtime)
-            })
+        let classes: &[Isolation] = match &explicit {
+            Some(class) => std::slice::from_ref(class),
+            None => runtime.auto_chain(),
         };
+        for class in classes {
+            let found = self.backends.values().find(|e| {
+                e.caps.supported_isolations.contains(class)
+                    && e.caps.supported_runtimes.contains(&runtime)
+                    && e.status().0 == "healthy"
+            });
+            if let Some(e) = found {
+                return Ok((e.caps.name.clone(), *class));
+            }
+        }
         let why_not = |class: Isolation| -> String {
-            let mut reasons: Vec<String> = Vec::new();
-            for e in self
+            let reasons: Vec<String> = self
                 .backends
                 .values()
                 .filter(|e| e.caps.supported_isolations.contains(&class))
-            {
-                if !e.caps.supported_runtimes.contains(&runtime) {
-                    reasons.push(format!(
-                        "backend {} does not support runtime {runtime}",
-                        e.caps.name
-                    ));
-                } else if let (status, Some(reason)) = e.status() {
-                    reasons.push(format!("backend {} is {status}: {reason}", e.caps.name));
-                }
-            }
+                .map(|e| {
+                    if !e.caps.supported_runtimes.contains(&runtime) {
+                        let hint = if runtime == Runtime::Oci {
+                            " (OCI images run on the gvisor backend)"
+                        } else {
+                            ""
+                        };
+                        format!(
+                            "backend {} does not support runtime {runtime}{hint}",
+                            e.caps.name
+                        )
+                    } else {
+                        let (status, reason) = e.status();
+                        match reason {
+                            Some(r) => format!("backend {} is {status}: {r}", e.caps.name),
+                            None => format!("backend {} is {status}", e.caps.name),
+                        }
+                    }
+                })
+                .collect();
             if reasons.is_empty() {
                 format!("{class} is not available: no backend with isolation {class} is registered")
             } else {
                 format!("{class} is not available: {}", reasons.join("; "))
             }
         };
-        let healthy = |class: Isolation| {
-            candidates(class)
-                .find(|e| e.status().0 == "healthy")
-                .map(|e| (e.caps.name.clone(), class))
+        let message = match explicit {
+            Some(class) => format!("cannot place a {runtime} workload on {}", why_not(class)),
+            None => format!(
+                "no isolation can run {runtime} workloads here (auto prefers {}): {}",
+                classes[0],
+                classes
+                    .iter()
+                    .map(|c| why_not(*c))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
         };
-        if !self
-            .backends
-            .values()
-            .any(|e| e.caps.supported_runtimes.contains(&runtime))
-        {
-            let hint = if runtime == Runtime::Oci {
-                " (OCI images are not available yet: no image store is configured)"
-            } else {
-                ""
-            };
-            return Err(SubmitError::Unplaceable(format!(
-                "no registered backend supports runtime {runtime}{hint}"
-            )));
-        }
-        match explicit {
-            Some(class) => healthy(class).ok_or_else(|| {
-                SubmitError::Unplaceable(format!(
-                    "cannot place a {runtime} workload on {}",
-                    why_not(class)
-                ))
-            }),
-            None => {
-                let chain = runtime.auto_chain();
-                chain.iter().find_map(|c| healthy(*c)).ok_or_else(|| {
-                    let reasons: Vec<String> = chain.iter().map(|c| why_not(*c)).collect();
-                    SubmitError::Unplaceable(format!(
-                        "no isolation can run {runtime} workloads here (auto prefers {}): {}",
-                        chain[0],
-                        reasons.join("; ")
-                    ))
-                })
-            }
-        }
+        Err(SubmitError::Unplaceable(message))
     }
 
     fn update_gauges(&self) {
-        self.metrics.queue_depth.set(self.pending as i64);
+        self.metrics.queue_depth.set(self.pending() as i64);
         let running: usize = self.backends.values().map(|e| e.running).sum();
         self.metrics.running.set(running as i64);
+    }
+
+    /// Count one more pending workload for `backend` unless a queue bound refuses it.
+    fn reserve(&mut self, backend: &str) -> Result<(), SubmitError> {
+        let total = self.pending();
+        let refused = if total >= self.max_queue {
+            Some(format!(
+                "the server already holds {} pending workloads",
+                self.max_queue
+            ))
+        } else {
+            self.backends
+                .get(backend)
+                .filter(|e| e.pending >= e.max_queue)
+                .map(|e| {
+                    format!(
+                        "backend {backend} already holds {} pending workloads",
+                        e.max_queue
+                    )
+                })
+        };
+        if let Some(why) = refused {
+            self.metrics.rejected_queue_full.inc();
+            return Err(SubmitError::QueueFull(why));
+        }
+        if let Some(e) = self.backends.get_mut(backend) {
+            e.pending += 1;
+        }
+        self.update_gauges();
+        Ok(())
+    }
+
+    /// Undo [`Supervisor::reserve`] for work that will not be queued after all.
+    fn release(&mut self, backend: &str) {
+        if let Some(e) = self.backends.get_mut(backend) {
+            e.pending = e.pending.saturating_sub(1);
+        }
+        self.update_gauges();
+    }
+
+    /// Answer everyone waiting for `record` (a workload that ended without an actor).
+    fn resolve_awaiting(&mut self, record: &Workload) {
+        for tx in self.awaiting.remove(&record.id).into_iter().flatten() {
+            let _ = tx.send(record.clone());
+        }
+    }
+
+    /// Record a terminal status for a workload that has no actor, then end its log
+    /// topic (an early subscriber's stream ends with `done`) and answer its waiters.
+    fn finish_unadmitted(
+        &mut self,
+        id: WorkloadId,
+        change: StatusChange,
+    ) -> ResponseActFuture<Self, Result<Workload, StoreError>> {
+        let status = change.to;
+        Box::pin(
+            self.store
+                .send(ChangeStatus { id, change })
+                .into_actor(self)
+                .map(move |res, act, _| {
+                    let res = res.map_err(|_| StoreError::Unavailable).and_then(|r| r);
+                    match &res {
+                        Ok(record) => {
+                            act.broker.do_send(CloseTopic {
+                                id,
+                                status: record.status,
+                            });
+                            act.resolve_awaiting(record);
+                        }
+                        Err(e) => {
+                            log::error!("workload {id}: could not record {status}: {e}");
+                            // Nothing may wait forever on it: end streams and waiters.
+                            act.broker.do_send(CloseTopic { id, status });
+                            act.awaiting.remove(&id);
+                        }
+                    }
+                    res
+                }),
+        )
     }
 
     /// Create the workload's actor and queue it on its backend.
@@ -261,6 +384,7 @@ impl Supervisor {
         };
         self.broker.do_send(OpenTopic(id));
         let backend = record.backend.clone();
+        let actor_spec = spec.clone();
         let mut actor = WorkloadActor::new(
             record,
             spec,
@@ -270,13 +394,32 @@ impl Supervisor {
             self.metrics.clone(),
         );
         let done = wait.then(|| actor.waiter());
+        for tx in self.awaiting.remove(&id).into_iter().flatten() {
+            actor.add_waiter(tx);
+        }
+        let preparation = self
+            .backends
+            .get(&backend)
+            .and_then(|e| e.backend.prepare(&actor_spec, actor.cancel_token()));
+        let ready = preparation.is_none();
+        if let Some(p) = preparation {
+            actor.set_preparation(p);
+            self.preparing.insert(id);
+        }
         let addr = actor.start();
         self.workloads.insert(id, addr);
-        if let Some(entry) = self.backends.get_mut(&backend) {
+        if ready {
+            self.enqueue(id, &backend);
+        }
+        done
+    }
+
+    /// Put a ready workload at the back of its backend's queue and grant free slots.
+    fn enqueue(&mut self, id: WorkloadId, backend: &str) {
+        if let Some(entry) = self.backends.get_mut(backend) {
             entry.queue.push_back(id);
         }
-        self.dispatch(&backend);
-        done
+        self.dispatch(backend);
     }
 
     /// Grant free slots of `backend` to its queue, oldest first.
@@ -294,7 +437,7 @@ impl Supervisor {
             };
             if let Some(addr) = self.workloads.get(&id) {
                 entry.running += 1;
-                self.pending = self.pending.saturating_sub(1);
+                entry.pending = entry.pending.saturating_sub(1);
                 addr.do_send(Start {
                     backend: entry.addr.clone(),
                 });
@@ -313,6 +456,7 @@ impl Supervisor {
             running: entry.running,
             queued: entry.queue.len(),
             restarts: entry.restarts,
+            details: entry.backend.details(),
             worker_restarts: entry.worker_restarts(),
             limitations: entry.backend.process_report().limitations,
         }
@@ -349,6 +493,11 @@ impl Actor for Supervisor {
             let (b, f, r) = (backend.clone(), factory.clone(), me.clone());
             let n = name.clone();
             let addr = actix::Supervisor::start(move |_| BackendActor::new(n, f, b, r));
+            let max_queue = self
+                .queue_bounds
+                .get(&name)
+                .copied()
+                .unwrap_or(self.max_queue);
             match backend.health() {
                 BackendHealth::Healthy => log::info!(
                     "backend {name}: healthy (runtimes: {}; max concurrency {})",
@@ -359,8 +508,8 @@ impl Actor for Supervisor {
                         .join(", "),
                     caps.max_concurrency
                 ),
-                BackendHealth::Unavailable(reason) => {
-                    log::warn!("backend {name}: unavailable: {reason}")
+                BackendHealth::Unavailable { detail, .. } => {
+                    log::warn!("backend {name}: unavailable: {detail}")
                 }
             }
             self.backends.insert(
@@ -371,6 +520,8 @@ impl Actor for Supervisor {
                     caps,
                     running: 0,
                     queue: VecDeque::new(),
+                    pending: 0,
+                    max_queue,
                     restarts: 0,
                     last_error: None,
                     worker_restarts_before: 0,
@@ -388,13 +539,22 @@ const WORKER_METRICS_EVERY: std::time::Duration = std::time::Duration::from_secs
 
 /// Accept a validated request: resolve, admit or refuse, record, queue.
 #[derive(Message)]
-#[rtype(result = "Result<Submitted, SubmitError>")]
+#[rtype(result = "Result<SubmitOutcome, SubmitError>")]
 pub struct Submit {
     /// The validated request.
     pub request: WorkloadRequest,
-    /// Synchronous: also hand back a receiver for the terminal record.
-    pub wait: bool,
+    /// Sync (also hand back a receiver for the terminal record) or async.
+    pub kind: SubmitKind,
+    /// The client's `Idempotency-Key`, and the age before which a remembered one is
+    /// expired. Recorded atomically with the workload.
+    pub key: Option<(IdempotencyKey, DateTime<Utc>)>,
 }
+
+/// A receiver for the terminal record of a workload (a replayed sync submission waits
+/// on it like the original did). Dropped without an answer for an unknown workload.
+#[derive(Message)]
+#[rtype(result = "oneshot::Receiver<Workload>")]
+pub struct AwaitWorkload(pub WorkloadId);
 
 /// Re-admit a workload found pending at start-up.
 #[derive(Message)]
@@ -425,6 +585,16 @@ pub struct WorkloadEnded {
     pub ran: bool,
 }
 
+/// A workload's preparation finished: it may queue for a slot now.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WorkloadReady {
+    /// Which workload.
+    pub id: WorkloadId,
+    /// Its backend.
+    pub backend: String,
+}
+
 /// `GET /v1/backends`.
 #[derive(Message)]
 #[rtype(result = "Vec<BackendInfo>")]
@@ -447,10 +617,14 @@ pub struct ListActors;
 pub struct InterruptAll(pub String);
 
 impl Handler<Submit> for Supervisor {
-    type Result = ResponseActFuture<Self, Result<Submitted, SubmitError>>;
+    type Result = ResponseActFuture<Self, Result<SubmitOutcome, SubmitError>>;
 
     fn handle(&mut self, msg: Submit, _: &mut Self::Context) -> Self::Result {
-        let req = msg.request;
+        let Submit {
+            request: req,
+            kind,
+            key,
+        } = msg;
         if self.draining {
             return Box::pin(actix::fut::ready(Err(SubmitError::ShuttingDown)));
         }
@@ -458,14 +632,9 @@ impl Handler<Submit> for Supervisor {
             Ok(found) => found,
             Err(e) => return Box::pin(actix::fut::ready(Err(e))),
         };
-        if self.pending >= self.max_queue {
-            self.metrics.rejected_queue_full.inc();
-            return Box::pin(actix::fut::ready(Err(SubmitError::QueueFull(
-                self.max_queue,
-            ))));
+        if let Err(e) = self.reserve(&backend) {
+            return Box::pin(actix::fut::ready(Err(e)));
         }
-        self.pending += 1;
-        self.update_gauges();
         let id = WorkloadId::new();
         let record = Workload {
             id,
@@ -486,20 +655,32 @@ impl Handler<Submit> for Supervisor {
             created_at: id.created_at(),
             started_at: None,
             finished_at: None,
+            callback_url: req.callback_url.clone(),
         };
+        let key = key.map(|(key, not_before)| KeyToRemember {
+            record: IdempotencyRecord {
+                fingerprint: req.fingerprint(kind),
+                workload_id: id,
+                kind,
+            },
+            key,
+            not_before,
+        });
         let insert = InsertWorkload {
             workload: record.clone(),
             payload: req.payload.clone(),
             input: req.input.clone(),
+            key,
         };
-        let wait = msg.wait;
+        self.recording.insert(id);
         Box::pin(
             self.store
                 .send(insert)
                 .into_actor(self)
                 .map(move |res, act, ctx| {
+                    act.recording.remove(&id);
                     match res.map_err(|_| StoreError::Unavailable).and_then(|r| r) {
-                        Ok(()) => {
+                        Ok(KeyedInsert::Inserted) => {
                             log::info!(
                                 "workload {}: accepted ({} on {}, backend {})",
                                 record.id,
@@ -507,19 +688,57 @@ impl Handler<Submit> for Supervisor {
                                 record.isolation,
                                 record.backend
                             );
+                            let wait = kind == SubmitKind::Sync;
                             let done = act.admit(record.clone(), req.payload, req.input, wait, ctx);
-                            Ok(Submitted {
+                            Ok(SubmitOutcome::Accepted(Box::new(Submitted {
                                 workload: record,
                                 done,
-                            })
+                            })))
+                        }
+                        Ok(KeyedInsert::Existing(earlier)) => {
+                            act.release(&record.backend);
+                            Ok(SubmitOutcome::Existing(earlier))
                         }
                         Err(e) => {
-                            act.pending = act.pending.saturating_sub(1);
-                            act.update_gauges();
+                            act.release(&record.backend);
                             log::error!("workload {}: could not be recorded: {e}", record.id);
                             Err(SubmitError::Store(e))
                         }
                     }
+                }),
+        )
+    }
+}
+
+impl Handler<AwaitWorkload> for Supervisor {
+    type Result = ResponseActFuture<Self, oneshot::Receiver<Workload>>;
+
+    fn handle(&mut self, msg: AwaitWorkload, _: &mut Self::Context) -> Self::Result {
+        let id = msg.0;
+        if let Some(addr) = self.workloads.get(&id).cloned() {
+            return Box::pin(addr.send(AwaitTerminal).into_actor(self).map(|res, _, _| {
+                // A stopped actor has written its terminal record: the caller reads it.
+                res.unwrap_or_else(|_| oneshot::channel().1)
+            }));
+        }
+        // No actor (yet): admission hands the sender to the actor; a workload that is
+        // terminal already, or ends without one, is answered from the store.
+        let (tx, rx) = oneshot::channel();
+        self.awaiting.entry(id).or_default().push(tx);
+        Box::pin(
+            self.store
+                .send(GetWorkload(id))
+                .into_actor(self)
+                .map(move |res, act, _| {
+                    match res {
+                        Ok(Ok(w)) if w.status.is_terminal() => act.resolve_awaiting(&w),
+                        Ok(Ok(_)) => {}
+                        // Unknown or unreadable: nothing to wait for.
+                        _ => {
+                            act.awaiting.remove(&id);
+                        }
+                    }
+                    rx
                 }),
         )
     }
@@ -552,40 +771,93 @@ impl Handler<Readmit> for Supervisor {
                 workload.backend
             );
             log::warn!("workload {}: {error}", workload.id);
-            self.store.do_send(ChangeStatus {
-                id: workload.id,
-                change: StatusChange::to(Status::Failed).with_error(error),
-            });
+            let change = StatusChange::to(Status::Failed).with_error(error);
+            self.finish_unadmitted(workload.id, change)
+                .map(|_, _, _| ())
+                .spawn(ctx);
             return;
         }
         log::info!("workload {}: re-admitted after restart", workload.id);
-        self.pending += 1;
+        if let Some(e) = self.backends.get_mut(&workload.backend) {
+            e.pending += 1;
+        }
         self.admit(workload, payload, input, false, ctx);
     }
 }
 
 impl Handler<KillWorkload> for Supervisor {
-    type Result = ResponseFuture<Result<Workload, KillError>>;
+    type Result = ResponseActFuture<Self, Result<Workload, KillError>>;
 
     fn handle(&mut self, msg: KillWorkload, _: &mut Self::Context) -> Self::Result {
-        let store = self.store.clone();
-        let actor = self.workloads.get(&msg.0).cloned();
-        Box::pin(async move {
-            if let Some(addr) = actor {
-                if let Ok(answer) = addr.send(Kill).await {
-                    let rx = answer?;
-                    return rx
+        let id = msg.0;
+        if let Some(addr) = self.workloads.get(&id).cloned() {
+            return Box::pin(
+                async move {
+                    let answer = addr
+                        .send(Kill)
                         .await
-                        .map_err(|_| KillError::Store(StoreError::Unavailable));
+                        .map_err(|_| KillError::Store(StoreError::Unavailable))?;
+                    answer?
+                        .await
+                        .map_err(|_| KillError::Store(StoreError::Unavailable))
                 }
+                .into_actor(self),
+            );
+        }
+        if self.recording.contains(&id) {
+            return Box::pin(actix::fut::ready(Err(KillError::NotYetAccepted)));
+        }
+        // No actor: terminal, unknown, or recorded but not admitted (a subscriber may
+        // already follow it): a pending one is killed right here.
+        Box::pin(self.store.send(GetWorkload(id)).into_actor(self).then(
+            move |res, act, _| -> ResponseActFuture<Self, Result<Workload, KillError>> {
+                match res.map_err(|_| StoreError::Unavailable).and_then(|r| r) {
+                    Ok(w) if w.status == Status::Pending && !act.workloads.contains_key(&id) => {
+                        log::info!("workload {id}: pending -> killed (not admitted)");
+                        let change =
+                            StatusChange::to(Status::Killed).with_error("killed by request");
+                        Box::pin(
+                            act.finish_unadmitted(id, change)
+                                .map(|res, _, _| res.map_err(KillError::from)),
+                        )
+                    }
+                    Ok(w) if w.status.is_terminal() => {
+                        Box::pin(actix::fut::ready(Err(KillError::Terminal(w.status))))
+                    }
+                    // Admitted meanwhile: kill it through its actor.
+                    Ok(_) => Box::pin(act.handle_kill_again(id)),
+                    Err(e) => Box::pin(actix::fut::ready(Err(KillError::Store(e)))),
+                }
+            },
+        ))
+    }
+}
+
+impl Supervisor {
+    /// Kill through the workload's actor if it has one now, else report its status.
+    fn handle_kill_again(
+        &mut self,
+        id: WorkloadId,
+    ) -> ResponseActFuture<Self, Result<Workload, KillError>> {
+        let addr = self.workloads.get(&id).cloned();
+        let store = self.store.clone();
+        Box::pin(
+            async move {
+                if let Some(addr) = addr {
+                    if let Ok(answer) = addr.send(Kill).await {
+                        return answer?
+                            .await
+                            .map_err(|_| KillError::Store(StoreError::Unavailable));
+                    }
+                }
+                let w = store
+                    .send(GetWorkload(id))
+                    .await
+                    .map_err(|_| StoreError::Unavailable)??;
+                Err(KillError::Terminal(w.status))
             }
-            // No live actor: the workload is terminal (or unknown).
-            let w = store
-                .send(GetWorkload(msg.0))
-                .await
-                .map_err(|_| StoreError::Unavailable)??;
-            Err(KillError::Terminal(w.status))
-        })
+            .into_actor(self),
+        )
     }
 }
 
@@ -602,11 +874,29 @@ impl Handler<WorkloadEnded> for Supervisor {
                 let before = entry.queue.len();
                 entry.queue.retain(|q| *q != msg.id);
                 if entry.queue.len() < before {
-                    self.pending = self.pending.saturating_sub(1);
+                    entry.pending = entry.pending.saturating_sub(1);
                 }
             }
         }
+        // Ended while its backend was still preparing it: it never reached the queue,
+        // but it was counted pending.
+        if !msg.ran && self.preparing.remove(&msg.id) {
+            if let Some(entry) = self.backends.get_mut(&msg.backend) {
+                entry.pending = entry.pending.saturating_sub(1);
+            }
+        }
         self.dispatch(&msg.backend);
+    }
+}
+
+impl Handler<WorkloadReady> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: WorkloadReady, _: &mut Self::Context) {
+        // Gone already (it ended while preparing): nothing to queue.
+        if self.preparing.remove(&msg.id) && self.workloads.contains_key(&msg.id) {
+            self.enqueue(msg.id, &msg.backend);
+        }
     }
 }
 

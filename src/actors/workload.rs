@@ -2,19 +2,21 @@
 //! pending → running → terminal through the StoreActor, enforces the deadline, handles
 //! kill, discards late results, and stops once the execution has really ended.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
+use futures_util::FutureExt;
 use tokio::sync::oneshot;
 
 use crate::actors::backend::{BackendActor, Execute};
 use crate::actors::log_broker::{CloseTopic, LogBroker, Publish};
 use crate::actors::store::{ChangeStatus, StoreActor};
-use crate::actors::supervisor::{Supervisor, WorkloadEnded};
+use crate::actors::supervisor::{Supervisor, WorkloadEnded, WorkloadReady};
 use crate::backends::{
-    output_exceeds, BackendError, CancellationToken, ExecContext, LogSink, WorkloadResult,
-    WorkloadSpec,
+    output_exceeds, BackendError, CancellationToken, ExecContext, LogSink, Preparation, Prepared,
+    WorkloadResult, WorkloadSpec,
 };
 use crate::metrics::Metrics;
 use crate::model::{output_value, Status, Workload};
@@ -27,6 +29,9 @@ pub enum KillError {
     /// The workload is already terminal (or about to be).
     #[error("workload is already {0}")]
     Terminal(Status),
+    /// The workload's submission is still being recorded; a kill a moment later works.
+    #[error("workload is still being accepted; retry the kill")]
+    NotYetAccepted,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -52,6 +57,11 @@ pub struct WorkloadActor {
     /// The terminal record, once written.
     final_record: Option<Workload>,
     waiters: Vec<oneshot::Sender<Workload>>,
+    /// The backend's preparation, awaited (while pending) before the workload queues.
+    preparation: Option<Preparation>,
+    /// What the preparation made ready; held until the actor stops, which is after the
+    /// execution has ended.
+    prepared: Option<Prepared>,
 }
 
 impl WorkloadActor {
@@ -78,7 +88,21 @@ impl WorkloadActor {
             execution_over: false,
             final_record: None,
             waiters: Vec::new(),
+            preparation: None,
+            prepared: None,
         }
+    }
+
+    /// The token that stops this workload (kill, timeout); preparations honour it too.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Await `preparation` when the actor starts, then tell the supervisor the workload
+    /// is ready to queue ([`WorkloadReady`]). Without one, the supervisor queues it at
+    /// admission.
+    pub fn set_preparation(&mut self, preparation: Preparation) {
+        self.preparation = Some(preparation);
     }
 
     /// A receiver for the terminal record (registered before the actor starts).
@@ -86,6 +110,11 @@ impl WorkloadActor {
         let (tx, rx) = oneshot::channel();
         self.waiters.push(tx);
         rx
+    }
+
+    /// Send the terminal record on `tx` too (registered before the actor starts).
+    pub fn add_waiter(&mut self, tx: oneshot::Sender<Workload>) {
+        self.waiters.push(tx);
     }
 
     /// The error of a workload that ran out of time.
@@ -219,6 +248,42 @@ impl WorkloadActor {
 
 impl Actor for WorkloadActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let Some(preparation) = self.preparation.take() else {
+            return;
+        };
+        // A panic in the backend's preparation fails this workload, not the engine.
+        AssertUnwindSafe(preparation)
+            .catch_unwind()
+            .into_actor(self)
+            .map(|outcome, act, ctx| {
+                let outcome = outcome.unwrap_or_else(|panic| {
+                    Err(BackendError::Internal(format!(
+                        "backend panicked while preparing: {}",
+                        crate::actors::backend::panic_message(panic.as_ref())
+                    )))
+                });
+                match outcome {
+                    Ok(prepared) => {
+                        act.prepared = Some(prepared);
+                        if act.decided.is_none() {
+                            act.supervisor.do_send(WorkloadReady {
+                                id: act.record.id,
+                                backend: act.record.backend.clone(),
+                            });
+                        }
+                    }
+                    // Killed meanwhile: the kill already decided the outcome.
+                    Err(BackendError::Cancelled) if act.decided.is_some() => {}
+                    Err(e) => act.finish(
+                        StatusChange::to(Status::Failed).with_error(e.to_string()),
+                        ctx,
+                    ),
+                }
+            })
+            .spawn(ctx);
+    }
 }
 
 /// A backend slot is granted: run now on `backend`.

@@ -2,20 +2,16 @@
 
 use actix_web::{web, HttpResponse};
 
-use super::{method_not_allowed, ok_json, ApiError, AppState};
+use super::{ok_json, ApiError, AppState, Endpoint};
 use crate::actors::supervisor::{ListBackends, RestartBackendByName};
 
 pub(super) fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/backends")
-            .route(web::get().to(list))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/backends/{name}/restart")
-            .route(web::post().to(restart))
-            .default_service(web::to(method_not_allowed)),
-    );
+    cfg.service(Endpoint::new("/backends").get(list).build())
+        .service(
+            Endpoint::new("/backends/{name}/restart")
+                .post(restart)
+                .build(),
+        );
 }
 
 async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {

@@ -6,8 +6,10 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
+use crate::actors::images::ImagesError;
 use crate::actors::supervisor::SubmitError;
 use crate::actors::workload::KillError;
+use crate::images::RemoveError;
 use crate::store::StoreError;
 
 /// Every error an API handler can answer with.
@@ -19,6 +21,9 @@ pub enum ApiError {
     /// 401: missing or wrong bearer token.
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    /// 403: the request may not use this server (e.g. its Host is not allowed).
+    #[error("{0}")]
+    Forbidden(String),
     /// 404: unknown id or path.
     #[error("{0}")]
     NotFound(String),
@@ -59,6 +64,7 @@ impl ResponseError for ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -111,6 +117,7 @@ impl From<SubmitError> for ApiError {
         match e {
             SubmitError::Unplaceable(m) => ApiError::Unprocessable(m),
             e @ SubmitError::QueueFull(_) => ApiError::TooManyRequests(e.to_string(), 1),
+            e @ SubmitError::IdempotencyMismatch => ApiError::Unprocessable(e.to_string()),
             e @ SubmitError::ShuttingDown => ApiError::Unavailable(e.to_string(), 5),
             SubmitError::Store(e) => e.into(),
         }
@@ -120,8 +127,20 @@ impl From<SubmitError> for ApiError {
 impl From<KillError> for ApiError {
     fn from(e: KillError) -> Self {
         match e {
-            e @ KillError::Terminal(_) => ApiError::Conflict(e.to_string()),
+            e @ (KillError::Terminal(_) | KillError::NotYetAccepted) => {
+                ApiError::Conflict(e.to_string())
+            }
             KillError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<ImagesError> for ApiError {
+    fn from(e: ImagesError) -> Self {
+        match e {
+            e @ ImagesError::Unavailable => ApiError::Unprocessable(e.to_string()),
+            ImagesError::Remove(e @ RemoveError::NotFound(_)) => ApiError::NotFound(e.to_string()),
+            ImagesError::Remove(e @ RemoveError::InUse { .. }) => ApiError::Conflict(e.to_string()),
         }
     }
 }

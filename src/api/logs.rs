@@ -1,49 +1,101 @@
 //! `/v1/workloads/{id}/logs` (SSE: replay, then live, then `done`) and `/logs/history`.
 
 use std::convert::Infallible;
-use std::time::Duration;
 
 use actix::Addr;
+use actix_web::http::{header, Method};
 use actix_web::{web, HttpRequest, HttpResponse, Responder};
 use actix_web_lab::sse;
 use futures_util::stream::{self, Stream, StreamExt};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::{method_not_allowed, ok_json, parse_id, ApiError, AppState};
-use crate::actors::log_broker::{LogBroker, LogEvent, Subscribe, Subscription, Unsubscribe};
+use super::{ok_json, parse_id, ApiError, AppState, Endpoint};
+use crate::actors::log_broker::{CloseProvisional, LogBroker, LogEvent, Subscribe, Unsubscribe};
 use crate::actors::store::{GetLogs, GetWorkload};
-use crate::model::{LogLine, Status, WorkloadId};
+use crate::model::{LogLine, Status, Workload, WorkloadId};
 
 pub(super) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        web::resource("/workloads/{id}/logs")
-            .route(web::get().to(stream_logs))
-            .default_service(web::to(method_not_allowed)),
+        Endpoint::new("/workloads/{id}/logs")
+            .get(stream_logs)
+            .build(),
     )
     .service(
-        web::resource("/workloads/{id}/logs/history")
-            .route(web::get().to(history))
-            .default_service(web::to(method_not_allowed)),
+        Endpoint::new("/workloads/{id}/logs/history")
+            .get(history)
+            .build(),
     );
+}
+
+/// Largest and default page of `/logs/history`.
+const MAX_HISTORY_LIMIT: i64 = 10_000;
+const DEFAULT_HISTORY_LIMIT: i64 = 1_000;
+
+/// A log sequence number from a client (`Last-Event-ID`, `after`): 0..=i64::MAX, the
+/// range the store keeps. Anything else is a 400 naming `what`.
+fn seq(what: &str, raw: &str) -> Result<i64, ApiError> {
+    raw.trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| i64::try_from(n).ok())
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "{what} must be a log sequence number between 0 and {}, got {raw:?}",
+                i64::MAX
+            ))
+        })
+}
+
+/// Query of `/logs/history`; unknown parameters are rejected like unknown body fields.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryParams {
+    after: Option<String>,
+    limit: Option<String>,
 }
 
 #[derive(Serialize)]
 struct History {
     workload_id: WorkloadId,
     lines: Vec<LogLine>,
+    /// The last seq returned when the page is full (more may follow), else null.
+    next_after: Option<u64>,
 }
 
 async fn history(
     state: web::Data<AppState>,
     id: web::Path<String>,
+    params: web::Query<HistoryParams>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id)?;
+    let params = params.into_inner();
+    let after = params
+        .after
+        .as_deref()
+        .map(|a| seq("after", a))
+        .transpose()?;
+    let limit = match params.limit.as_deref() {
+        None => DEFAULT_HISTORY_LIMIT,
+        Some(raw) => raw
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=MAX_HISTORY_LIMIT).contains(l))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "limit must be between 1 and {MAX_HISTORY_LIMIT}, got {raw:?}"
+                ))
+            })?,
+    };
     state.store.send(GetWorkload(id)).await??;
-    let lines = replay(&state, id, None).await?;
+    let lines = replay(&state, id, after, Some(limit)).await?;
+    let full = i64::try_from(lines.len()).is_ok_and(|n| n == limit);
+    let next_after = full.then(|| lines.last().map(|l| l.seq)).flatten();
     Ok(ok_json(&History {
         workload_id: id,
         lines,
+        next_after,
     }))
 }
 
@@ -51,13 +103,15 @@ async fn history(
 async fn replay(
     state: &AppState,
     id: WorkloadId,
-    after: Option<u64>,
+    after: Option<i64>,
+    limit: Option<i64>,
 ) -> Result<Vec<LogLine>, ApiError> {
     Ok(state
         .store
         .send(GetLogs {
             id,
             after,
+            limit,
             consistent: true,
         })
         .await??)
@@ -67,8 +121,14 @@ fn line_event(l: LogLine) -> sse::Event {
     sse::Event::Data(sse::Data::new(l.line).id(l.seq.to_string()))
 }
 
-fn done_event(status: Status) -> sse::Event {
-    sse::Event::Data(sse::Data::new(status.as_str()).event("done"))
+/// `done` carries the id after the last line, so a client that resumes from it (a
+/// browser's EventSource reconnecting after missing or ignoring `done`) gets 204.
+fn done_event(status: Status, next_seq: u64) -> sse::Event {
+    sse::Event::Data(
+        sse::Data::new(status.as_str())
+            .event("done")
+            .id(next_seq.to_string()),
+    )
 }
 
 /// Unsubscribes when the response stream is dropped (client gone or stream over).
@@ -88,14 +148,17 @@ impl Drop for Subscribed {
     }
 }
 
-fn live(sub: Subscribed, after: Option<u64>) -> impl Stream<Item = sse::Event> {
+fn live(sub: Subscribed, after: Option<i64>) -> impl Stream<Item = sse::Event> {
+    let after = after.map(|a| a as u64);
     stream::unfold(Some(sub), move |state| async move {
         let mut sub = state?;
         loop {
             match sub.events.recv().await {
                 Some(LogEvent::Line(l)) if after.is_some_and(|a| l.seq <= a) => continue,
                 Some(LogEvent::Line(l)) => return Some((line_event(l), Some(sub))),
-                Some(LogEvent::Done(status)) => return Some((done_event(status), None)),
+                Some(LogEvent::Done { status, next_seq }) => {
+                    return Some((done_event(status, next_seq), None))
+                }
                 // Dropped by the broker for falling behind: end; the client resumes.
                 None => return None,
             }
@@ -103,68 +166,103 @@ fn live(sub: Subscribed, after: Option<u64>) -> impl Stream<Item = sse::Event> {
     })
 }
 
+type Events = Box<dyn Stream<Item = sse::Event> + Unpin>;
+
+/// What a log stream request gets.
+enum Plan {
+    /// A terminal workload with nothing after the client's `Last-Event-ID`: 204, so an
+    /// EventSource stops reconnecting.
+    NothingLeft,
+    /// The event stream.
+    Stream(Events),
+}
+
+/// A terminal workload: replay after `after`, then `done` (or nothing left at all).
+async fn finished(state: &AppState, w: &Workload, after: Option<i64>) -> Result<Plan, ApiError> {
+    let lines = replay(state, w.id, after, None).await?;
+    if after.is_some() && lines.is_empty() {
+        return Ok(Plan::NothingLeft);
+    }
+    let next_seq = lines.last().map_or(0, |l| l.seq + 1);
+    let status = w.status;
+    let done = stream::once(async move { done_event(status, next_seq) });
+    Ok(Plan::Stream(Box::new(Box::pin(
+        stream::iter(lines.into_iter().map(line_event)).chain(done),
+    ))))
+}
+
+async fn plan(state: &AppState, id: WorkloadId, after: Option<i64>) -> Result<Plan, ApiError> {
+    // 404 for unknown ids before anything is streamed.
+    let w = state.store.send(GetWorkload(id)).await??;
+    if w.status.is_terminal() {
+        return finished(state, &w, after).await;
+    }
+    // Pending (queued, or recorded and not admitted yet) or running: subscribe at
+    // once; the broker opens a provisional topic if admission has not opened one.
+    let sub = state.broker.send(Subscribe(id)).await?;
+    let sub_guard = Subscribed {
+        broker: state.broker.clone(),
+        id,
+        key: sub.key,
+        events: sub.events,
+    };
+    // It may have ended between the read and the subscription, without a topic to
+    // close: then the record is terminal now, and any provisional topic is ours.
+    let now = state.store.send(GetWorkload(id)).await??;
+    if now.status.is_terminal() {
+        drop(sub_guard);
+        state.broker.do_send(CloseProvisional {
+            id,
+            status: now.status,
+        });
+        return finished(state, &now, after).await;
+    }
+    // Queued behind every line the broker numbered below `live_from`.
+    let live_from = sub.live_from;
+    let lines = replay(state, id, after, None)
+        .await?
+        .into_iter()
+        .filter(move |l| l.seq < live_from);
+    Ok(Plan::Stream(Box::new(Box::pin(
+        stream::iter(lines.map(line_event)).chain(live(sub_guard, after)),
+    ))))
+}
+
 async fn stream_logs(
     state: web::Data<AppState>,
     id: web::Path<String>,
     req: HttpRequest,
-) -> Result<impl Responder, ApiError> {
+) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id)?;
     let after = match req.headers().get("Last-Event-ID") {
         None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .ok_or_else(|| {
-                    ApiError::BadRequest("Last-Event-ID must be a log sequence number".into())
-                })?,
-        ),
+        // An EventSource without an id sends none; an empty one means the same.
+        Some(v) if v.as_bytes().iter().all(u8::is_ascii_whitespace) => None,
+        Some(v) => Some(seq(
+            "Last-Event-ID",
+            v.to_str().map_err(|_| {
+                ApiError::BadRequest("Last-Event-ID must be a log sequence number".into())
+            })?,
+        )?),
     };
-    // 404 for unknown ids before anything is streamed.
-    state.store.send(GetWorkload(id)).await??;
-
-    let mut attempts = 0;
-    let events: Box<dyn Stream<Item = sse::Event> + Unpin> = loop {
-        match state.broker.send(Subscribe(id)).await? {
-            Subscription::Live {
-                live_from,
-                events,
-                key,
-            } => {
-                let sub = Subscribed {
-                    broker: state.broker.clone(),
-                    id,
-                    key,
-                    events,
-                };
-                // Queued behind every line the broker numbered below `live_from`.
-                let replay = replay(&state, id, after)
-                    .await?
-                    .into_iter()
-                    .filter(move |l| l.seq < live_from);
-                break Box::new(Box::pin(
-                    stream::iter(replay.map(line_event)).chain(live(sub, after)),
-                ));
-            }
-            Subscription::Closed => {
-                let w = state.store.send(GetWorkload(id)).await??;
-                if w.status.is_terminal() {
-                    let replay = replay(&state, id, after).await?;
-                    let done = stream::once(async move { done_event(w.status) });
-                    break Box::new(Box::pin(
-                        stream::iter(replay.into_iter().map(line_event)).chain(done),
-                    ));
-                }
-                // Accepted but not admitted yet (start-up re-admission): wait briefly.
-                attempts += 1;
-                if attempts > 200 {
-                    return Err(ApiError::Internal(format!(
-                        "no log topic for workload {id}"
-                    )));
-                }
-                actix_web::rt::time::sleep(Duration::from_millis(25)).await;
+    if req.method() == Method::HEAD {
+        // Headers only: no subscription for a response without a body.
+        let w = state.store.send(GetWorkload(id)).await??;
+        if w.status.is_terminal() {
+            if let Plan::NothingLeft = finished(&state, &w, after).await? {
+                return Ok(HttpResponse::NoContent().finish());
             }
         }
-    };
-    Ok(sse::Sse::from_stream(events.map(Ok::<_, Infallible>)).with_keep_alive(state.keepalive))
+        return Ok(HttpResponse::Ok()
+            .insert_header((header::CONTENT_TYPE, "text/event-stream"))
+            .insert_header((header::CACHE_CONTROL, "no-cache"))
+            .finish());
+    }
+    match plan(&state, id, after).await? {
+        Plan::NothingLeft => Ok(HttpResponse::NoContent().finish()),
+        Plan::Stream(events) => Ok(sse::Sse::from_stream(events.map(Ok::<_, Infallible>))
+            .with_keep_alive(state.keepalive)
+            .respond_to(&req)
+            .map_into_boxed_body()),
+    }
 }

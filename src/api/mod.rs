@@ -1,8 +1,14 @@
 //! The HTTP layer. Handlers validate input into domain types and send messages to
 //! actors; they never touch the database or a backend themselves.
+//!
+//! Every route is declared through [`Endpoint`], so every GET route also answers HEAD
+//! and every other method gets 405 with `Allow`. `/v1/*` is guarded by the bearer
+//! token, or, without a token, by the `Host` check against DNS rebinding.
 
 mod backends;
+mod deliveries;
 pub mod error;
+mod images;
 mod logs;
 mod system;
 mod workloads;
@@ -13,19 +19,22 @@ use std::time::{Duration, Instant};
 use actix::Addr;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::{header, Method};
 use actix_web::middleware::{from_fn, Next};
-use actix_web::{web, HttpResponse, ResponseError};
+use actix_web::{web, FromRequest, Handler, HttpResponse, Responder, ResponseError};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 pub use error::ApiError;
 
+use crate::actors::images::ImagesActor;
 use crate::actors::log_broker::LogBroker;
 use crate::actors::store::StoreActor;
 use crate::actors::supervisor::Supervisor;
 use crate::config::Secret;
 use crate::metrics::Metrics;
 use crate::model::{Limits, WorkloadId};
+use crate::webhooks::policy::CallbackPolicy;
 
 /// What handlers share: actor addresses and settings. Read-only.
 pub struct AppState {
@@ -35,12 +44,20 @@ pub struct AppState {
     pub store: Addr<StoreActor>,
     /// Log topics.
     pub broker: Addr<LogBroker>,
+    /// The OCI image store.
+    pub images: Addr<ImagesActor>,
     /// Metrics registry.
     pub metrics: Arc<Metrics>,
     /// Request limits.
     pub limits: Limits,
+    /// Which `callback_url`s submissions may carry.
+    pub callbacks: CallbackPolicy,
     /// Bearer token for `/v1/*` when auth is on.
     pub token: Option<Secret>,
+    /// Without a token: the hosts `/v1/*` answers (`None`: any).
+    pub allowed_hosts: Option<AllowedHosts>,
+    /// How long an `Idempotency-Key` is remembered.
+    pub idempotency_ttl: Duration,
     /// Idle SSE keep-alive period.
     pub keepalive: Duration,
     /// Largest accepted body.
@@ -64,29 +81,96 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
         .app_data(query)
         .app_data(path)
         .app_data(web::PayloadConfig::default().limit(state.max_body_bytes))
-        .service(
-            web::resource("/healthz")
-                .route(web::get().to(system::healthz))
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource("/metrics")
-                .route(web::get().to(system::metrics))
-                .default_service(web::to(method_not_allowed)),
-        )
+        .service(Endpoint::new("/healthz").get(system::healthz).build())
+        .service(Endpoint::new("/metrics").get(system::metrics).build())
         .service(
             web::scope("/v1")
-                .wrap(from_fn(require_token))
+                .wrap(from_fn(guard))
                 .configure(workloads::routes)
+                .configure(deliveries::routes)
                 .configure(logs::routes)
                 .configure(backends::routes)
+                .configure(images::routes)
                 .configure(system::routes),
         )
         .default_service(web::to(not_found));
 }
 
-async fn method_not_allowed() -> HttpResponse {
-    ApiError::MethodNotAllowed.error_response()
+/// One route path and its methods. GET also answers HEAD (same handler: the server
+/// sends headers only); any other method gets 405 with `Allow` listing the methods.
+pub(crate) struct Endpoint {
+    resource: actix_web::Resource,
+    allow: Vec<&'static str>,
+}
+
+impl Endpoint {
+    /// A path with no methods yet.
+    pub(crate) fn new(path: &str) -> Self {
+        Self {
+            resource: web::resource(path),
+            allow: Vec::new(),
+        }
+    }
+
+    fn route<F, Args>(mut self, methods: &[(Method, &'static str)], handler: F) -> Self
+    where
+        F: Handler<Args>,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        for (method, name) in methods {
+            self.resource = self
+                .resource
+                .route(web::method(method.clone()).to(handler.clone()));
+            self.allow.push(name);
+        }
+        self
+    }
+
+    /// GET (and HEAD) with `handler`.
+    pub(crate) fn get<F, Args>(self, handler: F) -> Self
+    where
+        F: Handler<Args>,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        self.route(&[(Method::GET, "GET"), (Method::HEAD, "HEAD")], handler)
+    }
+
+    /// POST with `handler`.
+    pub(crate) fn post<F, Args>(self, handler: F) -> Self
+    where
+        F: Handler<Args>,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        self.route(&[(Method::POST, "POST")], handler)
+    }
+
+    /// DELETE with `handler`.
+    pub(crate) fn delete<F, Args>(self, handler: F) -> Self
+    where
+        F: Handler<Args>,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        self.route(&[(Method::DELETE, "DELETE")], handler)
+    }
+
+    /// The resource, with 405 + `Allow` for every other method.
+    pub(crate) fn build(self) -> actix_web::Resource {
+        let allow = self.allow.join(", ");
+        self.resource.default_service(web::to(move || {
+            let allow = allow.clone();
+            async move {
+                let mut res = ApiError::MethodNotAllowed.error_response();
+                if let Ok(v) = header::HeaderValue::from_str(&allow) {
+                    res.headers_mut().insert(header::ALLOW, v);
+                }
+                res
+            }
+        }))
+    }
 }
 
 async fn not_found() -> HttpResponse {
@@ -103,42 +187,120 @@ fn digest(s: &[u8]) -> [u8; 32] {
     Sha256::digest(s).into()
 }
 
-/// Bearer-token check on `/v1/*` (constant time: both sides are hashed to equal length
-/// first, then compared with `subtle`).
-async fn require_token(
+/// The hosts `/v1/*` answers without a token (`allowed_hosts`, lower case).
+///
+/// Invariant: never holds `"*"` (that turns the check off: no `AllowedHosts` at all).
+#[derive(Debug, Clone)]
+pub struct AllowedHosts(Vec<String>);
+
+impl AllowedHosts {
+    /// The check for `hosts`; `None` when it contains `"*"` (any host).
+    pub fn new(hosts: &[String]) -> Option<Self> {
+        if hosts.iter().any(|h| h.trim() == "*") {
+            return None;
+        }
+        Some(Self(
+            hosts
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .collect(),
+        ))
+    }
+
+    /// Whether a `Host` value (`name`, `name:port`, `[v6]:port`) is allowed: its name
+    /// with any port, or exactly `name:port` when an entry has a port.
+    pub fn allows(&self, host: &str) -> bool {
+        let host = host.trim().to_ascii_lowercase();
+        let name = match host.strip_prefix('[') {
+            Some(rest) => rest.find(']').map_or(host.as_str(), |i| &host[..i + 2]),
+            None => match host.rsplit_once(':') {
+                Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+                _ => host.as_str(),
+            },
+        };
+        self.0.iter().any(|h| *h == name || *h == host)
+    }
+}
+
+/// The guard of `/v1/*`: with a token, the bearer check (constant time: both sides are
+/// hashed to equal length first, then compared with `subtle`; the scheme is matched
+/// case-insensitively); without one, the `Host` check against DNS rebinding (only the
+/// `Host` header counts, never `Forwarded`/`X-Forwarded-Host`, which a page can set).
+async fn guard(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let expected = req
-        .app_data::<web::Data<AppState>>()
-        .and_then(|s| s.token.clone());
-    if let Some(token) = expected {
-        let given = req
-            .headers()
-            .get(actix_web::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        let ok: bool = digest(given.as_bytes())
-            .ct_eq(&digest(token.expose().as_bytes()))
-            .into();
-        if !ok || given.is_empty() {
-            let res = ApiError::Unauthorized.error_response();
-            return Ok(req.into_response(res).map_into_right_body());
+    let refusal = req.app_data::<web::Data<AppState>>().and_then(|state| {
+        match (&state.token, &state.allowed_hosts) {
+            (Some(token), _) => {
+                let given = bearer(&req).unwrap_or("");
+                let ok: bool = digest(given.as_bytes())
+                    .ct_eq(&digest(token.expose().as_bytes()))
+                    .into();
+                (!ok || given.is_empty()).then_some(ApiError::Unauthorized)
+            }
+            (None, Some(hosts)) => {
+                let host = req
+                    .headers()
+                    .get(header::HOST)
+                    .and_then(|v| v.to_str().ok())
+                    .or_else(|| req.uri().authority().map(|a| a.as_str()));
+                match host {
+                    Some(h) if hosts.allows(h) => None,
+                    Some(_) => Some(ApiError::Forbidden(
+                        "this Host is not allowed: without an API token the server only \
+                         answers the host names in allowed_hosts (DNS rebinding protection)"
+                            .into(),
+                    )),
+                    None => Some(ApiError::Forbidden("a Host header is required".into())),
+                }
+            }
+            (None, None) => None,
         }
+    });
+    if let Some(err) = refusal {
+        let res = err.error_response();
+        return Ok(req.into_response(res).map_into_right_body());
     }
     next.call(req)
         .await
         .map(ServiceResponse::map_into_left_body)
 }
 
-/// Per-request metrics (by route pattern, never by raw path).
+/// The credentials of an `Authorization: Bearer <token>` header (scheme in any case).
+fn bearer(req: &ServiceRequest) -> Option<&str> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start())
+}
+
+/// The method as a metrics label: the standard ones by name, anything else `other`
+/// (clients choose methods freely; labels must stay a bounded set).
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
+/// Per-request metrics (by route pattern, never by raw path; by known method, else
+/// `other`).
 pub async fn track(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
-    let method = req.method().to_string();
+    let method = method_label(req.method());
     let res = next.call(req).await?;
     let route = res
         .request()
@@ -148,7 +310,7 @@ pub async fn track(
         state
             .metrics
             .http_requests
-            .with_label_values(&[route.as_str(), method.as_str(), res.status().as_str()])
+            .with_label_values(&[route.as_str(), method, res.status().as_str()])
             .inc();
         state
             .metrics

@@ -3,21 +3,13 @@
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
-use super::{method_not_allowed, ok_json, ApiError, AppState};
+use super::{ok_json, ApiError, AppState, Endpoint};
 use crate::actors::store::GetStats;
 use crate::actors::supervisor::{ActorInfo, ListActors};
 
 pub(super) fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/stats")
-            .route(web::get().to(stats))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/system/actors")
-            .route(web::get().to(actors))
-            .default_service(web::to(method_not_allowed)),
-    );
+    cfg.service(Endpoint::new("/stats").get(stats).build())
+        .service(Endpoint::new("/system/actors").get(actors).build());
 }
 
 pub(super) async fn healthz() -> HttpResponse {

@@ -1,70 +1,193 @@
 //! `/v1/workloads`: submit (sync and async), get, list, kill.
 
 use actix_web::http::header;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
-use super::{method_not_allowed, ok_json, parse_id, ApiError, AppState};
-use crate::actors::store::{GetWorkload, ListWorkloads};
-use crate::actors::supervisor::{KillWorkload, Submit, Submitted};
-use crate::model::{Workload, WorkloadRequest, WorkloadRequestDto};
+use super::{ok_json, parse_id, ApiError, AppState, Endpoint};
+use crate::actors::store::{FindIdempotencyKey, GetWorkload, ListWorkloads};
+use crate::actors::supervisor::{
+    AwaitWorkload, KillWorkload, Submit, SubmitError, SubmitOutcome, Submitted,
+};
+use crate::config::Secret;
+use crate::model::{
+    IdempotencyKey, IdempotencyRecord, SubmitKind, Workload, WorkloadRequest, WorkloadRequestDto,
+};
 use crate::store::queries::ListQuery;
+
+/// The request header naming a client's idempotency key.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// The response header marking an answer replayed for an idempotency key.
+const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
 pub(super) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        web::resource("/workloads")
-            .route(web::post().to(submit_sync))
-            .route(web::get().to(list))
-            .default_service(web::to(method_not_allowed)),
+        Endpoint::new("/workloads")
+            .post(submit_sync)
+            .get(list)
+            .build(),
     )
+    .service(Endpoint::new("/workloads/async").post(submit_async).build())
     .service(
-        web::resource("/workloads/async")
-            .route(web::post().to(submit_async))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/workloads/{id}")
-            .route(web::get().to(get))
-            .route(web::delete().to(kill))
-            .default_service(web::to(method_not_allowed)),
+        Endpoint::new("/workloads/{id}")
+            .get(get)
+            .delete(kill)
+            .build(),
     );
 }
 
-/// Validate the body and hand it to the supervisor.
+/// What a submission answers.
+enum Answer {
+    /// A new workload.
+    Fresh(Box<Submitted>),
+    /// The workload an earlier request with the same idempotency key created.
+    Replay(IdempotencyRecord),
+}
+
+/// The request's `Idempotency-Key`, scoped to the token when auth is on.
+fn idempotency_key(
+    req: &HttpRequest,
+    state: &AppState,
+) -> Result<Option<IdempotencyKey>, ApiError> {
+    let mut values = req.headers().get_all(IDEMPOTENCY_KEY);
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::BadRequest(
+            "send at most one Idempotency-Key header".into(),
+        ));
+    }
+    IdempotencyKey::parse(value.as_bytes(), state.token.as_ref().map(Secret::expose))
+        .map(Some)
+        .map_err(|e| ApiError::BadRequest(e.0))
+}
+
+/// Validate the body and hand it to the supervisor, unless its idempotency key is
+/// remembered (then the earlier workload is replayed, or 422 for another request).
 async fn submit(
     state: &AppState,
+    req: &HttpRequest,
     body: WorkloadRequestDto,
-    wait: bool,
-) -> Result<Submitted, ApiError> {
-    let request =
-        WorkloadRequest::try_from((body, &state.limits)).map_err(|e| ApiError::BadRequest(e.0))?;
-    Ok(state.supervisor.send(Submit { request, wait }).await??)
+    kind: SubmitKind,
+) -> Result<Answer, ApiError> {
+    let key = idempotency_key(req, state)?;
+    let request = WorkloadRequest::try_from((body, &state.limits, &state.callbacks))
+        .map_err(|e| ApiError::BadRequest(e.0))?;
+    let Some(key) = key else {
+        return match state
+            .supervisor
+            .send(Submit {
+                request,
+                kind,
+                key: None,
+            })
+            .await??
+        {
+            SubmitOutcome::Accepted(s) => Ok(Answer::Fresh(s)),
+            SubmitOutcome::Existing(_) => Err(ApiError::Internal(
+                "a submission without a key was answered as a replay".into(),
+            )),
+        };
+    };
+    let fingerprint = request.fingerprint(kind);
+    let not_before = chrono::Duration::from_std(state.idempotency_ttl)
+        .ok()
+        .and_then(|ttl| Utc::now().checked_sub_signed(ttl))
+        .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
+    let replay = |earlier: IdempotencyRecord| {
+        if earlier.fingerprint == fingerprint {
+            Ok(Answer::Replay(earlier))
+        } else {
+            Err(ApiError::from(SubmitError::IdempotencyMismatch))
+        }
+    };
+    // The common retry is answered from the store; a retry racing the first request
+    // is caught by the supervisor, which records the workload and key atomically.
+    if let Some(earlier) = state
+        .store
+        .send(FindIdempotencyKey {
+            key: key.clone(),
+            not_before,
+        })
+        .await??
+    {
+        return replay(earlier);
+    }
+    match state
+        .supervisor
+        .send(Submit {
+            request,
+            kind,
+            key: Some((key, not_before)),
+        })
+        .await??
+    {
+        SubmitOutcome::Accepted(s) => Ok(Answer::Fresh(s)),
+        SubmitOutcome::Existing(earlier) => replay(earlier),
+    }
+}
+
+/// The terminal record of `submitted` (the actor may be gone when the server stops:
+/// then what is stored).
+async fn terminal(
+    state: &AppState,
+    id: crate::model::WorkloadId,
+    done: Option<tokio::sync::oneshot::Receiver<Workload>>,
+) -> Result<Workload, ApiError> {
+    if let Some(done) = done {
+        if let Ok(w) = done.await {
+            return Ok(w);
+        }
+    }
+    Ok(state.store.send(GetWorkload(id)).await??)
 }
 
 async fn submit_sync(
     state: web::Data<AppState>,
+    req: HttpRequest,
     body: web::Json<WorkloadRequestDto>,
 ) -> Result<HttpResponse, ApiError> {
-    let submitted = submit(&state, body.into_inner(), true).await?;
-    let done = submitted
-        .done
-        .ok_or_else(|| ApiError::Internal("sync submission without a waiter".into()))?;
-    let id = submitted.workload.id;
-    match done.await {
-        Ok(workload) => Ok(ok_json(&workload)),
-        // The actor went away without a record (server stopping): answer what is stored.
-        Err(_) => Ok(ok_json(&state.store.send(GetWorkload(id)).await??)),
+    match submit(&state, &req, body.into_inner(), SubmitKind::Sync).await? {
+        Answer::Fresh(submitted) => {
+            let done = submitted
+                .done
+                .ok_or_else(|| ApiError::Internal("sync submission without a waiter".into()))?;
+            Ok(ok_json(
+                &terminal(&state, submitted.workload.id, Some(done)).await?,
+            ))
+        }
+        Answer::Replay(earlier) => {
+            // Like the original: wait for the terminal record.
+            let id = earlier.workload_id;
+            let done = state.supervisor.send(AwaitWorkload(id)).await?;
+            let w = terminal(&state, id, Some(done)).await?;
+            Ok(HttpResponse::Ok()
+                .insert_header((IDEMPOTENT_REPLAYED, "true"))
+                .json(&w))
+        }
     }
 }
 
 async fn submit_async(
     state: web::Data<AppState>,
+    req: HttpRequest,
     body: web::Json<WorkloadRequestDto>,
 ) -> Result<HttpResponse, ApiError> {
-    let w = submit(&state, body.into_inner(), false).await?.workload;
-    Ok(HttpResponse::Accepted()
-        .insert_header((header::LOCATION, format!("/v1/workloads/{}", w.id)))
-        .json(&w))
+    let (w, replayed) = match submit(&state, &req, body.into_inner(), SubmitKind::Async).await? {
+        Answer::Fresh(submitted) => (submitted.workload, false),
+        Answer::Replay(earlier) => (
+            state.store.send(GetWorkload(earlier.workload_id)).await??,
+            true,
+        ),
+    };
+    let mut res = HttpResponse::Accepted();
+    res.insert_header((header::LOCATION, format!("/v1/workloads/{}", w.id)));
+    if replayed {
+        res.insert_header((IDEMPOTENT_REPLAYED, "true"));
+    }
+    Ok(res.json(&w))
 }
 
 async fn get(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {

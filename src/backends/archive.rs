@@ -1,24 +1,39 @@
-//! Safe unpacking of untrusted archives into a work directory.
+//! Safe unpacking of untrusted tar streams: code archives and OCI image layers.
 //!
-//! A workload archive (`tar.gz`) comes from a client and is hostile until proven
-//! otherwise. [`unpack_tar_gz`] writes its entries below one directory and guarantees
-//! that nothing lands outside it:
+//! Both a workload archive (`tar.gz` from a client) and an image layer (from any
+//! registry a client names) are hostile until proven otherwise. One unpacker serves
+//! both, with one set of rules; the [`Profile`] only decides the few points where an
+//! image layer must behave like a container image and a code archive must not.
+//!
+//! Rules for every stream:
 //!
 //! - entry names must be relative and made of plain components (no `..`, no root, no
 //!   drive prefix);
-//! - no entry is written through a symbolic link: every ancestor of an entry must be a
-//!   real directory, and files are opened with `O_NOFOLLOW`;
-//! - symbolic links must be relative, may only climb (`..`) at their start and never
-//!   above the unpack directory, so every link resolves inside it; an existing path is
-//!   never replaced by a link;
-//! - hard links must name a regular file unpacked earlier from the same archive;
+//! - no entry is written, replaced or deleted through a symbolic link: every ancestor
+//!   of an entry must be a real directory, and files are opened with `O_NOFOLLOW`;
+//! - hard links must name a regular file already unpacked below the unpack directory;
 //! - device files, FIFOs, sparse files and unknown entry types are rejected;
 //! - the decompressed stream, the bytes written and the number of entries are capped,
-//!   so neither a gzip bomb nor a huge extension header can exhaust memory or disk.
+//!   so neither a compression bomb nor a huge extension header can exhaust memory or
+//!   disk;
+//! - no set-uid or set-gid bit survives.
 //!
-//! File modes are normalised (`0644`, or `0755` when any execute bit was set): no
-//! set-uid, set-gid or sticky bit survives. Ownership is left to the caller.
+//! [`Profile::CodeArchive`] (a client's work directory) adds: symbolic links must be
+//! relative, may only climb (`..`) at their start and never above the unpack
+//! directory; an existing path is never replaced by a link or a file by a directory;
+//! file modes are normalised (`0644`, or `0755` when any execute bit was set) and
+//! ownership is left to the caller.
+//!
+//! [`Profile::ImageLayer`] (one layer of an image's root file system, applied over the
+//! layers below it) follows the OCI layer rules instead: a symbolic link may point
+//! anywhere, because it is only ever resolved inside the sandbox, against the image's
+//! own root (the host never follows it); a later entry replaces an earlier one of
+//! another type; `.wh.<name>` deletes `<name>` from the layers below and
+//! `.wh..wh..opq` empties its directory of what the layers below put there; modes
+//! (minus set-uid/set-gid) and numeric owners are kept, so the image's users own
+//! their files inside the sandbox.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -26,7 +41,8 @@ use std::path::{Component, Path, PathBuf};
 
 use tar::EntryType;
 
-/// Caps applied while unpacking one archive.
+/// Caps applied while unpacking one archive (or what is left of an image's budget
+/// for one layer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ArchiveLimits {
     /// Largest total size of the unpacked file contents, in bytes.
@@ -35,19 +51,20 @@ pub struct ArchiveLimits {
     pub max_entries: usize,
 }
 
-impl Default for ArchiveLimits {
-    fn default() -> Self {
-        Self {
-            max_total_bytes: 256 * 1024 * 1024,
-            max_entries: 10_000,
-        }
-    }
+/// Which kind of stream is unpacked: see the module documentation for the rules each
+/// adds to the common ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// A client's code archive, unpacked into an empty work directory.
+    CodeArchive,
+    /// One OCI image layer, applied over the layers already unpacked in the directory.
+    ImageLayer,
 }
 
 /// What an unpacked archive contained.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UnpackStats {
-    /// Entries written (files, directories, links).
+    /// Entries written (files, directories, links, whiteouts).
     pub entries: usize,
     /// Bytes of file content written.
     pub bytes: u64,
@@ -56,7 +73,7 @@ pub struct UnpackStats {
 /// Why an archive was refused. The message is meant for the client.
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
-    /// The bytes are not a readable gzip-compressed tar stream.
+    /// The bytes are not a readable (compressed) tar stream.
     #[error("archive is not a valid tar.gz: {0}")]
     Malformed(String),
     /// An entry name or link target would leave the unpack directory.
@@ -87,13 +104,30 @@ pub enum ArchiveError {
     Io(String),
 }
 
-/// Unpack the gzip-compressed tar `bytes` into `dest`, which must exist and be a
-/// directory. On error, `dest` may hold a partial unpacking (never anything outside
-/// it); the caller discards it.
+/// Unpack the gzip-compressed tar `bytes` (a client's code archive) into `dest`, which
+/// must exist and be a directory. On error, `dest` may hold a partial unpacking (never
+/// anything outside it); the caller discards it.
 pub fn unpack_tar_gz(
     bytes: &[u8],
     dest: &Path,
     limits: &ArchiveLimits,
+) -> Result<UnpackStats, ArchiveError> {
+    unpack(
+        flate2::read::GzDecoder::new(bytes),
+        dest,
+        limits,
+        Profile::CodeArchive,
+    )
+}
+
+/// Unpack the (already decompressed) tar stream `reader` into `dest` under `profile`'s
+/// rules. `dest` must exist and be a directory; on error it may hold a partial
+/// unpacking (never anything outside it), which the caller discards.
+pub fn unpack(
+    reader: impl Read,
+    dest: &Path,
+    limits: &ArchiveLimits,
+    profile: Profile,
 ) -> Result<UnpackStats, ArchiveError> {
     let meta = fs::symlink_metadata(dest).map_err(|e| ArchiveError::Io(e.to_string()))?;
     if !meta.is_dir() {
@@ -109,12 +143,14 @@ pub fn unpack_tar_gz(
         .saturating_add((limits.max_entries as u64).saturating_mul(3 * 512))
         .saturating_add(1024 * 1024);
     let decoder = CappedReader {
-        inner: flate2::read::GzDecoder::new(bytes),
+        inner: reader,
         remaining: stream_cap,
     };
     let mut archive = tar::Archive::new(decoder);
     let entries = archive.entries().map_err(malformed)?;
     let mut stats = UnpackStats::default();
+    // Image layers: what this layer wrote, so its own whiteouts spare it.
+    let mut written: HashSet<PathBuf> = HashSet::new();
     for entry in entries {
         let mut entry = entry.map_err(malformed)?;
         let kind = entry.header().entry_type();
@@ -140,13 +176,24 @@ pub fn unpack_tar_gz(
             }
             return Err(ArchiveError::Conflict { entry: display });
         }
+        if profile == Profile::ImageLayer && whiteout(dest, &rel, &written, &display)? {
+            continue;
+        }
         let target = dest.join(&rel);
         ensure_parent_dirs(dest, &rel, &display)?;
         match kind {
-            EntryType::Directory => make_dir(&target, &display)?,
+            EntryType::Directory => {
+                if profile == Profile::ImageLayer {
+                    match fs::symlink_metadata(&target) {
+                        Ok(m) if !m.file_type().is_dir() => clear(&target)?,
+                        _ => {}
+                    }
+                }
+                make_dir(&target, &display)?;
+            }
             EntryType::Regular | EntryType::Continuous => {
                 let budget = limits.max_total_bytes - stats.bytes;
-                let written = write_file(&mut entry, &target, budget, &display)?;
+                let written = write_file(&mut entry, &target, budget, &display, profile)?;
                 stats.bytes += written;
             }
             EntryType::Symlink => {
@@ -155,12 +202,15 @@ pub fn unpack_tar_gz(
                     .map_err(malformed)?
                     .ok_or_else(|| ArchiveError::Malformed(format!("{display:?}: no link target")))?
                     .into_owned();
-                if !symlink_stays_inside(&rel, &link) {
+                let allowed = match profile {
+                    Profile::CodeArchive => symlink_stays_inside(&rel, &link),
+                    // Resolved only inside the sandbox, against the image's own root.
+                    Profile::ImageLayer => !link.as_os_str().is_empty(),
+                };
+                if !allowed {
                     return Err(ArchiveError::Escapes { entry: display });
                 }
-                if fs::symlink_metadata(&target).is_ok() {
-                    return Err(ArchiveError::Conflict { entry: display });
-                }
+                make_room(&target, &display, profile)?;
                 std::os::unix::fs::symlink(&link, &target).map_err(io_err)?;
             }
             EntryType::Link => {
@@ -172,7 +222,7 @@ pub fn unpack_tar_gz(
                 let Some(link_rel) = clean_relative(&link) else {
                     return Err(ArchiveError::Escapes { entry: display });
                 };
-                if link_rel.as_os_str().is_empty() {
+                if link_rel.as_os_str().is_empty() || link_rel == rel {
                     return Err(ArchiveError::Escapes { entry: display });
                 }
                 ensure_parent_dirs(dest, &link_rel, &display)?;
@@ -183,9 +233,7 @@ pub fn unpack_tar_gz(
                     // could reach a host file: refuse it.
                     _ => return Err(ArchiveError::Escapes { entry: display }),
                 }
-                if fs::symlink_metadata(&target).is_ok() {
-                    return Err(ArchiveError::Conflict { entry: display });
-                }
+                make_room(&target, &display, profile)?;
                 fs::hard_link(&source, &target).map_err(io_err)?;
             }
             other => {
@@ -195,8 +243,126 @@ pub fn unpack_tar_gz(
                 })
             }
         }
+        if profile == Profile::ImageLayer {
+            keep_owner_and_mode(&entry, &target, kind)?;
+            for ancestor in rel.ancestors().filter(|a| !a.as_os_str().is_empty()) {
+                if !written.insert(ancestor.to_path_buf()) {
+                    break;
+                }
+            }
+        }
     }
     Ok(stats)
+}
+
+/// The whiteout prefix of the OCI layer format.
+const WHITEOUT: &str = ".wh.";
+/// The opaque-directory marker of the OCI layer format.
+const OPAQUE: &str = ".wh..wh..opq";
+
+/// Apply `rel` if it is a whiteout (true), leaving entries this layer wrote alone.
+fn whiteout(
+    dest: &Path,
+    rel: &Path,
+    written: &HashSet<PathBuf>,
+    display: &str,
+) -> Result<bool, ArchiveError> {
+    let Some(name) = rel.file_name().and_then(|n| n.to_str()) else {
+        return Ok(false);
+    };
+    let Some(hidden) = name.strip_prefix(WHITEOUT) else {
+        return Ok(false);
+    };
+    if name != OPAQUE && (hidden.is_empty() || hidden == "." || hidden == "..") {
+        return Err(ArchiveError::Escapes {
+            entry: display.to_string(),
+        });
+    }
+    let parent = rel.parent().unwrap_or(Path::new(""));
+    if !real_dir_path(dest, parent, display)? {
+        // Nothing below to hide.
+        return Ok(true);
+    }
+    let dir = dest.join(parent);
+    if name == OPAQUE {
+        for child in fs::read_dir(&dir).map_err(io_err)? {
+            let child = child.map_err(io_err)?;
+            if !written.contains(&parent.join(child.file_name())) {
+                clear(&child.path())?;
+            }
+        }
+    } else if !written.contains(&parent.join(hidden)) {
+        clear(&dir.join(hidden))?;
+    }
+    Ok(true)
+}
+
+/// Whether `rel` below `dest` exists as a chain of real directories. A missing
+/// component is `false`; a component that is anything else (a link above all) is
+/// refused, so nothing is ever deleted through a link.
+fn real_dir_path(dest: &Path, rel: &Path, display: &str) -> Result<bool, ArchiveError> {
+    let mut current = dest.to_path_buf();
+    for component in rel.components() {
+        current.push(component);
+        match fs::symlink_metadata(&current) {
+            Ok(m) if m.file_type().is_dir() => {}
+            Ok(_) => {
+                return Err(ArchiveError::Conflict {
+                    entry: display.to_string(),
+                })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io_err(e)),
+        }
+    }
+    Ok(true)
+}
+
+/// Remove whatever is at `path` (a link itself, never what it points to).
+fn clear(path: &Path) -> Result<(), ArchiveError> {
+    match fs::symlink_metadata(path) {
+        // `remove_dir_all` does not follow links inside the tree.
+        Ok(m) if m.file_type().is_dir() => fs::remove_dir_all(path).map_err(io_err),
+        Ok(_) => fs::remove_file(path).map_err(io_err),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(e)),
+    }
+}
+
+/// Free `target` for a new link: a code archive never replaces anything with a link;
+/// an image layer replaces whatever a lower layer put there.
+fn make_room(target: &Path, display: &str, profile: Profile) -> Result<(), ArchiveError> {
+    match profile {
+        Profile::CodeArchive if fs::symlink_metadata(target).is_ok() => {
+            Err(ArchiveError::Conflict {
+                entry: display.to_string(),
+            })
+        }
+        Profile::CodeArchive => Ok(()),
+        Profile::ImageLayer => clear(target),
+    }
+}
+
+/// Image layers: the entry's numeric owner and its mode without set-uid/set-gid.
+fn keep_owner_and_mode(
+    entry: &tar::Entry<'_, impl Read>,
+    target: &Path,
+    kind: EntryType,
+) -> Result<(), ArchiveError> {
+    let header = entry.header();
+    let uid = header.uid().ok().and_then(|u| u32::try_from(u).ok());
+    let gid = header.gid().ok().and_then(|g| u32::try_from(g).ok());
+    match std::os::unix::fs::lchown(target, uid, gid) {
+        Ok(()) => {}
+        // Not root: ownership cannot be kept (the gvisor backend needs root anyway).
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+        Err(e) => return Err(io_err(e)),
+    }
+    if kind == EntryType::Symlink {
+        return Ok(());
+    }
+    let mode = header.mode().unwrap_or(0o755) & 0o1777;
+    fs::set_permissions(target, fs::Permissions::from_mode(mode)).map_err(io_err)
 }
 
 /// `path` as plain components, dropping `.`; `None` when it is absolute or climbs.
@@ -268,17 +434,22 @@ fn write_file(
     target: &Path,
     budget: u64,
     display: &str,
+    profile: Profile,
 ) -> Result<u64, ArchiveError> {
-    match fs::symlink_metadata(target) {
+    match (fs::symlink_metadata(target), profile) {
         // A later entry may replace an earlier regular file (tar semantics).
-        Ok(m) if m.file_type().is_file() => fs::remove_file(target).map_err(io_err)?,
-        Ok(_) => {
+        (Ok(m), Profile::CodeArchive) if m.file_type().is_file() => {
+            fs::remove_file(target).map_err(io_err)?
+        }
+        (Ok(_), Profile::CodeArchive) => {
             return Err(ArchiveError::Conflict {
                 entry: display.to_string(),
             })
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err(e)),
+        // A layer replaces whatever the layers below put there.
+        (Ok(_), Profile::ImageLayer) => clear(target)?,
+        (Err(e), _) if e.kind() == io::ErrorKind::NotFound => {}
+        (Err(e), _) => return Err(io_err(e)),
     }
     let mode = match entry.header().mode() {
         Ok(m) if m & 0o111 != 0 => 0o755,
@@ -357,6 +528,18 @@ mod tests {
     use flate2::write::GzEncoder;
     use flate2::Compression;
     use tar::Header;
+
+    /// The gvisor backend's configured archive limits (the embedded defaults).
+    fn default_limits() -> ArchiveLimits {
+        let g = crate::config::Config::defaults()
+            .expect("defaults")
+            .backends
+            .gvisor;
+        ArchiveLimits {
+            max_total_bytes: g.max_archive_bytes,
+            max_entries: g.max_archive_entries,
+        }
+    }
 
     /// One entry of a test archive; names are written raw so hostile ones are possible.
     enum E<'a> {
@@ -437,7 +620,7 @@ mod tests {
             E::Symlink("pkg/up.py", "../main.py"),
             E::Hardlink("copy.py", "main.py"),
         ]);
-        let stats = unpack_tar_gz(&bytes, &work, &ArchiveLimits::default()).unwrap();
+        let stats = unpack_tar_gz(&bytes, &work, &default_limits()).unwrap();
         assert_eq!(stats.entries, 7);
         assert_eq!(fs::read(work.join("main.py")).unwrap(), b"import helper\n");
         assert_eq!(fs::read(work.join("deep/er/file.txt")).unwrap(), b"hello");
@@ -452,7 +635,7 @@ mod tests {
     fn assert_rejected(entries: &[E<'_>], what: &str) {
         let (outer, work) = dirs();
         let bytes = build(entries);
-        let result = unpack_tar_gz(&bytes, &work, &ArchiveLimits::default());
+        let result = unpack_tar_gz(&bytes, &work, &default_limits());
         assert!(result.is_err(), "{what}: accepted");
         assert_eq!(
             outside_entries(outer.path()),
@@ -573,8 +756,164 @@ mod tests {
     #[test]
     fn rejects_garbage() {
         let (_outer, work) = dirs();
-        let err = unpack_tar_gz(b"definitely not gzip", &work, &ArchiveLimits::default());
+        let err = unpack_tar_gz(b"definitely not gzip", &work, &default_limits());
         assert!(matches!(err, Err(ArchiveError::Malformed(_))), "{err:?}");
+    }
+
+    /// Apply each layer (built like a code archive, then decompressed) in order.
+    fn apply_layers(layers: &[Vec<u8>], dest: &Path) -> Result<(), ArchiveError> {
+        for layer in layers {
+            let limits = ArchiveLimits {
+                max_total_bytes: 256 * 1024 * 1024,
+                max_entries: 10_000,
+            };
+            unpack(
+                flate2::read::GzDecoder::new(&layer[..]),
+                dest,
+                &limits,
+                Profile::ImageLayer,
+            )?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn image_layers_apply_whiteouts_and_opaque_dirs() {
+        let (_outer, root) = dirs();
+        let lower = build(&[
+            E::File("etc/keep", b"k"),
+            E::File("etc/gone", b"g"),
+            E::Dir("var/"),
+            E::File("var/old/a", b"a"),
+            E::File("var/b", b"b"),
+            E::Dir("opt/tree/"),
+            E::File("opt/tree/deep", b"d"),
+        ]);
+        let upper = build(&[
+            E::File("etc/.wh.gone", b""),
+            E::File("var/new", b"n"),
+            E::File("var/.wh..wh..opq", b""),
+            E::File("opt/.wh.tree", b""),
+            E::File(".wh.never-existed", b""),
+        ]);
+        apply_layers(&[lower, upper], &root).unwrap();
+        assert!(root.join("etc/keep").is_file());
+        assert!(!root.join("etc/gone").exists());
+        assert!(!root.join("etc/.wh.gone").exists());
+        // Opaque: the lower layer's entries are gone, this layer's own entry stays.
+        let mut var: Vec<String> = fs::read_dir(root.join("var"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        var.sort();
+        assert_eq!(var, vec!["new".to_string()]);
+        assert!(!root.join("opt/tree").exists());
+        assert!(root.join("opt").is_dir());
+    }
+
+    #[test]
+    fn image_layers_replace_entries_of_another_type() {
+        let (_outer, root) = dirs();
+        let lower = build(&[
+            E::File("a", b"file"),
+            E::Dir("d/"),
+            E::File("d/x", b"x"),
+            E::Symlink("l", "/etc/passwd"),
+        ]);
+        let upper = build(&[
+            E::Symlink("a", "/bin/busybox"),
+            E::File("d", b"now a file"),
+            E::Dir("l/"),
+        ]);
+        apply_layers(&[lower, upper], &root).unwrap();
+        assert_eq!(
+            fs::read_link(root.join("a")).unwrap(),
+            PathBuf::from("/bin/busybox")
+        );
+        assert_eq!(fs::read(root.join("d")).unwrap(), b"now a file");
+        assert!(fs::symlink_metadata(root.join("l")).unwrap().is_dir());
+    }
+
+    #[test]
+    fn image_layers_never_write_or_delete_through_links() {
+        let (outer, root) = dirs();
+        let host = outer.path().join("host");
+        fs::create_dir(&host).unwrap();
+        fs::write(host.join("victim"), b"host data").unwrap();
+        let host_str = host.to_str().unwrap();
+        // An absolute link is fine in an image (resolved inside the sandbox)...
+        let lower = build(&[E::Symlink("lib", host_str)]);
+        apply_layers(std::slice::from_ref(&lower), &root).unwrap();
+        // ...but nothing is ever written, linked or deleted through it.
+        for (upper, what) in [
+            (build(&[E::File("lib/victim", b"owned")]), "write through"),
+            (build(&[E::File("lib/.wh.victim", b"")]), "whiteout through"),
+            (build(&[E::File("lib/.wh..wh..opq", b"")]), "opaque through"),
+            (
+                build(&[E::Hardlink("h", "lib/victim")]),
+                "hard link through",
+            ),
+        ] {
+            let (_o, root) = dirs();
+            let result = apply_layers(&[lower.clone(), upper], &root);
+            assert!(result.is_err(), "{what}: accepted");
+            assert_eq!(
+                fs::read(host.join("victim")).unwrap(),
+                b"host data",
+                "{what}"
+            );
+        }
+        assert_rejected_layer(&[E::File("../x", b"x")], "traversal");
+        assert_rejected_layer(&[E::Special("dev/null", EntryType::Char)], "device");
+        assert_rejected_layer(&[E::Special("fifo", EntryType::Fifo)], "fifo");
+        assert_rejected_layer(&[E::File("d/.wh...", b"")], "whiteout of ..");
+    }
+
+    fn assert_rejected_layer(entries: &[E<'_>], what: &str) {
+        let (outer, root) = dirs();
+        assert!(
+            apply_layers(&[build(entries)], &root).is_err(),
+            "{what}: accepted"
+        );
+        assert_eq!(
+            outside_entries(outer.path()),
+            vec!["work".to_string()],
+            "{what}: wrote outside"
+        );
+    }
+
+    #[test]
+    fn image_layers_keep_modes_but_not_setuid() {
+        let (_outer, root) = dirs();
+        let mut builder = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::fast()));
+        for (name, kind, mode) in [
+            ("tmp/", EntryType::Directory, 0o1777),
+            ("private/", EntryType::Directory, 0o700),
+            ("bin/su", EntryType::Regular, 0o4755),
+            ("etc/shadow", EntryType::Regular, 0o640),
+        ] {
+            let mut h = raw_header(name, kind, 0);
+            h.set_mode(mode);
+            h.set_uid(1000);
+            h.set_gid(42);
+            h.set_cksum();
+            builder.append(&h, &b""[..]).unwrap();
+        }
+        let bytes = builder.into_inner().unwrap().finish().unwrap();
+        apply_layers(&[bytes], &root).unwrap();
+        let mode = |p: &str| fs::metadata(root.join(p)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode("tmp"), 0o1777);
+        assert_eq!(mode("private"), 0o700);
+        assert_eq!(mode("bin/su"), 0o755);
+        assert_eq!(mode("etc/shadow"), 0o640);
+        // SAFETY: geteuid has no preconditions.
+        #[allow(unsafe_code)]
+        let root_user = unsafe { libc::geteuid() } == 0;
+        if root_user {
+            use std::os::unix::fs::MetadataExt;
+            let meta = fs::metadata(root.join("etc/shadow")).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (1000, 42));
+        }
     }
 
     #[test]
@@ -586,7 +925,7 @@ mod tests {
         let mut builder = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::fast()));
         builder.append(&h, &b"hi"[..]).unwrap();
         let bytes = builder.into_inner().unwrap().finish().unwrap();
-        unpack_tar_gz(&bytes, &work, &ArchiveLimits::default()).unwrap();
+        unpack_tar_gz(&bytes, &work, &default_limits()).unwrap();
         let mode = fs::metadata(work.join("run.sh"))
             .unwrap()
             .permissions()

@@ -36,12 +36,39 @@ pub struct BackendCapabilities {
 }
 
 /// Whether a backend can take work on this host right now.
+///
+/// This is where a backend decides what clients may see: `reason` is public (listed by
+/// `GET /v1/backends`, quoted in 422 answers and workload errors) and never holds a
+/// host path, uid or file name; `detail` holds those and only reaches the server log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendHealth {
     /// Ready to run work.
     Healthy,
-    /// Cannot run work here; the reason is shown to operators and in 422 answers.
-    Unavailable(String),
+    /// Cannot run work here.
+    Unavailable {
+        /// Why, for clients: a sentence without host paths, uids or file names.
+        reason: String,
+        /// The same with host specifics, for operators (server log only).
+        detail: String,
+    },
+}
+
+impl BackendHealth {
+    /// Unavailable, with a public `reason` and a private `detail` for the log.
+    pub fn unavailable(reason: impl Into<String>, detail: impl Into<String>) -> Self {
+        BackendHealth::Unavailable {
+            reason: reason.into(),
+            detail: detail.into(),
+        }
+    }
+
+    /// The public reason when unavailable.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            BackendHealth::Healthy => None,
+            BackendHealth::Unavailable { reason, .. } => Some(reason),
+        }
+    }
 }
 
 /// Everything a backend needs to run one workload. Built by the engine from a validated
@@ -197,6 +224,31 @@ impl ExecContext {
     }
 }
 
+/// What [`Backend::prepare`] made ready for one workload: a hold the engine keeps until
+/// the workload's execution has ended (or it was killed before running), then drops.
+/// A backend uses it to pin what the preparation fetched (an image, for instance).
+pub struct Prepared {
+    _hold: Box<dyn Send + Sync>,
+}
+
+impl Prepared {
+    /// A hold on `value`, released when the workload is done with it.
+    pub fn new(value: impl Send + Sync + 'static) -> Self {
+        Self {
+            _hold: Box::new(value),
+        }
+    }
+}
+
+impl fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Prepared")
+    }
+}
+
+/// The future [`Backend::prepare`] returns.
+pub type Preparation = BoxFuture<'static, Result<Prepared, BackendError>>;
+
 /// The contract every isolation technology implements.
 ///
 /// Object-safe and `Send + Sync`: the supervisor holds backends as `Arc<dyn Backend>`
@@ -217,6 +269,11 @@ impl ExecContext {
 ///   work (interpreters, `wait()` on processes) belongs on the backend's own threads.
 /// - **Panics** inside `execute` are caught by the engine: the workload fails and the
 ///   backend's actor is restarted. They are still bugs.
+/// - **Preparation** ([`Backend::prepare`]) is for slow work that must not hold a run
+///   slot or count against the workload's timeout (pulling an image). The engine awaits
+///   it while the workload is `pending`, before the workload joins the backend's FIFO
+///   queue; a kill during it ends `killed`, an error ends `failed` with the error's
+///   text (so it must read well on its own, e.g. `image pull failed: …`).
 pub trait Backend: Send + Sync + 'static {
     /// Name, runtimes, isolation classes and concurrency. Must be cheap and stable for
     /// the backend's lifetime.
@@ -231,6 +288,23 @@ pub trait Backend: Send + Sync + 'static {
     /// here. Cheap. Backends without helper processes keep the default (nothing).
     fn process_report(&self) -> ProcessReport {
         ProcessReport::default()
+    }
+
+    /// Technology-specific facts for operators, listed by `GET /v1/backends` under
+    /// `details` (the micro-VM backend's accelerator and probe boot time, say). Cheap
+    /// like [`Backend::health`]; empty by default.
+    fn details(&self) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::Map::new()
+    }
+
+    /// Work to do before `spec` may queue for a slot, or `None` (the default) when there
+    /// is none and the workload queues at once. The future must stop promptly when
+    /// `cancel` fires (kill) and return [`BackendError::Cancelled`]; what it returns is
+    /// held by the engine until the workload is over. Called once per admission, on the
+    /// engine's thread: only cheap checks before the future starts.
+    fn prepare(&self, spec: &WorkloadSpec, cancel: CancellationToken) -> Option<Preparation> {
+        let _ = (spec, cancel);
+        None
     }
 
     /// Run one workload to completion, honouring `ctx.cancel`.
@@ -250,18 +324,22 @@ pub trait Backend: Send + Sync + 'static {
 pub type BackendFactory = Arc<dyn Fn() -> Arc<dyn Backend> + Send + Sync>;
 
 /// Stands in for a backend whose construction failed: registered under its name so
-/// operators see it, reported `unavailable` with the reason, never routed to.
+/// operators see it, reported `unavailable`, never routed to.
 pub struct UnavailableBackend {
     caps: BackendCapabilities,
-    reason: String,
+    health: BackendHealth,
 }
 
 impl UnavailableBackend {
-    /// A placeholder for `caps.name` that cannot run because of `reason`.
-    pub fn new(caps: BackendCapabilities, reason: impl Into<String>) -> Self {
+    /// A placeholder for `caps.name` that could not be built. The construction error
+    /// may name host paths: it goes to the log only, clients see that it failed to start.
+    pub fn new(caps: BackendCapabilities, error: impl Into<String>) -> Self {
         Self {
             caps,
-            reason: reason.into(),
+            health: BackendHealth::unavailable(
+                "it failed to start (the server log says why)",
+                error,
+            ),
         }
     }
 }
@@ -272,7 +350,7 @@ impl Backend for UnavailableBackend {
     }
 
     fn health(&self) -> BackendHealth {
-        BackendHealth::Unavailable(self.reason.clone())
+        self.health.clone()
     }
 
     fn execute(
@@ -280,7 +358,7 @@ impl Backend for UnavailableBackend {
         _spec: WorkloadSpec,
         _ctx: ExecContext,
     ) -> BoxFuture<'static, Result<WorkloadResult, BackendError>> {
-        let reason = self.reason.clone();
+        let reason = self.health.reason().unwrap_or_default().to_string();
         Box::pin(async move { Err(BackendError::Unavailable(reason)) })
     }
 

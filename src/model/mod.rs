@@ -2,14 +2,22 @@
 //! validated submission request. Everything that crosses the HTTP boundary is turned
 //! into these types first, so invalid input cannot reach an actor.
 
+mod delivery;
 mod id;
+mod idempotency;
+mod image_ref;
 mod kinds;
 mod request;
 mod status;
 mod workload;
 
+pub use delivery::{Deliveries, DeliveryAttempt, DeliveryState};
 pub use id::WorkloadId;
+pub use idempotency::{IdempotencyKey, IdempotencyRecord, SubmitKind, MAX_KEY_BYTES};
+pub use image_ref::{is_sha256_digest, ImageRef};
 pub use kinds::{Isolation, IsolationRequest, Runtime};
-pub use request::{Limits, Payload, RequestError, Resources, WorkloadRequest, WorkloadRequestDto};
+pub use request::{
+    Limits, Payload, RequestError, Resources, ResourcesDto, WorkloadRequest, WorkloadRequestDto,
+};
 pub use status::{transition, Status, TransitionError};
 pub use workload::{cap_line, format_time, output_value, LogLine, Output, Workload};

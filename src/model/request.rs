@@ -1,41 +1,57 @@
 use base64::Engine as _;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{IsolationRequest, Runtime};
+use crate::webhooks::policy::CallbackPolicy;
 
 /// The submission body exactly as a client sends it (see docs/api.md). Only shape is
-/// checked here; every rule lives in [`WorkloadRequest::try_from`].
-#[derive(Debug, Default, Deserialize)]
+/// checked here; every rule lives in [`WorkloadRequest::try_from`]. `Serialize` is for
+/// clients (`vulcan::client`): absent fields are left out of the body.
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkloadRequestDto {
     /// Required: `node`, `wasm`, `python`, `go` or `oci`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub runtime: Option<String>,
     /// Optional, default `auto`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub isolation: Option<String>,
     /// Source text; exclusive with `code_archive`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
     /// Base64 of an archive or binary module; exclusive with `code`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub code_archive: Option<String>,
     /// Any JSON value handed to the workload.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub input: Option<serde_json::Value>,
     /// OCI image reference (runtime `oci` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// Replacement entrypoint (runtime `oci` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
     /// Limits; missing ones take the configured defaults.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourcesDto>,
+    /// Completion webhook URL (accepted only as the server's callback policy allows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
 }
 
 /// The `resources` object of a submission.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResourcesDto {
     /// CPUs (whole cores).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cpus: Option<i64>,
     /// Memory in MiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mem_mb: Option<i64>,
     /// Wall-clock limit in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_s: Option<i64>,
 }
 
@@ -54,19 +70,6 @@ pub struct Limits {
     pub default_timeout_s: u32,
     /// Largest accepted `timeout_s`.
     pub max_timeout_s: u32,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            default_cpus: 1,
-            max_cpus: 8,
-            default_mem_mb: 128,
-            max_mem_mb: 4096,
-            default_timeout_s: 30,
-            max_timeout_s: 3600,
-        }
-    }
 }
 
 /// Validated limits. Invariant: every field is ≥ 1 and within the configured maximum.
@@ -98,7 +101,8 @@ pub enum Payload {
 
 /// A submission that passed every rule of the API contract.
 ///
-/// Invariant: constructed only through `TryFrom<(WorkloadRequestDto, &Limits)>`.
+/// Invariant: constructed only through
+/// `TryFrom<(WorkloadRequestDto, &Limits, &CallbackPolicy)>`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkloadRequest {
     /// The runtime.
@@ -111,6 +115,9 @@ pub struct WorkloadRequest {
     pub input: Vec<u8>,
     /// Validated limits.
     pub resources: Resources,
+    /// The completion webhook URL, normalised by the URL parser, when the callback
+    /// policy accepted it (what was checked is what is stored and used).
+    pub callback_url: Option<String>,
 }
 
 /// Why a submission was rejected (always a client mistake: HTTP 400).
@@ -135,10 +142,12 @@ fn limit(name: &str, value: Option<i64>, default: u32, max: u32) -> Result<u32, 
     }
 }
 
-impl TryFrom<(WorkloadRequestDto, &Limits)> for WorkloadRequest {
+impl TryFrom<(WorkloadRequestDto, &Limits, &CallbackPolicy)> for WorkloadRequest {
     type Error = RequestError;
 
-    fn try_from((dto, limits): (WorkloadRequestDto, &Limits)) -> Result<Self, Self::Error> {
+    fn try_from(
+        (dto, limits, callbacks): (WorkloadRequestDto, &Limits, &CallbackPolicy),
+    ) -> Result<Self, Self::Error> {
         let runtime: Runtime = dto
             .runtime
             .as_deref()
@@ -226,30 +235,25 @@ impl TryFrom<(WorkloadRequestDto, &Limits)> for WorkloadRequest {
         let input = serde_json::to_vec(&dto.input.unwrap_or(serde_json::Value::Null))
             .map_err(|e| bad(format!("input is not serialisable: {e}")))?;
 
+        let callback_url = dto
+            .callback_url
+            .map(|url| callbacks.check_url(&url).map(String::from))
+            .transpose()
+            .map_err(bad)?;
+
         Ok(WorkloadRequest {
             runtime,
             isolation,
             payload,
             input,
             resources,
+            callback_url,
         })
     }
 }
 
 fn validate_image(reference: &str) -> Result<(), RequestError> {
-    let ok = !reference.is_empty()
-        && reference.len() <= 512
-        && reference
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-/:@+".contains(c))
-        && !reference.starts_with(['/', '.', '-', ':', '@']);
-    if ok {
-        Ok(())
-    } else {
-        Err(bad(format!(
-            "image {reference:?} is not a valid OCI image reference"
-        )))
-    }
+    super::ImageRef::parse(reference).map(|_| ()).map_err(bad)
 }
 
 impl WorkloadRequest {
@@ -279,9 +283,55 @@ impl WorkloadRequest {
 mod tests {
     use super::*;
 
-    fn parse(json: &str) -> Result<WorkloadRequest, RequestError> {
+    fn policy(allowed: &[&str]) -> CallbackPolicy {
+        let mut cfg = crate::config::Config::load_from(Default::default())
+            .expect("defaults")
+            .webhooks;
+        cfg.allowed_hosts = allowed.iter().map(|s| s.to_string()).collect();
+        CallbackPolicy::new(&cfg).expect("policy")
+    }
+
+    fn parse_with(json: &str, callbacks: &CallbackPolicy) -> Result<WorkloadRequest, RequestError> {
         let dto: WorkloadRequestDto = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
-        WorkloadRequest::try_from((dto, &Limits::default()))
+        let limits = crate::config::Config::defaults()
+            .expect("defaults")
+            .limits();
+        WorkloadRequest::try_from((dto, &limits, callbacks))
+    }
+
+    fn parse(json: &str) -> Result<WorkloadRequest, RequestError> {
+        parse_with(json, &policy(&[]))
+    }
+
+    #[test]
+    fn callback_url_passes_the_policy_and_is_kept_normalised() {
+        let on = policy(&["hooks.example.com"]);
+        let r = parse_with(
+            r#"{"runtime":"node","code":"x","callback_url":"https://HOOKS.example.com/done?k=1"}"#,
+            &on,
+        )
+        .expect("allowed");
+        assert_eq!(
+            r.callback_url.as_deref(),
+            Some("https://hooks.example.com/done?k=1")
+        );
+        let none = parse_with(r#"{"runtime":"node","code":"x"}"#, &on).expect("no callback");
+        assert_eq!(none.callback_url, None);
+        for (json, policy, want) in [
+            (
+                r#"{"runtime":"node","code":"x","callback_url":"https://other.example/"}"#,
+                &on,
+                "not allowed",
+            ),
+            (
+                r#"{"runtime":"node","code":"x","callback_url":"https://hooks.example.com/"}"#,
+                &policy(&[]),
+                "not enabled",
+            ),
+        ] {
+            let err = parse_with(json, policy).expect_err(json);
+            assert!(err.0.contains(want), "{json}: {err}");
+        }
     }
 
     #[test]
@@ -368,9 +418,17 @@ mod tests {
 
     #[test]
     fn oci_with_image_and_command() {
-        let r = parse(r#"{"runtime":"oci","image":"registry.example/ns/app@sha256:abc","command":["sh","-c","echo"]}"#)
-            .expect("valid");
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let json = format!(
+            r#"{{"runtime":"oci","image":"registry.example/ns/app@{digest}","command":["sh","-c","echo"]}}"#
+        );
+        let r = parse(&json).expect("valid");
         assert!(matches!(r.payload, Payload::Image { .. }));
+        let short = r#"{"runtime":"oci","image":"registry.example/ns/app@sha256:abc"}"#;
+        assert!(
+            parse(short).is_err(),
+            "a truncated digest is not a reference"
+        );
     }
 
     #[test]

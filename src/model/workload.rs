@@ -1,5 +1,5 @@
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 
 use super::{Isolation, IsolationRequest, Runtime, Status, WorkloadId};
@@ -7,8 +7,9 @@ use super::{Isolation, IsolationRequest, Runtime, Status, WorkloadId};
 /// The workload object of the API (docs/api.md), as stored and as answered.
 ///
 /// Invariant: `isolation` is never `auto`; optional numbers are serialised as `null`,
-/// never omitted, so clients see a stable shape.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// never omitted, so clients see a stable shape. `Deserialize` is the client's reading
+/// of the same shape (`vulcan::client`); the server never reads it back from JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Workload {
     /// The id.
     pub id: WorkloadId,
@@ -49,10 +50,14 @@ pub struct Workload {
     /// When it reached a terminal status.
     #[serde(serialize_with = "rfc3339_opt")]
     pub finished_at: Option<DateTime<Utc>>,
+    /// Where the completion webhook goes (accepted by the callback policy at
+    /// submission); `null` when none. Absent from older servers' answers.
+    #[serde(default)]
+    pub callback_url: Option<String>,
 }
 
-/// One recorded log line of a workload.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One recorded log line of a workload (answered by the server, read by the client).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogLine {
     /// Position in the workload's log, from 0, without gaps.
     pub seq: u64,
@@ -109,11 +114,14 @@ pub fn format_time(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-fn rfc3339<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn rfc3339<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format_time(t))
 }
 
-fn rfc3339_opt<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn rfc3339_opt<S: Serializer>(
+    t: &Option<DateTime<Utc>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     match t {
         Some(t) => rfc3339(t, s),
         None => s.serialize_none(),
@@ -143,6 +151,14 @@ impl Output {
         self.as_str().len()
     }
 
+    /// The value as a tree, for code that inspects it (the CLI); the server never needs it.
+    pub fn to_value(&self) -> serde_json::Value {
+        // The text is valid JSON by the invariant; a value too deep for serde_json's
+        // recursion limit is shown as its text instead.
+        serde_json::from_str(self.as_str())
+            .unwrap_or_else(|_| serde_json::Value::String(self.as_str().to_string()))
+    }
+
     /// Never true (a JSON value has at least one character); for clippy's sake.
     pub fn is_empty(&self) -> bool {
         self.as_str().is_empty()
@@ -158,6 +174,14 @@ impl PartialEq for Output {
 impl Serialize for Output {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         self.0.serialize(s)
+    }
+}
+
+/// The client's reading (`vulcan::client`): the text as the server sent it. Works with
+/// serde_json's text deserializers, which is how every answer is read.
+impl<'de> Deserialize<'de> for Output {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Box::<RawValue>::deserialize(d).map(Self)
     }
 }
 

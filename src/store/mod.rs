@@ -1,6 +1,7 @@
 //! Persistence: Diesel on SQLite. The [`crate::actors::store::StoreActor`] is the only
 //! writer; this module holds the connection setup, the row types and the queries it runs.
 
+pub mod deliveries;
 pub mod models;
 pub mod queries;
 pub mod schema;

@@ -3,9 +3,12 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 
-use super::schema::{log_lines, workloads};
+use super::schema::{idempotency_keys, log_lines, workloads};
 use super::StoreError;
-use crate::model::{format_time, LogLine, Output, Payload, Workload, WorkloadId};
+use crate::model::{
+    format_time, IdempotencyKey, IdempotencyRecord, LogLine, Output, Payload, SubmitKind, Workload,
+    WorkloadId,
+};
 
 /// A workload as stored, without its payload.
 #[derive(Debug, Queryable, Selectable)]
@@ -30,6 +33,7 @@ pub struct WorkloadRow {
     pub created_at: String,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
+    pub callback_url: Option<String>,
 }
 
 /// A new workload with its payload.
@@ -53,6 +57,8 @@ pub struct NewWorkloadRow {
     pub input: Vec<u8>,
     pub image: Option<String>,
     pub command: Option<String>,
+    pub callback_url: Option<String>,
+    pub delivery_id: Option<String>,
 }
 
 /// The stored payload of a workload (for re-admission after a restart).
@@ -78,7 +84,46 @@ pub struct LogLineRow {
     pub created_at: String,
 }
 
-fn parse<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, StoreError> {
+/// One remembered `Idempotency-Key`.
+#[derive(Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = idempotency_keys)]
+#[diesel(check_for_backend(diesel::sqlite::Sqlite))]
+pub struct IdempotencyKeyRow {
+    pub scope: String,
+    pub key: String,
+    pub fingerprint: String,
+    pub workload_id: String,
+    pub kind: String,
+    pub created_at: String,
+}
+
+impl IdempotencyKeyRow {
+    /// The row remembering that `key` created `workload` (now).
+    pub fn new(key: &IdempotencyKey, record: &IdempotencyRecord, at: &DateTime<Utc>) -> Self {
+        Self {
+            scope: key.scope().to_string(),
+            key: key.key().to_string(),
+            fingerprint: record.fingerprint.clone(),
+            workload_id: record.workload_id.to_string(),
+            kind: record.kind.as_str().to_string(),
+            created_at: format_time(at),
+        }
+    }
+}
+
+impl TryFrom<IdempotencyKeyRow> for IdempotencyRecord {
+    type Error = StoreError;
+
+    fn try_from(r: IdempotencyKeyRow) -> Result<Self, Self::Error> {
+        Ok(IdempotencyRecord {
+            fingerprint: r.fingerprint,
+            workload_id: parse("workload_id", &r.workload_id)?,
+            kind: parse::<SubmitKind>("kind", &r.kind)?,
+        })
+    }
+}
+
+pub(super) fn parse<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, StoreError> {
     s.parse()
         .map_err(|_| StoreError::Corrupt(format!("{what} {s:?}")))
 }
@@ -121,12 +166,14 @@ impl TryFrom<WorkloadRow> for Workload {
             created_at: parse_time(&r.created_at)?,
             started_at: r.started_at.as_deref().map(parse_time).transpose()?,
             finished_at: r.finished_at.as_deref().map(parse_time).transpose()?,
+            callback_url: r.callback_url,
         })
     }
 }
 
 impl NewWorkloadRow {
-    /// The row for a freshly accepted workload.
+    /// The row for a freshly accepted workload (with a fresh webhook delivery id when it
+    /// has a `callback_url`).
     pub fn new(w: &Workload, payload: &Payload, input: &[u8]) -> Self {
         let (code, code_archive, image, command) = match payload {
             Payload::Code(c) => (Some(c.clone()), None, None, None),
@@ -156,6 +203,12 @@ impl NewWorkloadRow {
             input: input.to_vec(),
             image,
             command,
+            callback_url: w.callback_url.clone(),
+            // Chosen now, so every attempt of the delivery carries the same id.
+            delivery_id: w
+                .callback_url
+                .as_ref()
+                .map(|_| ulid::Ulid::new().to_string()),
         }
     }
 }

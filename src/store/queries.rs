@@ -4,17 +4,17 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use diesel::dsl::count_star;
+use diesel::dsl::{case_when, count_star};
 use diesel::prelude::*;
 use diesel::sqlite::SqliteConnection;
 use serde::Serialize;
 
-use super::models::{LogLineRow, NewWorkloadRow, PayloadRow, WorkloadRow};
-use super::schema::{log_lines, workloads};
+use super::models::{IdempotencyKeyRow, LogLineRow, NewWorkloadRow, PayloadRow, WorkloadRow};
+use super::schema::{idempotency_keys, log_lines, workloads};
 use super::StoreError;
 use crate::model::{
-    format_time, transition, Isolation, LogLine, Output, Payload, Runtime, Status, Workload,
-    WorkloadId,
+    format_time, transition, IdempotencyKey, IdempotencyRecord, Isolation, LogLine, Output,
+    Payload, Runtime, Status, Workload, WorkloadId,
 };
 
 /// A status change plus the fields that come with it.
@@ -128,6 +128,79 @@ pub fn insert_workload(
     Ok(())
 }
 
+/// What [`insert_keyed_workload`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyedInsert {
+    /// The workload and its key were recorded.
+    Inserted,
+    /// The key was already remembered (and not expired): nothing was written.
+    Existing(IdempotencyRecord),
+}
+
+/// Record a workload together with the `Idempotency-Key` that created it, unless the
+/// key is remembered already (then nothing is written and the earlier record is
+/// returned). A remembered key older than `not_before` is forgotten first.
+///
+/// Atomic (one savepoint) and, since only the store's single writer calls it, free of
+/// races: of two submissions with one key, exactly one inserts.
+pub fn insert_keyed_workload(
+    conn: &mut SqliteConnection,
+    w: &Workload,
+    payload: &Payload,
+    input: &[u8],
+    key: &IdempotencyKey,
+    record: &IdempotencyRecord,
+    not_before: DateTime<Utc>,
+) -> Result<KeyedInsert, StoreError> {
+    conn.transaction(|c| {
+        let mine = idempotency_keys::table
+            .filter(idempotency_keys::scope.eq(key.scope()))
+            .filter(idempotency_keys::key.eq(key.key()));
+        diesel::delete(mine.filter(idempotency_keys::created_at.lt(format_time(&not_before))))
+            .execute(c)?;
+        if let Some(row) = mine
+            .select(IdempotencyKeyRow::as_select())
+            .first(c)
+            .optional()?
+        {
+            return Ok(KeyedInsert::Existing(row.try_into()?));
+        }
+        insert_workload(c, w, payload, input)?;
+        diesel::insert_into(idempotency_keys::table)
+            .values(IdempotencyKeyRow::new(key, record, &w.created_at))
+            .execute(c)?;
+        Ok(KeyedInsert::Inserted)
+    })
+}
+
+/// The remembered record of `key`, unless it is older than `not_before`.
+pub fn find_idempotency_key(
+    conn: &mut SqliteConnection,
+    key: &IdempotencyKey,
+    not_before: DateTime<Utc>,
+) -> Result<Option<IdempotencyRecord>, StoreError> {
+    idempotency_keys::table
+        .filter(idempotency_keys::scope.eq(key.scope()))
+        .filter(idempotency_keys::key.eq(key.key()))
+        .filter(idempotency_keys::created_at.ge(format_time(&not_before)))
+        .select(IdempotencyKeyRow::as_select())
+        .first(conn)
+        .optional()?
+        .map(IdempotencyRecord::try_from)
+        .transpose()
+}
+
+/// Forget every key older than `before`; returns how many.
+pub fn sweep_idempotency_keys(
+    conn: &mut SqliteConnection,
+    before: DateTime<Utc>,
+) -> Result<usize, StoreError> {
+    Ok(diesel::delete(
+        idempotency_keys::table.filter(idempotency_keys::created_at.lt(format_time(&before))),
+    )
+    .execute(conn)?)
+}
+
 /// One workload.
 pub fn get_workload(conn: &mut SqliteConnection, id: WorkloadId) -> Result<Workload, StoreError> {
     workloads::table
@@ -140,7 +213,9 @@ pub fn get_workload(conn: &mut SqliteConnection, id: WorkloadId) -> Result<Workl
 }
 
 /// Validate `change` against the stored status with the state machine and apply it.
-/// An invalid transition writes nothing.
+/// An invalid transition writes nothing. A terminal status of a workload with a
+/// `callback_url` enqueues its webhook delivery (`delivery_due_at`) in the same
+/// statement.
 ///
 /// One statement in the common case: the update only matches rows whose status the
 /// transition function allows `change.to` from, and returns the new row. When nothing
@@ -180,6 +255,12 @@ pub fn apply_change(
                 workloads::exit_code.eq(change.exit_code),
                 workloads::error.eq(&change.error),
                 workloads::duration_ms.eq(change.duration_ms.map(|d| d as i64)),
+                // Enqueue the completion webhook in this same statement: due at once
+                // for a workload with a callback_url, NULL (nothing) otherwise.
+                workloads::delivery_due_at.eq(case_when::<_, _, diesel::sql_types::Text>(
+                    workloads::callback_url.is_not_null(),
+                    &at,
+                )),
             ))
             .returning(WorkloadRow::as_returning())
             .get_result(conn)
@@ -214,11 +295,12 @@ pub fn append_logs(conn: &mut SqliteConnection, rows: &[LogLineRow]) -> Result<(
     Ok(())
 }
 
-/// Lines of a workload in `seq` order, all or those after `after`.
+/// Lines of a workload in `seq` order, all or those after `after`, at most `limit`.
 pub fn log_lines(
     conn: &mut SqliteConnection,
     id: WorkloadId,
-    after: Option<u64>,
+    after: Option<i64>,
+    limit: Option<i64>,
 ) -> Result<Vec<LogLine>, StoreError> {
     let mut q = log_lines::table
         .filter(log_lines::workload_id.eq(id.to_string()))
@@ -226,7 +308,10 @@ pub fn log_lines(
         .select(LogLineRow::as_select())
         .into_boxed();
     if let Some(after) = after {
-        q = q.filter(log_lines::seq.gt(after as i64));
+        q = q.filter(log_lines::seq.gt(after));
+    }
+    if let Some(limit) = limit {
+        q = q.limit(limit);
     }
     q.load(conn)?.into_iter().map(LogLine::try_from).collect()
 }

@@ -2,6 +2,11 @@
 //! a temporary SQLite file) and talks to it over HTTP.
 #![allow(dead_code)]
 
+pub mod binary;
+pub mod cli;
+pub mod gvisor;
+pub mod oci;
+pub mod receiver;
 pub mod scripted;
 pub mod sse;
 
@@ -283,4 +288,66 @@ pub fn count_rows(path: &std::path::Path, table: &str) -> i64 {
 /// A node workload body (for the scripted backend the code is its script).
 pub fn body(runtime: &str, code: &str) -> Value {
     json!({"runtime": runtime, "code": code})
+}
+
+/// Record a pending workload straight into the database at `db`, behind the running
+/// server's back: it exists for every query but was never admitted (as while start-up
+/// re-admits a backlog). Returns its id.
+pub fn insert_unadmitted(db: &std::path::Path, backend: &str) -> String {
+    use vulcan::model::{
+        Isolation, IsolationRequest, Payload, Runtime, Status, Workload, WorkloadId,
+    };
+    let id = WorkloadId::new();
+    let w = Workload {
+        id,
+        status: Status::Pending,
+        isolation: Isolation::Isolate,
+        requested_isolation: IsolationRequest::Auto,
+        backend: backend.into(),
+        runtime: Runtime::Node,
+        node_id: "elsewhere".into(),
+        input_hash: "sha256:00".into(),
+        output: None,
+        exit_code: None,
+        error: None,
+        cpu_limit: 1,
+        mem_limit: 128,
+        timeout_s: 30,
+        duration_ms: None,
+        created_at: id.created_at(),
+        started_at: None,
+        finished_at: None,
+        callback_url: None,
+    };
+    let mut conn = vulcan::store::open_writer(db).expect("open db");
+    vulcan::store::queries::insert_workload(&mut conn, &w, &Payload::Code("{}".into()), b"null")
+        .expect("insert");
+    id.to_string()
+}
+
+/// The value of the unlabelled metric `name` (e.g. `vulcan_log_topics`).
+pub async fn gauge(app: &TestApp, name: &str) -> i64 {
+    let text = app.get("/metrics").await.text().await.expect("metrics");
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as i64)
+        .unwrap_or_else(|| panic!("no metric {name}"))
+}
+
+/// Poll until the metric `name` equals `want` (or panic after `within`).
+pub async fn wait_gauge(app: &TestApp, name: &str, want: i64, within: Duration) {
+    let start = Instant::now();
+    loop {
+        let got = gauge(app, name).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < within,
+            "{name} is {got}, not {want}, after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

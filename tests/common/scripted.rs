@@ -119,7 +119,7 @@ pub fn factory(opts: Options) -> (BackendFactory, Arc<Observed>) {
             },
             health: match &opts.unavailable {
                 None => BackendHealth::Healthy,
-                Some(r) => BackendHealth::Unavailable(r.clone()),
+                Some(r) => BackendHealth::unavailable(r.clone(), format!("{r} (detail)")),
             },
             seen: s.clone(),
         }) as Arc<dyn Backend>

@@ -34,10 +34,14 @@ pub fn bench_python_hello(runs: usize) -> Result<(Vec<Duration>, Vec<Duration>),
         .prefix("vulcan-gvisor-bench-")
         .tempdir()
         .map_err(|e| format!("temporary state directory: {e}"))?;
+    let defaults = crate::config::Config::defaults()
+        .map_err(|e| format!("embedded defaults: {e}"))?
+        .backends
+        .gvisor;
     let cfg = GvisorConfig {
         state_dir: state.path().to_path_buf(),
         cgroup_parent: format!("vulcan-bench-{}", std::process::id()),
-        ..GvisorConfig::default()
+        ..defaults
     };
     let result = actix_web::rt::System::new().block_on(measure(&cfg, runs));
     cgroup::remove_parent_if_empty(&cfg.cgroup_parent);
@@ -49,7 +53,7 @@ async fn measure(
     runs: usize,
 ) -> Result<(Vec<Duration>, Vec<Duration>), String> {
     let backend = GvisorBackend::new(cfg).map_err(|e| e.to_string())?;
-    if let BackendHealth::Unavailable(reason) = backend.health() {
+    if let BackendHealth::Unavailable { detail: reason, .. } = backend.health() {
         return Err(format!("gvisor backend unavailable: {reason}"));
     }
     if !backend

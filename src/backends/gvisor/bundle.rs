@@ -174,8 +174,111 @@ pub struct SpecParams {
     pub tmp_size_mb: u64,
 }
 
-/// Build the OCI runtime spec of one run.
+/// Build the OCI runtime spec of one code run (python, go, node).
 pub fn build_spec(p: &SpecParams) -> Result<Spec, oci_spec::OciSpecError> {
+    let process = process(
+        &p.args,
+        &p.env,
+        WORK_MOUNT,
+        (SANDBOX_UID, SANDBOX_UID),
+        p.max_processes,
+        p.max_file_bytes,
+    )?;
+    let mut mounts = system_mounts()?;
+    mounts.push(bind("/usr", Path::new("/usr"), true)?);
+    for dir in &p.extra_ro_dirs {
+        mounts.push(bind(&dir.to_string_lossy(), dir, true)?);
+    }
+    mounts.push(bind(WORK_MOUNT, &p.work_dir, false)?);
+    let tmp_size = format!("size={}m", p.tmp_size_mb.max(1));
+    mounts.push(mount(
+        "/tmp",
+        "tmpfs",
+        "tmpfs",
+        &["nosuid", "nodev", "mode=1777", &tmp_size],
+    )?);
+    SpecBuilder::default()
+        .version("1.0.2")
+        .root(
+            RootBuilder::default()
+                .path("rootfs")
+                .readonly(true)
+                .build()?,
+        )
+        .hostname("sandbox")
+        .process(process)
+        .mounts(mounts)
+        .linux(linux(&p.cgroups_path, p.mem_bytes, p.cpus)?)
+        .build()
+}
+
+/// Everything `config.json` of an image run depends on.
+#[derive(Debug, Clone)]
+pub struct ImageSpecParams {
+    /// The image's prepared root file system (shared by runs, never written: the run is
+    /// started with runsc's root overlay, so its writes land in sandbox memory).
+    pub rootfs: PathBuf,
+    /// Command line (entrypoint + cmd, or the request's command).
+    pub args: Vec<String>,
+    /// The complete environment: the image's, then Vulcan's.
+    pub env: Vec<String>,
+    /// Working directory inside the sandbox (absolute).
+    pub cwd: String,
+    /// User and group ids inside the sandbox (the image's `User`).
+    pub uid: u32,
+    /// Group id inside the sandbox.
+    pub gid: u32,
+    /// `linux.cgroupsPath`, unique to the run.
+    pub cgroups_path: PathBuf,
+    /// Memory limit in bytes (the run's writable layer counts against it).
+    pub mem_bytes: u64,
+    /// CPUs, turned into a CFS quota.
+    pub cpus: u32,
+    /// `RLIMIT_NPROC`.
+    pub max_processes: u64,
+    /// `RLIMIT_FSIZE` in bytes.
+    pub max_file_bytes: u64,
+}
+
+/// Build the OCI runtime spec of one image run: the image's root file system (made
+/// writable only through runsc's in-memory overlay), its own `/proc` and `/dev`,
+/// nothing of the host, no capabilities, no network.
+pub fn build_image_spec(p: &ImageSpecParams) -> Result<Spec, oci_spec::OciSpecError> {
+    let process = process(
+        &p.args,
+        &p.env,
+        &p.cwd,
+        (p.uid, p.gid),
+        p.max_processes,
+        p.max_file_bytes,
+    )?;
+    SpecBuilder::default()
+        .version("1.0.2")
+        .root(
+            RootBuilder::default()
+                .path(p.rootfs.clone())
+                // runsc applies its root overlay only to a writable root; the host
+                // directory itself is opened read-only by the gofer either way.
+                .readonly(false)
+                .build()?,
+        )
+        .hostname("sandbox")
+        .process(process)
+        .mounts(system_mounts()?)
+        .linux(linux(&p.cgroups_path, p.mem_bytes, p.cpus)?)
+        .build()
+}
+
+/// The process of a run: no capabilities in any set (so uid 0 in the sandbox has no
+/// privilege either), no new privileges, the rlimits.
+fn process(
+    args: &[String],
+    env: &[String],
+    cwd: &str,
+    (uid, gid): (u32, u32),
+    max_processes: u64,
+    max_file_bytes: u64,
+) -> Result<oci_spec::runtime::Process, oci_spec::OciSpecError> {
     let rlimit = |typ, value: u64| {
         PosixRlimitBuilder::default()
             .typ(typ)
@@ -191,29 +294,32 @@ pub fn build_spec(p: &SpecParams) -> Result<Spec, oci_spec::OciSpecError> {
         .permitted(empty.clone())
         .ambient(empty)
         .build()?;
-    let process = ProcessBuilder::default()
+    ProcessBuilder::default()
         .terminal(false)
         .user(
             UserBuilder::default()
-                .uid(SANDBOX_UID)
-                .gid(SANDBOX_UID)
+                .uid(uid)
+                .gid(gid)
                 .additional_gids(Vec::<u32>::new())
                 .build()?,
         )
-        .args(p.args.clone())
-        .env(p.env.clone())
-        .cwd(WORK_MOUNT)
+        .args(args.to_vec())
+        .env(env.to_vec())
+        .cwd(cwd)
         .capabilities(capabilities)
         .no_new_privileges(true)
         .rlimits(vec![
-            rlimit(PosixRlimitType::RlimitNproc, p.max_processes)?,
-            rlimit(PosixRlimitType::RlimitFsize, p.max_file_bytes)?,
+            rlimit(PosixRlimitType::RlimitNproc, max_processes)?,
+            rlimit(PosixRlimitType::RlimitFsize, max_file_bytes)?,
             rlimit(PosixRlimitType::RlimitNofile, 1024)?,
             rlimit(PosixRlimitType::RlimitCore, 0)?,
         ])
-        .build()?;
+        .build()
+}
 
-    let mut mounts = vec![
+/// `/proc` and `/dev`, private to the sandbox.
+fn system_mounts() -> Result<Vec<Mount>, oci_spec::OciSpecError> {
+    Ok(vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
         mount(
             "/dev",
@@ -221,22 +327,17 @@ pub fn build_spec(p: &SpecParams) -> Result<Spec, oci_spec::OciSpecError> {
             "tmpfs",
             &["nosuid", "strictatime", "mode=755", "size=65536k"],
         )?,
-        bind("/usr", Path::new("/usr"), true)?,
-    ];
-    for dir in &p.extra_ro_dirs {
-        mounts.push(bind(&dir.to_string_lossy(), dir, true)?);
-    }
-    mounts.push(bind(WORK_MOUNT, &p.work_dir, false)?);
-    let tmp_size = format!("size={}m", p.tmp_size_mb.max(1));
-    mounts.push(mount(
-        "/tmp",
-        "tmpfs",
-        "tmpfs",
-        &["nosuid", "nodev", "mode=1777", &tmp_size],
-    )?);
+    ])
+}
 
-    let mem = i64::try_from(p.mem_bytes).unwrap_or(i64::MAX);
-    let quota = i64::try_from(u64::from(p.cpus.max(1)) * CPU_PERIOD_US).unwrap_or(i64::MAX);
+/// Limits (a cgroup unique to the run) and namespaces (network among them: no network).
+fn linux(
+    cgroups_path: &Path,
+    mem_bytes: u64,
+    cpus: u32,
+) -> Result<oci_spec::runtime::Linux, oci_spec::OciSpecError> {
+    let mem = i64::try_from(mem_bytes).unwrap_or(i64::MAX);
+    let quota = i64::try_from(u64::from(cpus.max(1)) * CPU_PERIOD_US).unwrap_or(i64::MAX);
     let resources = LinuxResourcesBuilder::default()
         .memory(LinuxMemoryBuilder::default().limit(mem).swap(mem).build()?)
         .cpu(
@@ -256,26 +357,12 @@ pub fn build_spec(p: &SpecParams) -> Result<Spec, oci_spec::OciSpecError> {
     .into_iter()
     .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
     .collect::<Result<Vec<_>, _>>()?;
-    let linux = LinuxBuilder::default()
-        .cgroups_path(p.cgroups_path.clone())
+    LinuxBuilder::default()
+        .cgroups_path(cgroups_path.to_path_buf())
         .resources(resources)
         .namespaces(namespaces)
         .masked_paths(Vec::<String>::new())
         .readonly_paths(Vec::<String>::new())
-        .build()?;
-
-    SpecBuilder::default()
-        .version("1.0.2")
-        .root(
-            RootBuilder::default()
-                .path("rootfs")
-                .readonly(true)
-                .build()?,
-        )
-        .hostname("sandbox")
-        .process(process)
-        .mounts(mounts)
-        .linux(linux)
         .build()
 }
 

@@ -15,8 +15,9 @@
 
 mod bench;
 mod bundle;
-mod cgroup;
-mod runsc;
+pub(crate) mod cgroup;
+mod image;
+pub(crate) mod runsc;
 
 pub use bench::bench_python_hello;
 
@@ -24,10 +25,11 @@ pub use bench::bench_python_hello;
 #[allow(clippy::unwrap_used)]
 mod tests;
 
+use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures_util::future::BoxFuture;
@@ -36,10 +38,12 @@ use serde::Deserialize;
 use self::bundle::{BundleLayout, SpecParams, WORK_MOUNT};
 use self::runsc::Runsc;
 use super::archive::{self, ArchiveError, ArchiveLimits};
+use super::isolate::looks_like_module;
 use super::{
-    output_exceeds, Backend, BackendCapabilities, BackendError, BackendHealth, ExecContext,
-    WorkloadResult, WorkloadSpec,
+    output_exceeds, Backend, BackendCapabilities, BackendError, BackendHealth, CancellationToken,
+    ExecContext, Preparation, WorkloadResult, WorkloadSpec,
 };
+use crate::images::{ImageLease, ImageStore};
 use crate::model::{Isolation, Payload, Runtime, WorkloadId};
 
 /// `[backends.gvisor]`: see `config/default.toml` for each key's meaning.
@@ -50,6 +54,8 @@ pub struct GvisorConfig {
     pub enabled: bool,
     /// Concurrent workloads; 0 = one per CPU core.
     pub max_concurrency: usize,
+    /// Workloads waiting for a slot; beyond it submissions to this backend get 429.
+    pub max_queue: usize,
     /// The `runsc` binary: a path, or a name looked up in `PATH`.
     pub runsc_path: String,
     /// runsc `--platform` (`ptrace` works everywhere; `kvm` needs usable hardware KVM).
@@ -70,28 +76,9 @@ pub struct GvisorConfig {
     pub tmp_size_mb: u64,
 }
 
-impl Default for GvisorConfig {
-    /// The same values as `config/default.toml`.
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            max_concurrency: 4,
-            runsc_path: "runsc".into(),
-            platform: "ptrace".into(),
-            state_dir: PathBuf::from("/var/lib/vulcan/gvisor"),
-            cgroup_parent: "vulcan-gvisor".into(),
-            max_archive_bytes: 256 * 1024 * 1024,
-            max_archive_entries: 10_000,
-            max_processes: 256,
-            max_file_mb: 256,
-            tmp_size_mb: 64,
-        }
-    }
-}
-
 /// Inputs larger than this are only given on stdin, not in `VULCAN_INPUT` (a single
 /// environment string is limited to 128 KiB by execve).
-const MAX_ENV_INPUT: usize = 100 * 1024;
+pub(crate) const MAX_ENV_INPUT: usize = 100 * 1024;
 
 /// How long the output readers may take to drain after the runsc process exited.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -99,14 +86,14 @@ const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Language toolchains found on the host, under `/usr` (the only host tree the sandbox
 /// sees). Paths are canonical, so they are valid inside the sandbox as well.
 #[derive(Debug, Clone, Default)]
-struct Toolchains {
+pub(crate) struct Toolchains {
     python: Option<PathBuf>,
     go: Option<PathBuf>,
     node: Option<PathBuf>,
 }
 
 impl Toolchains {
-    fn detect() -> Self {
+    pub(crate) fn detect() -> Self {
         Self {
             python: find_under_usr(&["/usr/local/bin/python3", "/usr/bin/python3"]),
             go: find_under_usr(&["/usr/local/go/bin/go", "/usr/local/bin/go", "/usr/bin/go"]),
@@ -114,7 +101,7 @@ impl Toolchains {
         }
     }
 
-    fn get(&self, runtime: Runtime) -> Option<&Path> {
+    pub(crate) fn get(&self, runtime: Runtime) -> Option<&Path> {
         match runtime {
             Runtime::Python => self.python.as_deref(),
             Runtime::Go => self.go.as_deref(),
@@ -123,7 +110,7 @@ impl Toolchains {
         }
     }
 
-    fn runtimes(&self) -> Vec<Runtime> {
+    pub(crate) fn runtimes(&self) -> Vec<Runtime> {
         [Runtime::Node, Runtime::Python, Runtime::Go]
             .into_iter()
             .filter(|r| self.get(*r).is_some())
@@ -147,6 +134,10 @@ struct Inner {
     runsc: Runsc,
     bundles_dir: PathBuf,
     toolchains: Toolchains,
+    /// The image store, when `oci` workloads are offered.
+    images: Option<ImageStore>,
+    /// Images pinned by [`Backend::prepare`] for workloads not over yet.
+    prepared: Mutex<HashMap<WorkloadId, ImageLease>>,
 }
 
 /// The gVisor backend. Cheap to share; every execution is independent.
@@ -160,8 +151,16 @@ impl GvisorBackend {
     /// Probe the host (runsc, root, toolchains), prepare the state directory and
     /// remove whatever a previous, crashed server left behind. Succeeds on hosts
     /// without runsc: the backend then reports [`BackendHealth::Unavailable`].
-    /// Fails only on an invalid configuration.
+    /// Fails only on an invalid configuration. Without an image store: no `oci`.
     pub fn new(cfg: &GvisorConfig) -> Result<Self, BackendError> {
+        Self::with_images(cfg, None)
+    }
+
+    /// [`GvisorBackend::new`], also running `oci` workloads from `images`.
+    pub fn with_images(
+        cfg: &GvisorConfig,
+        images: Option<ImageStore>,
+    ) -> Result<Self, BackendError> {
         let parent_ok = !cfg.cgroup_parent.is_empty()
             && cfg
                 .cgroup_parent
@@ -199,6 +198,8 @@ impl GvisorBackend {
             runsc,
             bundles_dir,
             toolchains: Toolchains::detect(),
+            images,
+            prepared: Mutex::new(HashMap::new()),
         });
         let health = match probe(&inner, bin.as_deref()) {
             Ok(()) => {
@@ -207,9 +208,11 @@ impl GvisorBackend {
                 }
                 BackendHealth::Healthy
             }
-            Err(reason) => {
-                log::warn!("gvisor backend unavailable: {reason}");
-                BackendHealth::Unavailable(reason)
+            Err(health) => {
+                if let BackendHealth::Unavailable { detail, .. } = &health {
+                    log::warn!("gvisor backend unavailable: {detail}");
+                }
+                health
             }
         };
         Ok(Self {
@@ -257,31 +260,42 @@ fn resolve_binary(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Why the backend cannot run work here, if it cannot. Also creates the state dirs.
-fn probe(inner: &Inner, bin: Option<&Path>) -> Result<(), String> {
+/// Why the backend cannot run work here, if it cannot (as an unavailable health: a
+/// public reason, and the host specifics for the log). Also creates the state dirs.
+fn probe(inner: &Inner, bin: Option<&Path>) -> Result<(), BackendHealth> {
     let Some(bin) = bin else {
-        return Err(format!(
-            "runsc not found ({:?}); install the Debian package `runsc`",
-            inner.cfg.runsc_path
+        return Err(BackendHealth::unavailable(
+            "runsc is not installed (Debian package `runsc`)",
+            format!("runsc not found ({:?})", inner.cfg.runsc_path),
         ));
     };
-    runsc::version(bin)?;
+    runsc::version(bin)
+        .map_err(|e| BackendHealth::unavailable("runsc does not run on this host", e))?;
     // SAFETY: geteuid has no preconditions, cannot fail and touches no memory.
     #[allow(unsafe_code)]
     let euid = unsafe { libc::geteuid() };
     if euid != 0 {
-        return Err(format!(
-            "the server runs as uid {euid}, not root: runsc applies memory/CPU limits \
-             only when started by root"
+        return Err(BackendHealth::unavailable(
+            "the server does not run as root: runsc applies memory/CPU limits only when \
+             started by root",
+            format!("the server runs as uid {euid}, not root"),
         ));
     }
     for dir in [&inner.cfg.state_dir, &inner.bundles_dir, &inner.runsc.root] {
         fs::create_dir_all(dir)
             .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(0o700)))
-            .map_err(|e| format!("cannot prepare state dir {}: {e}", dir.display()))?;
+            .map_err(|e| {
+                BackendHealth::unavailable(
+                    "its state directory cannot be prepared",
+                    format!("cannot prepare state dir {}: {e}", dir.display()),
+                )
+            })?;
     }
-    if inner.toolchains.runtimes().is_empty() {
-        return Err("no python3, go or node found under /usr".into());
+    if inner.toolchains.runtimes().is_empty() && inner.images.is_none() {
+        return Err(BackendHealth::unavailable(
+            "no python3, go or node toolchain is installed, and no image store",
+            "no python3, go or node found under /usr, and no image store",
+        ));
     }
     Ok(())
 }
@@ -355,7 +369,7 @@ impl Inner {
                 spec.runtime
             ))
         })?;
-        let entry = entry_file(spec.runtime);
+        let mut entry = entry_file(spec.runtime, &spec.payload);
         let layout = BundleLayout::new(&self.bundles_dir, container_id);
         let internal = |what: &str, e: std::io::Error| {
             BackendError::Internal(format!("gvisor: {what} for {container_id}: {e}"))
@@ -375,6 +389,11 @@ impl Inner {
                     ArchiveError::Io(_) => BackendError::Internal(e.to_string()),
                     other => BackendError::InvalidPayload(other.to_string()),
                 })?;
+                if spec.runtime == Runtime::Node
+                    && fs::metadata(layout.work.join(NODE_MODULE_ENTRY)).is_ok_and(|m| m.is_file())
+                {
+                    entry = NODE_MODULE_ENTRY;
+                }
                 if !fs::metadata(layout.work.join(entry)).is_ok_and(|m| m.is_file()) {
                     return Err(BackendError::InvalidPayload(format!(
                         "the archive has no {entry} at its root"
@@ -392,7 +411,7 @@ impl Inner {
             .chown_work()
             .map_err(|e| internal("cannot hand the work dir to the sandbox user", e))?;
 
-        let args = command_line(spec.runtime, interpreter, &layout.work);
+        let args = command_line(spec.runtime, interpreter, &layout.work, entry);
         let params = SpecParams {
             args,
             env: environment(spec.runtime, &spec.input),
@@ -413,10 +432,12 @@ impl Inner {
         Ok(layout)
     }
 
-    /// Run a prepared bundle to completion or cancellation.
+    /// Run a prepared bundle to completion or cancellation (`root_overlay`: image runs,
+    /// whose shared root file system gets a private writable layer).
     async fn run(
         &self,
-        layout: &BundleLayout,
+        bundle_dir: &Path,
+        root_overlay: bool,
         container_id: &str,
         input: Vec<u8>,
         max_output_bytes: usize,
@@ -428,7 +449,7 @@ impl Inner {
         let started = Instant::now();
         let mut child = self
             .runsc
-            .run_command(&layout.dir, container_id)
+            .run_command_with(bundle_dir, container_id, root_overlay)
             .spawn()
             .map_err(|e| BackendError::Internal(format!("gvisor: cannot start runsc: {e}")))?;
         let (Some(mut stdin), Some(stdout), Some(stderr)) =
@@ -500,21 +521,61 @@ impl Inner {
     }
 }
 
-/// The file the runtime starts from, at the root of the work dir.
-fn entry_file(runtime: Runtime) -> &'static str {
-    match runtime {
-        Runtime::Go => "main.go",
-        Runtime::Node => "main.js",
+/// A node entry that is an ES module: run through [`node_module_wrapper`].
+const NODE_MODULE_ENTRY: &str = "main.mjs";
+
+/// The file the runtime starts from, at the root of the work dir. Node code that is an
+/// ES module (the same test as the isolate backend's) is written as `main.mjs`; a
+/// plain script stays `main.js`. An archive brings its own (`main.mjs` wins).
+pub(crate) fn entry_file(runtime: Runtime, payload: &Payload) -> &'static str {
+    match (runtime, payload) {
+        (Runtime::Go, _) => "main.go",
+        (Runtime::Node, Payload::Code(code)) if looks_like_module(code) => NODE_MODULE_ENTRY,
+        (Runtime::Node, _) => "main.js",
         _ => "main.py",
     }
 }
 
+/// Gives `node` one meaning on every isolation: imports the module, reads the input
+/// JSON from stdin, awaits the default export called with it (or takes a non-function
+/// default as is) and prints the result as JSON, alone on stdout. The module's
+/// console output goes to stderr, so it is logged but never mixed into the result.
+fn node_module_wrapper() -> String {
+    format!(
+        r#"import {{ readFileSync }} from "node:fs";
+import {{ Console }} from "node:console";
+globalThis.console = new Console({{ stdout: process.stderr, stderr: process.stderr }});
+const text = readFileSync(0, "utf8");
+const input = text.trim() === "" ? undefined : JSON.parse(text);
+const mod = await import("{WORK_MOUNT}/{NODE_MODULE_ENTRY}");
+if (mod.default === undefined) {{
+  process.stderr.write("the module has no default export (expected `export default (input) => value`)\n");
+  process.exit(1);
+}}
+const value = typeof mod.default === "function" ? await mod.default(input) : mod.default;
+const out = JSON.stringify(value);
+if (out !== undefined) process.stdout.write(out);
+"#
+    )
+}
+
 /// The command line inside the sandbox.
-fn command_line(runtime: Runtime, interpreter: &Path, work: &Path) -> Vec<String> {
+pub(crate) fn command_line(
+    runtime: Runtime,
+    interpreter: &Path,
+    work: &Path,
+    entry: &str,
+) -> Vec<String> {
     let exe = interpreter.to_string_lossy().into_owned();
     match runtime {
         // -u: unbuffered, so each line reaches the log as it is printed.
         Runtime::Python => vec![exe, "-u".into(), "main.py".into()],
+        Runtime::Node if entry == NODE_MODULE_ENTRY => vec![
+            exe,
+            "--input-type=module".into(),
+            "-e".into(),
+            node_module_wrapper(),
+        ],
         Runtime::Node => vec![exe, "main.js".into()],
         Runtime::Go => {
             let mut args = vec![exe, "run".into()];
@@ -544,7 +605,7 @@ fn command_line(runtime: Runtime, interpreter: &Path, work: &Path) -> Vec<String
 }
 
 /// The workload's whole environment: nothing comes from the host.
-fn environment(runtime: Runtime, input: &[u8]) -> Vec<String> {
+pub(crate) fn environment(runtime: Runtime, input: &[u8]) -> Vec<String> {
     let mut env = vec![
         "PATH=/usr/local/bin:/usr/bin:/bin".to_string(),
         format!("HOME={WORK_MOUNT}"),
@@ -570,7 +631,13 @@ impl Backend for GvisorBackend {
     fn capabilities(&self) -> BackendCapabilities {
         BackendCapabilities {
             name: "gvisor".into(),
-            supported_runtimes: self.inner.toolchains.runtimes(),
+            supported_runtimes: {
+                let mut runtimes = self.inner.toolchains.runtimes();
+                if self.inner.images.is_some() {
+                    runtimes.push(Runtime::Oci);
+                }
+                runtimes
+            },
             supported_isolations: vec![Isolation::Gvisor],
             max_concurrency: self.max_concurrency,
         }
@@ -578,6 +645,11 @@ impl Backend for GvisorBackend {
 
     fn health(&self) -> BackendHealth {
         self.health.clone()
+    }
+
+    fn prepare(&self, spec: &WorkloadSpec, cancel: CancellationToken) -> Option<Preparation> {
+        let store = self.inner.images.as_ref()?;
+        image::prepare(&self.inner, store, spec, cancel)
     }
 
     fn execute(
@@ -588,15 +660,16 @@ impl Backend for GvisorBackend {
         let inner = self.inner.clone();
         let health = self.health.clone();
         Box::pin(async move {
-            if spec.runtime == Runtime::Oci {
-                return Err(BackendError::Unsupported(
-                    "OCI images are not available yet: the gvisor backend runs python, go \
-                     and node code for now"
-                        .into(),
-                ));
+            if let Some(reason) = health.reason() {
+                return Err(BackendError::Unavailable(reason.to_string()));
             }
-            if let BackendHealth::Unavailable(reason) = health {
-                return Err(BackendError::Unavailable(reason));
+            if spec.runtime == Runtime::Oci {
+                if inner.images.is_none() {
+                    return Err(BackendError::Unsupported(
+                        "runtime oci needs an image store, and this gvisor backend has none".into(),
+                    ));
+                }
+                return image::execute(inner, spec, ctx).await;
             }
             if inner.toolchains.get(spec.runtime).is_none() {
                 return Err(BackendError::Unsupported(format!(
@@ -619,7 +692,14 @@ impl Backend for GvisorBackend {
             let result = match prepared {
                 Ok(layout) => {
                     inner
-                        .run(&layout, &container_id, input, max_output_bytes, &ctx)
+                        .run(
+                            &layout.dir,
+                            false,
+                            &container_id,
+                            input,
+                            max_output_bytes,
+                            &ctx,
+                        )
                         .await
                 }
                 Err(e) => Err(e),

@@ -34,14 +34,14 @@ impl Harness {
         let cfg = GvisorConfig {
             state_dir: state.path().to_path_buf(),
             cgroup_parent: format!("vulcan-test-{name}-{}", std::process::id()),
-            ..GvisorConfig::default()
+            ..default_config()
         };
         Self::with_config(cfg, state)
     }
 
     fn with_config(cfg: GvisorConfig, state: tempfile::TempDir) -> Option<Self> {
         let backend = GvisorBackend::new(&cfg).unwrap();
-        if let BackendHealth::Unavailable(reason) = backend.health() {
+        if let BackendHealth::Unavailable { detail: reason, .. } = backend.health() {
             eprintln!("SKIPPED: gvisor backend unavailable: {reason}");
             return None;
         }
@@ -455,7 +455,7 @@ async fn many_threads_hit_the_process_limit() {
         state_dir: state.path().to_path_buf(),
         cgroup_parent: format!("vulcan-test-nproc-{}", std::process::id()),
         max_processes: 32,
-        ..GvisorConfig::default()
+        ..default_config()
     };
     let Some(h) = Harness::with_config(cfg, state) else {
         return;
@@ -528,7 +528,7 @@ async fn files_beyond_the_size_limit_cannot_be_written() {
         state_dir: state.path().to_path_buf(),
         cgroup_parent: format!("vulcan-test-fsize-{}", std::process::id()),
         max_file_mb: 1,
-        ..GvisorConfig::default()
+        ..default_config()
     };
     let Some(h) = Harness::with_config(cfg, state) else {
         return;
@@ -582,12 +582,12 @@ async fn go_and_node_run_when_installed() {
 }
 
 #[tokio::test]
-async fn oci_images_are_not_supported_yet() {
+async fn oci_needs_an_image_store() {
     let state = tempfile::tempdir().unwrap();
     let cfg = GvisorConfig {
         state_dir: state.path().to_path_buf(),
         cgroup_parent: format!("vulcan-test-oci-{}", std::process::id()),
-        ..GvisorConfig::default()
+        ..default_config()
     };
     let backend = GvisorBackend::new(&cfg).unwrap();
     assert!(!backend
@@ -610,7 +610,8 @@ async fn oci_images_are_not_supported_yet() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, BackendError::Unsupported(ref m) if m.starts_with("OCI images are not available yet"))
+        matches!(err, BackendError::Unsupported(ref m) if m.contains("needs an image store")),
+        "{err}"
     );
 }
 
@@ -620,11 +621,14 @@ async fn a_missing_runsc_makes_the_backend_unavailable() {
     let cfg = GvisorConfig {
         state_dir: state.path().to_path_buf(),
         runsc_path: "/nonexistent/runsc".into(),
-        ..GvisorConfig::default()
+        ..default_config()
     };
     let backend = GvisorBackend::new(&cfg).unwrap();
+    // The public reason names what is missing, never the host path; the detail has it.
     assert!(
-        matches!(backend.health(), BackendHealth::Unavailable(ref r) if r.contains("runsc")),
+        matches!(backend.health(), BackendHealth::Unavailable { ref reason, ref detail }
+            if reason.contains("runsc") && !reason.contains("/nonexistent")
+                && detail.contains("/nonexistent/runsc")),
         "{:?}",
         backend.health()
     );
@@ -641,10 +645,9 @@ async fn a_missing_runsc_makes_the_backend_unavailable() {
     backend.cleanup(WorkloadId::new()).await;
 }
 
-#[test]
-fn default_config_matches_default_toml() {
-    let cfg = crate::config::Config::load_from(std::collections::HashMap::new()).unwrap();
-    assert_eq!(cfg.backends.gvisor, GvisorConfig::default());
+/// The embedded defaults of `[backends.gvisor]`.
+fn default_config() -> GvisorConfig {
+    crate::config::Config::defaults().unwrap().backends.gvisor
 }
 
 #[tokio::test]

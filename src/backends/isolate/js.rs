@@ -294,7 +294,8 @@ fn install_globals<'js>(
 
 /// Whether `code` uses module syntax (a top-level-looking `import`/`export` statement).
 /// Scripts may still use `import("x")`, which the resolver refuses like any import.
-fn looks_like_module(code: &str) -> bool {
+/// The one test of "module or script" for `node` on every isolation.
+pub(crate) fn looks_like_module(code: &str) -> bool {
     code.lines().any(|line| {
         let t = line.trim_start();
         if let Some(rest) = t.strip_prefix("export") {

@@ -32,6 +32,7 @@ pub mod protocol;
 mod wasm;
 pub mod worker;
 
+pub(crate) use js::looks_like_module;
 pub use js::{bench_cold_js, bench_js_workload};
 pub use wasm::bench_cold_wasm;
 
@@ -51,6 +52,8 @@ pub struct IsolateConfig {
     pub enabled: bool,
     /// Concurrent workloads (worker processes); 0 = one per CPU core.
     pub max_concurrency: usize,
+    /// Workloads waiting for a slot; beyond it submissions to this backend get 429.
+    pub max_queue: usize,
     /// Compiled Wasm modules each worker keeps, keyed by the sha256 of their bytes; the
     /// oldest is dropped when full. 0 disables the cache.
     pub wasm_module_cache: usize,

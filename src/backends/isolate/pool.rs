@@ -195,9 +195,11 @@ impl WorkerPool {
                 .last_error
                 .clone()
                 .unwrap_or_else(|| "unknown".into());
-            return crate::backends::BackendHealth::Unavailable(format!(
-                "no isolate worker can be started: {why}"
-            ));
+            // The cause may name the worker executable or a cgroup path: log only.
+            return crate::backends::BackendHealth::unavailable(
+                "no isolate worker can be started",
+                format!("no isolate worker can be started: {why}"),
+            );
         }
         crate::backends::BackendHealth::Healthy
     }
