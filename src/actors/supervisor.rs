@@ -142,17 +142,25 @@ impl BackendEntry {
     }
 }
 
+/// What the supervisor holds every submission to, from the configuration.
+#[derive(Debug, Clone)]
+pub struct SupervisorLimits {
+    /// Most pending workloads, all backends together.
+    pub max_queue: usize,
+    /// Per-backend queue bounds by registry name; a backend without one is only bound
+    /// by `max_queue`.
+    pub queue_bounds: HashMap<String, usize>,
+    /// Largest result any workload may produce, handed to every backend in its spec.
+    pub max_output_bytes: usize,
+}
+
 /// The supervisor actor.
 pub struct Supervisor {
     store: Addr<StoreActor>,
     broker: Addr<LogBroker>,
     metrics: Arc<Metrics>,
     node_id: String,
-    /// Most pending workloads, all backends together.
-    max_queue: usize,
-    max_output_bytes: usize,
-    /// Per-backend queue bounds by registry name; a backend without one gets `max_queue`.
-    queue_bounds: HashMap<String, usize>,
+    limits: SupervisorLimits,
     backends: BTreeMap<String, BackendEntry>,
     workloads: HashMap<WorkloadId, Addr<WorkloadActor>>,
     /// Accepted, waiting for their backend's preparation (counted in their backend's
@@ -170,17 +178,14 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// A supervisor that will register the backends built by `factories` when started.
-    /// `queue_bounds` caps each backend's pending work by registry name (a backend
-    /// without an entry is only bound by `max_queue`, the cap of all together).
+    /// A supervisor that will register the backends built by `factories` when started,
+    /// holding submissions to `limits`.
     pub fn new(
         store: Addr<StoreActor>,
         broker: Addr<LogBroker>,
         metrics: Arc<Metrics>,
         node_id: String,
-        max_queue: usize,
-        max_output_bytes: usize,
-        queue_bounds: HashMap<String, usize>,
+        limits: SupervisorLimits,
         factories: Vec<BackendFactory>,
     ) -> Self {
         Self {
@@ -188,9 +193,7 @@ impl Supervisor {
             broker,
             metrics,
             node_id,
-            max_queue,
-            max_output_bytes,
-            queue_bounds,
+            limits,
             backends: BTreeMap::new(),
             workloads: HashMap::new(),
             preparing: HashSet::new(),
@@ -285,10 +288,10 @@ impl Supervisor {
     /// Count one more pending workload for `backend` unless a queue bound refuses it.
     fn reserve(&mut self, backend: &str) -> Result<(), SubmitError> {
         let total = self.pending();
-        let refused = if total >= self.max_queue {
+        let refused = if total >= self.limits.max_queue {
             Some(format!(
                 "the server already holds {} pending workloads",
-                self.max_queue
+                self.limits.max_queue
             ))
         } else {
             self.backends
@@ -380,7 +383,7 @@ impl Supervisor {
             cpus: record.cpu_limit,
             mem_mb: record.mem_limit,
             timeout: std::time::Duration::from_secs(u64::from(record.timeout_s)),
-            max_output_bytes: self.max_output_bytes,
+            max_output_bytes: self.limits.max_output_bytes,
         };
         self.broker.do_send(OpenTopic(id));
         let backend = record.backend.clone();
@@ -494,10 +497,11 @@ impl Actor for Supervisor {
             let n = name.clone();
             let addr = actix::Supervisor::start(move |_| BackendActor::new(n, f, b, r));
             let max_queue = self
+                .limits
                 .queue_bounds
                 .get(&name)
                 .copied()
-                .unwrap_or(self.max_queue);
+                .unwrap_or(self.limits.max_queue);
             match backend.health() {
                 BackendHealth::Healthy => log::info!(
                     "backend {name}: healthy (runtimes: {}; max concurrency {})",
