@@ -197,7 +197,7 @@ impl WorkerPool {
                 .unwrap_or_else(|| "unknown".into());
             // The cause may name the worker executable or a cgroup path: log only.
             return crate::backends::BackendHealth::unavailable(
-                "no isolate worker can be started",
+                "no isolate worker can be started (the server log says why)",
                 format!("no isolate worker can be started: {why}"),
             );
         }
