@@ -102,6 +102,9 @@ pub struct LogsConfig {
     pub max_line_bytes: usize,
     /// Lines kept per workload; past it one marker line says the log was truncated.
     pub max_lines: u64,
+    /// Bytes of log text kept per workload; past it one marker line says the log was
+    /// truncated. Lines past either cap are dropped at the sink.
+    pub max_bytes: u64,
     /// Events buffered per SSE subscriber; a subscriber that falls further behind is
     /// disconnected (it can resume with `Last-Event-ID`).
     pub subscriber_buffer: usize,

@@ -11,7 +11,7 @@ use actix_web::middleware::{from_fn, Logger};
 use actix_web::{web, App, HttpServer};
 
 use crate::actors::images::ImagesActor;
-use crate::actors::log_broker::LogBroker;
+use crate::actors::log_broker::{LogBroker, LogSinks};
 use crate::actors::store::{Flush, Recover, StoreActor};
 use crate::actors::supervisor::{InterruptAll, ListBackends, Readmit, Supervisor};
 use crate::api::{self, AllowedHosts, AppState};
@@ -149,7 +149,7 @@ impl Application {
         let broker = LogBroker::new(store.clone(), config.logs.clone(), metrics.clone()).start();
         let supervisor = Supervisor::new(
             store.clone(),
-            broker.clone(),
+            LogSinks::new(broker.clone(), config.logs.clone(), metrics.clone()),
             metrics.clone(),
             config.node_id(),
             config.max_queue,

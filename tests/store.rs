@@ -155,7 +155,7 @@ fn a_database_of_the_previous_version_opens_and_keeps_its_data() {
     let got = queries::get_workload(&mut conn, w.id).expect("kept");
     assert_eq!(got.status, Status::Pending);
     assert_eq!(got.backend, "isolate");
-    let lines = queries::log_lines(&mut conn, w.id, None, None).expect("lines");
+    let lines = queries::log_lines(&mut conn, w.id, None, None, None).expect("lines");
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0].line, "kept");
     let rec = queries::recover(&mut conn).expect("recover");

@@ -1,10 +1,21 @@
-//! The LogBroker: per-workload log topics, sequence numbers, limits, fan-out to live
-//! subscribers, and hand-off of every kept line to the store.
+//! The LogBroker: per-workload log topics, sequence numbers, fan-out to live
+//! subscribers, and hand-off of every kept line to the store; and [`LogSink`]s, the
+//! workloads' end of it, which apply the per-log caps.
+//!
+//! Bounds: a workload's sink counts the lines and bytes it kept (`logs.max_lines`,
+//! `logs.max_bytes`); past either one it queues one marker line and drops everything
+//! after it right there, without a message. Lines below the caps wait in the sink's own
+//! buffer while one batch of them is on its way to the broker, so each workload has at
+//! most one message in the broker's mailbox and its buffer never holds more than the
+//! caps allow: a flooding guest grows no mailbox.
 //!
 //! Ordering guarantee used by SSE: before answering [`Subscribe`], the broker hands every
-//! line it has numbered to the store, so a replay read queued behind the answer (see
-//! [`crate::actors::store::GetLogs::consistent`]) sees every line below the subscriber's
-//! `live_from`, and the live channel carries every line from `live_from` on.
+//! line it has numbered to the store, so once a write barrier sent after the answer
+//! ([`crate::actors::store::Flush`]) resolves, every line below the subscriber's
+//! `live_from` is committed and readable from the read pool; the live channel carries
+//! every line from `live_from` on. Likewise [`Seal`] hands a workload's lines to the
+//! store before its terminal status is written, so a terminal record implies a complete
+//! log.
 //!
 //! Topics: the supervisor opens a workload's topic when it admits it, the workload
 //! actor closes it once the terminal status is stored. A subscriber may come earlier,
@@ -16,7 +27,8 @@
 //! left behind.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -24,10 +36,10 @@ use chrono::Utc;
 use tokio::sync::mpsc;
 
 use crate::actors::store::{AppendLogs, StoreActor};
+use crate::backends::LogSink;
 use crate::config::LogsConfig;
 use crate::metrics::Metrics;
-use crate::model::{format_time, LogLine, Status, WorkloadId};
-use crate::store::models::LogLineRow;
+use crate::model::{LogLine, Status, WorkloadId};
 
 /// What a live subscriber receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +62,6 @@ struct Subscriber {
 
 struct Topic {
     next_seq: u64,
-    capped: bool,
     /// Opened by admission (false: opened by an early subscriber, see the module docs).
     admitted: bool,
     subscribers: Vec<Subscriber>,
@@ -60,7 +71,6 @@ impl Topic {
     fn new(admitted: bool) -> Self {
         Self {
             next_seq: 0,
-            capped: false,
             admitted,
             subscribers: Vec::new(),
         }
@@ -73,7 +83,7 @@ pub struct LogBroker {
     cfg: LogsConfig,
     metrics: Arc<Metrics>,
     topics: HashMap<WorkloadId, Topic>,
-    unflushed: Vec<LogLineRow>,
+    unflushed: Vec<(WorkloadId, LogLine)>,
     flush_scheduled: bool,
     next_key: u64,
 }
@@ -115,30 +125,202 @@ impl LogBroker {
 
     fn flush(&mut self) {
         if !self.unflushed.is_empty() {
-            let rows = std::mem::take(&mut self.unflushed);
-            self.metrics.log_lines_persisted.inc_by(rows.len() as u64);
-            self.store.do_send(AppendLogs(rows));
+            let lines = std::mem::take(&mut self.unflushed);
+            self.metrics.log_lines_persisted.inc_by(lines.len() as u64);
+            self.store.do_send(AppendLogs(lines));
         }
     }
 
-    /// Apply the per-line cap; cut lines end with a visible marker.
-    fn cap_line(&self, mut line: String) -> String {
-        let max = self.cfg.max_line_bytes;
-        if line.len() > max {
-            let total = line.len();
-            let mut cut = max;
-            while !line.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            line.truncate(cut);
-            line.push_str(&format!(
-                " [vulcan: line truncated, {} of {total} bytes kept]",
-                cut
-            ));
+    /// Number `lines` of `id`, fan them out to live subscribers and queue them for the
+    /// store. Lines of a closed (or never opened) topic are dropped.
+    fn publish(&mut self, id: WorkloadId, lines: Vec<String>, ctx: &mut Context<Self>) {
+        let Some(topic) = self.topics.get_mut(&id) else {
+            return;
+        };
+        for text in lines {
+            let entry = LogLine {
+                seq: topic.next_seq,
+                line: text,
+                created_at: Utc::now(),
+            };
+            topic.next_seq += 1;
+            let metrics = &self.metrics;
+            topic
+                .subscribers
+                .retain(|s| match s.tx.try_send(LogEvent::Line(entry.clone())) {
+                    Ok(()) => true,
+                    Err(_) => {
+                        // Full or gone: disconnect; the client resumes with Last-Event-ID.
+                        metrics.log_lines_dropped.inc();
+                        metrics.sse_subscribers.dec();
+                        false
+                    }
+                });
+            self.unflushed.push((id, entry));
+        }
+        if !self.flush_scheduled && !self.unflushed.is_empty() {
+            self.flush_scheduled = true;
+            ctx.run_later(FLUSH_EVERY, |act, _| {
+                act.flush_scheduled = false;
+                act.flush();
+            });
+        }
+    }
+
+}
+
+/// Makes each workload's [`LogSink`] (one per execution) and reaches the broker.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct LogSinks {
+    broker: Addr<LogBroker>,
+    cfg: LogsConfig,
+    metrics: Arc<Metrics>,
+}
+
+impl LogSinks {
+    /// Sinks publishing to `broker`, held to the caps of `cfg`.
+    pub fn new(broker: Addr<LogBroker>, cfg: LogsConfig, metrics: Arc<Metrics>) -> Self {
+        Self {
+            broker,
+            cfg,
+            metrics,
+        }
+    }
+
+    /// The broker itself.
+    pub fn broker(&self) -> &Addr<LogBroker> {
+        &self.broker
+    }
+
+    /// A sink for workload `id`'s lines, holding them to the caps (see the module docs).
+    pub fn sink(&self, id: WorkloadId) -> LogSink {
+        let shared = Arc::new(SinkShared {
+            id,
+            broker: self.broker.clone(),
+            metrics: self.metrics.clone(),
+            max_line_bytes: self.cfg.max_line_bytes,
+            max_lines: self.cfg.max_lines,
+            max_bytes: self.cfg.max_bytes,
+            capped: AtomicBool::new(false),
+            queue: Mutex::new(SinkQueue::default()),
+        });
+        LogSink::new(move |line| shared.push(line))
+    }
+}
+
+/// What a workload's sink and the broker share.
+struct SinkShared {
+    id: WorkloadId,
+    broker: Addr<LogBroker>,
+    metrics: Arc<Metrics>,
+    max_line_bytes: usize,
+    max_lines: u64,
+    max_bytes: u64,
+    /// Set once the marker is queued: every later line is dropped without a lock.
+    capped: AtomicBool,
+    queue: Mutex<SinkQueue>,
+}
+
+/// The sink's counters and the lines not yet handed to the broker.
+#[derive(Default)]
+struct SinkQueue {
+    /// Lines kept so far (the marker not counted).
+    lines: u64,
+    /// Bytes of the lines kept so far.
+    bytes: u64,
+    /// Kept, waiting for the batch on its way to be handled.
+    buffer: Vec<String>,
+    /// A [`Publish`] of this sink is in the broker's mailbox (or being handled).
+    in_flight: bool,
+}
+
+impl SinkShared {
+    fn drop_line(&self) {
+        self.metrics.log_lines_truncated.inc();
+    }
+
+    fn push(self: &Arc<Self>, line: String) {
+        if self.capped.load(Ordering::Relaxed) {
+            return self.drop_line();
+        }
+        let (line, cut) = cap_line(line, self.max_line_bytes);
+        if cut {
             self.metrics.log_lines_truncated.inc();
         }
-        line
+        let Ok(mut q) = self.queue.lock() else {
+            return self.drop_line();
+        };
+        if self.capped.load(Ordering::Relaxed) {
+            drop(q);
+            return self.drop_line();
+        }
+        let len = line.len() as u64;
+        let marker = if q.lines >= self.max_lines {
+            Some(format!(
+                "[vulcan: log truncated: only the first {} lines were kept]",
+                self.max_lines
+            ))
+        } else if q.bytes.saturating_add(len) > self.max_bytes {
+            Some(format!(
+                "[vulcan: log truncated: only the first {} bytes were kept]",
+                q.bytes
+            ))
+        } else {
+            None
+        };
+        match marker {
+            Some(m) => {
+                self.capped.store(true, Ordering::Relaxed);
+                self.drop_line();
+                q.buffer.push(m);
+            }
+            None => {
+                q.lines += 1;
+                q.bytes += len;
+                q.buffer.push(line);
+            }
+        }
+        if !q.in_flight {
+            q.in_flight = true;
+            let lines = std::mem::take(&mut q.buffer);
+            drop(q);
+            self.broker.do_send(Publish {
+                sink: self.clone(),
+                lines,
+            });
+        }
     }
+
+    /// The lines queued since the last batch was taken; when there are none, the sink
+    /// sends the next line itself.
+    fn next_batch(&self) -> Option<Vec<String>> {
+        let mut q = self.queue.lock().ok()?;
+        if q.buffer.is_empty() {
+            q.in_flight = false;
+            None
+        } else {
+            Some(std::mem::take(&mut q.buffer))
+        }
+    }
+}
+
+/// Cut `line` to at most `max` bytes (on a character boundary), ending it with a
+/// visible marker; answers whether it was cut.
+fn cap_line(mut line: String, max: usize) -> (String, bool) {
+    if line.len() <= max {
+        return (line, false);
+    }
+    let total = line.len();
+    let mut cut = max;
+    while !line.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    line.truncate(cut);
+    line.push_str(&format!(
+        " [vulcan: line truncated, {cut} of {total} bytes kept]"
+    ));
+    (line, true)
 }
 
 impl Actor for LogBroker {
@@ -151,15 +333,24 @@ impl Actor for LogBroker {
 #[rtype(result = "()")]
 pub struct OpenTopic(pub WorkloadId);
 
-/// One line printed by a workload. Lines after the topic closed are dropped.
+/// Lines printed by a workload, sent by its [`LogSink`] (at most one such message per
+/// sink is in the mailbox). Lines after the topic closed are dropped.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Publish {
-    /// Whose line.
-    pub id: WorkloadId,
-    /// The text.
-    pub line: String,
+    /// The sink they come from (whose buffer holds the lines printed meanwhile).
+    sink: Arc<SinkShared>,
+    /// The text of each line, in order.
+    lines: Vec<String>,
 }
+
+/// Hand every line of the workload numbered so far to the store; answered once they
+/// are queued there. Sent by the workload actor before it writes the terminal status
+/// (the store applies writes in the order they arrive), so a terminal record implies
+/// its log is committed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Seal(pub WorkloadId);
 
 /// Close a topic: subscribers get `Done(status)` after every line, then their stream ends.
 /// Sent after the terminal status is in the store.
@@ -225,53 +416,21 @@ impl Handler<Publish> for LogBroker {
     type Result = ();
 
     fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) {
-        let max_lines = self.cfg.max_lines;
-        let line = self.cap_line(msg.line);
-        let Some(topic) = self.topics.get_mut(&msg.id) else {
-            return;
-        };
-        if topic.capped {
-            self.metrics.log_lines_truncated.inc();
-            return;
+        let id = msg.sink.id;
+        self.publish(id, msg.lines, ctx);
+        // Everything the sink buffered meanwhile, in order, before any other message:
+        // the sink sends nothing while this batch is in flight. Bounded by the caps.
+        while let Some(lines) = msg.sink.next_batch() {
+            self.publish(id, lines, ctx);
         }
-        let text = if topic.next_seq >= max_lines {
-            topic.capped = true;
-            self.metrics.log_lines_truncated.inc();
-            format!("[vulcan: log truncated: only the first {max_lines} lines were kept]")
-        } else {
-            line
-        };
-        let entry = LogLine {
-            seq: topic.next_seq,
-            line: text,
-            created_at: Utc::now(),
-        };
-        topic.next_seq += 1;
-        let metrics = &self.metrics;
-        topic
-            .subscribers
-            .retain(|s| match s.tx.try_send(LogEvent::Line(entry.clone())) {
-                Ok(()) => true,
-                Err(_) => {
-                    // Full or gone: disconnect; the client resumes with Last-Event-ID.
-                    metrics.log_lines_dropped.inc();
-                    metrics.sse_subscribers.dec();
-                    false
-                }
-            });
-        self.unflushed.push(LogLineRow {
-            workload_id: msg.id.to_string(),
-            seq: entry.seq as i64,
-            line: entry.line,
-            created_at: format_time(&entry.created_at),
-        });
-        if !self.flush_scheduled {
-            self.flush_scheduled = true;
-            ctx.run_later(FLUSH_EVERY, |act, _| {
-                act.flush_scheduled = false;
-                act.flush();
-            });
-        }
+    }
+}
+
+impl Handler<Seal> for LogBroker {
+    type Result = ();
+
+    fn handle(&mut self, _: Seal, _: &mut Self::Context) {
+        self.flush();
     }
 }
 

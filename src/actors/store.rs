@@ -19,7 +19,6 @@ use crate::metrics::Metrics;
 use chrono::{DateTime, Utc};
 
 use crate::model::{IdempotencyKey, IdempotencyRecord, LogLine, Payload, Workload, WorkloadId};
-use crate::store::models::LogLineRow;
 use crate::store::queries::{self, KeyedInsert, ListQuery, Recovered, Stats, StatusChange};
 use crate::store::{open_read_pool, open_writer, ReadPool, StoreError};
 
@@ -220,10 +219,11 @@ pub struct ChangeStatus {
     pub change: StatusChange,
 }
 
-/// Persist log lines (fire and forget; batched with other writes).
+/// Persist log lines, each with its workload (fire and forget; batched with other
+/// writes). Their `seq` was assigned by the log broker; a line already stored is kept.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct AppendLogs(pub Vec<LogLineRow>);
+pub struct AppendLogs(pub Vec<(WorkloadId, LogLine)>);
 
 /// One workload.
 #[derive(Message)]
@@ -235,11 +235,9 @@ pub struct GetWorkload(pub WorkloadId);
 #[rtype(result = "Result<(Vec<Workload>, u64), StoreError>")]
 pub struct ListWorkloads(pub ListQuery);
 
-/// Log lines of a workload, after `after` when set, at most `limit` when set.
-///
-/// With `consistent`, the read is queued behind every write sent before it (so it sees
-/// every line the log broker handed over before this message); otherwise it uses the
-/// read pool.
+/// One page of a workload's log lines in `seq` order, read from the read pool (never
+/// through the writer): those after `after` and below `before` when set, at most
+/// `limit`. Memory is bounded by the page.
 #[derive(Message)]
 #[rtype(result = "Result<Vec<LogLine>, StoreError>")]
 pub struct GetLogs {
@@ -247,10 +245,10 @@ pub struct GetLogs {
     pub id: WorkloadId,
     /// Only lines with a larger seq.
     pub after: Option<i64>,
+    /// Only lines with a smaller seq.
+    pub before: Option<i64>,
     /// At most this many lines.
-    pub limit: Option<i64>,
-    /// Read through the writer queue.
-    pub consistent: bool,
+    pub limit: i64,
 }
 
 /// Aggregate statistics.
@@ -310,11 +308,11 @@ impl Handler<AppendLogs> for StoreActor {
     type Result = ();
 
     fn handle(&mut self, msg: AppendLogs, _: &mut Self::Context) {
-        let rows = msg.0;
+        let lines = msg.0;
         // Fire and forget: nobody waits for the answer, so failures are logged here.
         drop(self.write(move |c| {
-            if let Err(e) = queries::append_logs(c, &rows) {
-                log::error!("store: could not persist {} log line(s): {e}", rows.len());
+            if let Err(e) = queries::append_logs(c, &lines) {
+                log::error!("store: could not persist {} log line(s): {e}", lines.len());
             }
             Ok(())
         }));
@@ -344,16 +342,10 @@ impl Handler<GetLogs> for StoreActor {
         let GetLogs {
             id,
             after,
+            before,
             limit,
-            consistent,
         } = msg;
-        if consistent {
-            Box::pin(answer(
-                self.write(move |c| queries::log_lines(c, id, after, limit)),
-            ))
-        } else {
-            Box::pin(self.read(move |c| queries::log_lines(c, id, after, limit)))
-        }
+        Box::pin(self.read(move |c| queries::log_lines(c, id, after, before, Some(limit))))
     }
 }
 

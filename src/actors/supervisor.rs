@@ -12,7 +12,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::actors::backend::{BackendActor, BackendRestarted, RestartBackend};
-use crate::actors::log_broker::{CloseTopic, LogBroker, OpenTopic};
+use crate::actors::log_broker::{CloseTopic, LogSinks, OpenTopic};
 use crate::actors::store::{ChangeStatus, GetWorkload, InsertWorkload, KeyToRemember, StoreActor};
 use crate::actors::workload::{AwaitTerminal, Interrupt, Kill, KillError, Start, WorkloadActor};
 use crate::backends::{Backend, BackendCapabilities, BackendFactory, BackendHealth, WorkloadSpec};
@@ -129,7 +129,7 @@ impl BackendEntry {
 /// The supervisor actor.
 pub struct Supervisor {
     store: Addr<StoreActor>,
-    broker: Addr<LogBroker>,
+    logs: LogSinks,
     metrics: Arc<Metrics>,
     node_id: String,
     /// Most pending workloads, all backends together.
@@ -158,7 +158,7 @@ impl Supervisor {
     /// without an entry is only bound by `max_queue`, the cap of all together).
     pub fn new(
         store: Addr<StoreActor>,
-        broker: Addr<LogBroker>,
+        logs: LogSinks,
         metrics: Arc<Metrics>,
         node_id: String,
         max_queue: usize,
@@ -167,7 +167,7 @@ impl Supervisor {
     ) -> Self {
         Self {
             store,
-            broker,
+            logs,
             metrics,
             node_id,
             max_queue,
@@ -324,7 +324,7 @@ impl Supervisor {
                     let res = res.map_err(|_| StoreError::Unavailable).and_then(|r| r);
                     match &res {
                         Ok(record) => {
-                            act.broker.do_send(CloseTopic {
+                            act.logs.broker().do_send(CloseTopic {
                                 id,
                                 status: record.status,
                             });
@@ -333,7 +333,7 @@ impl Supervisor {
                         Err(e) => {
                             log::error!("workload {id}: could not record {status}: {e}");
                             // Nothing may wait forever on it: end streams and waiters.
-                            act.broker.do_send(CloseTopic { id, status });
+                            act.logs.broker().do_send(CloseTopic { id, status });
                             act.awaiting.remove(&id);
                         }
                     }
@@ -362,14 +362,14 @@ impl Supervisor {
             mem_mb: record.mem_limit,
             timeout: std::time::Duration::from_secs(u64::from(record.timeout_s)),
         };
-        self.broker.do_send(OpenTopic(id));
+        self.logs.broker().do_send(OpenTopic(id));
         let backend = record.backend.clone();
         let actor_spec = spec.clone();
         let mut actor = WorkloadActor::new(
             record,
             spec,
             self.store.clone(),
-            self.broker.clone(),
+            self.logs.clone(),
             ctx.address(),
             self.metrics.clone(),
         );

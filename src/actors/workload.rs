@@ -11,11 +11,11 @@ use futures_util::FutureExt;
 use tokio::sync::oneshot;
 
 use crate::actors::backend::{BackendActor, Execute};
-use crate::actors::log_broker::{CloseTopic, LogBroker, Publish};
+use crate::actors::log_broker::{CloseTopic, LogSinks, Seal};
 use crate::actors::store::{ChangeStatus, StoreActor};
 use crate::actors::supervisor::{Supervisor, WorkloadEnded, WorkloadReady};
 use crate::backends::{
-    BackendError, CancellationToken, ExecContext, LogSink, Preparation, Prepared, WorkloadResult,
+    BackendError, CancellationToken, ExecContext, Preparation, Prepared, WorkloadResult,
     WorkloadSpec,
 };
 use crate::metrics::Metrics;
@@ -42,7 +42,7 @@ pub struct WorkloadActor {
     record: Workload,
     spec: WorkloadSpec,
     store: Addr<StoreActor>,
-    broker: Addr<LogBroker>,
+    logs: LogSinks,
     supervisor: Addr<Supervisor>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
@@ -70,7 +70,7 @@ impl WorkloadActor {
         record: Workload,
         spec: WorkloadSpec,
         store: Addr<StoreActor>,
-        broker: Addr<LogBroker>,
+        logs: LogSinks,
         supervisor: Addr<Supervisor>,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -78,7 +78,7 @@ impl WorkloadActor {
             record,
             spec,
             store,
-            broker,
+            logs,
             supervisor,
             metrics,
             cancel: CancellationToken::new(),
@@ -140,9 +140,15 @@ impl WorkloadActor {
         let to = change.to;
         let from = self.record.status;
         let error = change.error.clone();
-        self.store
-            .send(ChangeStatus { id, change })
-            .into_actor(self)
+        // The lines printed so far go to the store first: a terminal record implies a
+        // complete log, and history reads need not go through the writer.
+        let broker = self.logs.broker().clone();
+        let store = self.store.clone();
+        async move {
+            let _ = broker.send(Seal(id)).await;
+            store.send(ChangeStatus { id, change }).await
+        }
+        .into_actor(self)
             .map(move |res, act, ctx| {
                 let record = match res {
                     Ok(Ok(record)) => {
@@ -175,7 +181,7 @@ impl WorkloadActor {
                         .with_label_values(&[act.record.backend.as_str()])
                         .observe(ms as f64 / 1000.0);
                 }
-                act.broker.do_send(CloseTopic { id, status: to });
+                act.logs.broker().do_send(CloseTopic { id, status: to });
                 for w in act.waiters.drain(..) {
                     let _ = w.send(record.clone());
                 }
@@ -340,8 +346,7 @@ impl Handler<Start> for WorkloadActor {
             .spawn(ctx);
 
         let timeout = self.spec.timeout;
-        let broker = self.broker.clone();
-        let sink = LogSink::new(move |line| broker.do_send(Publish { id, line }));
+        let sink = self.logs.sink(id);
         let deadline = Instant::now() + timeout;
         self.deadline = Some(deadline);
         let exec = ExecContext {

@@ -222,6 +222,18 @@ impl PayloadRow {
     }
 }
 
+impl LogLineRow {
+    /// The row of `line` of workload `id`.
+    pub fn new(id: WorkloadId, line: &LogLine) -> Self {
+        Self {
+            workload_id: id.to_string(),
+            seq: i64::try_from(line.seq).unwrap_or(i64::MAX),
+            line: line.line.clone(),
+            created_at: format_time(&line.created_at),
+        }
+    }
+}
+
 impl TryFrom<LogLineRow> for LogLine {
     type Error = StoreError;
 

@@ -281,8 +281,16 @@ pub fn apply_change(
     )))
 }
 
-/// Append log lines (their `seq` is assigned by the log broker).
-pub fn append_logs(conn: &mut SqliteConnection, rows: &[LogLineRow]) -> Result<(), StoreError> {
+/// Append log lines, each with its workload (their `seq` is assigned by the log
+/// broker); a line whose `(workload, seq)` is stored already is kept as it is.
+pub fn append_logs(
+    conn: &mut SqliteConnection,
+    lines: &[(WorkloadId, LogLine)],
+) -> Result<(), StoreError> {
+    let rows: Vec<LogLineRow> = lines
+        .iter()
+        .map(|(id, l)| LogLineRow::new(*id, l))
+        .collect();
     // SQLite limits bound parameters per statement; 4 per row.
     for chunk in rows.chunks(4000) {
         diesel::insert_or_ignore_into(log_lines::table)
@@ -292,11 +300,13 @@ pub fn append_logs(conn: &mut SqliteConnection, rows: &[LogLineRow]) -> Result<(
     Ok(())
 }
 
-/// Lines of a workload in `seq` order, all or those after `after`, at most `limit`.
+/// Lines of a workload in `seq` order: all, or those after `after` and below
+/// `before`, at most `limit`.
 pub fn log_lines(
     conn: &mut SqliteConnection,
     id: WorkloadId,
     after: Option<i64>,
+    before: Option<i64>,
     limit: Option<i64>,
 ) -> Result<Vec<LogLine>, StoreError> {
     let mut q = log_lines::table
@@ -306,6 +316,9 @@ pub fn log_lines(
         .into_boxed();
     if let Some(after) = after {
         q = q.filter(log_lines::seq.gt(after));
+    }
+    if let Some(before) = before {
+        q = q.filter(log_lines::seq.lt(before));
     }
     if let Some(limit) = limit {
         q = q.limit(limit);
