@@ -685,3 +685,183 @@ async fn the_client_ends_a_stream_answered_204_with_the_final_status() {
     );
     assert_eq!(stream.next().await.expect("no error"), None);
 }
+
+/// Every `line` of a history page, with its seq.
+fn page_lines(page: &Value) -> Vec<(u64, String)> {
+    page["lines"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .map(|l| {
+            (
+                l["seq"].as_u64().expect("seq"),
+                l["line"].as_str().expect("line").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn history_pages_through_25000_lines_in_three_page_sizes() {
+    let app = scripted_app().await;
+    let all = lines(25_000);
+    let w: Value = app
+        .post("/v1/workloads", &job("node", json!({"logs": all})))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(w["status"], "completed", "{w}");
+    let history = format!("/v1/workloads/{}/logs/history", id(&w));
+    for limit in [333_u64, 1000, 10_000] {
+        let mut got: Vec<(u64, String)> = Vec::new();
+        let mut after: Option<u64> = None;
+        let mut pages = 0;
+        loop {
+            let q = match after {
+                None => format!("{history}?limit={limit}"),
+                Some(a) => format!("{history}?limit={limit}&after={a}"),
+            };
+            let page = app.get_json(&q, 200).await;
+            pages += 1;
+            let lines = page_lines(&page);
+            assert!(lines.len() as u64 <= limit);
+            if lines.len() as u64 == limit {
+                assert_eq!(
+                    page["next_after"].as_u64(),
+                    lines.last().map(|l| l.0),
+                    "a full page names its last seq"
+                );
+            } else {
+                assert!(page["next_after"].is_null(), "a short page ends the log");
+            }
+            got.extend(lines);
+            match page["next_after"].as_u64() {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(pages as u64, 25_000 / limit + 1, "limit {limit}");
+        assert_eq!(got.len(), 25_000, "limit {limit}");
+        for (i, (seq, line)) in got.iter().enumerate() {
+            assert_eq!(*seq, i as u64);
+            assert_eq!(line, &all[i]);
+        }
+    }
+    // Without `limit`: the default page of 1000.
+    let first = app.get_json(&history, 200).await;
+    assert_eq!(page_lines(&first).len(), 1000);
+    assert_eq!(first["next_after"], 999);
+}
+
+#[tokio::test]
+async fn late_subscribers_and_reconnects_during_a_fast_logging_run_see_every_line_once() {
+    let app = scripted_app().await;
+    // ~20,000 lines in bursts of 100 every 2 ms: replay spans many pages while new
+    // lines keep arriving live.
+    let all = lines(20_000);
+    let w = app
+        .submit_async(&job(
+            "node",
+            json!({"logs": all, "log_interval_ms": 2, "log_burst": 100}),
+        ))
+        .await;
+    let wid = id(&w);
+    let mut readers = Vec::new();
+    for delay_ms in [0_u64, 50, 150, 300, 600] {
+        let app_client = app.client.clone();
+        let url = app.url(&format!("/v1/workloads/{wid}/logs"));
+        let all = all.clone();
+        readers.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            let res = app_client.get(&url).send().await.expect("subscribe");
+            let events = Reader::new(res).collect(SOON).await;
+            assert_exact(&events, &all, 0, "completed");
+        }));
+    }
+    // A reconnecting client: reads a little, drops the stream, resumes with the last
+    // id it saw, several times.
+    let url = app.url(&format!("/v1/workloads/{wid}/logs"));
+    let mut got: Vec<Event> = Vec::new();
+    let mut last: Option<String> = None;
+    for round in 0.. {
+        let mut req = app.client.get(&url);
+        if let Some(l) = &last {
+            req = req.header("Last-Event-ID", l.as_str());
+        }
+        let res = req.send().await.expect("subscribe");
+        if res.status() == 204 {
+            break;
+        }
+        let mut r = Reader::new(res);
+        let mut done = false;
+        for _ in 0..3000 {
+            match r.next_event().await {
+                Some(e) => {
+                    last = e.id.clone();
+                    done = e.event.as_deref() == Some("done");
+                    got.push(e);
+                    if done {
+                        break;
+                    }
+                }
+                None => break,
+            }
+        }
+        if done {
+            break;
+        }
+        assert!(round < 100, "too many reconnects");
+    }
+    assert_exact(&got, &all, 0, "completed");
+    for r in readers {
+        r.await.expect("reader");
+    }
+}
+
+#[tokio::test]
+async fn the_byte_cap_keeps_a_log_to_its_size_with_one_marker() {
+    let (f, _) = scripted::factory(Options::default());
+    let app = common::app()
+        .env("VULCAN_LOGS__MAX_BYTES", "1000")
+        .backend(f)
+        .spawn()
+        .await;
+    // 100-byte lines: ten fit, the eleventh is the marker, the rest are dropped.
+    let line = "x".repeat(100);
+    let w: Value = app
+        .post(
+            "/v1/workloads",
+            &job("node", json!({"logs": [line], "log_repeat": 50_000})),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(w["status"], "completed", "the workload itself is not affected");
+    let h = app
+        .get_json(&format!("/v1/workloads/{}/logs/history", id(&w)), 200)
+        .await;
+    let got = page_lines(&h);
+    assert_eq!(got.len(), 11, "{got:?}");
+    assert!(got[..10].iter().all(|(_, l)| l == &line));
+    assert!(
+        got[10].1.contains("log truncated") && got[10].1.contains("1000 bytes"),
+        "{got:?}"
+    );
+    // The stream says the same, then done.
+    let events = subscribe(&app, &id(&w), None).await.collect(SOON).await;
+    assert_eq!(events.len(), 12);
+    // The server is fine: the next workload runs at once with its own log.
+    let next: Value = app
+        .post("/v1/workloads", &job("node", json!({"logs": ["after"]})))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(next["status"], "completed");
+    let h = app
+        .get_json(&format!("/v1/workloads/{}/logs/history", id(&next)), 200)
+        .await;
+    assert_eq!(page_lines(&h), vec![(0, "after".to_string())]);
+}

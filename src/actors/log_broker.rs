@@ -496,3 +496,66 @@ impl Handler<Unsubscribe> for LogBroker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::actors::store::Flush;
+    use crate::config::Config;
+
+    fn logs_config(max_lines: u64, max_bytes: u64) -> LogsConfig {
+        let mut cfg = Config::load_from(HashMap::new()).expect("defaults").logs;
+        cfg.max_lines = max_lines;
+        cfg.max_bytes = max_bytes;
+        cfg
+    }
+
+    /// A flood printed without the broker getting a turn (this test holds the only
+    /// thread): everything past the cap is dropped at the sink, before any message is
+    /// handled, and the broker then gets exactly the cap and the marker, in order.
+    #[actix_web::test]
+    async fn a_flooding_sink_drops_past_the_cap_before_the_broker_runs() {
+        let dir = tempfile::tempdir().expect("dir");
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let store = StoreActor::open(&dir.path().join("t.db"), 1, 64, metrics.clone())
+            .expect("store")
+            .start();
+        let cfg = logs_config(1000, u64::MAX);
+        let broker = LogBroker::new(store.clone(), cfg.clone(), metrics.clone()).start();
+        let id = WorkloadId::new();
+        broker.send(OpenTopic(id)).await.expect("open");
+        let sinks = LogSinks::new(broker.clone(), cfg, metrics.clone());
+        let sink = sinks.sink(id);
+        let sub = broker.send(Subscribe(id)).await.expect("subscribe");
+        for i in 0..200_000 {
+            sink.line(format!("line {i}"));
+        }
+        // The broker has not run: the kept lines wait in the sink (and its one batch).
+        assert_eq!(metrics.log_lines_truncated.get(), 200_000 - 1000);
+        broker.send(Seal(id)).await.expect("seal");
+        store.send(Flush).await.expect("flush").expect("flushed");
+        let mut events = sub.events;
+        let mut got = Vec::new();
+        while let Ok(LogEvent::Line(l)) = events.try_recv() {
+            got.push(l);
+        }
+        assert_eq!(got.len(), 1001, "the cap, then the marker");
+        assert!(got.iter().enumerate().all(|(i, l)| l.seq == i as u64));
+        assert_eq!(got[999].line, "line 999");
+        assert!(got[1000].line.contains("only the first 1000 lines"));
+        // Later lines are dropped at the sink without a message.
+        sink.line("late".to_string());
+        assert_eq!(metrics.log_lines_truncated.get(), 200_000 - 1000 + 1);
+    }
+
+    #[test]
+    fn lines_are_cut_on_a_character_boundary_with_a_marker() {
+        let (line, cut) = cap_line("é".repeat(10), 5);
+        assert!(cut);
+        assert!(line.starts_with("éé ["), "{line}");
+        assert!(line.contains("4 of 20 bytes kept"), "{line}");
+        assert_eq!(cap_line("short".into(), 5), ("short".to_string(), false));
+    }
+}
