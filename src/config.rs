@@ -61,6 +61,9 @@ pub struct Config {
     /// Pending workloads the server holds before answering 429 (all backends together;
     /// each backend also has its own `max_queue`).
     pub max_queue: usize,
+    /// Bytes of pending payloads (code, archive, input) the server holds before
+    /// answering 429 (all backends together).
+    pub max_queue_bytes: usize,
     /// Seconds an `Idempotency-Key` is remembered (replays within it return the same
     /// workload; older keys are swept).
     pub idempotency_ttl_s: u64,

@@ -152,7 +152,7 @@ impl Application {
             LogSinks::new(broker.clone(), config.logs.clone(), metrics.clone()),
             metrics.clone(),
             config.node_id(),
-            config.max_queue,
+            (config.max_queue, config.max_queue_bytes),
             config.backends.queue_bounds(),
             backends,
         )
@@ -166,12 +166,8 @@ impl Application {
             );
         }
         let readmitted = recovered.pending.len();
-        for (workload, payload, input) in recovered.pending {
-            supervisor.do_send(Readmit {
-                workload,
-                payload,
-                input,
-            });
+        for work in recovered.pending {
+            supervisor.do_send(Readmit(work));
         }
         if readmitted > 0 || !recovered.interrupted.is_empty() {
             log::info!(

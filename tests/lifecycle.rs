@@ -280,6 +280,45 @@ async fn a_full_queue_answers_429_and_records_nothing() {
 }
 
 #[tokio::test]
+async fn a_queue_full_by_bytes_answers_429_and_records_nothing() {
+    let (f, _) = scripted::factory(Options {
+        max_concurrency: 1,
+        ..Options::default()
+    });
+    let app = common::app()
+        .env("VULCAN_MAX_QUEUE_BYTES", "3000")
+        .backend(f)
+        .spawn()
+        .await;
+    // Running work holds a slot, not queue bytes.
+    scripted::occupy_slot(&app).await;
+    // A script padded to ~2000 bytes (code) waits; the count is code + input.
+    let padded = |n: usize| job("node", json!({"output": "x".repeat(n)}));
+    let waiting = app.submit_async(&padded(2000)).await;
+    let before = app.count_rows("workloads");
+    for path in ["/v1/workloads/async", "/v1/workloads"] {
+        let res = app.post(path, &padded(1200)).await;
+        assert_eq!(res.status(), 429);
+        assert!(res.headers().contains_key("retry-after"));
+        let v: Value = res.json().await.expect("json");
+        assert!(
+            v["error"].as_str().expect("error").contains("max_queue_bytes"),
+            "{v}"
+        );
+    }
+    assert_eq!(
+        app.count_rows("workloads"),
+        before,
+        "a refused submission was recorded"
+    );
+    // A smaller one still fits; once the waiting one leaves the queue, the large one too.
+    app.submit_async(&padded(500)).await;
+    let res = app.delete(&format!("/v1/workloads/{}", id(&waiting))).await;
+    assert_eq!(res.status(), 200);
+    app.submit_async(&padded(1200)).await;
+}
+
+#[tokio::test]
 async fn a_backend_panic_fails_the_workload_restarts_the_backend_and_work_goes_on() {
     let (app, seen) = scripted_app(Options::default()).await;
     let w: Value = app

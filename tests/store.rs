@@ -96,7 +96,8 @@ fn unknown_workload_is_not_found() {
 fn payload_survives_for_recovery() {
     let dir = tempfile::tempdir().expect("dir");
     let mut conn = open_writer(&dir.path().join("t.db")).expect("open");
-    let pending = record();
+    let mut pending = record();
+    pending.runtime = Runtime::Oci;
     let payload = Payload::Image {
         reference: "busybox:1.36".into(),
         command: Some(vec!["sh".into(), "-c".into()]),
@@ -119,8 +120,15 @@ fn payload_survives_for_recovery() {
         Some(queries::INTERRUPTED)
     );
     assert_eq!(rec.pending.len(), 1);
-    assert_eq!(rec.pending[0].1, payload);
-    assert_eq!(rec.pending[0].2, b"{\"a\":1}");
+    // An OCI workload's payload is read at once (its image is pulled while it waits).
+    let (got, input) = rec.pending[0].payload.clone().expect("oci payload");
+    assert_eq!(got, payload);
+    assert_eq!(input, b"{\"a\":1}");
+    let stored_command = r#"["sh","-c"]"#;
+    assert_eq!(
+        rec.pending[0].payload_bytes,
+        ("busybox:1.36".len() + stored_command.len() + 7) as u64
+    );
 }
 
 /// A database written by the previous version (only the first migration applied)
@@ -160,7 +168,13 @@ fn a_database_of_the_previous_version_opens_and_keeps_its_data() {
     assert_eq!(lines[0].line, "kept");
     let rec = queries::recover(&mut conn).expect("recover");
     assert_eq!(rec.pending.len(), 1);
-    assert_eq!(rec.pending[0].1, Payload::Code("x".into()));
+    // Code stays in the database until the workload is dispatched.
+    assert!(rec.pending[0].payload.is_none());
+    assert_eq!(rec.pending[0].payload_bytes, 1 + 4);
+    assert_eq!(
+        queries::load_payload(&mut conn, w.id).expect("payload"),
+        (Payload::Code("x".into()), b"null".to_vec())
+    );
     // The new table is there and usable.
     let key = vulcan::model::IdempotencyKey::parse(b"k", None).expect("key");
     let found = queries::find_idempotency_key(&mut conn, &key, chrono::DateTime::<Utc>::MIN_UTC)

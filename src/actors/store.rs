@@ -251,6 +251,12 @@ pub struct GetLogs {
     pub limit: i64,
 }
 
+/// The payload and input of a workload, from the read pool (a recovered workload
+/// reads them only when it is dispatched).
+#[derive(Message)]
+#[rtype(result = "Result<(Payload, Vec<u8>), StoreError>")]
+pub struct GetPayload(pub WorkloadId);
+
 /// Aggregate statistics.
 #[derive(Message)]
 #[rtype(result = "Result<Stats, StoreError>")]
@@ -346,6 +352,14 @@ impl Handler<GetLogs> for StoreActor {
             limit,
         } = msg;
         Box::pin(self.read(move |c| queries::log_lines(c, id, after, before, Some(limit))))
+    }
+}
+
+impl Handler<GetPayload> for StoreActor {
+    type Result = ResponseFuture<Result<(Payload, Vec<u8>), StoreError>>;
+
+    fn handle(&mut self, msg: GetPayload, _: &mut Self::Context) -> Self::Result {
+        Box::pin(self.read(move |c| queries::load_payload(c, msg.0)))
     }
 }
 

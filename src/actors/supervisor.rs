@@ -21,7 +21,7 @@ use crate::model::{
     IdempotencyKey, IdempotencyRecord, Isolation, Payload, Runtime, Status, SubmitKind, Workload,
     WorkloadId, WorkloadRequest,
 };
-use crate::store::queries::{KeyedInsert, StatusChange};
+use crate::store::queries::{KeyedInsert, PendingWork, StatusChange};
 use crate::store::StoreError;
 
 /// Why a submission was not accepted.
@@ -134,6 +134,13 @@ pub struct Supervisor {
     node_id: String,
     /// Most pending workloads, all backends together.
     max_queue: usize,
+    /// Most bytes of pending payloads (code, archive, input), all backends together.
+    max_queue_bytes: usize,
+    /// Bytes of the payloads of accepted workloads not yet granted a slot: the sum of
+    /// `payload_bytes`, plus reservations whose insert is on its way.
+    pending_bytes: usize,
+    /// Payload bytes of each admitted workload not yet granted a slot.
+    payload_bytes: HashMap<WorkloadId, usize>,
     /// Per-backend queue bounds by registry name; a backend without one gets `max_queue`.
     queue_bounds: HashMap<String, usize>,
     backends: BTreeMap<String, BackendEntry>,
@@ -161,7 +168,7 @@ impl Supervisor {
         logs: LogSinks,
         metrics: Arc<Metrics>,
         node_id: String,
-        max_queue: usize,
+        (max_queue, max_queue_bytes): (usize, usize),
         queue_bounds: HashMap<String, usize>,
         factories: Vec<BackendFactory>,
     ) -> Self {
@@ -171,6 +178,9 @@ impl Supervisor {
             metrics,
             node_id,
             max_queue,
+            max_queue_bytes,
+            pending_bytes: 0,
+            payload_bytes: HashMap::new(),
             queue_bounds,
             backends: BTreeMap::new(),
             workloads: HashMap::new(),
@@ -263,13 +273,19 @@ impl Supervisor {
         self.metrics.running.set(running as i64);
     }
 
-    /// Count one more pending workload for `backend` unless a queue bound refuses it.
-    fn reserve(&mut self, backend: &str) -> Result<(), SubmitError> {
+    /// Count one more pending workload of `bytes` payload for `backend` unless a queue
+    /// bound refuses it.
+    fn reserve(&mut self, backend: &str, bytes: usize) -> Result<(), SubmitError> {
         let total = self.pending();
         let refused = if total >= self.max_queue {
             Some(format!(
                 "the server already holds {} pending workloads",
                 self.max_queue
+            ))
+        } else if self.pending_bytes.saturating_add(bytes) > self.max_queue_bytes {
+            Some(format!(
+                "the server's pending payloads would exceed {} bytes (max_queue_bytes)",
+                self.max_queue_bytes
             ))
         } else {
             self.backends
@@ -289,16 +305,25 @@ impl Supervisor {
         if let Some(e) = self.backends.get_mut(backend) {
             e.pending += 1;
         }
+        self.pending_bytes += bytes;
         self.update_gauges();
         Ok(())
     }
 
     /// Undo [`Supervisor::reserve`] for work that will not be queued after all.
-    fn release(&mut self, backend: &str) {
+    fn release(&mut self, backend: &str, bytes: usize) {
         if let Some(e) = self.backends.get_mut(backend) {
             e.pending = e.pending.saturating_sub(1);
         }
+        self.pending_bytes = self.pending_bytes.saturating_sub(bytes);
         self.update_gauges();
+    }
+
+    /// `id` no longer waits (it got a slot or ended): its payload leaves the count.
+    fn unqueue_bytes(&mut self, id: WorkloadId) {
+        if let Some(bytes) = self.payload_bytes.remove(&id) {
+            self.pending_bytes = self.pending_bytes.saturating_sub(bytes);
+        }
     }
 
     /// Answer everyone waiting for `record` (a workload that ended without an actor).
@@ -342,16 +367,22 @@ impl Supervisor {
         )
     }
 
-    /// Create the workload's actor and queue it on its backend.
+    /// Create the workload's actor and queue it on its backend. `payload` is `None`
+    /// for a recovered workload whose payload stays in the store until it starts;
+    /// `bytes` (counted by [`Supervisor::reserve`] already) leave the count when it
+    /// gets a slot or ends.
     fn admit(
         &mut self,
         record: Workload,
-        payload: Payload,
-        input: Vec<u8>,
+        payload: Option<(Payload, Vec<u8>)>,
+        bytes: usize,
         wait: bool,
         ctx: &mut Context<Self>,
     ) -> Option<oneshot::Receiver<Workload>> {
         let id = record.id;
+        self.payload_bytes.insert(id, bytes);
+        let deferred = payload.is_none();
+        let (payload, input) = payload.unwrap_or((Payload::Code(String::new()), Vec::new()));
         let spec = WorkloadSpec {
             id,
             runtime: record.runtime,
@@ -373,6 +404,9 @@ impl Supervisor {
             ctx.address(),
             self.metrics.clone(),
         );
+        if deferred {
+            actor.defer_payload();
+        }
         let done = wait.then(|| actor.waiter());
         for tx in self.awaiting.remove(&id).into_iter().flatten() {
             actor.add_waiter(tx);
@@ -421,6 +455,9 @@ impl Supervisor {
                 addr.do_send(Start {
                     backend: entry.addr.clone(),
                 });
+                if let Some(bytes) = self.payload_bytes.remove(&id) {
+                    self.pending_bytes = self.pending_bytes.saturating_sub(bytes);
+                }
             }
         }
         self.update_gauges();
@@ -516,14 +553,7 @@ pub struct AwaitWorkload(pub WorkloadId);
 /// Re-admit a workload found pending at start-up.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Readmit {
-    /// The stored record.
-    pub workload: Workload,
-    /// Its payload.
-    pub payload: Payload,
-    /// Its input.
-    pub input: Vec<u8>,
-}
+pub struct Readmit(pub PendingWork);
 
 /// Kill a workload (DELETE).
 #[derive(Message)]
@@ -589,7 +619,8 @@ impl Handler<Submit> for Supervisor {
             Ok(found) => found,
             Err(e) => return Box::pin(actix::fut::ready(Err(e))),
         };
-        if let Err(e) = self.reserve(&backend) {
+        let bytes = req.payload.size_bytes() + req.input.len();
+        if let Err(e) = self.reserve(&backend, bytes) {
             return Box::pin(actix::fut::ready(Err(e)));
         }
         let id = WorkloadId::new();
@@ -645,18 +676,24 @@ impl Handler<Submit> for Supervisor {
                                 record.backend
                             );
                             let wait = kind == SubmitKind::Sync;
-                            let done = act.admit(record.clone(), req.payload, req.input, wait, ctx);
+                            let done = act.admit(
+                                record.clone(),
+                                Some((req.payload, req.input)),
+                                bytes,
+                                wait,
+                                ctx,
+                            );
                             Ok(SubmitOutcome::Accepted(Submitted {
                                 workload: record,
                                 done,
                             }))
                         }
                         Ok(KeyedInsert::Existing(earlier)) => {
-                            act.release(&record.backend);
+                            act.release(&record.backend, bytes);
                             Ok(SubmitOutcome::Existing(earlier))
                         }
                         Err(e) => {
-                            act.release(&record.backend);
+                            act.release(&record.backend, bytes);
                             log::error!("workload {}: could not be recorded: {e}", record.id);
                             Err(SubmitError::Store(e))
                         }
@@ -704,11 +741,12 @@ impl Handler<Readmit> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, msg: Readmit, ctx: &mut Self::Context) {
-        let Readmit {
+        let PendingWork {
             workload,
+            payload_bytes,
             payload,
-            input,
-        } = msg;
+        } = msg.0;
+        let bytes = usize::try_from(payload_bytes).unwrap_or(usize::MAX);
         let usable = self
             .backends
             .get(&workload.backend)
@@ -734,10 +772,12 @@ impl Handler<Readmit> for Supervisor {
             return;
         }
         log::info!("workload {}: re-admitted after restart", workload.id);
+        // Counted even beyond the bounds: it was accepted before the restart.
         if let Some(e) = self.backends.get_mut(&workload.backend) {
             e.pending += 1;
         }
-        self.admit(workload, payload, input, false, ctx);
+        self.pending_bytes = self.pending_bytes.saturating_add(bytes);
+        self.admit(workload, payload, bytes, false, ctx);
     }
 }
 
@@ -822,6 +862,7 @@ impl Handler<WorkloadEnded> for Supervisor {
 
     fn handle(&mut self, msg: WorkloadEnded, _: &mut Self::Context) {
         self.workloads.remove(&msg.id);
+        self.unqueue_bytes(msg.id);
         if let Some(entry) = self.backends.get_mut(&msg.backend) {
             if msg.ran {
                 entry.running = entry.running.saturating_sub(1);

@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 
 use crate::actors::backend::{BackendActor, Execute};
 use crate::actors::log_broker::{CloseTopic, LogSinks, Seal};
-use crate::actors::store::{ChangeStatus, StoreActor};
+use crate::actors::store::{ChangeStatus, GetPayload, StoreActor};
 use crate::actors::supervisor::{Supervisor, WorkloadEnded, WorkloadReady};
 use crate::backends::{
     BackendError, CancellationToken, ExecContext, Preparation, Prepared, WorkloadResult,
@@ -62,6 +62,9 @@ pub struct WorkloadActor {
     /// What the preparation made ready; held until the actor stops, which is after the
     /// execution has ended.
     prepared: Option<Prepared>,
+    /// The spec's payload and input are still in the store (a workload recovered at
+    /// start-up): read when the slot is granted.
+    payload_deferred: bool,
 }
 
 impl WorkloadActor {
@@ -90,7 +93,14 @@ impl WorkloadActor {
             waiters: Vec::new(),
             preparation: None,
             prepared: None,
+            payload_deferred: false,
         }
+    }
+
+    /// The spec's payload and input are placeholders: read them from the store when
+    /// the workload is granted a slot, so waiting work holds no payload in memory.
+    pub fn defer_payload(&mut self) {
+        self.payload_deferred = true;
     }
 
     /// The token that stops this workload (kill, timeout); preparations honour it too.
@@ -320,6 +330,45 @@ impl Handler<Start> for WorkloadActor {
             self.maybe_stop(ctx);
             return;
         }
+        if self.payload_deferred {
+            let id = self.record.id;
+            self.store
+                .send(GetPayload(id))
+                .into_actor(self)
+                .map(move |res, act, ctx| {
+                    match res.map_err(|_| StoreError::Unavailable).and_then(|r| r) {
+                        Ok((payload, input)) if act.decided.is_none() => {
+                            act.payload_deferred = false;
+                            act.spec.payload = payload;
+                            act.spec.input = input;
+                            act.run(msg.backend, ctx);
+                        }
+                        // Killed (or timed out) while it was read: nothing runs.
+                        Ok(_) => {
+                            act.execution_over = true;
+                            act.maybe_stop(ctx);
+                        }
+                        Err(e) => {
+                            log::error!("workload {id}: could not read its payload: {e}");
+                            act.execution_over = true;
+                            act.finish(
+                                StatusChange::to(Status::Failed)
+                                    .with_error("could not start: store error"),
+                                ctx,
+                            );
+                        }
+                    }
+                })
+                .spawn(ctx);
+            return;
+        }
+        self.run(msg.backend, ctx);
+    }
+}
+
+impl WorkloadActor {
+    /// Record running and hand the execution to `backend`.
+    fn run(&mut self, backend: Addr<BackendActor>, ctx: &mut Context<Self>) {
         let id = self.record.id;
         // The running write and the execution start together: the store applies writes
         // in the order they were sent, so the terminal write always lands after this
@@ -355,7 +404,7 @@ impl Handler<Start> for WorkloadActor {
             deadline,
         };
         let (tx, rx) = oneshot::channel();
-        msg.backend.do_send(Execute {
+        backend.do_send(Execute {
             spec: self.spec.clone(),
             ctx: exec,
             reply: tx,

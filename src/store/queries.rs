@@ -102,8 +102,21 @@ pub struct Stats {
 pub struct Recovered {
     /// Workloads that were running and are now failed.
     pub interrupted: Vec<Workload>,
-    /// Pending workloads, oldest first, with payload and input, to re-admit.
-    pub pending: Vec<(Workload, Payload, Vec<u8>)>,
+    /// Pending workloads, oldest first, to re-admit.
+    pub pending: Vec<PendingWork>,
+}
+
+/// A pending workload found at start-up. Its code, archive and input stay in the
+/// database until it is dispatched ([`load_payload`]); only an OCI workload's payload
+/// (its image is pulled while it waits) is read at once.
+#[derive(Debug)]
+pub struct PendingWork {
+    /// The record.
+    pub workload: Workload,
+    /// Bytes of its payload and input, as stored.
+    pub payload_bytes: u64,
+    /// Payload and input, for OCI workloads only.
+    pub payload: Option<(Payload, Vec<u8>)>,
 }
 
 /// The error recorded on workloads a restart interrupted.
@@ -437,15 +450,47 @@ fn recover_inner(conn: &mut SqliteConnection) -> Result<Recovered, StoreError> {
         let change = StatusChange::to(Status::Failed).with_error(INTERRUPTED);
         out.interrupted.push(apply_change(conn, id, &change)?);
     }
-    let pending: Vec<(WorkloadRow, PayloadRow)> = workloads::table
+    let pending: Vec<(WorkloadRow, i64)> = workloads::table
         .filter(workloads::status.eq(Status::Pending.as_str()))
         .order((workloads::created_at.asc(), workloads::id.asc()))
-        .select((WorkloadRow::as_select(), PayloadRow::as_select()))
+        .select((WorkloadRow::as_select(), payload_bytes()))
         .load(conn)?;
-    for (row, payload) in pending {
-        let w = Workload::try_from(row)?;
-        let (payload, input) = payload.into_payload()?;
-        out.pending.push((w, payload, input));
+    for (row, bytes) in pending {
+        let workload = Workload::try_from(row)?;
+        let payload = if workload.runtime == Runtime::Oci {
+            Some(load_payload(conn, workload.id)?)
+        } else {
+            None
+        };
+        out.pending.push(PendingWork {
+            workload,
+            payload_bytes: bytes.max(0) as u64,
+            payload,
+        });
     }
     Ok(out)
+}
+
+/// The stored size of a workload's payload and input, in bytes (`length` of text
+/// counts characters, of a blob bytes).
+fn payload_bytes() -> diesel::expression::SqlLiteral<diesel::sql_types::BigInt> {
+    diesel::dsl::sql(
+        "COALESCE(length(CAST(code AS BLOB)), 0) + COALESCE(length(code_archive), 0) \
+         + length(input) + COALESCE(length(CAST(image AS BLOB)), 0) \
+         + COALESCE(length(CAST(command AS BLOB)), 0)",
+    )
+}
+
+/// The payload and input of a workload (read when a recovered workload is dispatched).
+pub fn load_payload(
+    conn: &mut SqliteConnection,
+    id: WorkloadId,
+) -> Result<(Payload, Vec<u8>), StoreError> {
+    workloads::table
+        .find(id.to_string())
+        .select(PayloadRow::as_select())
+        .first(conn)
+        .optional()?
+        .ok_or(StoreError::NotFound)?
+        .into_payload()
 }
