@@ -2,6 +2,7 @@
 //! server. Tests use [`Application::build_with`] to boot the real app on port 0.
 
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,7 @@ use crate::actors::images::ImagesActor;
 use crate::actors::log_broker::{LogBroker, LogSinks};
 use crate::actors::store::{Flush, Recover, StoreActor};
 use crate::actors::supervisor::{InterruptAll, ListBackends, Readmit, Supervisor};
-use crate::api::{self, AllowedHosts, AppState};
+use crate::api::{self, AllowedHosts, AppState, Readiness};
 use crate::backends::gvisor::GvisorBackend;
 use crate::backends::isolate::IsolateBackend;
 use crate::backends::microvm::MicrovmBackend;
@@ -48,6 +49,7 @@ pub struct Application {
     store: Addr<StoreActor>,
     supervisor: Addr<Supervisor>,
     shutdown_timeout: Duration,
+    draining: Arc<AtomicBool>,
 }
 
 fn factory<B: Backend>(
@@ -144,8 +146,9 @@ impl Application {
             config.store.max_batch,
             metrics.clone(),
         )?
-        .sweep_idempotency_keys(Duration::from_secs(config.idempotency_ttl_s))
-        .start();
+        .sweep_idempotency_keys(Duration::from_secs(config.idempotency_ttl_s));
+        let store_health = store.health();
+        let store = store.start();
         let broker = LogBroker::new(store.clone(), config.logs.clone(), metrics.clone()).start();
         let supervisor = Supervisor::new(
             store.clone(),
@@ -176,6 +179,11 @@ impl Application {
             );
         }
 
+        let draining = Arc::new(AtomicBool::new(false));
+        let readiness = Readiness {
+            store: store_health,
+            draining: draining.clone(),
+        };
         let state = web::Data::new(AppState {
             supervisor: supervisor.clone(),
             store: store.clone(),
@@ -188,6 +196,7 @@ impl Application {
             idempotency_ttl: Duration::from_secs(config.idempotency_ttl_s),
             keepalive: Duration::from_secs(config.logs.keepalive_s.max(1)),
             max_body_bytes: config.max_body_bytes,
+            readiness,
         });
         if state.token.is_some() {
             log::info!("auth: bearer token required on /v1/*");
@@ -228,6 +237,7 @@ impl Application {
             store,
             supervisor,
             shutdown_timeout,
+            draining,
         })
     }
 
@@ -253,11 +263,13 @@ impl Application {
         let mut server = self.server;
         tokio::select! {
             res = &mut server => {
+                self.draining.store(true, Ordering::SeqCst);
                 res?;
                 log::info!("server stopped: stopping running workloads, flushing the store");
                 stop_running_workloads(&self.supervisor, Instant::now() + self.shutdown_timeout).await;
             }
             signal = shutdown_signal() => {
+                self.draining.store(true, Ordering::SeqCst);
                 log::info!("{signal} received: stopping running workloads, then the server");
                 stop_running_workloads(&self.supervisor, deadline).await;
                 // The server future drives its own shutdown: poll it while stopping.

@@ -517,7 +517,11 @@ async fn a_1_6_gb_log_attempt_is_kept_to_the_byte_cap_with_its_marker() {
     let cap = 10 * 1024 * 1024;
     assert!(bytes <= cap + 200, "{bytes} bytes kept");
     assert!(bytes > cap - 16_384 - 200, "{bytes} bytes kept");
-    assert_eq!(count, cap / 16_384 + 1, "the lines that fit, and the marker");
+    assert_eq!(
+        count,
+        cap / 16_384 + 1,
+        "the lines that fit, and the marker"
+    );
     assert!(
         last_line.contains("log truncated") && last_line.contains("bytes were kept"),
         "{last_line}"

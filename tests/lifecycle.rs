@@ -302,7 +302,10 @@ async fn a_queue_full_by_bytes_answers_429_and_records_nothing() {
         assert!(res.headers().contains_key("retry-after"));
         let v: Value = res.json().await.expect("json");
         assert!(
-            v["error"].as_str().expect("error").contains("max_queue_bytes"),
+            v["error"]
+                .as_str()
+                .expect("error")
+                .contains("max_queue_bytes"),
             "{v}"
         );
     }

@@ -838,7 +838,10 @@ async fn the_byte_cap_keeps_a_log_to_its_size_with_one_marker() {
         .json()
         .await
         .expect("json");
-    assert_eq!(w["status"], "completed", "the workload itself is not affected");
+    assert_eq!(
+        w["status"], "completed",
+        "the workload itself is not affected"
+    );
     let h = app
         .get_json(&format!("/v1/workloads/{}/logs/history", id(&w)), 200)
         .await;

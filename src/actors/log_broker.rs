@@ -166,7 +166,6 @@ impl LogBroker {
             });
         }
     }
-
 }
 
 /// Makes each workload's [`LogSink`] (one per execution) and reaches the broker.

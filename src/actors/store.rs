@@ -2,13 +2,19 @@
 //!
 //! Writes are queued to a dedicated writer thread that owns the only write connection.
 //! Everything queued while a transaction commits goes into the next transaction together;
-//! one failing write does not undo its neighbours.
+//! one failing write does not undo its neighbours, except a fault of the storage itself
+//! (full disk, I/O error): then the whole batch is rolled back and every write of it is
+//! answered with that fault (nothing half-written, nothing committed twice), the writer
+//! reopens its connection, and [`StoreHealth`] says the store cannot write until a probe
+//! write succeeds again (tried every [`PROBE_EVERY`]). Log lines lost meanwhile are
+//! counted and, once writes resume, replaced by one marker line per workload.
 //! Queries use a small read pool on blocking threads. Handlers and other actors only
 //! ever send messages here.
 
-use std::path::Path;
-use std::sync::mpsc;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -22,8 +28,79 @@ use crate::model::{IdempotencyKey, IdempotencyRecord, LogLine, Payload, Workload
 use crate::store::queries::{self, KeyedInsert, ListQuery, Recovered, Stats, StatusChange};
 use crate::store::{open_read_pool, open_writer, ReadPool, StoreError};
 
-type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
-type Job = Box<dyn FnOnce(&mut SqliteConnection) -> Reply + Send>;
+/// How a batch ended, as each of its writes is told (cloneable, unlike `StoreError`).
+#[derive(Debug, Clone)]
+enum BatchFault {
+    Full,
+    WriteFailed(String),
+    Other(String),
+}
+
+impl BatchFault {
+    fn of(e: &StoreError) -> Self {
+        match e {
+            StoreError::Full => BatchFault::Full,
+            StoreError::WriteFailed(m) => BatchFault::WriteFailed(m.clone()),
+            other => BatchFault::Other(other.to_string()),
+        }
+    }
+
+    fn into_error(self) -> StoreError {
+        match self {
+            BatchFault::Full => StoreError::Full,
+            BatchFault::WriteFailed(m) => StoreError::WriteFailed(m),
+            BatchFault::Other(m) => StoreError::Connection(format!("commit failed: {m}")),
+        }
+    }
+}
+
+type Reply = Box<dyn FnOnce(Result<(), BatchFault>) + Send>;
+/// A queued write: run on the connection (`Some`), or skipped (`None`) because its
+/// batch failed before its turn. Answers its reply and, when the write hit a storage
+/// fault, that fault (the batch is then rolled back).
+type Job = Box<dyn FnOnce(Option<&mut SqliteConnection>) -> (Reply, Option<BatchFault>) + Send>;
+
+/// Whether the store can write, shared with `/readyz`.
+#[derive(Debug, Default)]
+pub struct StoreHealth {
+    /// Set by a storage fault, cleared by a successful probe write.
+    fault: Mutex<Option<String>>,
+    unwritable: AtomicBool,
+}
+
+impl StoreHealth {
+    /// False while the last write hit a storage fault and no probe has succeeded since.
+    pub fn writable(&self) -> bool {
+        !self.unwritable.load(Ordering::SeqCst)
+    }
+
+    /// The fault that made the store unwritable, while it is.
+    pub fn fault(&self) -> Option<String> {
+        self.fault.lock().ok().and_then(|f| f.clone())
+    }
+
+    fn set_fault(&self, why: String) {
+        if let Ok(mut f) = self.fault.lock() {
+            *f = Some(why);
+        }
+        self.unwritable.store(true, Ordering::SeqCst);
+    }
+
+    fn clear(&self) {
+        if let Ok(mut f) = self.fault.lock() {
+            *f = None;
+        }
+        self.unwritable.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Log lines of one workload that could not be stored.
+#[derive(Debug, Clone, Copy)]
+struct Lost {
+    /// The seq of the first of them: the marker takes its place.
+    first_seq: u64,
+    count: u64,
+}
 
 /// The single database writer (and query front-end).
 pub struct StoreActor {
@@ -31,7 +108,16 @@ pub struct StoreActor {
     reads: ReadPool,
     /// How long `Idempotency-Key`s are kept; older ones are swept periodically.
     key_ttl: Option<Duration>,
+    health: Arc<StoreHealth>,
+    /// Log lines lost to storage faults, per workload, until their markers are written.
+    lost: Arc<Mutex<HashMap<WorkloadId, Lost>>>,
+    /// A probe write is on its way.
+    probing: bool,
+    metrics: Arc<Metrics>,
 }
+
+/// How often a store that cannot write tries a probe write.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// The longest pause between two sweeps of expired `Idempotency-Key`s.
 const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
@@ -47,15 +133,95 @@ impl StoreActor {
         let conn = open_writer(path)?;
         let reads = open_read_pool(path, read_pool_size)?;
         let (tx, rx) = mpsc::channel::<Job>();
+        let health = Arc::new(StoreHealth::default());
+        let writer = Writer {
+            path: path.to_path_buf(),
+            max_batch: max_batch.max(1),
+            metrics: metrics.clone(),
+            health: health.clone(),
+        };
         std::thread::Builder::new()
             .name("vulcan-store-writer".into())
-            .spawn(move || writer_loop(conn, rx, max_batch.max(1), metrics))
+            .spawn(move || writer.run(conn, rx))
             .map_err(|e| StoreError::Connection(format!("cannot start writer thread: {e}")))?;
         Ok(Self {
             writer: tx,
             reads,
             key_ttl: None,
+            health,
+            lost: Arc::default(),
+            probing: false,
+            metrics,
         })
+    }
+
+    /// Whether the store can write (read by `/readyz`).
+    pub fn health(&self) -> Arc<StoreHealth> {
+        self.health.clone()
+    }
+
+    /// While the store cannot write: one probe write at a time; when it commits, the
+    /// store is writable again and the markers of lost log lines are written.
+    fn probe(&mut self, ctx: &mut Context<Self>) {
+        if self.health.writable() || self.probing {
+            return;
+        }
+        self.probing = true;
+        let rx = self.write(queries::probe_write);
+        let health = self.health.clone();
+        async move { answer(rx).await }
+            .into_actor(self)
+            .map(move |res, act, _| {
+                act.probing = false;
+                match res {
+                    Ok(()) => {
+                        log::info!("store: writes succeed again");
+                        health.clear();
+                        act.write_lost_markers();
+                    }
+                    Err(e) => log::debug!("store: probe write failed: {e}"),
+                }
+            })
+            .spawn(ctx);
+    }
+
+    /// Replace the first line lost of each workload by a marker saying how many were
+    /// lost (fire and forget; counted as lost again when it fails).
+    fn write_lost_markers(&self) {
+        let lost = match self.lost.lock() {
+            Ok(mut l) if !l.is_empty() => std::mem::take(&mut *l),
+            _ => return,
+        };
+        let markers: Vec<(WorkloadId, LogLine)> = lost
+            .iter()
+            .map(|(id, l)| {
+                let line = LogLine {
+                    seq: l.first_seq,
+                    line: format!(
+                        "[vulcan: {} log line(s) from here on could not be stored (storage fault)]",
+                        l.count
+                    ),
+                    created_at: Utc::now(),
+                };
+                (*id, line)
+            })
+            .collect();
+        let back = self.lost.clone();
+        let rx = self.write(move |c| queries::append_logs(c, &markers));
+        actix::spawn(async move {
+            if answer(rx).await.is_err() {
+                if let Ok(mut l) = back.lock() {
+                    for (id, v) in lost {
+                        l.entry(id)
+                            .and_modify(|e| {
+                                e.first_seq = e.first_seq.min(v.first_seq);
+                                e.count += v.count;
+                            })
+                            .or_insert(v);
+                    }
+                }
+            }
+        });
     }
 
     /// Forget `Idempotency-Key`s older than `ttl`: swept at start and then at least
@@ -90,10 +256,19 @@ impl StoreActor {
             // No savepoint per write: every write op either is a single mutating
             // statement (SQLite undoes a failed statement by itself) or opens its own
             // savepoint, so a failed write never leaves anything behind in the batch.
-            let res = op(conn);
-            Box::new(move |commit: Result<(), String>| {
-                let _ = tx.send(commit.map_err(StoreError::Connection).and(res));
-            })
+            // A storage fault rolls back the whole batch instead (see the module docs).
+            let res = match conn {
+                Some(c) => op(c),
+                None => Err(StoreError::Unavailable),
+            };
+            let fault = match &res {
+                Err(e) if e.is_storage_fault() => Some(BatchFault::of(e)),
+                _ => None,
+            };
+            let reply: Reply = Box::new(move |commit: Result<(), BatchFault>| {
+                let _ = tx.send(commit.map_err(BatchFault::into_error).and(res));
+            });
+            (reply, fault)
         });
         // If the writer is gone the job (and its reply sender) is dropped here, so the
         // caller is answered `Unavailable` at once instead of waiting forever.
@@ -123,44 +298,70 @@ async fn answer<T>(rx: oneshot::Receiver<Result<T, StoreError>>) -> Result<T, St
     rx.await.unwrap_or(Err(StoreError::Unavailable))
 }
 
-fn writer_loop(
-    mut conn: SqliteConnection,
-    rx: mpsc::Receiver<Job>,
+/// The writer thread's settings.
+struct Writer {
+    path: PathBuf,
     max_batch: usize,
     metrics: Arc<Metrics>,
-) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+    health: Arc<StoreHealth>,
+}
+
+impl Writer {
+    fn run(self, mut conn: SqliteConnection, rx: mpsc::Receiver<Job>) {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            while batch.len() < self.max_batch {
+                match rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.metrics.store_batch_size.observe(batch.len() as f64);
+            let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
+            let mut jobs = batch.into_iter();
+            let commit = conn
+                .immediate_transaction(|c| {
+                    for job in jobs.by_ref() {
+                        let (reply, fault) = job(Some(c));
+                        replies.push(reply);
+                        if let Some(fault) = fault {
+                            return Err(fault.into_error());
+                        }
+                    }
+                    Ok::<_, StoreError>(())
+                })
+                .map_err(|e| BatchFault::of(&e));
+            // Skipped after a fault: answered with it, never run.
+            replies.extend(jobs.map(|job| job(None).0));
+            if let Err(fault) = &commit {
+                log::error!(
+                    "store: batch of {} write(s) failed: {fault:?}",
+                    replies.len()
+                );
+                if !matches!(fault, BatchFault::Other(_)) {
+                    self.health
+                        .set_fault(fault.clone().into_error().to_string());
+                    // SQLite may have rolled back on its own: start from a clean
+                    // connection rather than trust its transaction state.
+                    match open_writer(&self.path) {
+                        Ok(fresh) => conn = fresh,
+                        Err(e) => log::error!("store: cannot reopen the writer: {e}"),
+                    }
+                }
+            }
+            for reply in replies {
+                reply(commit.clone());
             }
         }
-        metrics.store_batch_size.observe(batch.len() as f64);
-        let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
-        let commit = conn
-            .immediate_transaction(|c| {
-                for job in batch {
-                    replies.push(job(c));
-                }
-                Ok::<_, diesel::result::Error>(())
-            })
-            .map_err(|e| {
-                log::error!("store: batch commit failed: {e}");
-                format!("commit failed: {e}")
-            });
-        for reply in replies {
-            reply(commit.clone());
-        }
+        log::debug!("store: writer thread stopped");
     }
-    log::debug!("store: writer thread stopped");
 }
 
 impl Actor for StoreActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(PROBE_EVERY, |act, ctx| act.probe(ctx));
         if let Some(ttl) = self.key_ttl {
             self.sweep(ttl);
             let every = ttl.clamp(Duration::from_secs(1), MAX_SWEEP_INTERVAL);
@@ -313,15 +514,52 @@ impl Handler<ChangeStatus> for StoreActor {
 impl Handler<AppendLogs> for StoreActor {
     type Result = ();
 
-    fn handle(&mut self, msg: AppendLogs, _: &mut Self::Context) {
+    fn handle(&mut self, msg: AppendLogs, ctx: &mut Self::Context) {
         let lines = msg.0;
-        // Fire and forget: nobody waits for the answer, so failures are logged here.
-        drop(self.write(move |c| {
-            if let Err(e) = queries::append_logs(c, &lines) {
-                log::error!("store: could not persist {} log line(s): {e}", lines.len());
+        // Which lines a failure loses: the first seq and the count per workload.
+        let mut span: HashMap<WorkloadId, Lost> = HashMap::new();
+        for (id, l) in &lines {
+            let e = span.entry(*id).or_insert(Lost {
+                first_seq: l.seq,
+                count: 0,
+            });
+            e.first_seq = e.first_seq.min(l.seq);
+            e.count += 1;
+        }
+        let rx = self.write(move |c| queries::append_logs(c, &lines));
+        let lost = self.lost.clone();
+        let metrics = self.metrics.clone();
+        let health = self.health.clone();
+        // Nobody waits for the answer: failures are counted here and, once the store
+        // writes again, marked in each log.
+        ctx.spawn(
+            async move {
+                let Err(e) = answer(rx).await else {
+                    return false;
+                };
+                let n: u64 = span.values().map(|l| l.count).sum();
+                log::error!("store: could not persist {n} log line(s): {e}");
+                metrics.log_lines_lost.inc_by(n);
+                if let Ok(mut all) = lost.lock() {
+                    for (id, l) in span {
+                        let e = all.entry(id).or_insert(Lost {
+                            first_seq: l.first_seq,
+                            count: 0,
+                        });
+                        e.first_seq = e.first_seq.min(l.first_seq);
+                        e.count += l.count;
+                    }
+                }
+                health.writable()
             }
-            Ok(())
-        }));
+            .into_actor(self)
+            .map(|marks_now, act, _| {
+                // Not a storage fault: nothing will probe, so mark now.
+                if marks_now {
+                    act.write_lost_markers();
+                }
+            }),
+        );
     }
 }
 

@@ -159,46 +159,46 @@ impl WorkloadActor {
             store.send(ChangeStatus { id, change }).await
         }
         .into_actor(self)
-            .map(move |res, act, ctx| {
-                let record = match res {
-                    Ok(Ok(record)) => {
-                        log::info!(
-                            "workload {id}: {from} -> {to} (backend {}{})",
-                            act.record.backend,
-                            error
-                                .as_deref()
-                                .map(|e| format!(", error: {e}"))
-                                .unwrap_or_default()
-                        );
-                        record
-                    }
-                    Ok(Err(e)) => {
-                        log::error!("workload {id}: could not record {to}: {e}");
-                        act.record.clone()
-                    }
-                    Err(e) => {
-                        log::error!("workload {id}: store unreachable recording {to}: {e}");
-                        act.record.clone()
-                    }
-                };
+        .map(move |res, act, ctx| {
+            let record = match res {
+                Ok(Ok(record)) => {
+                    log::info!(
+                        "workload {id}: {from} -> {to} (backend {}{})",
+                        act.record.backend,
+                        error
+                            .as_deref()
+                            .map(|e| format!(", error: {e}"))
+                            .unwrap_or_default()
+                    );
+                    record
+                }
+                Ok(Err(e)) => {
+                    log::error!("workload {id}: could not record {to}: {e}");
+                    act.record.clone()
+                }
+                Err(e) => {
+                    log::error!("workload {id}: store unreachable recording {to}: {e}");
+                    act.record.clone()
+                }
+            };
+            act.metrics
+                .workloads_finished
+                .with_label_values(&[act.record.backend.as_str(), to.as_str()])
+                .inc();
+            if let Some(ms) = record.duration_ms {
                 act.metrics
-                    .workloads_finished
-                    .with_label_values(&[act.record.backend.as_str(), to.as_str()])
-                    .inc();
-                if let Some(ms) = record.duration_ms {
-                    act.metrics
-                        .workload_duration
-                        .with_label_values(&[act.record.backend.as_str()])
-                        .observe(ms as f64 / 1000.0);
-                }
-                act.logs.broker().do_send(CloseTopic { id, status: to });
-                for w in act.waiters.drain(..) {
-                    let _ = w.send(record.clone());
-                }
-                act.final_record = Some(record);
-                act.maybe_stop(ctx);
-            })
-            .spawn(ctx);
+                    .workload_duration
+                    .with_label_values(&[act.record.backend.as_str()])
+                    .observe(ms as f64 / 1000.0);
+            }
+            act.logs.broker().do_send(CloseTopic { id, status: to });
+            for w in act.waiters.drain(..) {
+                let _ = w.send(record.clone());
+            }
+            act.final_record = Some(record);
+            act.maybe_stop(ctx);
+        })
+        .spawn(ctx);
     }
 
     /// Stop once the terminal status is written and no execution is left running.

@@ -135,37 +135,37 @@ fn replay(
     last: Rc<Cell<Option<u64>>>,
 ) -> impl Stream<Item = sse::Event> {
     let full = first.len() as i64 == REPLAY_PAGE;
-    stream::unfold(
-        (Some(first), full),
-        move |(page_now, more)| {
-            let store = store.clone();
-            let last = last.clone();
-            async move {
-                let lines = match page_now {
-                    Some(lines) => lines,
-                    None if !more => return None,
-                    None => {
-                        let after = last.get().map(|s| s as i64);
-                        match page(&store, id, after, before, REPLAY_PAGE).await {
-                            Ok(lines) => lines,
-                            Err(e) => {
-                                log::warn!("workload {id}: log replay read failed: {e}");
-                                return None;
-                            }
+    stream::unfold((Some(first), full), move |(page_now, more)| {
+        let store = store.clone();
+        let last = last.clone();
+        async move {
+            let lines = match page_now {
+                Some(lines) => lines,
+                None if !more => return None,
+                None => {
+                    let after = last.get().map(|s| s as i64);
+                    match page(&store, id, after, before, REPLAY_PAGE).await {
+                        Ok(lines) => lines,
+                        Err(e) => {
+                            log::warn!("workload {id}: log replay read failed: {e}");
+                            return None;
                         }
                     }
-                };
-                if lines.is_empty() {
-                    return None;
                 }
-                let more = lines.len() as i64 == REPLAY_PAGE;
-                if let Some(l) = lines.last() {
-                    last.set(Some(l.seq));
-                }
-                Some((stream::iter(lines.into_iter().map(line_event)), (None, more)))
+            };
+            if lines.is_empty() {
+                return None;
             }
-        },
-    )
+            let more = lines.len() as i64 == REPLAY_PAGE;
+            if let Some(l) = lines.last() {
+                last.set(Some(l.seq));
+            }
+            Some((
+                stream::iter(lines.into_iter().map(line_event)),
+                (None, more),
+            ))
+        }
+    })
     .flatten()
 }
 

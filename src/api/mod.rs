@@ -12,6 +12,7 @@ mod logs;
 mod system;
 mod workloads;
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,7 +29,7 @@ pub use error::ApiError;
 
 use crate::actors::images::ImagesActor;
 use crate::actors::log_broker::LogBroker;
-use crate::actors::store::StoreActor;
+use crate::actors::store::{StoreActor, StoreHealth};
 use crate::actors::supervisor::Supervisor;
 use crate::config::Secret;
 use crate::metrics::Metrics;
@@ -58,6 +59,17 @@ pub struct AppState {
     pub keepalive: Duration,
     /// Largest accepted body.
     pub max_body_bytes: usize,
+    /// What `/readyz` answers from.
+    pub readiness: Readiness,
+}
+
+/// Whether the server accepts work: the store can write and it is not draining.
+#[derive(Clone)]
+pub struct Readiness {
+    /// The store's write health.
+    pub store: Arc<StoreHealth>,
+    /// Set when graceful shutdown starts.
+    pub draining: Arc<AtomicBool>,
 }
 
 /// Register every route on `cfg`.
@@ -78,6 +90,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
         .app_data(path)
         .app_data(web::PayloadConfig::default().limit(state.max_body_bytes))
         .service(Endpoint::new("/healthz").get(system::healthz).build())
+        .service(Endpoint::new("/readyz").get(system::readyz).build())
         .service(Endpoint::new("/metrics").get(system::metrics).build())
         .service(
             web::scope("/v1")

@@ -16,6 +16,24 @@ pub(super) async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
+/// 200 while the server accepts work; 503 with the reason while the store cannot
+/// write or the server is draining.
+pub(super) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let r = &state.readiness;
+    if r.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        return HttpResponse::ServiceUnavailable()
+            .json(json!({"status": "draining", "error": "the server is shutting down"}));
+    }
+    if !r.store.writable() {
+        let cause = r.store.fault().unwrap_or_else(|| "storage failing".into());
+        return HttpResponse::ServiceUnavailable().json(json!({
+            "status": "unavailable",
+            "error": format!("the store cannot write: {cause}")
+        }));
+    }
+    HttpResponse::Ok().json(json!({"status": "ready"}))
+}
+
 pub(super) async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")

@@ -39,7 +39,15 @@ pub enum StoreError {
     InvalidTransition(#[from] TransitionError),
     /// SQLite or Diesel failed.
     #[error("database error: {0}")]
-    Database(#[from] diesel::result::Error),
+    Database(diesel::result::Error),
+    /// The disk holding the database is full (SQLITE_FULL): nothing of the write was
+    /// kept.
+    #[error("storage full")]
+    Full,
+    /// The database file cannot be written (SQLITE_IOERR and the like): nothing of the
+    /// write was kept.
+    #[error("storage failing: {0}")]
+    WriteFailed(String),
     /// A connection could not be opened or taken from the pool.
     #[error("database connection error: {0}")]
     Connection(String),
@@ -49,6 +57,31 @@ pub enum StoreError {
     /// The store is shutting down or its writer thread is gone.
     #[error("store unavailable")]
     Unavailable,
+}
+
+impl StoreError {
+    /// A fault of the storage itself (full disk, I/O error): the database cannot be
+    /// written until it clears, whatever is written.
+    pub fn is_storage_fault(&self) -> bool {
+        matches!(self, StoreError::Full | StoreError::WriteFailed(_))
+    }
+}
+
+impl From<diesel::result::Error> for StoreError {
+    fn from(e: diesel::result::Error) -> Self {
+        if let diesel::result::Error::DatabaseError(_, info) = &e {
+            // Diesel has no kind for these; SQLite's messages for SQLITE_FULL and
+            // SQLITE_IOERR are fixed text.
+            let message = info.message();
+            if message.contains("database or disk is full") {
+                return StoreError::Full;
+            }
+            if message.contains("disk I/O error") {
+                return StoreError::WriteFailed(message.to_string());
+            }
+        }
+        StoreError::Database(e)
+    }
 }
 
 #[derive(Debug)]

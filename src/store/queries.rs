@@ -214,6 +214,20 @@ pub fn sweep_idempotency_keys(
     .execute(conn)?)
 }
 
+/// A write that touches the database header and nothing else: it commits only when
+/// the database can really be written (used to find out that a full disk has room
+/// again).
+pub fn probe_write(conn: &mut SqliteConnection) -> Result<(), StoreError> {
+    #[derive(QueryableByName)]
+    struct Version {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        user_version: i32,
+    }
+    let v: Version = diesel::sql_query("PRAGMA user_version").get_result(conn)?;
+    diesel::sql_query(format!("PRAGMA user_version = {}", v.user_version)).execute(conn)?;
+    Ok(())
+}
+
 /// One workload.
 pub fn get_workload(conn: &mut SqliteConnection, id: WorkloadId) -> Result<Workload, StoreError> {
     workloads::table

@@ -8,6 +8,7 @@ pub mod gvisor;
 pub mod oci;
 pub mod scripted;
 pub mod sse;
+pub mod tmpfs;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

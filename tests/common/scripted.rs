@@ -172,7 +172,11 @@ impl Backend for Scripted {
                 seen.cancelled.lock().expect("lock").insert(spec.id);
             };
             let burst = script.log_burst.max(1);
-            let all = script.logs.iter().cycle().take(script.logs.len() * script.log_repeat.max(1));
+            let all = script
+                .logs
+                .iter()
+                .cycle()
+                .take(script.logs.len() * script.log_repeat.max(1));
             for (i, line) in all.enumerate() {
                 ctx.log.line(line.clone());
                 if script.log_interval_ms > 0 && (i + 1) % burst == 0 {
