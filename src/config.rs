@@ -87,6 +87,8 @@ pub struct Config {
     pub logs: LogsConfig,
     /// Store tuning.
     pub store: StoreConfig,
+    /// How long finished work is kept.
+    pub retention: RetentionConfig,
     /// Per-backend settings.
     pub backends: BackendsConfig,
     /// The OCI image store.
@@ -123,6 +125,16 @@ pub struct StoreConfig {
     pub max_batch: usize,
     /// Read-only connections for queries.
     pub read_pool_size: u32,
+}
+
+/// `[retention]`: deletion of old finished work.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Seconds a finished workload is kept after `finished_at`; 0 keeps everything.
+    pub max_age_s: u64,
+    /// Seconds between sweeps (at least 1).
+    pub sweep_interval_s: u64,
 }
 
 /// `[backends.*]`: one section per backend.

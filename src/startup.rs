@@ -147,6 +147,13 @@ impl Application {
             metrics.clone(),
         )?
         .sweep_idempotency_keys(Duration::from_secs(config.idempotency_ttl_s));
+        let store = match config.retention.max_age_s {
+            0 => store,
+            age => store.retention(
+                Duration::from_secs(age),
+                Duration::from_secs(config.retention.sweep_interval_s),
+            ),
+        };
         let store_health = store.health();
         let store = store.start();
         let broker = LogBroker::new(store.clone(), config.logs.clone(), metrics.clone()).start();

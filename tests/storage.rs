@@ -159,3 +159,124 @@ async fn a_full_disk_answers_507_keeps_serving_reads_and_recovers_when_space_ret
     drop(dir);
     drop(fs);
 }
+
+/// Set `finished_at` of `ids` in the database at `db` to long ago (as if they had
+/// finished then), behind the server's back.
+fn finished_long_ago(db: &std::path::Path, ids: &[String]) {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+    let mut conn =
+        diesel::sqlite::SqliteConnection::establish(&db.to_string_lossy()).expect("open db");
+    // The stopped server's writer thread may still be closing its connection.
+    conn.batch_execute("PRAGMA busy_timeout = 10000;")
+        .expect("busy timeout");
+    for id in ids {
+        conn.batch_execute(&format!(
+            "UPDATE workloads SET finished_at = '2026-01-01T00:00:00.000Z' WHERE id = '{id}'"
+        ))
+        .expect("update");
+    }
+}
+
+#[tokio::test]
+async fn retention_deletes_only_old_finished_work_across_a_restart() {
+    let opts = Options {
+        max_concurrency: 1,
+        ..Options::default()
+    };
+    let (f, _) = scripted::factory(opts.clone());
+    let app = common::app()
+        .env("VULCAN_RETENTION__MAX_AGE_S", "0")
+        .backend(f)
+        .spawn()
+        .await;
+    let mut old = Vec::new();
+    for status_script in [
+        json!({"logs": ["a", "b", "c"], "output": 1}),
+        json!({"logs": ["d"], "error": "boom"}),
+    ] {
+        let w: Value = app
+            .post("/v1/workloads", &job("node", status_script))
+            .await
+            .json()
+            .await
+            .expect("json");
+        old.push(id(&w));
+    }
+    let killed = app
+        .submit_async(&job("node", json!({"logs": ["e"], "delay_ms": 60000})))
+        .await;
+    app.wait_status(&id(&killed), "running", SOON).await;
+    assert_eq!(
+        app.delete(&format!("/v1/workloads/{}", id(&killed)))
+            .await
+            .status(),
+        200
+    );
+    old.push(id(&killed));
+    let recent: Value = app
+        .post("/v1/workloads", &job("node", json!({"logs": ["recent"]})))
+        .await
+        .json()
+        .await
+        .expect("json");
+    // Work that is not finished: one running, one queued behind it.
+    let running = scripted::occupy_slot(&app).await;
+    let pending = app
+        .submit_async(&job("node", json!({"logs": ["later"]})))
+        .await;
+    let db = app.db_path.clone();
+    let dir = app.stop().await;
+    finished_long_ago(&db, &old);
+    // The running one was interrupted at shutdown; make it old too: interrupted work
+    // is finished work.
+    finished_long_ago(&db, std::slice::from_ref(&running));
+    let lines_before = common::count_rows(&db, "log_lines");
+
+    // Restarted with a week of retention: the old finished work goes, nothing else.
+    let (f, _) = scripted::factory(opts);
+    let again = common::app()
+        .env("VULCAN_RETENTION__SWEEP_INTERVAL_S", "1")
+        .backend(f)
+        .db(db.clone())
+        .spawn()
+        .await;
+    for gone in old.iter().chain([&running]) {
+        let start = Instant::now();
+        while again.get(&format!("/v1/workloads/{gone}")).await.status() != 404 {
+            assert!(start.elapsed() < SOON, "{gone} was not swept");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let h = again
+            .get(&format!("/v1/workloads/{gone}/logs/history"))
+            .await;
+        assert_eq!(h.status(), 404);
+    }
+    let w = again
+        .get_json(&format!("/v1/workloads/{}", id(&recent)), 200)
+        .await;
+    assert_eq!(w["status"], "completed");
+    let p = again.wait_terminal(&id(&pending), SOON).await;
+    assert_eq!(
+        p["status"], "completed",
+        "the pending one was re-admitted and ran"
+    );
+    let kept_lines = again
+        .get_json(&format!("/v1/workloads/{}/logs/history", id(&recent)), 200)
+        .await;
+    assert_eq!(kept_lines["lines"][0]["line"], "recent");
+    // Only the swept workloads' lines left the table (a, b, c, d, e and the running one's
+    // none), and the metric says what went.
+    assert_eq!(common::count_rows(&db, "log_lines"), lines_before - 5 + 1);
+    let metrics = again.get("/metrics").await.text().await.expect("metrics");
+    assert!(
+        metrics.contains("vulcan_retention_swept_rows_total{table=\"workloads\"} 4"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("vulcan_retention_swept_rows_total{table=\"log_lines\"} 5"),
+        "{metrics}"
+    );
+    again.stop().await;
+    drop(dir);
+}

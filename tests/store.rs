@@ -180,4 +180,180 @@ fn a_database_of_the_previous_version_opens_and_keeps_its_data() {
     let found = queries::find_idempotency_key(&mut conn, &key, chrono::DateTime::<Utc>::MIN_UTC)
         .expect("query");
     assert_eq!(found, None);
+    // Its vacuum mode is kept (switching needs a full VACUUM): freed pages are reused,
+    // and the retention sweep works on it all the same.
+    assert_eq!(pragma(&mut conn, "auto_vacuum"), 0);
+    let done = StatusChange {
+        at: Utc::now() - chrono::Duration::days(30),
+        ..StatusChange::to(Status::Killed)
+    };
+    queries::apply_change(&mut conn, w.id, &done).expect("killed long ago");
+    let swept =
+        queries::sweep_step(&mut conn, Utc::now(), queries::SweepBatch::STORE).expect("sweep");
+    assert_eq!((swept.workloads, swept.log_lines), (1, 1));
+    assert!(matches!(
+        queries::get_workload(&mut conn, w.id),
+        Err(StoreError::NotFound)
+    ));
+}
+
+fn pragma(conn: &mut diesel::sqlite::SqliteConnection, name: &str) -> i32 {
+    use diesel::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct V {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        v: i32,
+    }
+    diesel::sql_query(format!("SELECT {name} AS v FROM pragma_{name}"))
+        .get_result::<V>(conn)
+        .expect("pragma")
+        .v
+}
+
+/// A workload recorded and driven to `status`, finished `age` ago (when terminal).
+fn stored(
+    conn: &mut diesel::sqlite::SqliteConnection,
+    status: Status,
+    age: chrono::Duration,
+    lines: u64,
+) -> WorkloadId {
+    let w = record();
+    queries::insert_workload(conn, &w, &Payload::Code("x".into()), b"null").expect("insert");
+    for step in path_to(status) {
+        let change = StatusChange {
+            at: Utc::now() - age,
+            ..StatusChange::to(step)
+        };
+        queries::apply_change(conn, w.id, &change).expect("step");
+    }
+    let log: Vec<(WorkloadId, vulcan::model::LogLine)> = (0..lines)
+        .map(|seq| {
+            (
+                w.id,
+                vulcan::model::LogLine {
+                    seq,
+                    line: format!("line {seq}"),
+                    created_at: Utc::now(),
+                },
+            )
+        })
+        .collect();
+    queries::append_logs(conn, &log).expect("logs");
+    w.id
+}
+
+#[test]
+fn retention_deletes_only_old_finished_work_in_small_steps() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut conn = open_writer(&dir.path().join("t.db")).expect("open");
+    // A database created by this version returns freed pages (incremental vacuum).
+    assert_eq!(pragma(&mut conn, "auto_vacuum"), 2);
+    let old = chrono::Duration::days(8);
+    let recent = chrono::Duration::hours(1);
+    let big = stored(&mut conn, Status::Completed, old, 20_000);
+    let gone = [
+        stored(&mut conn, Status::Completed, old, 23),
+        stored(&mut conn, Status::Failed, old, 0),
+        stored(&mut conn, Status::Killed, old, 4),
+    ];
+    // Pending and running work is older still, and untouched.
+    let kept = [
+        stored(&mut conn, Status::Completed, recent, 5),
+        stored(&mut conn, Status::Pending, old, 0),
+        stored(&mut conn, Status::Running, old, 3),
+    ];
+    let key = vulcan::model::IdempotencyKey::parse(b"k", None).expect("key");
+    let keyed = record();
+    let rec = vulcan::model::IdempotencyRecord {
+        fingerprint: "f".into(),
+        workload_id: keyed.id,
+        kind: vulcan::model::SubmitKind::Async,
+    };
+    queries::insert_keyed_workload(
+        &mut conn,
+        &keyed,
+        &Payload::Code("x".into()),
+        b"null",
+        &key,
+        &rec,
+        Utc::now() - chrono::Duration::days(1),
+    )
+    .expect("keyed");
+    for step in path_to(Status::Completed) {
+        let change = StatusChange {
+            at: Utc::now() - old,
+            ..StatusChange::to(step)
+        };
+        queries::apply_change(&mut conn, keyed.id, &change).expect("step");
+    }
+    let before = Utc::now() - chrono::Duration::days(7);
+    let pages_before = pragma(&mut conn, "page_count");
+    // The big log goes first (a full-size batch), and its pages go back to the disk.
+    let s = queries::sweep_step(&mut conn, before, queries::SweepBatch::STORE).expect("step");
+    assert_eq!((s.workloads, s.log_lines, s.more), (0, 5000, true));
+    while queries::get_workload(&mut conn, big).is_ok() {
+        queries::sweep_step(
+            &mut conn,
+            before,
+            queries::SweepBatch {
+                workloads: 1,
+                log_lines: 5000,
+            },
+        )
+        .expect("step");
+    }
+    assert!(pragma(&mut conn, "freelist_count") > 0);
+    queries::incremental_vacuum(&mut conn, 100_000).expect("vacuum");
+    assert_eq!(pragma(&mut conn, "freelist_count"), 0);
+    assert!(
+        pragma(&mut conn, "page_count") < pages_before / 2,
+        "space is reclaimed"
+    );
+    let batch = queries::SweepBatch {
+        workloads: 2,
+        log_lines: 10,
+    };
+    let mut total = queries::Swept::default();
+    let mut steps = 0;
+    loop {
+        let s = queries::sweep_step(&mut conn, before, batch).expect("step");
+        assert!(s.log_lines <= 10, "{s:?}");
+        assert!(s.workloads <= 2, "{s:?}");
+        total.workloads += s.workloads;
+        total.log_lines += s.log_lines;
+        steps += 1;
+        if !s.more {
+            break;
+        }
+        assert!(steps < 50, "the sweep ends");
+    }
+    assert!(steps >= 3, "small steps: {steps}");
+    assert_eq!((total.workloads, total.log_lines), (4, 27));
+    for id in gone.iter().chain([&keyed.id]) {
+        assert!(matches!(
+            queries::get_workload(&mut conn, *id),
+            Err(StoreError::NotFound)
+        ));
+        assert!(queries::log_lines(&mut conn, *id, None, None, None)
+            .expect("lines")
+            .is_empty());
+    }
+    // Its Idempotency-Key went with it.
+    assert_eq!(
+        queries::find_idempotency_key(&mut conn, &key, chrono::DateTime::<Utc>::MIN_UTC)
+            .expect("query"),
+        None
+    );
+    for (id, lines) in kept.iter().zip([5, 0, 3]) {
+        queries::get_workload(&mut conn, *id).expect("kept");
+        assert_eq!(
+            queries::log_lines(&mut conn, *id, None, None, None)
+                .expect("lines")
+                .len(),
+            lines
+        );
+    }
+    // Nothing left to sweep.
+    let s = queries::sweep_step(&mut conn, before, batch).expect("step");
+    assert_eq!(s, queries::Swept::default());
 }

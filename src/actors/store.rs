@@ -25,7 +25,9 @@ use crate::metrics::Metrics;
 use chrono::{DateTime, Utc};
 
 use crate::model::{IdempotencyKey, IdempotencyRecord, LogLine, Payload, Workload, WorkloadId};
-use crate::store::queries::{self, KeyedInsert, ListQuery, Recovered, Stats, StatusChange};
+use crate::store::queries::{
+    self, KeyedInsert, ListQuery, Recovered, Stats, StatusChange, SweepBatch, Swept,
+};
 use crate::store::{open_read_pool, open_writer, ReadPool, StoreError};
 
 /// How a batch ended, as each of its writes is told (cloneable, unlike `StoreError`).
@@ -114,10 +116,17 @@ pub struct StoreActor {
     /// A probe write is on its way.
     probing: bool,
     metrics: Arc<Metrics>,
+    /// Finished work older than this is deleted, every `.1`.
+    retention: Option<(Duration, Duration)>,
+    /// A retention sweep is under way (its steps follow one another).
+    sweeping: bool,
 }
 
 /// How often a store that cannot write tries a probe write.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Most free pages returned to the file system after one retention step.
+const VACUUM_PAGES: u32 = 4096;
 
 /// The longest pause between two sweeps of expired `Idempotency-Key`s.
 const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
@@ -152,7 +161,78 @@ impl StoreActor {
             lost: Arc::default(),
             probing: false,
             metrics,
+            retention: None,
+            sweeping: false,
         })
+    }
+
+    /// Delete finished work whose `finished_at` is older than `max_age`: swept at start
+    /// and then every `every`, in small steps (see [`queries::sweep_step`]), each its
+    /// own write so other writes are never held long.
+    pub fn retention(mut self, max_age: Duration, every: Duration) -> Self {
+        self.retention = Some((max_age, every.max(Duration::from_secs(1))));
+        self
+    }
+
+    fn sweep_retention(&mut self, ctx: &mut Context<Self>) {
+        let Some((max_age, _)) = self.retention else {
+            return;
+        };
+        if self.sweeping {
+            return;
+        }
+        self.sweeping = true;
+        let before = chrono::Duration::from_std(max_age)
+            .ok()
+            .and_then(|age| Utc::now().checked_sub_signed(age))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        self.sweep_step(before, Swept::default(), ctx);
+    }
+
+    fn sweep_step(&mut self, before: DateTime<Utc>, total: Swept, ctx: &mut Context<Self>) {
+        let rx = self.write(move |c| {
+            let swept = queries::sweep_step(c, before, SweepBatch::STORE)?;
+            if swept.workloads + swept.log_lines > 0 {
+                queries::incremental_vacuum(c, VACUUM_PAGES)?;
+            }
+            Ok(swept)
+        });
+        async move { answer(rx).await }
+            .into_actor(self)
+            .map(move |res, act, ctx| match res {
+                Ok(s) => {
+                    act.metrics
+                        .retention_swept
+                        .with_label_values(&["workloads"])
+                        .inc_by(s.workloads as u64);
+                    act.metrics
+                        .retention_swept
+                        .with_label_values(&["log_lines"])
+                        .inc_by(s.log_lines as u64);
+                    let total = Swept {
+                        workloads: total.workloads + s.workloads,
+                        log_lines: total.log_lines + s.log_lines,
+                        more: s.more,
+                    };
+                    if s.more {
+                        act.sweep_step(before, total, ctx);
+                    } else {
+                        act.sweeping = false;
+                        if total.workloads > 0 {
+                            log::info!(
+                                "retention: {} finished workload(s) and {} log line(s) deleted",
+                                total.workloads,
+                                total.log_lines
+                            );
+                        }
+                    }
+                }
+                Err(e) => {
+                    act.sweeping = false;
+                    log::error!("retention: sweep failed (tried again later): {e}");
+                }
+            })
+            .spawn(ctx);
     }
 
     /// Whether the store can write (read by `/readyz`).
@@ -362,6 +442,10 @@ impl Actor for StoreActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(PROBE_EVERY, |act, ctx| act.probe(ctx));
+        if let Some((_, every)) = self.retention {
+            self.sweep_retention(ctx);
+            ctx.run_interval(every, |act, ctx| act.sweep_retention(ctx));
+        }
         if let Some(ttl) = self.key_ttl {
             self.sweep(ttl);
             let every = ttl.clamp(Duration::from_secs(1), MAX_SWEEP_INTERVAL);

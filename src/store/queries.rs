@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use diesel::connection::SimpleConnection;
 use diesel::dsl::count_star;
 use diesel::prelude::*;
 use diesel::sqlite::SqliteConnection;
@@ -225,6 +226,99 @@ pub fn probe_write(conn: &mut SqliteConnection) -> Result<(), StoreError> {
     }
     let v: Version = diesel::sql_query("PRAGMA user_version").get_result(conn)?;
     diesel::sql_query(format!("PRAGMA user_version = {}", v.user_version)).execute(conn)?;
+    Ok(())
+}
+
+/// What one [`sweep_step`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Workloads deleted (their Idempotency-Keys and webhook attempts cascade).
+    pub workloads: usize,
+    /// Log lines deleted.
+    pub log_lines: usize,
+    /// Expired work may remain: run another step.
+    pub more: bool,
+}
+
+/// Bounds of one [`sweep_step`], so one write never holds the writer long.
+#[derive(Debug, Clone, Copy)]
+pub struct SweepBatch {
+    /// Most workloads considered per step.
+    pub workloads: i64,
+    /// Most log lines deleted per step.
+    pub log_lines: i64,
+}
+
+impl SweepBatch {
+    /// The bounds the store uses.
+    pub const STORE: SweepBatch = SweepBatch {
+        workloads: 64,
+        log_lines: 5000,
+    };
+}
+
+/// One small step of retention: of the terminal workloads that finished before
+/// `before` (oldest first, at most `batch.workloads`), delete up to `batch.log_lines`
+/// log lines, then the workloads whose lines are all gone. Pending and running work
+/// has no `finished_at` and is never touched.
+pub fn sweep_step(
+    conn: &mut SqliteConnection,
+    before: DateTime<Utc>,
+    batch: SweepBatch,
+) -> Result<Swept, StoreError> {
+    let terminal: Vec<&str> = Status::ALL
+        .into_iter()
+        .filter(|s| s.is_terminal())
+        .map(Status::as_str)
+        .collect();
+    let ids: Vec<String> = workloads::table
+        .filter(workloads::finished_at.is_not_null())
+        .filter(workloads::finished_at.lt(format_time(&before)))
+        .filter(workloads::status.eq_any(terminal))
+        .order(workloads::finished_at.asc())
+        .limit(batch.workloads)
+        .select(workloads::id)
+        .load(conn)?;
+    let mut out = Swept {
+        more: ids.len() as i64 == batch.workloads,
+        ..Swept::default()
+    };
+    let mut budget = batch.log_lines;
+    let mut done: Vec<&str> = Vec::with_capacity(ids.len());
+    for id in &ids {
+        if budget <= 0 {
+            out.more = true;
+            break;
+        }
+        let mine = log_lines::table.filter(log_lines::workload_id.eq(id));
+        // The `budget`-th line from the start, if the log is longer than the budget.
+        let cutoff: Option<i64> = mine
+            .order(log_lines::seq.asc())
+            .offset(budget)
+            .select(log_lines::seq)
+            .first(conn)
+            .optional()?;
+        let n = match cutoff {
+            Some(c) => diesel::delete(mine.filter(log_lines::seq.lt(c))).execute(conn)?,
+            None => diesel::delete(mine).execute(conn)?,
+        };
+        out.log_lines += n;
+        budget -= n as i64;
+        if cutoff.is_some() {
+            out.more = true;
+            break;
+        }
+        done.push(id);
+    }
+    out.workloads =
+        diesel::delete(workloads::table.filter(workloads::id.eq_any(&done))).execute(conn)?;
+    Ok(out)
+}
+
+/// Return up to `pages` free pages to the file system (a no-op on a database
+/// without incremental auto-vacuum).
+pub fn incremental_vacuum(conn: &mut SqliteConnection, pages: u32) -> Result<(), StoreError> {
+    conn.batch_execute(&format!("PRAGMA incremental_vacuum({pages});"))?;
     Ok(())
 }
 
