@@ -21,8 +21,8 @@ use crate::model::{
     IdempotencyKey, IdempotencyRecord, Isolation, Payload, Runtime, Status, SubmitKind, Workload,
     WorkloadId, WorkloadRequest,
 };
-use crate::store::queries::{KeyedInsert, PendingWork, StatusChange};
 use crate::store::StoreError;
+use crate::store::{KeyedInsert, PendingWork, StatusChange};
 
 /// Why a submission was not accepted.
 #[derive(Debug, thiserror::Error)]

@@ -20,7 +20,7 @@ use crate::backends::{
 };
 use crate::metrics::Metrics;
 use crate::model::{output_value, Status, Workload};
-use crate::store::queries::StatusChange;
+use crate::store::StatusChange;
 use crate::store::StoreError;
 
 /// Why a kill was refused.

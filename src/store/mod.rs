@@ -1,9 +1,19 @@
 //! Persistence: Diesel on SQLite. The [`crate::actors::store::StoreActor`] is the only
 //! writer; this module holds the connection setup, the row types and the queries it runs.
+//!
+//! Storage types stay here: rows and schema are private to this module, the queries
+//! to the crate (the StoreActor runs them); everyone else speaks the domain types
+//! re-exported below, through the StoreActor's messages.
 
-pub mod models;
-pub mod queries;
-pub mod schema;
+mod models;
+pub(crate) mod queries;
+mod schema;
+#[cfg(test)]
+mod tests;
+
+pub use queries::{
+    BackendStats, KeyedInsert, ListQuery, PendingWork, Recovered, Stats, StatusChange, INTERRUPTED,
+};
 
 use std::path::Path;
 use std::time::Duration;

@@ -245,8 +245,3 @@ impl TryFrom<LogLineRow> for LogLine {
         })
     }
 }
-
-/// Helper for ids in queries.
-pub fn id_text(id: WorkloadId) -> String {
-    id.to_string()
-}

@@ -1,12 +1,12 @@
-//! The store enforces the state machine itself: every one of the 25 (from, to) pairs is
+//! The store on real SQLite files. The store enforces the state machine itself: every one of the 25 (from, to) pairs is
 //! applied to a real SQLite file, and invalid ones write nothing.
 
-use chrono::Utc;
-use vulcan::model::{
+use crate::model::{
     transition, Isolation, IsolationRequest, Payload, Runtime, Status, Workload, WorkloadId,
 };
-use vulcan::store::queries::{self, StatusChange};
-use vulcan::store::{open_writer, StoreError};
+use crate::store::queries::{self, StatusChange};
+use crate::store::{open_writer, StoreError};
+use chrono::Utc;
 
 fn record() -> Workload {
     Workload {
@@ -145,7 +145,7 @@ fn a_database_of_the_previous_version_opens_and_keeps_its_data() {
     {
         let mut old = diesel::sqlite::SqliteConnection::establish(path.to_str().expect("utf8"))
             .expect("open");
-        old.run_next_migration(vulcan::store::MIGRATIONS)
+        old.run_next_migration(crate::store::MIGRATIONS)
             .expect("the first migration only");
         // Rows as the previous version wrote them.
         old.batch_execute(&format!(
@@ -176,7 +176,7 @@ fn a_database_of_the_previous_version_opens_and_keeps_its_data() {
         (Payload::Code("x".into()), b"null".to_vec())
     );
     // The new table is there and usable.
-    let key = vulcan::model::IdempotencyKey::parse(b"k", None).expect("key");
+    let key = crate::model::IdempotencyKey::parse(b"k", None).expect("key");
     let found = queries::find_idempotency_key(&mut conn, &key, chrono::DateTime::<Utc>::MIN_UTC)
         .expect("query");
     assert_eq!(found, None);
@@ -226,11 +226,11 @@ fn stored(
         };
         queries::apply_change(conn, w.id, &change).expect("step");
     }
-    let log: Vec<(WorkloadId, vulcan::model::LogLine)> = (0..lines)
+    let log: Vec<(WorkloadId, crate::model::LogLine)> = (0..lines)
         .map(|seq| {
             (
                 w.id,
-                vulcan::model::LogLine {
+                crate::model::LogLine {
                     seq,
                     line: format!("line {seq}"),
                     created_at: Utc::now(),
@@ -262,12 +262,12 @@ fn retention_deletes_only_old_finished_work_in_small_steps() {
         stored(&mut conn, Status::Pending, old, 0),
         stored(&mut conn, Status::Running, old, 3),
     ];
-    let key = vulcan::model::IdempotencyKey::parse(b"k", None).expect("key");
+    let key = crate::model::IdempotencyKey::parse(b"k", None).expect("key");
     let keyed = record();
-    let rec = vulcan::model::IdempotencyRecord {
+    let rec = crate::model::IdempotencyRecord {
         fingerprint: "f".into(),
         workload_id: keyed.id,
-        kind: vulcan::model::SubmitKind::Async,
+        kind: crate::model::SubmitKind::Async,
     };
     queries::insert_keyed_workload(
         &mut conn,
