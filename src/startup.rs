@@ -15,7 +15,7 @@ use crate::actors::images::ImagesActor;
 use crate::actors::log_broker::{LogBroker, LogSinks};
 use crate::actors::store::{Flush, Recover, StoreActor};
 use crate::actors::supervisor::{InterruptAll, ListBackends, Readmit, Supervisor};
-use crate::api::{self, AllowedHosts, AppState, Readiness};
+use crate::api::{self, ActorRestarts, AllowedHosts, AppState, Readiness};
 use crate::backends::gvisor::GvisorBackend;
 use crate::backends::isolate::IsolateBackend;
 use crate::backends::microvm::MicrovmBackend;
@@ -156,7 +156,12 @@ impl Application {
         };
         let store_health = store.health();
         let store = store.start();
-        let broker = LogBroker::new(store.clone(), config.logs.clone(), metrics.clone()).start();
+        let broker = LogBroker::new(store.clone(), config.logs.clone(), metrics.clone());
+        let restarts = ActorRestarts {
+            store: store_health.restarts(),
+            broker: broker.restarts(),
+        };
+        let broker = broker.start();
         let supervisor = Supervisor::new(
             store.clone(),
             LogSinks::new(broker.clone(), config.logs.clone(), metrics.clone()),
@@ -204,6 +209,7 @@ impl Application {
             keepalive: Duration::from_secs(config.logs.keepalive_s.max(1)),
             max_body_bytes: config.max_body_bytes,
             readiness,
+            restarts,
         });
         if state.token.is_some() {
             log::info!("auth: bearer token required on /v1/*");

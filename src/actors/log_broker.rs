@@ -17,6 +17,12 @@
 //! store before its terminal status is written, so a terminal record implies a complete
 //! log.
 //!
+//! Supervision: a panic while handling a message is caught and the broker restarts in
+//! place: every subscriber is disconnected (it resumes with Last-Event-ID and loses
+//! nothing: the lines are in the store), lines numbered so far still go to the store,
+//! and each topic keeps its next seq so no number is given twice. An operator can ask
+//! for the same ([`RestartBroker`]).
+//!
 //! Topics: the supervisor opens a workload's topic when it admits it, the workload
 //! actor closes it once the terminal status is stored. A subscriber may come earlier,
 //! while the workload is recorded but not admitted yet (start-up re-admits a backlog):
@@ -27,6 +33,7 @@
 //! left behind.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,6 +43,7 @@ use chrono::Utc;
 use tokio::sync::mpsc;
 
 use crate::actors::store::{AppendLogs, StoreActor};
+use crate::actors::Restarts;
 use crate::backends::LogSink;
 use crate::config::LogsConfig;
 use crate::metrics::Metrics;
@@ -86,6 +94,7 @@ pub struct LogBroker {
     unflushed: Vec<(WorkloadId, LogLine)>,
     flush_scheduled: bool,
     next_key: u64,
+    restarts: Arc<Restarts>,
 }
 
 /// Lines are handed to the store at most this long after they were published.
@@ -102,6 +111,41 @@ impl LogBroker {
             unflushed: Vec::new(),
             flush_scheduled: false,
             next_key: 0,
+            restarts: Arc::default(),
+        }
+    }
+
+    /// Its restarts and last failure.
+    pub fn restarts(&self) -> Arc<Restarts> {
+        self.restarts.clone()
+    }
+
+    /// Restart in place (see the module docs).
+    fn restart(&mut self, why: String) {
+        self.restarts.record(why);
+        let mut disconnected = 0;
+        for topic in self.topics.values_mut() {
+            disconnected += topic.subscribers.len();
+            topic.subscribers.clear();
+        }
+        self.metrics.sse_subscribers.sub(disconnected as i64);
+        self.topics.retain(|_, t| t.admitted);
+        self.flush();
+        self.update_gauge();
+    }
+
+    /// Run `f`; a panic in it restarts the broker and gives `None`.
+    fn guarded<R>(&mut self, what: &str, f: impl FnOnce(&mut Self) -> R) -> Option<R> {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| f(self))) {
+            Ok(r) => Some(r),
+            Err(panic) => {
+                let why = format!(
+                    "log broker panicked handling {what}: {}",
+                    crate::actors::backend::panic_message(panic.as_ref())
+                );
+                self.restart(why);
+                None
+            }
         }
     }
 
@@ -291,6 +335,14 @@ impl SinkShared {
         }
     }
 
+    /// The batch in flight will not be handled (the broker restarted): the next line
+    /// is sent with whatever is buffered.
+    fn release(&self) {
+        if let Ok(mut q) = self.queue.lock() {
+            q.in_flight = false;
+        }
+    }
+
     /// The lines queued since the last batch was taken; when there are none, the sink
     /// sends the next line itself.
     fn next_batch(&self) -> Option<Vec<String>> {
@@ -415,12 +467,20 @@ impl Handler<Publish> for LogBroker {
     type Result = ();
 
     fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) {
-        let id = msg.sink.id;
-        self.publish(id, msg.lines, ctx);
-        // Everything the sink buffered meanwhile, in order, before any other message:
-        // the sink sends nothing while this batch is in flight. Bounded by the caps.
-        while let Some(lines) = msg.sink.next_batch() {
-            self.publish(id, lines, ctx);
+        let Publish { sink, lines } = msg;
+        let id = sink.id;
+        let done = self.guarded("published lines", |me| {
+            me.publish(id, lines, ctx);
+            // Everything the sink buffered meanwhile, in order, before any other
+            // message: the sink sends nothing while this batch is in flight. Bounded by
+            // the caps.
+            while let Some(lines) = sink.next_batch() {
+                me.publish(id, lines, ctx);
+            }
+        });
+        if done.is_none() {
+            // The sink must not wait forever for this batch to be handled.
+            sink.release();
         }
     }
 }
@@ -438,7 +498,13 @@ impl Handler<CloseTopic> for LogBroker {
 
     fn handle(&mut self, msg: CloseTopic, _: &mut Self::Context) {
         self.flush();
-        self.close(msg.id, msg.status);
+        if self
+            .guarded("a closing topic", |me| me.close(msg.id, msg.status))
+            .is_none()
+        {
+            self.topics.remove(&msg.id);
+            self.update_gauge();
+        }
     }
 }
 
@@ -457,23 +523,28 @@ impl Handler<Subscribe> for LogBroker {
 
     fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) -> Self::Result {
         self.flush();
-        let buffer = self.cfg.subscriber_buffer;
-        let key = self.next_key;
-        self.next_key += 1;
-        let topic = self
-            .topics
-            .entry(msg.0)
-            .or_insert_with(|| Topic::new(false));
-        let (tx, rx) = mpsc::channel(buffer);
-        topic.subscribers.push(Subscriber { key, tx });
-        let live_from = topic.next_seq;
-        self.metrics.sse_subscribers.inc();
-        self.update_gauge();
-        MessageResult(Subscription {
-            live_from,
-            events: rx,
-            key,
-        })
+        let sub = self.guarded("a subscription", |me| {
+            let buffer = me.cfg.subscriber_buffer;
+            let key = me.next_key;
+            me.next_key += 1;
+            let topic = me.topics.entry(msg.0).or_insert_with(|| Topic::new(false));
+            let (tx, rx) = mpsc::channel(buffer);
+            topic.subscribers.push(Subscriber { key, tx });
+            let live_from = topic.next_seq;
+            me.metrics.sse_subscribers.inc();
+            me.update_gauge();
+            Subscription {
+                live_from,
+                events: rx,
+                key,
+            }
+        });
+        // After a restart: a stream that ends at once; the client resumes.
+        MessageResult(sub.unwrap_or_else(|| Subscription {
+            live_from: 0,
+            events: mpsc::channel(1).1,
+            key: u64::MAX,
+        }))
     }
 }
 
@@ -493,6 +564,35 @@ impl Handler<Unsubscribe> for LogBroker {
                 self.update_gauge();
             }
         }
+    }
+}
+
+/// Restart the broker in place (an operator's request): subscribers are disconnected
+/// and resume with Last-Event-ID.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RestartBroker(pub String);
+
+impl Handler<RestartBroker> for LogBroker {
+    type Result = ();
+
+    fn handle(&mut self, msg: RestartBroker, _: &mut Self::Context) {
+        self.restart(msg.0);
+    }
+}
+
+/// Test only: a message whose handling panics, as a bug in the broker would.
+#[cfg(test)]
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PanicInBroker;
+
+#[cfg(test)]
+impl Handler<PanicInBroker> for LogBroker {
+    type Result = ();
+
+    fn handle(&mut self, _: PanicInBroker, _: &mut Self::Context) {
+        self.guarded("an injected fault", |_| panic!("injected fault"));
     }
 }
 
@@ -556,5 +656,45 @@ mod tests {
         assert!(line.starts_with("éé ["), "{line}");
         assert!(line.contains("4 of 20 bytes kept"), "{line}");
         assert_eq!(cap_line("short".into(), 5), ("short".to_string(), false));
+    }
+
+    #[actix_web::test]
+    async fn a_panic_restarts_the_broker_disconnecting_subscribers_and_keeping_seqs() {
+        let dir = tempfile::tempdir().expect("dir");
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let store = StoreActor::open(&dir.path().join("t.db"), 1, 64, metrics.clone())
+            .expect("store")
+            .start();
+        let cfg = logs_config(1000, u64::MAX);
+        let broker = LogBroker::new(store.clone(), cfg.clone(), metrics.clone());
+        let restarts = broker.restarts();
+        let broker = broker.start();
+        let id = WorkloadId::new();
+        broker.send(OpenTopic(id)).await.expect("open");
+        let sink = LogSinks::new(broker.clone(), cfg, metrics.clone()).sink(id);
+        let mut before = broker.send(Subscribe(id)).await.expect("subscribe");
+        for i in 0..3 {
+            sink.line(format!("line {i}"));
+        }
+        broker.send(PanicInBroker).await.expect("handled");
+        assert_eq!(restarts.count(), 1);
+        assert!(restarts
+            .last_error()
+            .is_some_and(|e| e.contains("injected fault")));
+        // The subscriber got what came before, then its stream ended.
+        let mut got = Vec::new();
+        while let Some(LogEvent::Line(l)) = before.events.recv().await {
+            got.push(l.seq);
+        }
+        assert_eq!(got, vec![0, 1, 2]);
+        // A new subscriber continues after them: no seq is given twice.
+        let after = broker.send(Subscribe(id)).await.expect("subscribe");
+        assert_eq!(after.live_from, 3);
+        sink.line("line 3".to_string());
+        let mut events = after.events;
+        match events.recv().await {
+            Some(LogEvent::Line(l)) => assert_eq!((l.seq, l.line.as_str()), (3, "line 3")),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -12,6 +12,7 @@
 //! ever send messages here.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -21,6 +22,7 @@ use actix::prelude::*;
 use diesel::sqlite::SqliteConnection;
 use tokio::sync::oneshot;
 
+use crate::actors::Restarts;
 use crate::metrics::Metrics;
 use chrono::{DateTime, Utc};
 
@@ -57,6 +59,14 @@ impl BatchFault {
 }
 
 type Reply = Box<dyn FnOnce(Result<(), BatchFault>) + Send>;
+
+/// What the writer thread is sent.
+enum ToWriter {
+    /// A write, batched with its neighbours.
+    Job(Job),
+    /// Drop the connection and open a fresh one (an operator's restart), then answer.
+    Restart(String, oneshot::Sender<()>),
+}
 /// A queued write: run on the connection (`Some`), or skipped (`None`) because its
 /// batch failed before its turn. Answers its reply and, when the write hit a storage
 /// fault, that fault (the batch is then rolled back).
@@ -68,9 +78,16 @@ pub struct StoreHealth {
     /// Set by a storage fault, cleared by a successful probe write.
     fault: Mutex<Option<String>>,
     unwritable: AtomicBool,
+    /// The writer's restarts (after a panic, or on request).
+    restarts: Arc<Restarts>,
 }
 
 impl StoreHealth {
+    /// The writer's restarts and last failure.
+    pub fn restarts(&self) -> Arc<Restarts> {
+        self.restarts.clone()
+    }
+
     /// False while the last write hit a storage fault and no probe has succeeded since.
     pub fn writable(&self) -> bool {
         !self.unwritable.load(Ordering::SeqCst)
@@ -106,7 +123,7 @@ struct Lost {
 
 /// The single database writer (and query front-end).
 pub struct StoreActor {
-    writer: mpsc::Sender<Job>,
+    writer: mpsc::Sender<ToWriter>,
     reads: ReadPool,
     /// How long `Idempotency-Key`s are kept; older ones are swept periodically.
     key_ttl: Option<Duration>,
@@ -141,13 +158,14 @@ impl StoreActor {
     ) -> Result<Self, StoreError> {
         let conn = open_writer(path)?;
         let reads = open_read_pool(path, read_pool_size)?;
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (tx, rx) = mpsc::channel::<ToWriter>();
         let health = Arc::new(StoreHealth::default());
         let writer = Writer {
             path: path.to_path_buf(),
             max_batch: max_batch.max(1),
             metrics: metrics.clone(),
             health: health.clone(),
+            restarts: health.restarts.clone(),
         };
         std::thread::Builder::new()
             .name("vulcan-store-writer".into())
@@ -352,7 +370,7 @@ impl StoreActor {
         });
         // If the writer is gone the job (and its reply sender) is dropped here, so the
         // caller is answered `Unavailable` at once instead of waiting forever.
-        let _ = self.writer.send(job);
+        let _ = self.writer.send(ToWriter::Job(job));
         rx
     }
 
@@ -384,23 +402,39 @@ struct Writer {
     max_batch: usize,
     metrics: Arc<Metrics>,
     health: Arc<StoreHealth>,
+    restarts: Arc<Restarts>,
 }
 
 impl Writer {
-    fn run(self, mut conn: SqliteConnection, rx: mpsc::Receiver<Job>) {
-        while let Ok(first) = rx.recv() {
+    fn run(self, mut conn: SqliteConnection, rx: mpsc::Receiver<ToWriter>) {
+        let mut next = rx.recv().ok();
+        while let Some(msg) = next.take() {
+            let first = match msg {
+                ToWriter::Job(job) => job,
+                ToWriter::Restart(why, ack) => {
+                    self.restart(&mut conn, why);
+                    let _ = ack.send(());
+                    next = rx.recv().ok();
+                    continue;
+                }
+            };
             let mut batch = vec![first];
             while batch.len() < self.max_batch {
                 match rx.try_recv() {
-                    Ok(job) => batch.push(job),
+                    Ok(ToWriter::Job(job)) => batch.push(job),
+                    // Handled after this batch, in order.
+                    Ok(restart) => {
+                        next = Some(restart);
+                        break;
+                    }
                     Err(_) => break,
                 }
             }
             self.metrics.store_batch_size.observe(batch.len() as f64);
             let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
             let mut jobs = batch.into_iter();
-            let commit = conn
-                .immediate_transaction(|c| {
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                conn.immediate_transaction(|c| {
                     for job in jobs.by_ref() {
                         let (reply, fault) = job(Some(c));
                         replies.push(reply);
@@ -410,7 +444,22 @@ impl Writer {
                     }
                     Ok::<_, StoreError>(())
                 })
-                .map_err(|e| BatchFault::of(&e));
+                .map_err(|e| BatchFault::of(&e))
+            }));
+            let commit = match outcome {
+                Ok(commit) => commit,
+                Err(panic) => {
+                    // Nothing of the batch was committed (its transaction dies with the
+                    // connection): every write of it is answered with an error, the one
+                    // that panicked by its dropped reply.
+                    let why = format!(
+                        "store writer panicked: {}",
+                        crate::actors::backend::panic_message(panic.as_ref())
+                    );
+                    self.restart(&mut conn, why.clone());
+                    Err(BatchFault::Other(why))
+                }
+            };
             // Skipped after a fault: answered with it, never run.
             replies.extend(jobs.map(|job| job(None).0));
             if let Err(fault) = &commit {
@@ -418,22 +467,41 @@ impl Writer {
                     "store: batch of {} write(s) failed: {fault:?}",
                     replies.len()
                 );
-                if !matches!(fault, BatchFault::Other(_)) {
+                if matches!(fault, BatchFault::Full | BatchFault::WriteFailed(_)) {
                     self.health
                         .set_fault(fault.clone().into_error().to_string());
                     // SQLite may have rolled back on its own: start from a clean
                     // connection rather than trust its transaction state.
-                    match open_writer(&self.path) {
-                        Ok(fresh) => conn = fresh,
-                        Err(e) => log::error!("store: cannot reopen the writer: {e}"),
-                    }
+                    reopen(&self.path, &mut conn);
                 }
             }
             for reply in replies {
                 reply(commit.clone());
             }
+            if next.is_none() {
+                next = rx.recv().ok();
+            }
         }
         log::debug!("store: writer thread stopped");
+    }
+
+    /// Count a restart and reopen the connection (the old one, and any transaction
+    /// left open on it, is dropped: SQLite rolls it back).
+    fn restart(&self, conn: &mut SqliteConnection, why: String) {
+        self.restarts.record(why);
+        reopen(&self.path, conn);
+    }
+}
+
+/// Replace `conn` by a fresh writer connection. Whatever transaction the old one may
+/// still hold is rolled back first, so its lock does not stand in the new one's way.
+fn reopen(path: &Path, conn: &mut SqliteConnection) {
+    use diesel::connection::SimpleConnection;
+    // Fails harmlessly when no transaction is open.
+    let _ = conn.batch_execute("ROLLBACK");
+    match open_writer(path) {
+        Ok(fresh) => *conn = fresh,
+        Err(e) => log::error!("store: cannot reopen the writer: {e}"),
     }
 }
 
@@ -551,6 +619,18 @@ pub struct GetStats;
 #[derive(Message)]
 #[rtype(result = "Result<Recovered, StoreError>")]
 pub struct Recover;
+
+/// Restart the writer: it reopens its connection once the writes queued before this
+/// are done (an operator's request; a panic does the same by itself).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RestartWriter(pub String);
+
+/// Test only: a write that panics in the writer thread, as a bug in a query would.
+#[cfg(test)]
+#[derive(Message)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct PanicInWriter;
 
 /// Resolves once everything queued before it is committed.
 #[derive(Message)]
@@ -706,5 +786,156 @@ impl Handler<Flush> for StoreActor {
 
     fn handle(&mut self, _: Flush, _: &mut Self::Context) -> Self::Result {
         Box::pin(answer(self.write(|_| Ok(()))))
+    }
+}
+
+impl Handler<RestartWriter> for StoreActor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, msg: RestartWriter, _: &mut Self::Context) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.writer.send(ToWriter::Restart(msg.0, tx));
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+}
+
+#[cfg(test)]
+impl Handler<PanicInWriter> for StoreActor {
+    type Result = ResponseFuture<Result<(), StoreError>>;
+
+    fn handle(&mut self, _: PanicInWriter, _: &mut Self::Context) -> Self::Result {
+        let rx = self.write(|_| -> Result<(), StoreError> { panic!("injected fault") });
+        Box::pin(answer(rx))
+    }
+}
+
+/// Test only: a write that holds the writer for a while, so later writes queue up and
+/// go into one batch.
+#[cfg(test)]
+#[derive(Message)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct HoldWriter(pub Duration);
+
+#[cfg(test)]
+impl Handler<HoldWriter> for StoreActor {
+    type Result = ResponseFuture<Result<(), StoreError>>;
+
+    fn handle(&mut self, msg: HoldWriter, _: &mut Self::Context) -> Self::Result {
+        let rx = self.write(move |_| {
+            std::thread::sleep(msg.0);
+            Ok(())
+        });
+        Box::pin(answer(rx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Isolation, IsolationRequest, Runtime, Status};
+
+    fn pending() -> Workload {
+        let id = WorkloadId::new();
+        Workload {
+            id,
+            status: Status::Pending,
+            isolation: Isolation::Isolate,
+            requested_isolation: IsolationRequest::Auto,
+            backend: "isolate".into(),
+            runtime: Runtime::Node,
+            node_id: "n".into(),
+            input_hash: "sha256:00".into(),
+            output: None,
+            exit_code: None,
+            error: None,
+            cpu_limit: 1,
+            mem_limit: 128,
+            timeout_s: 30,
+            duration_ms: None,
+            created_at: id.created_at(),
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    fn insert(w: &Workload) -> InsertWorkload {
+        InsertWorkload {
+            workload: w.clone(),
+            payload: Payload::Code("x".into()),
+            input: b"null".to_vec(),
+            key: None,
+        }
+    }
+
+    #[actix_web::test]
+    async fn a_panic_in_the_writer_fails_its_batch_whole_and_the_writer_reopens() {
+        let dir = tempfile::tempdir().expect("dir");
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let actor = StoreActor::open(&dir.path().join("t.db"), 1, 64, metrics).expect("open");
+        let health = actor.health();
+        let store = actor.start();
+        let before = pending();
+        store
+            .send(insert(&before))
+            .await
+            .expect("send")
+            .expect("insert");
+        // Three writes queued behind a slow one: one batch, the middle one panics.
+        let hold = store.send(HoldWriter(Duration::from_millis(500)));
+        // The writer takes the slow write alone and is busy with it meanwhile.
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+        let (a, b) = (pending(), pending());
+        let first = store.send(insert(&a));
+        let boom = store.send(PanicInWriter);
+        let last = store.send(insert(&b));
+        hold.await.expect("send").expect("held");
+        assert!(boom.await.expect("send").is_err());
+        assert!(
+            first.await.expect("send").is_err(),
+            "its batch was not committed"
+        );
+        assert!(
+            last.await.expect("send").is_err(),
+            "skipped, answered with an error"
+        );
+        for w in [&a, &b] {
+            let got = store.send(GetWorkload(w.id)).await.expect("send");
+            assert!(matches!(got, Err(StoreError::NotFound)), "{got:?}");
+        }
+        let restarts = health.restarts();
+        assert_eq!(restarts.count(), 1);
+        assert!(restarts
+            .last_error()
+            .is_some_and(|e| e.contains("injected fault")));
+        // The reopened writer works, and committed data is intact.
+        store
+            .send(insert(&a))
+            .await
+            .expect("send")
+            .expect("insert again");
+        store
+            .send(GetWorkload(before.id))
+            .await
+            .expect("send")
+            .expect("kept");
+        store
+            .send(GetWorkload(a.id))
+            .await
+            .expect("send")
+            .expect("now there");
+        // An operator's restart is counted the same way.
+        store
+            .send(RestartWriter("requested".into()))
+            .await
+            .expect("restart");
+        assert_eq!(restarts.count(), 2);
+        assert_eq!(restarts.last_error().as_deref(), Some("requested"));
+        store
+            .send(insert(&b))
+            .await
+            .expect("send")
+            .expect("insert after restart");
     }
 }

@@ -31,6 +31,7 @@ use crate::actors::images::ImagesActor;
 use crate::actors::log_broker::LogBroker;
 use crate::actors::store::{StoreActor, StoreHealth};
 use crate::actors::supervisor::Supervisor;
+use crate::actors::Restarts;
 use crate::config::Secret;
 use crate::metrics::Metrics;
 use crate::model::{Limits, WorkloadId};
@@ -61,6 +62,17 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// What `/readyz` answers from.
     pub readiness: Readiness,
+    /// Restarts of the store's writer and of the log broker.
+    pub restarts: ActorRestarts,
+}
+
+/// Restart records of the components that restart themselves in place.
+#[derive(Clone)]
+pub struct ActorRestarts {
+    /// The store's writer.
+    pub store: Arc<Restarts>,
+    /// The log broker.
+    pub broker: Arc<Restarts>,
 }
 
 /// Whether the server accepts work: the store can write and it is not draining.

@@ -30,7 +30,13 @@ use crate::model::TransitionError;
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
 /// Applied to every connection, writer and readers alike.
+///
+/// `auto_vacuum` only takes effect on a database without any table and before WAL
+/// mode is set, i.e. on a new one: freed pages can then be returned to the file system
+/// after retention sweeps. An existing database keeps its mode (switching needs a full
+/// VACUUM); its freed pages are reused by later writes instead.
 const PRAGMAS: &str = "PRAGMA busy_timeout = 5000;
+PRAGMA auto_vacuum = INCREMENTAL;
 PRAGMA journal_mode = WAL;
 PRAGMA synchronous = NORMAL;
 PRAGMA foreign_keys = ON;";
@@ -109,11 +115,6 @@ pub fn open_writer(path: &Path) -> Result<SqliteConnection, StoreError> {
     let url = path.to_string_lossy();
     let mut conn =
         SqliteConnection::establish(&url).map_err(|e| StoreError::Connection(e.to_string()))?;
-    // Only takes effect on a database with no table yet (a new one): freed pages can
-    // then be returned to the file system after retention sweeps. An existing
-    // database keeps its mode (switching needs a full VACUUM); its freed pages are
-    // reused by later writes instead.
-    conn.batch_execute("PRAGMA auto_vacuum = INCREMENTAL;")?;
     conn.batch_execute(PRAGMAS)?;
     conn.run_pending_migrations(MIGRATIONS)
         .map_err(|e| StoreError::Connection(format!("migrations failed: {e}")))?;
