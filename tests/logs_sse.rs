@@ -754,10 +754,61 @@ async fn history_pages_through_25000_lines_in_three_page_sizes() {
     assert_eq!(first["next_after"], 999);
 }
 
+/// Follow a log stream to its `done` as an EventSource would: whenever the stream
+/// ends early (the client drops it after `read_at_most` events, or the server
+/// disconnects a subscriber that fell behind), reconnect with the last id seen.
+async fn follow(client: reqwest::Client, url: String, read_at_most: usize) -> Vec<Event> {
+    let mut got: Vec<Event> = Vec::new();
+    let mut last: Option<String> = None;
+    for _ in 0..200 {
+        let mut req = client.get(&url);
+        if let Some(l) = &last {
+            req = req.header("Last-Event-ID", l.as_str());
+        }
+        let res = req.send().await.expect("subscribe");
+        if res.status() == 204 {
+            return got;
+        }
+        let mut r = Reader::new(res);
+        for _ in 0..read_at_most {
+            let Some(e) = r.next_event().await else {
+                break;
+            };
+            last = e.id.clone();
+            let done = e.event.as_deref() == Some("done");
+            got.push(e);
+            if done {
+                return got;
+            }
+        }
+    }
+    panic!("no done after 200 connections ({} events)", got.len());
+}
+
+/// Exactly `all`, each once, in order with `id == seq`, then `done: completed`
+/// (compact on failure: the first difference, not every event).
+fn assert_once(events: &[Event], all: &[String]) {
+    let (done, lines) = events.split_last().expect("events");
+    assert_eq!(done.event.as_deref(), Some("done"));
+    assert_eq!(done.data, "completed");
+    for (i, e) in lines.iter().enumerate() {
+        assert_eq!(
+            (e.id.as_deref(), e.data.as_str()),
+            (
+                Some(i.to_string().as_str()),
+                all.get(i).map_or("<none>", |s| s.as_str())
+            ),
+            "event {i} of {}",
+            lines.len()
+        );
+    }
+    assert_eq!(lines.len(), all.len());
+}
+
 #[tokio::test]
 async fn late_subscribers_and_reconnects_during_a_fast_logging_run_see_every_line_once() {
     let app = scripted_app().await;
-    // ~20,000 lines in bursts of 100 every 2 ms: replay spans many pages while new
+    // 20,000 lines in bursts of 100 every 2 ms: replay spans many pages while new
     // lines keep arriving live.
     let all = lines(20_000);
     let w = app
@@ -766,56 +817,27 @@ async fn late_subscribers_and_reconnects_during_a_fast_logging_run_see_every_lin
             json!({"logs": all, "log_interval_ms": 2, "log_burst": 100}),
         ))
         .await;
-    let wid = id(&w);
+    let url = app.url(&format!("/v1/workloads/{}/logs", id(&w)));
     let mut readers = Vec::new();
-    for delay_ms in [0_u64, 50, 150, 300, 600] {
-        let app_client = app.client.clone();
-        let url = app.url(&format!("/v1/workloads/{wid}/logs"));
-        let all = all.clone();
+    // Late subscribers (reading everything they can), and clients that drop their
+    // stream every 3,000 events and resume.
+    for (delay_ms, read_at_most) in [
+        (0_u64, usize::MAX),
+        (50, usize::MAX),
+        (150, usize::MAX),
+        (300, 3000),
+        (600, usize::MAX),
+        (0, 3000),
+    ] {
+        let (client, url) = (app.client.clone(), url.clone());
         readers.push(tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-            let res = app_client.get(&url).send().await.expect("subscribe");
-            let events = Reader::new(res).collect(SOON).await;
-            assert_exact(&events, &all, 0, "completed");
+            follow(client, url, read_at_most).await
         }));
     }
-    // A reconnecting client: reads a little, drops the stream, resumes with the last
-    // id it saw, several times.
-    let url = app.url(&format!("/v1/workloads/{wid}/logs"));
-    let mut got: Vec<Event> = Vec::new();
-    let mut last: Option<String> = None;
-    for round in 0.. {
-        let mut req = app.client.get(&url);
-        if let Some(l) = &last {
-            req = req.header("Last-Event-ID", l.as_str());
-        }
-        let res = req.send().await.expect("subscribe");
-        if res.status() == 204 {
-            break;
-        }
-        let mut r = Reader::new(res);
-        let mut done = false;
-        for _ in 0..3000 {
-            match r.next_event().await {
-                Some(e) => {
-                    last = e.id.clone();
-                    done = e.event.as_deref() == Some("done");
-                    got.push(e);
-                    if done {
-                        break;
-                    }
-                }
-                None => break,
-            }
-        }
-        if done {
-            break;
-        }
-        assert!(round < 100, "too many reconnects");
-    }
-    assert_exact(&got, &all, 0, "completed");
     for r in readers {
-        r.await.expect("reader");
+        let events = r.await.expect("reader");
+        assert_once(&events, &all);
     }
 }
 
@@ -867,4 +889,48 @@ async fn the_byte_cap_keeps_a_log_to_its_size_with_one_marker() {
         .get_json(&format!("/v1/workloads/{}/logs/history", id(&next)), 200)
         .await;
     assert_eq!(page_lines(&h), vec![(0, "after".to_string())]);
+}
+
+#[tokio::test]
+async fn history_pages_of_long_lines_stop_at_4_mib_and_say_where_to_go_on() {
+    let app = scripted_app().await;
+    let line = "y".repeat(16_000);
+    let w: Value = app
+        .post(
+            "/v1/workloads",
+            &job("node", json!({"logs": [line], "log_repeat": 600})),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(w["status"], "completed");
+    let history = format!("/v1/workloads/{}/logs/history?limit=10000", id(&w));
+    let mut seen = 0u64;
+    let mut pages = 0;
+    let mut after: Option<u64> = None;
+    loop {
+        let q = match after {
+            None => history.clone(),
+            Some(a) => format!("{history}&after={a}"),
+        };
+        let page = app.get_json(&q, 200).await;
+        let lines = page_lines(&page);
+        let bytes: usize = lines.iter().map(|(_, l)| l.len()).sum();
+        assert!(
+            bytes < 4 * 1024 * 1024 + 16_000,
+            "{bytes} bytes in one page"
+        );
+        for (seq, _) in &lines {
+            assert_eq!(*seq, seen);
+            seen += 1;
+        }
+        pages += 1;
+        match page["next_after"].as_u64() {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seen, 600);
+    assert_eq!(pages, 3, "4 MiB of 16,000-byte lines is 263 lines a page");
 }

@@ -53,6 +53,13 @@ async fn a_full_disk_answers_507_keeps_serving_reads_and_recovers_when_space_ret
     app.wait_status(&id(&logger), "running", SOON).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
 
+    // A workload that ends while the disk is full: its outcome is recorded once
+    // space returns.
+    let finisher = app
+        .submit_async(&job("node", json!({"delay_ms": 250, "output": 9})))
+        .await;
+    app.wait_status(&id(&finisher), "running", SOON).await;
+
     let filler = fs.fill();
     // The WAL may still have room for a few writes: submit until the disk is full.
     let big = "x".repeat(64 * 1024);
@@ -91,7 +98,14 @@ async fn a_full_disk_answers_507_keeps_serving_reads_and_recovers_when_space_ret
     assert_eq!(res.status(), 507);
 
     // Space returns: the server notices by itself.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let w = app
+        .get_json(&format!("/v1/workloads/{}", id(&finisher)), 200)
+        .await;
+    assert_eq!(
+        w["status"], "running",
+        "its end cannot be recorded yet: {w}"
+    );
     std::fs::remove_file(filler).expect("free space");
     let start = Instant::now();
     while ready(&app).await != 200 {
@@ -119,6 +133,11 @@ async fn a_full_disk_answers_507_keeps_serving_reads_and_recovers_when_space_ret
         .get_json(&format!("/v1/workloads/{}", id(&earlier)), 200)
         .await;
     assert_eq!(w["status"], "completed");
+    let w = app.wait_terminal(&id(&finisher), SOON).await;
+    assert_eq!(
+        (w["status"].as_str(), w["output"].as_i64()),
+        (Some("completed"), Some(9))
+    );
     // The logger ran on; the lines lost are marked where they were.
     let done = app.wait_terminal(&id(&logger), SOON).await;
     assert_eq!(done["status"], "completed", "{done}");

@@ -590,9 +590,10 @@ pub struct ListWorkloads(pub ListQuery);
 
 /// One page of a workload's log lines in `seq` order, read from the read pool (never
 /// through the writer): those after `after` and below `before` when set, at most
-/// `limit`. Memory is bounded by the page.
+/// `limit`, and no more once their text reaches `max_bytes`. Memory is bounded by the
+/// page. Answers the lines and whether the page is full (more may follow).
 #[derive(Message)]
-#[rtype(result = "Result<Vec<LogLine>, StoreError>")]
+#[rtype(result = "Result<(Vec<LogLine>, bool), StoreError>")]
 pub struct GetLogs {
     /// Which workload.
     pub id: WorkloadId,
@@ -602,6 +603,8 @@ pub struct GetLogs {
     pub before: Option<i64>,
     /// At most this many lines.
     pub limit: i64,
+    /// No more lines once their text holds this many bytes.
+    pub max_bytes: usize,
 }
 
 /// The payload and input of a workload, from the read pool (a recovered workload
@@ -744,7 +747,7 @@ impl Handler<ListWorkloads> for StoreActor {
 }
 
 impl Handler<GetLogs> for StoreActor {
-    type Result = ResponseFuture<Result<Vec<LogLine>, StoreError>>;
+    type Result = ResponseFuture<Result<(Vec<LogLine>, bool), StoreError>>;
 
     fn handle(&mut self, msg: GetLogs, _: &mut Self::Context) -> Self::Result {
         let GetLogs {
@@ -752,8 +755,9 @@ impl Handler<GetLogs> for StoreActor {
             after,
             before,
             limit,
+            max_bytes,
         } = msg;
-        Box::pin(self.read(move |c| queries::log_lines(c, id, after, before, Some(limit))))
+        Box::pin(self.read(move |c| queries::log_page(c, id, after, before, limit, max_bytes)))
     }
 }
 

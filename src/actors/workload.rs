@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 
 use crate::actors::backend::{BackendActor, Execute};
 use crate::actors::log_broker::{CloseTopic, LogSinks, Seal};
-use crate::actors::store::{ChangeStatus, GetPayload, StoreActor};
+use crate::actors::store::{ChangeStatus, GetPayload, StoreActor, PROBE_EVERY};
 use crate::actors::supervisor::{Supervisor, WorkloadEnded, WorkloadReady};
 use crate::backends::{
     BackendError, CancellationToken, ExecContext, Preparation, Prepared, WorkloadResult,
@@ -146,10 +146,18 @@ impl WorkloadActor {
         if change.duration_ms.is_none() {
             change.duration_ms = self.elapsed_ms();
         }
+        self.record_terminal(change, ctx);
+    }
+
+    /// Write the decided terminal status, then answer waiters and close the log. While
+    /// the storage cannot be written (full disk) the write is retried, so the outcome
+    /// is not lost; waiters wait meanwhile.
+    fn record_terminal(&mut self, change: StatusChange, ctx: &mut Context<Self>) {
         let id = self.record.id;
         let to = change.to;
         let from = self.record.status;
         let error = change.error.clone();
+        let retry = change.clone();
         // The lines printed so far go to the store first: a terminal record implies a
         // complete log, and history reads need not go through the writer.
         let broker = self.logs.broker().clone();
@@ -160,6 +168,13 @@ impl WorkloadActor {
         }
         .into_actor(self)
         .map(move |res, act, ctx| {
+            if let Ok(Err(e)) = &res {
+                if e.is_storage_fault() {
+                    log::warn!("workload {id}: cannot record {to} yet ({e}); retrying");
+                    ctx.run_later(PROBE_EVERY, move |act, ctx| act.record_terminal(retry, ctx));
+                    return;
+                }
+            }
             let record = match res {
                 Ok(Ok(record)) => {
                     log::info!(

@@ -91,8 +91,7 @@ async fn history(
             })?,
     };
     state.store.send(GetWorkload(id)).await??;
-    let lines = page(&state.store, id, after, None, limit).await?;
-    let full = i64::try_from(lines.len()).is_ok_and(|n| n == limit);
+    let (lines, full) = page(&state.store, id, after, None, limit).await?;
     let next_after = full.then(|| lines.last().map(|l| l.seq)).flatten();
     Ok(ok_json(&History {
         workload_id: id,
@@ -101,20 +100,26 @@ async fn history(
     }))
 }
 
-/// One page of recorded lines (after `after`, below `before`), from the read pool.
+/// Most bytes of line text in one page (history or replay): a page of long lines
+/// ends early, with `next_after` set, so one read never holds more.
+const PAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// One page of recorded lines (after `after`, below `before`), from the read pool, and
+/// whether it is full (more may follow).
 async fn page(
     store: &Addr<StoreActor>,
     id: WorkloadId,
     after: Option<i64>,
     before: Option<i64>,
     limit: i64,
-) -> Result<Vec<LogLine>, ApiError> {
+) -> Result<(Vec<LogLine>, bool), ApiError> {
     Ok(store
         .send(GetLogs {
             id,
             after,
             before,
             limit,
+            max_bytes: PAGE_BYTES,
         })
         .await??)
 }
@@ -130,22 +135,20 @@ const REPLAY_PAGE: i64 = 256;
 fn replay(
     store: Addr<StoreActor>,
     id: WorkloadId,
-    first: Vec<LogLine>,
+    first: (Vec<LogLine>, bool),
     before: Option<i64>,
     last: Rc<Cell<Option<u64>>>,
 ) -> impl Stream<Item = sse::Event> {
-    let full = first.len() as i64 == REPLAY_PAGE;
-    stream::unfold((Some(first), full), move |(page_now, more)| {
+    stream::unfold(Some(first), move |next| {
         let store = store.clone();
         let last = last.clone();
         async move {
-            let lines = match page_now {
-                Some(lines) => lines,
-                None if !more => return None,
+            let (lines, more) = match next {
+                Some(p) => p,
                 None => {
                     let after = last.get().map(|s| s as i64);
                     match page(&store, id, after, before, REPLAY_PAGE).await {
-                        Ok(lines) => lines,
+                        Ok(p) => p,
                         Err(e) => {
                             log::warn!("workload {id}: log replay read failed: {e}");
                             return None;
@@ -156,14 +159,16 @@ fn replay(
             if lines.is_empty() {
                 return None;
             }
-            let more = lines.len() as i64 == REPLAY_PAGE;
             if let Some(l) = lines.last() {
                 last.set(Some(l.seq));
             }
-            Some((
-                stream::iter(lines.into_iter().map(line_event)),
-                (None, more),
-            ))
+            // `None` reads the next page when this one is sent; an empty one ends.
+            let next = if more {
+                None
+            } else {
+                Some((Vec::new(), false))
+            };
+            Some((stream::iter(lines.into_iter().map(line_event)), next))
         }
     })
     .flatten()
@@ -232,7 +237,7 @@ enum Plan {
 /// A terminal workload: replay after `after`, then `done` (or nothing left at all).
 async fn finished(state: &AppState, w: &Workload, after: Option<i64>) -> Result<Plan, ApiError> {
     let first = page(&state.store, w.id, after, None, REPLAY_PAGE).await?;
-    if after.is_some() && first.is_empty() {
+    if after.is_some() && first.0.is_empty() {
         return Ok(Plan::NothingLeft);
     }
     let status = w.status;
@@ -276,7 +281,7 @@ async fn plan(state: &AppState, id: WorkloadId, after: Option<i64>) -> Result<Pl
     state.store.send(Flush).await??;
     let live_from = i64::try_from(sub.live_from).unwrap_or(i64::MAX);
     let first = if after.is_some_and(|a| a + 1 >= live_from) {
-        Vec::new()
+        (Vec::new(), false)
     } else {
         page(&state.store, id, after, Some(live_from), REPLAY_PAGE).await?
     };

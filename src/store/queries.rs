@@ -447,6 +447,43 @@ pub fn log_lines(
     q.load(conn)?.into_iter().map(LogLine::try_from).collect()
 }
 
+/// One page of a workload's lines in `seq` order, after `after` and below `before`:
+/// at most `limit` lines, and no more lines once their text reaches `max_bytes` (the
+/// page holds at least one line). Answers the lines and whether the page is full
+/// (more may follow).
+pub fn log_page(
+    conn: &mut SqliteConnection,
+    id: WorkloadId,
+    mut after: Option<i64>,
+    before: Option<i64>,
+    limit: i64,
+    max_bytes: usize,
+) -> Result<(Vec<LogLine>, bool), StoreError> {
+    // Read in chunks, so a page of long lines stops early instead of loading `limit`.
+    const CHUNK: i64 = 256;
+    let mut out: Vec<LogLine> = Vec::new();
+    let mut bytes = 0usize;
+    loop {
+        let want = (limit - out.len() as i64).min(CHUNK);
+        if want <= 0 {
+            return Ok((out, true));
+        }
+        let chunk = log_lines(conn, id, after, before, Some(want))?;
+        let short = (chunk.len() as i64) < want;
+        for line in chunk {
+            bytes += line.line.len();
+            after = Some(line.seq as i64);
+            out.push(line);
+            if bytes >= max_bytes {
+                return Ok((out, true));
+            }
+        }
+        if short {
+            return Ok((out, false));
+        }
+    }
+}
+
 /// A page of workloads, newest first, and the total matching the filters.
 pub fn list_workloads(
     conn: &mut SqliteConnection,
