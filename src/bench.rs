@@ -7,6 +7,8 @@
 //! one workload, using a purpose-built backend that stamps each log line with its send
 //! time. Set-up failures are returned as [`BenchError`], never panics.
 
+pub mod logs;
+
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -69,6 +71,8 @@ pub struct BenchOptions {
     pub gvisor: bool,
     /// gVisor runs measured (each of backend and bare `runsc run`).
     pub gvisor_runs: usize,
+    /// The large-log section.
+    pub logs: logs::LogsOptions,
 }
 
 impl BenchOptions {
@@ -86,6 +90,11 @@ impl BenchOptions {
             sse_interval: Duration::from_millis(5),
             gvisor: false,
             gvisor_runs: 10,
+            logs: logs::LogsOptions {
+                lines: 100_000,
+                submits: 1_000,
+                readers: 4,
+            },
         }
     }
 
@@ -103,6 +112,11 @@ impl BenchOptions {
             sse_interval: Duration::from_millis(5),
             gvisor: false,
             gvisor_runs: 3,
+            logs: logs::LogsOptions {
+                lines: 2_000,
+                submits: 20,
+                readers: 4,
+            },
         }
     }
 }
@@ -288,6 +302,8 @@ pub struct BenchReport {
     pub sse: SseFigures,
     /// gVisor python hello, when asked for.
     pub gvisor: Option<GvisorFigures>,
+    /// Reading a large log while submitting.
+    pub logs: logs::LogsFigures,
 }
 
 /// One target and whether this run met it.
@@ -344,6 +360,15 @@ impl BenchReport {
                 goal: format!("≥ {TARGET_THROUGHPUT:.0} /s"),
                 actual: format!("{tput:.0} /s"),
                 met: Some(tput >= TARGET_THROUGHPUT),
+            },
+            {
+                let (goal, actual) = self.logs.target();
+                Target {
+                    name: "async submit p99 while 4 clients read large histories",
+                    goal,
+                    actual,
+                    met: Some(self.logs.target_met()),
+                }
             },
         ]
     }
@@ -481,6 +506,8 @@ impl BenchReport {
             }
         }
 
+        self.logs.markdown(&mut s);
+
         let _ = writeln!(s, "\n## Targets\n");
         let _ = writeln!(s, "| target | goal | this run | met |\n|---|---|---|---|");
         for t in self.targets() {
@@ -541,8 +568,17 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     let result = http_sections(opts, &server, base, &go_tx);
     // Let a waiting SSE workload finish whatever happened, then stop the server.
     let _ = go_tx.send(true);
+    let logs = result.and_then(|figures| {
+        log::info!(
+            "large logs ({} lines; {} submits idle and under {} readers)",
+            opts.logs.lines,
+            opts.logs.submits,
+            opts.logs.readers
+        );
+        Ok((figures, logs::run(server.addr, opts.logs)?))
+    });
     server.stop();
-    let (sync, throughput, sse) = result?;
+    let ((sync, throughput, sse), logs) = logs?;
 
     let gvisor = opts.gvisor.then(|| gvisor_section(opts.gvisor_runs));
     Ok(BenchReport {
@@ -555,6 +591,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         node,
         sse,
         gvisor,
+        logs,
     })
 }
 
