@@ -934,3 +934,98 @@ async fn history_pages_of_long_lines_stop_at_4_mib_and_say_where_to_go_on() {
     assert_eq!(seen, 600);
     assert_eq!(pages, 3, "4 MiB of 16,000-byte lines is 263 lines a page");
 }
+
+/// p50 and p99 (nearest rank) of `samples`.
+fn p50_p99(mut samples: Vec<Duration>) -> (Duration, Duration) {
+    samples.sort_unstable();
+    let rank = |p: f64| samples[((p * samples.len() as f64).ceil() as usize).clamp(1, samples.len()) - 1];
+    (rank(0.5), rank(0.99))
+}
+
+/// Async submissions of a trivial script, one after the other; their round trips.
+async fn timed_submits(app: &common::TestApp, n: usize) -> Vec<Duration> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        let res = app
+            .post("/v1/workloads/async", &job("node", json!({"output": 1})))
+            .await;
+        out.push(start.elapsed());
+        assert_eq!(res.status(), 202);
+    }
+    out
+}
+
+#[tokio::test]
+async fn history_reads_of_a_large_log_run_beside_submissions() {
+    let app = scripted_app().await;
+    let w: Value = app
+        .post(
+            "/v1/workloads",
+            &job("node", json!({"logs": ["x".repeat(90)], "log_repeat": 100_000})),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(w["status"], "completed");
+    let history = format!("/v1/workloads/{}/logs/history", id(&w));
+    let idle = timed_submits(&app, 200).await;
+    // Four clients page through the whole log again and again meanwhile.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..4 {
+        let (client, url, stop) = (app.client.clone(), app.url(&history), stop.clone());
+        readers.push(tokio::spawn(async move {
+            let mut full_reads = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let mut after: Option<u64> = None;
+                let mut next_seq = 0u64;
+                loop {
+                    let q = match after {
+                        None => format!("{url}?limit=10000"),
+                        Some(a) => format!("{url}?limit=10000&after={a}"),
+                    };
+                    let page: Value = client.get(q).send().await.expect("get").json().await.expect("json");
+                    for l in page["lines"].as_array().expect("lines") {
+                        assert_eq!(l["seq"].as_u64(), Some(next_seq));
+                        next_seq += 1;
+                    }
+                    match page["next_after"].as_u64() {
+                        Some(n) => after = Some(n),
+                        None => break,
+                    }
+                }
+                assert_eq!(next_seq, 100_000, "every read sees the whole log");
+                full_reads += 1;
+            }
+            full_reads
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let loaded = timed_submits(&app, 200).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut reads = 0;
+    for r in readers {
+        reads += r.await.expect("reader");
+    }
+    let (i50, i99) = p50_p99(idle);
+    let (l50, l99) = p50_p99(loaded);
+    // Figures, not assertions (shared 2-core machines): see `vulcan bench` for release
+    // figures.
+    eprintln!(
+        "async submit idle p50 {i50:?} p99 {i99:?}; while 4 clients page through a \
+         100,000-line log ({reads} full reads finished): p50 {l50:?} p99 {l99:?}"
+    );
+    assert!(reads > 0, "the readers read the whole log meanwhile");
+    // Every submission was recorded and ran.
+    let start = Instant::now();
+    loop {
+        let stats = app.get_json("/v1/stats", 200).await;
+        if stats["by_status"]["completed"] == 401 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{stats}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
