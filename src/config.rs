@@ -22,6 +22,7 @@ use crate::backends::isolate::IsolateConfig;
 use crate::backends::microvm::MicrovmConfig;
 use crate::images::ImagesConfig;
 use crate::model::Limits;
+use crate::webhooks::WebhooksConfig;
 
 /// The defaults, embedded so `vulcan serve` works with no file on disk.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -97,6 +98,8 @@ pub struct Config {
     /// values may be secrets). Not a configuration key.
     #[serde(skip)]
     pub ignored_env: Vec<String>,
+    /// Completion webhooks.
+    pub webhooks: WebhooksConfig,
 }
 
 /// `[logs]`: limits of the log pipeline.
@@ -323,6 +326,7 @@ impl Config {
                 "allowed_hosts entries must be host names, got {bad:?}"
             )));
         }
+        self.webhooks.validate().map_err(ConfigError)?;
         Ok(())
     }
 
@@ -534,6 +538,49 @@ mod tests {
         .expect("layers");
         assert_eq!(c.max_queue, 3);
         assert_eq!(c.node_id(), "env");
+    }
+
+    #[test]
+    fn webhook_host_lists_come_from_the_environment_comma_separated() {
+        let c = Config::load_from(env(&[
+            (
+                "VULCAN_WEBHOOKS__ALLOWED_HOSTS",
+                "hooks.example.com,*.corp.example",
+            ),
+            ("VULCAN_WEBHOOKS__PRIVATE_HOSTS", "hooks.example.com"),
+            ("VULCAN_WEBHOOKS__SECRET", "s3cret"),
+        ]))
+        .expect("lists");
+        assert_eq!(
+            c.webhooks.allowed_hosts,
+            vec!["hooks.example.com", "*.corp.example"]
+        );
+        assert_eq!(c.webhooks.private_hosts, vec!["hooks.example.com"]);
+        assert!(
+            !format!("{c:?}").contains("s3cret"),
+            "secret leaked in Debug"
+        );
+        let defaults = Config::load_from(HashMap::new()).expect("defaults");
+        assert!(
+            defaults.webhooks.allowed_hosts.is_empty(),
+            "webhooks off by default"
+        );
+    }
+
+    #[test]
+    fn enabled_webhooks_need_a_secret_and_valid_patterns() {
+        let err = Config::load_from(env(&[("VULCAN_WEBHOOKS__ALLOWED_HOSTS", "*")]))
+            .expect_err("no secret");
+        assert!(err.to_string().contains("webhooks.secret"), "{err}");
+        let err = Config::load_from(env(&[
+            ("VULCAN_WEBHOOKS__ALLOWED_HOSTS", "http://x"),
+            ("VULCAN_WEBHOOKS__SECRET", "s"),
+        ]))
+        .expect_err("bad pattern");
+        assert!(err.to_string().contains("webhooks.allowed_hosts"), "{err}");
+        let err = Config::load_from(env(&[("VULCAN_WEBHOOKS__MAX_ATTEMPTS", "0")]))
+            .expect_err("zero attempts");
+        assert!(err.to_string().contains("max_attempts"), "{err}");
     }
 
     #[test]

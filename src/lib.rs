@@ -3,7 +3,8 @@
 //! Layout: [`model`] (domain types and the state machine), [`backends`] (the
 //! [`backends::Backend`] contract and one module per technology), [`actors`] (supervisor,
 //! workload, backend, log broker, store), [`store`] (Diesel/SQLite), [`api`] (HTTP
-//! handlers), [`startup`] (wiring), [`config`], [`metrics`], [`bench`] (`vulcan bench`).
+//! handlers), [`startup`] (wiring), [`config`], [`metrics`], [`bench`] (`vulcan bench`),
+//! [`webhooks`] (completion webhook rules: URL policy, signature, backoff, HTTP sender).
 //! Client side: [`client`] (a typed HTTP/SSE client of the API) and [`cli`] (the `vulcan`
 //! client subcommands built on it); the server never depends on either.
 
@@ -19,3 +20,4 @@ pub mod metrics;
 pub mod model;
 pub mod startup;
 pub mod store;
+pub mod webhooks;

@@ -41,6 +41,16 @@ pub struct Metrics {
     pub store_batch_size: Histogram,
     /// Backend actor restarts, by backend.
     pub backend_restarts: IntCounterVec,
+    /// Webhook deliveries settled, by outcome (`delivered`, `failed`).
+    pub webhook_deliveries: IntCounterVec,
+    /// Webhook attempts recorded, by result (`success`, `http_status`, `timeout`,
+    /// `refused`, `error`).
+    pub webhook_attempts: IntCounterVec,
+    /// Webhook deliveries pending (due, waiting for a retry or in flight), as of the
+    /// deliverer's last look at the queue.
+    pub webhook_queue_depth: IntGauge,
+    /// Webhook attempts in progress.
+    pub webhook_in_flight: IntGauge,
 }
 
 impl Metrics {
@@ -115,6 +125,22 @@ impl Metrics {
             Opts::new("backend_restarts_total", "Backend actor restarts"),
             &["backend"],
         )?;
+        let webhook_deliveries = IntCounterVec::new(
+            Opts::new(
+                "webhook_deliveries_total",
+                "Webhook deliveries settled, by outcome",
+            ),
+            &["outcome"],
+        )?;
+        let webhook_attempts = IntCounterVec::new(
+            Opts::new("webhook_attempts_total", "Webhook attempts, by result"),
+            &["result"],
+        )?;
+        let webhook_queue_depth = IntGauge::new(
+            "webhook_queue_depth",
+            "Webhook deliveries pending (due, waiting for a retry or in flight)",
+        )?;
+        let webhook_in_flight = IntGauge::new("webhook_in_flight", "Webhook attempts in progress")?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(workloads_finished.clone()))?;
@@ -131,6 +157,10 @@ impl Metrics {
         registry.register(Box::new(retention_swept.clone()))?;
         registry.register(Box::new(store_batch_size.clone()))?;
         registry.register(Box::new(backend_restarts.clone()))?;
+        registry.register(Box::new(webhook_deliveries.clone()))?;
+        registry.register(Box::new(webhook_attempts.clone()))?;
+        registry.register(Box::new(webhook_queue_depth.clone()))?;
+        registry.register(Box::new(webhook_in_flight.clone()))?;
         Ok(Self {
             registry,
             http_requests,
@@ -149,6 +179,10 @@ impl Metrics {
             retention_swept,
             store_batch_size,
             backend_restarts,
+            webhook_deliveries,
+            webhook_attempts,
+            webhook_queue_depth,
+            webhook_in_flight,
         })
     }
 

@@ -13,8 +13,9 @@ use actix_web::{web, App, HttpServer};
 
 use crate::actors::images::ImagesActor;
 use crate::actors::log_broker::{LogBroker, LogSinks};
-use crate::actors::store::{Flush, Recover, StoreActor};
+use crate::actors::store::{Flush, Recover, StoreActor, WatchDeliveries};
 use crate::actors::supervisor::{InterruptAll, ListBackends, Readmit, Supervisor};
+use crate::actors::webhooks::{Deliverer, DeliveriesEnqueued};
 use crate::api::{self, ActorRestarts, AllowedHosts, AppState, Readiness};
 use crate::backends::gvisor::GvisorBackend;
 use crate::backends::isolate::IsolateBackend;
@@ -24,6 +25,7 @@ use crate::config::Config;
 use crate::images::ImageStore;
 use crate::metrics::Metrics;
 use crate::model::{Isolation, Runtime};
+use crate::webhooks::policy::CallbackPolicy;
 
 /// Start-up failed.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +42,9 @@ pub enum StartupError {
     /// An actor did not answer during start-up.
     #[error("actor unavailable during start-up: {0}")]
     Actor(#[from] actix::MailboxError),
+    /// The webhook policy or HTTP client could not be set up.
+    #[error("webhooks: {0}")]
+    Webhooks(String),
 }
 
 /// A built, bound, not yet awaited server.
@@ -156,6 +161,12 @@ impl Application {
         };
         let store_health = store.health();
         let store = store.start();
+        // Watching before any status can change, so no enqueued delivery goes unnoticed.
+        let callbacks = CallbackPolicy::new(&config.webhooks).map_err(StartupError::Webhooks)?;
+        let deliverer = Deliverer::new(store.clone(), metrics.clone(), &config.webhooks)
+            .map_err(StartupError::Webhooks)?
+            .start();
+        store.do_send(WatchDeliveries(deliverer.clone().recipient()));
         let broker = LogBroker::new(store.clone(), config.logs.clone(), metrics.clone());
         let restarts = ActorRestarts {
             store: store_health.restarts(),
@@ -180,6 +191,8 @@ impl Application {
                 w.id
             );
         }
+        // Recovery may have finished workloads with a callback_url.
+        deliverer.do_send(DeliveriesEnqueued);
         let readmitted = recovered.pending.len();
         for work in recovered.pending {
             supervisor.do_send(Readmit(work));
@@ -203,6 +216,7 @@ impl Application {
             images,
             metrics,
             limits: config.limits(),
+            callbacks,
             token: config.api_token().cloned(),
             allowed_hosts: AllowedHosts::new(&config.allowed_hosts),
             idempotency_ttl: Duration::from_secs(config.idempotency_ttl_s),
@@ -213,6 +227,12 @@ impl Application {
         });
         if state.token.is_some() {
             log::info!("auth: bearer token required on /v1/*");
+        }
+        if state.callbacks.enabled() {
+            log::info!(
+                "webhooks: on for {} host pattern(s)",
+                config.webhooks.allowed_hosts.len()
+            );
         }
         let listener = TcpListener::bind(&config.listen_addr)
             .map_err(|e| StartupError::Bind(config.listen_addr.clone(), e))?;

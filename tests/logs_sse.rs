@@ -938,7 +938,8 @@ async fn history_pages_of_long_lines_stop_at_4_mib_and_say_where_to_go_on() {
 /// p50 and p99 (nearest rank) of `samples`.
 fn p50_p99(mut samples: Vec<Duration>) -> (Duration, Duration) {
     samples.sort_unstable();
-    let rank = |p: f64| samples[((p * samples.len() as f64).ceil() as usize).clamp(1, samples.len()) - 1];
+    let rank =
+        |p: f64| samples[((p * samples.len() as f64).ceil() as usize).clamp(1, samples.len()) - 1];
     (rank(0.5), rank(0.99))
 }
 
@@ -962,7 +963,10 @@ async fn history_reads_of_a_large_log_run_beside_submissions() {
     let w: Value = app
         .post(
             "/v1/workloads",
-            &job("node", json!({"logs": ["x".repeat(90)], "log_repeat": 100_000})),
+            &job(
+                "node",
+                json!({"logs": ["x".repeat(90)], "log_repeat": 100_000}),
+            ),
         )
         .await
         .json()
@@ -986,7 +990,14 @@ async fn history_reads_of_a_large_log_run_beside_submissions() {
                         None => format!("{url}?limit=10000"),
                         Some(a) => format!("{url}?limit=10000&after={a}"),
                     };
-                    let page: Value = client.get(q).send().await.expect("get").json().await.expect("json");
+                    let page: Value = client
+                        .get(q)
+                        .send()
+                        .await
+                        .expect("get")
+                        .json()
+                        .await
+                        .expect("json");
                     for l in page["lines"].as_array().expect("lines") {
                         assert_eq!(l["seq"].as_u64(), Some(next_seq));
                         next_seq += 1;

@@ -22,11 +22,15 @@ use actix::prelude::*;
 use diesel::sqlite::SqliteConnection;
 use tokio::sync::oneshot;
 
+use crate::actors::webhooks::DeliveriesEnqueued;
 use crate::actors::Restarts;
 use crate::metrics::Metrics;
 use chrono::{DateTime, Utc};
 
-use crate::model::{IdempotencyKey, IdempotencyRecord, LogLine, Payload, Workload, WorkloadId};
+use crate::model::{
+    Deliveries, IdempotencyKey, IdempotencyRecord, LogLine, Payload, Workload, WorkloadId,
+};
+use crate::store::deliveries::{self, AttemptRecord, DeliveryQueue};
 use crate::store::queries::{
     self, KeyedInsert, ListQuery, Recovered, Stats, StatusChange, SweepBatch, Swept,
 };
@@ -137,6 +141,8 @@ pub struct StoreActor {
     retention: Option<(Duration, Duration)>,
     /// A retention sweep is under way (its steps follow one another).
     sweeping: bool,
+    /// Told after a committed terminal status enqueued a webhook delivery.
+    deliveries: Option<Recipient<DeliveriesEnqueued>>,
 }
 
 /// How often a store that cannot write tries a probe write.
@@ -181,6 +187,7 @@ impl StoreActor {
             metrics,
             retention: None,
             sweeping: false,
+            deliveries: None,
         })
     }
 
@@ -634,6 +641,34 @@ pub struct RestartWriter(pub String);
 #[derive(Message)]
 #[rtype(result = "Result<(), StoreError>")]
 pub struct PanicInWriter;
+/// From now on, tell `0` each time a committed status change enqueued a webhook
+/// delivery (a workload with a `callback_url` reached a terminal status).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WatchDeliveries(pub Recipient<DeliveriesEnqueued>);
+
+/// Look at the webhook queue (see [`deliveries::due_deliveries`]).
+#[derive(Message)]
+#[rtype(result = "Result<DeliveryQueue, StoreError>")]
+pub struct DueDeliveries {
+    /// Due means `next_attempt_at <= now`.
+    pub now: chrono::DateTime<chrono::Utc>,
+    /// At most this many due deliveries.
+    pub limit: usize,
+    /// Deliveries in flight, left out.
+    pub exclude: Vec<WorkloadId>,
+}
+
+/// Record a webhook attempt (see [`deliveries::record_attempt`]); answers whether it
+/// was recorded.
+#[derive(Message)]
+#[rtype(result = "Result<bool, StoreError>")]
+pub struct RecordAttempt(pub AttemptRecord);
+
+/// The webhook delivery and attempts of a workload.
+#[derive(Message)]
+#[rtype(result = "Result<Deliveries, StoreError>")]
+pub struct GetDeliveries(pub WorkloadId);
 
 /// Resolves once everything queued before it is committed.
 #[derive(Message)]
@@ -674,7 +709,18 @@ impl Handler<ChangeStatus> for StoreActor {
 
     fn handle(&mut self, msg: ChangeStatus, _: &mut Self::Context) -> Self::Result {
         let rx = self.write(move |c| queries::apply_change(c, msg.id, &msg.change));
-        Box::pin(answer(rx))
+        let watcher = self.deliveries.clone();
+        Box::pin(async move {
+            let res = answer(rx).await;
+            if let (Ok(w), Some(watcher)) = (&res, watcher) {
+                // The rule apply_change enqueues by; told after the commit, so the
+                // deliverer's read sees the delivery.
+                if w.status.is_terminal() && w.callback_url.is_some() {
+                    watcher.do_send(DeliveriesEnqueued);
+                }
+            }
+            res
+        })
     }
 }
 
@@ -793,6 +839,42 @@ impl Handler<Flush> for StoreActor {
     }
 }
 
+impl Handler<WatchDeliveries> for StoreActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: WatchDeliveries, _: &mut Self::Context) {
+        self.deliveries = Some(msg.0);
+    }
+}
+
+impl Handler<DueDeliveries> for StoreActor {
+    type Result = ResponseFuture<Result<DeliveryQueue, StoreError>>;
+
+    fn handle(&mut self, msg: DueDeliveries, _: &mut Self::Context) -> Self::Result {
+        Box::pin(
+            self.read(move |c| deliveries::due_deliveries(c, msg.now, msg.limit, &msg.exclude)),
+        )
+    }
+}
+
+impl Handler<RecordAttempt> for StoreActor {
+    type Result = ResponseFuture<Result<bool, StoreError>>;
+
+    fn handle(&mut self, msg: RecordAttempt, _: &mut Self::Context) -> Self::Result {
+        Box::pin(answer(
+            self.write(move |c| deliveries::record_attempt(c, &msg.0)),
+        ))
+    }
+}
+
+impl Handler<GetDeliveries> for StoreActor {
+    type Result = ResponseFuture<Result<Deliveries, StoreError>>;
+
+    fn handle(&mut self, msg: GetDeliveries, _: &mut Self::Context) -> Self::Result {
+        Box::pin(self.read(move |c| deliveries::deliveries(c, msg.0)))
+    }
+}
+
 impl Handler<RestartWriter> for StoreActor {
     type Result = ResponseFuture<()>;
 
@@ -861,6 +943,7 @@ mod tests {
             created_at: id.created_at(),
             started_at: None,
             finished_at: None,
+            callback_url: None,
         }
     }
 

@@ -59,7 +59,7 @@ pub struct Submitted {
 /// The answer to [`Submit`].
 pub enum SubmitOutcome {
     /// A new workload was recorded and admitted.
-    Accepted(Submitted),
+    Accepted(Box<Submitted>),
     /// The submission's `Idempotency-Key` is remembered already (another request with
     /// it was recorded first): nothing was recorded, the caller replays this.
     Existing(IdempotencyRecord),
@@ -643,6 +643,7 @@ impl Handler<Submit> for Supervisor {
             created_at: id.created_at(),
             started_at: None,
             finished_at: None,
+            callback_url: req.callback_url.clone(),
         };
         let key = key.map(|(key, not_before)| KeyToRemember {
             record: IdempotencyRecord {
@@ -683,10 +684,10 @@ impl Handler<Submit> for Supervisor {
                                 wait,
                                 ctx,
                             );
-                            Ok(SubmitOutcome::Accepted(Submitted {
+                            Ok(SubmitOutcome::Accepted(Box::new(Submitted {
                                 workload: record,
                                 done,
-                            }))
+                            })))
                         }
                         Ok(KeyedInsert::Existing(earlier)) => {
                             act.release(&record.backend, bytes);

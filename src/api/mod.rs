@@ -6,6 +6,7 @@
 //! token, or, without a token, by the `Host` check against DNS rebinding.
 
 mod backends;
+mod deliveries;
 pub mod error;
 mod images;
 mod logs;
@@ -35,6 +36,7 @@ use crate::actors::Restarts;
 use crate::config::Secret;
 use crate::metrics::Metrics;
 use crate::model::{Limits, WorkloadId};
+use crate::webhooks::policy::CallbackPolicy;
 
 /// What handlers share: actor addresses and settings. Read-only.
 pub struct AppState {
@@ -50,6 +52,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Request limits.
     pub limits: Limits,
+    /// Which `callback_url`s submissions may carry.
+    pub callbacks: CallbackPolicy,
     /// Bearer token for `/v1/*` when auth is on.
     pub token: Option<Secret>,
     /// Without a token: the hosts `/v1/*` answers (`None`: any).
@@ -108,6 +112,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
             web::scope("/v1")
                 .wrap(from_fn(guard))
                 .configure(workloads::routes)
+                .configure(deliveries::routes)
                 .configure(logs::routes)
                 .configure(backends::routes)
                 .configure(images::routes)

@@ -40,7 +40,7 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
 /// What a submission answers.
 enum Answer {
     /// A new workload.
-    Fresh(Submitted),
+    Fresh(Box<Submitted>),
     /// The workload an earlier request with the same idempotency key created.
     Replay(IdempotencyRecord),
 }
@@ -73,8 +73,8 @@ async fn submit(
     kind: SubmitKind,
 ) -> Result<Answer, ApiError> {
     let key = idempotency_key(req, state)?;
-    let request =
-        WorkloadRequest::try_from((body, &state.limits)).map_err(|e| ApiError::BadRequest(e.0))?;
+    let request = WorkloadRequest::try_from((body, &state.limits, &state.callbacks))
+        .map_err(|e| ApiError::BadRequest(e.0))?;
     let Some(key) = key else {
         return match state
             .supervisor

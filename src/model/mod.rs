@@ -2,6 +2,7 @@
 //! validated submission request. Everything that crosses the HTTP boundary is turned
 //! into these types first, so invalid input cannot reach an actor.
 
+mod delivery;
 mod id;
 mod idempotency;
 mod image_ref;
@@ -10,6 +11,7 @@ mod request;
 mod status;
 mod workload;
 
+pub use delivery::{Deliveries, DeliveryAttempt, DeliveryState};
 pub use id::WorkloadId;
 pub use idempotency::{IdempotencyKey, IdempotencyRecord, SubmitKind, MAX_KEY_BYTES};
 pub use image_ref::{is_sha256_digest, ImageRef};

@@ -3,6 +3,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{IsolationRequest, Runtime};
+use crate::webhooks::policy::CallbackPolicy;
 
 /// The submission body exactly as a client sends it (see docs/api.md). Only shape is
 /// checked here; every rule lives in [`WorkloadRequest::try_from`]. `Serialize` is for
@@ -34,6 +35,9 @@ pub struct WorkloadRequestDto {
     /// Limits; missing ones take the configured defaults.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourcesDto>,
+    /// Completion webhook URL (accepted only as the server's callback policy allows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
 }
 
 /// The `resources` object of a submission.
@@ -110,7 +114,8 @@ impl Payload {
 
 /// A submission that passed every rule of the API contract.
 ///
-/// Invariant: constructed only through `TryFrom<(WorkloadRequestDto, &Limits)>`.
+/// Invariant: constructed only through
+/// `TryFrom<(WorkloadRequestDto, &Limits, &CallbackPolicy)>`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkloadRequest {
     /// The runtime.
@@ -123,6 +128,9 @@ pub struct WorkloadRequest {
     pub input: Vec<u8>,
     /// Validated limits.
     pub resources: Resources,
+    /// The completion webhook URL, normalised by the URL parser, when the callback
+    /// policy accepted it (what was checked is what is stored and used).
+    pub callback_url: Option<String>,
 }
 
 /// Why a submission was rejected (always a client mistake: HTTP 400).
@@ -147,10 +155,12 @@ fn limit(name: &str, value: Option<i64>, default: u32, max: u32) -> Result<u32, 
     }
 }
 
-impl TryFrom<(WorkloadRequestDto, &Limits)> for WorkloadRequest {
+impl TryFrom<(WorkloadRequestDto, &Limits, &CallbackPolicy)> for WorkloadRequest {
     type Error = RequestError;
 
-    fn try_from((dto, limits): (WorkloadRequestDto, &Limits)) -> Result<Self, Self::Error> {
+    fn try_from(
+        (dto, limits, callbacks): (WorkloadRequestDto, &Limits, &CallbackPolicy),
+    ) -> Result<Self, Self::Error> {
         let runtime: Runtime = dto
             .runtime
             .as_deref()
@@ -238,12 +248,19 @@ impl TryFrom<(WorkloadRequestDto, &Limits)> for WorkloadRequest {
         let input = serde_json::to_vec(&dto.input.unwrap_or(serde_json::Value::Null))
             .map_err(|e| bad(format!("input is not serialisable: {e}")))?;
 
+        let callback_url = dto
+            .callback_url
+            .map(|url| callbacks.check_url(&url).map(String::from))
+            .transpose()
+            .map_err(bad)?;
+
         Ok(WorkloadRequest {
             runtime,
             isolation,
             payload,
             input,
             resources,
+            callback_url,
         })
     }
 }
@@ -279,12 +296,55 @@ impl WorkloadRequest {
 mod tests {
     use super::*;
 
-    fn parse(json: &str) -> Result<WorkloadRequest, RequestError> {
+    fn policy(allowed: &[&str]) -> CallbackPolicy {
+        let mut cfg = crate::config::Config::load_from(Default::default())
+            .expect("defaults")
+            .webhooks;
+        cfg.allowed_hosts = allowed.iter().map(|s| s.to_string()).collect();
+        CallbackPolicy::new(&cfg).expect("policy")
+    }
+
+    fn parse_with(json: &str, callbacks: &CallbackPolicy) -> Result<WorkloadRequest, RequestError> {
         let dto: WorkloadRequestDto = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
         let limits = crate::config::Config::defaults()
             .expect("defaults")
             .limits();
-        WorkloadRequest::try_from((dto, &limits))
+        WorkloadRequest::try_from((dto, &limits, callbacks))
+    }
+
+    fn parse(json: &str) -> Result<WorkloadRequest, RequestError> {
+        parse_with(json, &policy(&[]))
+    }
+
+    #[test]
+    fn callback_url_passes_the_policy_and_is_kept_normalised() {
+        let on = policy(&["hooks.example.com"]);
+        let r = parse_with(
+            r#"{"runtime":"node","code":"x","callback_url":"https://HOOKS.example.com/done?k=1"}"#,
+            &on,
+        )
+        .expect("allowed");
+        assert_eq!(
+            r.callback_url.as_deref(),
+            Some("https://hooks.example.com/done?k=1")
+        );
+        let none = parse_with(r#"{"runtime":"node","code":"x"}"#, &on).expect("no callback");
+        assert_eq!(none.callback_url, None);
+        for (json, policy, want) in [
+            (
+                r#"{"runtime":"node","code":"x","callback_url":"https://other.example/"}"#,
+                &on,
+                "not allowed",
+            ),
+            (
+                r#"{"runtime":"node","code":"x","callback_url":"https://hooks.example.com/"}"#,
+                &policy(&[]),
+                "not enabled",
+            ),
+        ] {
+            let err = parse_with(json, policy).expect_err(json);
+            assert!(err.0.contains(want), "{json}: {err}");
+        }
     }
 
     #[test]

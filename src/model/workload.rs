@@ -49,6 +49,10 @@ pub struct Workload {
     /// When it reached a terminal status.
     #[serde(serialize_with = "rfc3339_opt")]
     pub finished_at: Option<DateTime<Utc>>,
+    /// Where the completion webhook goes (accepted by the callback policy at
+    /// submission); `null` when none. Absent from older servers' answers.
+    #[serde(default)]
+    pub callback_url: Option<String>,
 }
 
 /// One recorded log line of a workload (answered by the server, read by the client).
@@ -68,11 +72,14 @@ pub fn format_time(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-fn rfc3339<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn rfc3339<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format_time(t))
 }
 
-fn rfc3339_opt<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn rfc3339_opt<S: Serializer>(
+    t: &Option<DateTime<Utc>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     match t {
         Some(t) => rfc3339(t, s),
         None => s.serialize_none(),

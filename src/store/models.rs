@@ -33,6 +33,7 @@ pub struct WorkloadRow {
     pub created_at: String,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
+    pub callback_url: Option<String>,
 }
 
 /// A new workload with its payload.
@@ -56,6 +57,8 @@ pub struct NewWorkloadRow {
     pub input: Vec<u8>,
     pub image: Option<String>,
     pub command: Option<String>,
+    pub callback_url: Option<String>,
+    pub delivery_id: Option<String>,
 }
 
 /// The stored payload of a workload (for re-admission after a restart).
@@ -120,7 +123,7 @@ impl TryFrom<IdempotencyKeyRow> for IdempotencyRecord {
     }
 }
 
-fn parse<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, StoreError> {
+pub(super) fn parse<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, StoreError> {
     s.parse()
         .map_err(|_| StoreError::Corrupt(format!("{what} {s:?}")))
 }
@@ -163,12 +166,14 @@ impl TryFrom<WorkloadRow> for Workload {
             created_at: parse_time(&r.created_at)?,
             started_at: r.started_at.as_deref().map(parse_time).transpose()?,
             finished_at: r.finished_at.as_deref().map(parse_time).transpose()?,
+            callback_url: r.callback_url,
         })
     }
 }
 
 impl NewWorkloadRow {
-    /// The row for a freshly accepted workload.
+    /// The row for a freshly accepted workload (with a fresh webhook delivery id when it
+    /// has a `callback_url`).
     pub fn new(w: &Workload, payload: &Payload, input: &[u8]) -> Self {
         let (code, code_archive, image, command) = match payload {
             Payload::Code(c) => (Some(c.clone()), None, None, None),
@@ -198,6 +203,12 @@ impl NewWorkloadRow {
             input: input.to_vec(),
             image,
             command,
+            callback_url: w.callback_url.clone(),
+            // Chosen now, so every attempt of the delivery carries the same id.
+            delivery_id: w
+                .callback_url
+                .as_ref()
+                .map(|_| ulid::Ulid::new().to_string()),
         }
     }
 }

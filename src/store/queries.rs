@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use diesel::connection::SimpleConnection;
-use diesel::dsl::count_star;
+use diesel::dsl::{case_when, count_star};
 use diesel::prelude::*;
 use diesel::sqlite::SqliteConnection;
 use serde::Serialize;
@@ -334,7 +334,9 @@ pub fn get_workload(conn: &mut SqliteConnection, id: WorkloadId) -> Result<Workl
 }
 
 /// Validate `change` against the stored status with the state machine and apply it.
-/// An invalid transition writes nothing.
+/// An invalid transition writes nothing. A terminal status of a workload with a
+/// `callback_url` enqueues its webhook delivery (`delivery_due_at`) in the same
+/// statement.
 ///
 /// One statement in the common case: the update only matches rows whose status the
 /// transition function allows `change.to` from, and returns the new row. When nothing
@@ -379,6 +381,12 @@ pub fn apply_change(
                 workloads::exit_code.eq(change.exit_code),
                 workloads::error.eq(&change.error),
                 workloads::duration_ms.eq(change.duration_ms.map(|d| d as i64)),
+                // Enqueue the completion webhook in this same statement: due at once
+                // for a workload with a callback_url, NULL (nothing) otherwise.
+                workloads::delivery_due_at.eq(case_when::<_, _, diesel::sql_types::Text>(
+                    workloads::callback_url.is_not_null(),
+                    &at,
+                )),
             ))
             .returning(WorkloadRow::as_returning())
             .get_result(conn)

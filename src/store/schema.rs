@@ -21,6 +21,18 @@ diesel::table! {
 }
 
 diesel::table! {
+    webhook_attempts (workload_id, attempt) {
+        workload_id -> Text,
+        attempt -> Integer,
+        started_at -> Text,
+        finished_at -> Text,
+        status_code -> Nullable<Integer>,
+        error -> Nullable<Text>,
+        next_attempt_at -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
     workloads (id) {
         id -> Text,
         status -> Text,
@@ -45,10 +57,19 @@ diesel::table! {
         input -> Binary,
         image -> Nullable<Text>,
         command -> Nullable<Text>,
+        callback_url -> Nullable<Text>,
+        delivery_id -> Nullable<Text>,
+        delivery_due_at -> Nullable<Text>,
     }
 }
 
 diesel::joinable!(idempotency_keys -> workloads (workload_id));
 diesel::joinable!(log_lines -> workloads (workload_id));
+diesel::joinable!(webhook_attempts -> workloads (workload_id));
 
-diesel::allow_tables_to_appear_in_same_query!(idempotency_keys, log_lines, workloads,);
+diesel::allow_tables_to_appear_in_same_query!(
+    idempotency_keys,
+    log_lines,
+    webhook_attempts,
+    workloads,
+);

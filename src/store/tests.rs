@@ -1,5 +1,9 @@
-//! The store on real SQLite files. The store enforces the state machine itself: every one of the 25 (from, to) pairs is
-//! applied to a real SQLite file, and invalid ones write nothing.
+//! The store on real SQLite files. The store enforces the state machine itself: every
+//! one of the 25 (from, to) pairs is applied to a real SQLite file, and invalid ones
+//! write nothing. A terminal status of a workload with a callback_url enqueues its
+//! webhook delivery in the same write; attempts are recorded once, in order; a
+//! database of the previous version opens with its data; retention deletes only old
+//! finished work.
 
 use crate::model::{
     transition, Isolation, IsolationRequest, Payload, Runtime, Status, Workload, WorkloadId,
@@ -28,6 +32,7 @@ fn record() -> Workload {
         created_at: Utc::now(),
         started_at: None,
         finished_at: None,
+        callback_url: None,
     }
 }
 
@@ -356,4 +361,291 @@ fn retention_deletes_only_old_finished_work_in_small_steps() {
     // Nothing left to sweep.
     let s = queries::sweep_step(&mut conn, before, batch).expect("step");
     assert_eq!(s, queries::Swept::default());
+}
+
+fn with_callback(url: &str) -> Workload {
+    Workload {
+        callback_url: Some(url.into()),
+        ..record()
+    }
+}
+
+fn count(conn: &mut diesel::sqlite::SqliteConnection, sql: &str) -> i64 {
+    use diesel::prelude::*;
+    #[derive(QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    diesel::sql_query(sql)
+        .get_result::<N>(conn)
+        .expect("count")
+        .n
+}
+
+#[test]
+fn a_terminal_status_with_a_callback_enqueues_exactly_one_delivery_in_the_same_write() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut conn = open_writer(&dir.path().join("t.db")).expect("open");
+    let code = Payload::Code("x".into());
+
+    let plain = record();
+    queries::insert_workload(&mut conn, &plain, &code, b"null").expect("insert");
+    let hooked = with_callback("https://hooks.example.com/a");
+    queries::insert_workload(&mut conn, &hooked, &code, b"null").expect("insert");
+    let cancelled = with_callback("https://hooks.example.com/b");
+    queries::insert_workload(&mut conn, &cancelled, &code, b"null").expect("insert");
+
+    for w in [&plain, &hooked] {
+        queries::apply_change(&mut conn, w.id, &StatusChange::to(Status::Running)).expect("run");
+    }
+    let queued = "SELECT COUNT(*) AS n FROM workloads WHERE delivery_due_at IS NOT NULL";
+    assert_eq!(count(&mut conn, queued), 0, "running is not terminal");
+    for w in [&plain, &hooked] {
+        let done = queries::apply_change(&mut conn, w.id, &StatusChange::to(Status::Completed))
+            .expect("complete");
+        assert_eq!(done.callback_url, w.callback_url);
+    }
+    queries::apply_change(&mut conn, cancelled.id, &StatusChange::to(Status::Killed))
+        .expect("kill pending");
+    // A refused transition out of a terminal status enqueues nothing more.
+    let refused = queries::apply_change(&mut conn, hooked.id, &StatusChange::to(Status::Failed));
+    assert!(matches!(refused, Err(StoreError::InvalidTransition(_))));
+
+    let queue =
+        crate::store::deliveries::due_deliveries(&mut conn, Utc::now(), 10, &[]).expect("queue");
+    let mut due: Vec<WorkloadId> = queue.due.iter().map(|d| d.workload_id).collect();
+    due.sort();
+    let mut want = vec![hooked.id, cancelled.id];
+    want.sort();
+    assert_eq!(
+        due, want,
+        "one delivery per terminal workload with a callback_url"
+    );
+    assert_eq!(queue.pending, 2);
+    assert_eq!(count(&mut conn, queued), 2);
+    assert!(queue
+        .due
+        .iter()
+        .all(|d| d.attempts == 0 && d.delivery_id.len() == 26));
+    assert_ne!(queue.due[0].delivery_id, queue.due[1].delivery_id);
+    // Due from the moment the status was recorded, under the id chosen at submission.
+    let report = crate::store::deliveries::deliveries(&mut conn, hooked.id).expect("report");
+    let finished = queries::get_workload(&mut conn, hooked.id)
+        .expect("get")
+        .finished_at;
+    assert_eq!(report.next_attempt_at, finished);
+    let due_id = queue
+        .due
+        .iter()
+        .find(|d| d.workload_id == hooked.id)
+        .map(|d| d.delivery_id.clone());
+    assert_eq!(report.delivery_id, due_id);
+    let none = crate::store::deliveries::deliveries(&mut conn, plain.id).expect("report");
+    assert_eq!(
+        (none.delivery_id, none.state, none.next_attempt_at),
+        (None, None, None)
+    );
+}
+
+#[test]
+fn attempts_are_recorded_once_in_order_and_deleted_with_their_workload() {
+    use crate::model::{DeliveryAttempt, DeliveryState};
+    use crate::store::deliveries::{self, AttemptRecord};
+
+    let dir = tempfile::tempdir().expect("dir");
+    let mut conn = open_writer(&dir.path().join("t.db")).expect("open");
+    let w = with_callback("https://hooks.example.com/a");
+    queries::insert_workload(&mut conn, &w, &Payload::Code("x".into()), b"null").expect("insert");
+    queries::apply_change(&mut conn, w.id, &StatusChange::to(Status::Failed)).expect("fail");
+
+    let now = Utc::now();
+    let later = now + chrono::Duration::seconds(60);
+    let attempt =
+        |n: u32, code: Option<u16>, next: Option<chrono::DateTime<Utc>>| DeliveryAttempt {
+            attempt: n,
+            started_at: now,
+            finished_at: now,
+            status_code: code,
+            error: (code != Some(200)).then(|| "receiver answered 500".to_string()),
+            next_attempt_at: next,
+        };
+    let rec = |a: DeliveryAttempt| AttemptRecord {
+        workload_id: w.id,
+        attempt: a,
+    };
+    let first = rec(attempt(1, Some(500), Some(later)));
+    assert!(deliveries::record_attempt(&mut conn, &first).expect("record"));
+    assert!(
+        !deliveries::record_attempt(&mut conn, &first).expect("again"),
+        "the same attempt is recorded once"
+    );
+    let skipped = rec(attempt(3, Some(200), None));
+    assert!(!deliveries::record_attempt(&mut conn, &skipped).expect("gap"));
+
+    let report = deliveries::deliveries(&mut conn, w.id).expect("report");
+    assert_eq!(report.state, Some(DeliveryState::Pending));
+    assert_eq!(report.attempts.len(), 1);
+    // Not due before its time; due after it.
+    let q = deliveries::due_deliveries(&mut conn, now, 10, &[]).expect("queue");
+    assert!(q.due.is_empty());
+    assert_eq!(q.pending, 1);
+    assert_eq!(
+        q.next_due.map(|t| t.timestamp_millis()),
+        Some(later.timestamp_millis())
+    );
+    let q = deliveries::due_deliveries(&mut conn, later, 10, &[]).expect("queue");
+    assert_eq!(q.due.len(), 1);
+    assert_eq!(q.due[0].attempts, 1);
+    let q = deliveries::due_deliveries(&mut conn, later, 10, &[w.id]).expect("queue");
+    assert!(q.due.is_empty(), "deliveries in flight are left out");
+
+    let second = rec(attempt(2, Some(200), None));
+    assert!(deliveries::record_attempt(&mut conn, &second).expect("record"));
+    let third = rec(attempt(3, Some(200), None));
+    assert!(
+        !deliveries::record_attempt(&mut conn, &third).expect("settled"),
+        "nothing is recorded after delivery"
+    );
+    let report = deliveries::deliveries(&mut conn, w.id).expect("report");
+    assert_eq!(report.state, Some(DeliveryState::Delivered));
+    assert_eq!(report.next_attempt_at, None);
+    let numbers: Vec<u32> = report.attempts.iter().map(|a| a.attempt).collect();
+    assert_eq!(numbers, vec![1, 2]);
+    assert_eq!(
+        report.attempts[0]
+            .next_attempt_at
+            .map(|t| t.timestamp_millis()),
+        Some(later.timestamp_millis())
+    );
+    let q = deliveries::due_deliveries(&mut conn, later, 10, &[]).expect("queue");
+    assert_eq!(q.pending, 0);
+
+    // Retention deletes workloads: their deliveries and attempts go with them.
+    {
+        use diesel::prelude::*;
+        diesel::sql_query(format!("DELETE FROM workloads WHERE id = '{}'", w.id))
+            .execute(&mut conn)
+            .expect("delete");
+    }
+    assert_eq!(
+        count(&mut conn, "SELECT COUNT(*) AS n FROM webhook_attempts"),
+        0
+    );
+    assert!(matches!(
+        deliveries::deliveries(&mut conn, w.id),
+        Err(StoreError::NotFound)
+    ));
+}
+
+#[test]
+fn a_database_of_the_previous_version_opens_with_its_data_and_recovers() {
+    use diesel::migration::MigrationSource;
+    use diesel::prelude::*;
+    use diesel_migrations::MigrationHarness;
+
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("old.db");
+    // The previous version: only the first migration, rows written with its columns.
+    {
+        let mut conn =
+            diesel::sqlite::SqliteConnection::establish(&path.to_string_lossy()).expect("open");
+        let migrations =
+            MigrationSource::<diesel::sqlite::Sqlite>::migrations(&crate::store::MIGRATIONS)
+                .expect("migrations");
+        assert_eq!(
+            migrations[0].name().to_string(),
+            "2026-11-27-000001_create_workloads"
+        );
+        conn.applied_migrations().expect("migrations table");
+        conn.run_migration(&migrations[0]).expect("old schema");
+        for (id, status) in [
+            ("01ARZ3NDEKTSV4RRFFQ69G5FA1", "completed"),
+            ("01ARZ3NDEKTSV4RRFFQ69G5FA2", "running"),
+            ("01ARZ3NDEKTSV4RRFFQ69G5FA3", "pending"),
+        ] {
+            diesel::sql_query(format!(
+                "INSERT INTO workloads (id, status, isolation, requested_isolation, backend, runtime,
+                 node_id, input_hash, output, cpu_limit, mem_limit, timeout_s, created_at, code, input)
+                 VALUES ('{id}', '{status}', 'isolate', 'auto', 'isolate', 'node', 'n', 'sha256:00',
+                 '{{\"sum\":3}}', 1, 128, 30, '2026-11-27T09:05:48.123Z', '42', x'6e756c6c')"
+            ))
+            .execute(&mut conn)
+            .expect("old row");
+        }
+        diesel::sql_query(
+            "INSERT INTO log_lines VALUES ('01ARZ3NDEKTSV4RRFFQ69G5FA1', 0, 'hello', '2026-11-27T09:05:48.200Z')",
+        )
+        .execute(&mut conn)
+        .expect("old log line");
+    }
+
+    // The new version opens it (migrating forward) and reads everything back.
+    let mut conn = open_writer(&path).expect("open with the new version");
+    let done = queries::get_workload(&mut conn, "01ARZ3NDEKTSV4RRFFQ69G5FA1".parse().expect("id"))
+        .expect("old workload");
+    assert_eq!(done.status, Status::Completed);
+    assert_eq!(done.output, Some(serde_json::json!({"sum": 3})));
+    assert_eq!(done.callback_url, None);
+    let lines = queries::log_lines(&mut conn, done.id, None, None, None).expect("lines");
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0].line, "hello");
+    let rec = queries::recover(&mut conn).expect("recover");
+    assert_eq!(rec.interrupted.len(), 1);
+    assert_eq!(rec.pending.len(), 1);
+    assert!(rec.pending[0].payload.is_none(), "read when dispatched");
+    assert_eq!(
+        queries::load_payload(&mut conn, rec.pending[0].workload.id).expect("payload"),
+        (Payload::Code("42".into()), b"null".to_vec())
+    );
+    assert_eq!(
+        count(
+            &mut conn,
+            "SELECT COUNT(*) AS n FROM workloads WHERE delivery_due_at IS NOT NULL"
+        ),
+        0,
+        "old workloads have no callback_url, so no delivery"
+    );
+}
+
+#[test]
+fn retention_deletes_the_webhook_attempts_of_what_it_sweeps() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut conn = open_writer(&dir.path().join("t.db")).expect("open");
+    let hooked = with_callback("https://hooks.example.com/old");
+    queries::insert_workload(&mut conn, &hooked, &Payload::Code("x".into()), b"null")
+        .expect("insert");
+    for step in path_to(Status::Completed) {
+        let change = StatusChange {
+            at: Utc::now() - chrono::Duration::days(8),
+            ..StatusChange::to(step)
+        };
+        queries::apply_change(&mut conn, hooked.id, &change).expect("step");
+    }
+    let attempt = crate::store::deliveries::AttemptRecord {
+        workload_id: hooked.id,
+        attempt: crate::model::DeliveryAttempt {
+            attempt: 1,
+            started_at: Utc::now(),
+            finished_at: Utc::now(),
+            status_code: Some(200),
+            error: None,
+            next_attempt_at: None,
+        },
+    };
+    assert!(crate::store::deliveries::record_attempt(&mut conn, &attempt).expect("record"));
+    let attempts = "SELECT COUNT(*) AS n FROM webhook_attempts";
+    assert_eq!(count(&mut conn, attempts), 1);
+    let swept = queries::sweep_step(
+        &mut conn,
+        Utc::now() - chrono::Duration::days(7),
+        queries::SweepBatch::STORE,
+    )
+    .expect("sweep");
+    assert_eq!(swept.workloads, 1);
+    assert_eq!(
+        count(&mut conn, attempts),
+        0,
+        "attempts go with their workload"
+    );
 }

@@ -6,6 +6,7 @@ pub mod binary;
 pub mod cli;
 pub mod gvisor;
 pub mod oci;
+pub mod receiver;
 pub mod scripted;
 pub mod sse;
 pub mod tmpfs;
