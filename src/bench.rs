@@ -7,6 +7,8 @@
 //! one workload, using a purpose-built backend that stamps each log line with its send
 //! time. Set-up failures are returned as [`BenchError`], never panics.
 
+pub mod logs;
+
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -71,6 +73,8 @@ pub struct BenchOptions {
     pub gvisor_runs: usize,
     /// The vulcan binary isolate workers start from; `None` = this executable.
     pub worker_path: Option<std::path::PathBuf>,
+    /// The large-log section.
+    pub logs: logs::LogsOptions,
 }
 
 impl BenchOptions {
@@ -89,6 +93,11 @@ impl BenchOptions {
             gvisor: false,
             gvisor_runs: 10,
             worker_path: None,
+            logs: logs::LogsOptions {
+                lines: 100_000,
+                submits: 1_000,
+                readers: 4,
+            },
         }
     }
 
@@ -107,6 +116,11 @@ impl BenchOptions {
             gvisor: false,
             gvisor_runs: 3,
             worker_path: None,
+            logs: logs::LogsOptions {
+                lines: 2_000,
+                submits: 20,
+                readers: 4,
+            },
         }
     }
 }
@@ -292,6 +306,8 @@ pub struct BenchReport {
     pub sse: SseFigures,
     /// gVisor python hello, when asked for.
     pub gvisor: Option<GvisorFigures>,
+    /// Reading a large log while submitting.
+    pub logs: logs::LogsFigures,
 }
 
 /// One target and whether this run met it.
@@ -348,6 +364,15 @@ impl BenchReport {
                 goal: format!("≥ {TARGET_THROUGHPUT:.0} /s"),
                 actual: format!("{tput:.0} /s"),
                 met: Some(tput >= TARGET_THROUGHPUT),
+            },
+            {
+                let (goal, actual) = self.logs.target();
+                Target {
+                    name: "async submit p99 while 4 clients read large histories",
+                    goal,
+                    actual,
+                    met: Some(self.logs.target_met()),
+                }
             },
         ]
     }
@@ -485,6 +510,8 @@ impl BenchReport {
             }
         }
 
+        self.logs.markdown(&mut s);
+
         let _ = writeln!(s, "\n## Targets\n");
         let _ = writeln!(s, "| target | goal | this run | met |\n|---|---|---|---|");
         for t in self.targets() {
@@ -545,8 +572,17 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     let result = http_sections(opts, &server, base, &go_tx);
     // Let a waiting SSE workload finish whatever happened, then stop the server.
     let _ = go_tx.send(true);
+    let logs = result.and_then(|figures| {
+        log::info!(
+            "large logs ({} lines; {} submits idle and under {} readers)",
+            opts.logs.lines,
+            opts.logs.submits,
+            opts.logs.readers
+        );
+        Ok((figures, logs::run(server.addr, opts.logs)?))
+    });
     server.stop();
-    let (sync, throughput, sse) = result?;
+    let ((sync, throughput, sse), logs) = logs?;
 
     let gvisor = opts.gvisor.then(|| gvisor_section(opts.gvisor_runs));
     Ok(BenchReport {
@@ -559,6 +595,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         node,
         sse,
         gvisor,
+        logs,
     })
 }
 

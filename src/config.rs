@@ -62,6 +62,9 @@ pub struct Config {
     /// Pending workloads the server holds before answering 429 (all backends together;
     /// each backend also has its own `max_queue`).
     pub max_queue: usize,
+    /// Bytes of pending payloads (code, archive, input) the server holds before
+    /// answering 429 (all backends together).
+    pub max_queue_bytes: usize,
     /// Seconds an `Idempotency-Key` is remembered (replays within it return the same
     /// workload; older keys are swept).
     pub idempotency_ttl_s: u64,
@@ -87,6 +90,8 @@ pub struct Config {
     pub logs: LogsConfig,
     /// Store tuning.
     pub store: StoreConfig,
+    /// How long finished work is kept.
+    pub retention: RetentionConfig,
     /// Per-backend settings.
     pub backends: BackendsConfig,
     /// The OCI image store.
@@ -107,6 +112,9 @@ pub struct LogsConfig {
     pub max_line_bytes: usize,
     /// Lines kept per workload; past it one marker line says the log was truncated.
     pub max_lines: u64,
+    /// Bytes of log text kept per workload; past it one marker line says the log was
+    /// truncated. Lines past either cap are dropped at the sink.
+    pub max_bytes: u64,
     /// Events buffered per SSE subscriber; a subscriber that falls further behind is
     /// disconnected (it can resume with `Last-Event-ID`).
     pub subscriber_buffer: usize,
@@ -122,6 +130,16 @@ pub struct StoreConfig {
     pub max_batch: usize,
     /// Read-only connections for queries.
     pub read_pool_size: u32,
+}
+
+/// `[retention]`: deletion of old finished work.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Seconds a finished workload is kept after `finished_at`; 0 keeps everything.
+    pub max_age_s: u64,
+    /// Seconds between sweeps (at least 1).
+    pub sweep_interval_s: u64,
 }
 
 /// `[backends.*]`: one section per backend.

@@ -33,6 +33,10 @@ pub struct Metrics {
     pub log_lines_dropped: IntCounter,
     /// Log lines cut for length or dropped past the per-workload cap.
     pub log_lines_truncated: IntCounter,
+    /// Log lines that could not be stored (storage fault); marked in their log later.
+    pub log_lines_lost: IntCounter,
+    /// Rows deleted by retention, by table (`workloads`, `log_lines`).
+    pub retention_swept: IntCounterVec,
     /// Writes committed per store transaction.
     pub store_batch_size: Histogram,
     /// Backend actor restarts, by backend.
@@ -104,6 +108,17 @@ impl Metrics {
             "log_lines_truncated_total",
             "Log lines cut for length or dropped past the per-workload cap",
         )?;
+        let log_lines_lost = IntCounter::new(
+            "log_lines_lost_total",
+            "Log lines that could not be stored because the storage failed",
+        )?;
+        let retention_swept = IntCounterVec::new(
+            Opts::new(
+                "retention_swept_rows_total",
+                "Rows deleted by retention (finished workloads past max_age_s), by table",
+            ),
+            &["table"],
+        )?;
         let store_batch_size = Histogram::with_opts(
             HistogramOpts::new("store_batch_size", "Writes committed per store transaction")
                 .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 256.0, 1024.0, 4096.0]),
@@ -147,6 +162,8 @@ impl Metrics {
         registry.register(Box::new(log_lines_persisted.clone()))?;
         registry.register(Box::new(log_lines_dropped.clone()))?;
         registry.register(Box::new(log_lines_truncated.clone()))?;
+        registry.register(Box::new(log_lines_lost.clone()))?;
+        registry.register(Box::new(retention_swept.clone()))?;
         registry.register(Box::new(store_batch_size.clone()))?;
         registry.register(Box::new(backend_restarts.clone()))?;
         registry.register(Box::new(worker_restarts.clone()))?;
@@ -168,6 +185,8 @@ impl Metrics {
             log_lines_persisted,
             log_lines_dropped,
             log_lines_truncated,
+            log_lines_lost,
+            retention_swept,
             store_batch_size,
             backend_restarts,
             worker_restarts,

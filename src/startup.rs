@@ -2,6 +2,7 @@
 //! server. Tests use [`Application::build_with`] to boot the real app on port 0.
 
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,13 +12,13 @@ use actix_web::middleware::{from_fn, Logger};
 use actix_web::{web, App, HttpServer};
 
 use crate::actors::images::ImagesActor;
-use crate::actors::log_broker::LogBroker;
+use crate::actors::log_broker::{LogBroker, LogSinks};
 use crate::actors::store::{Flush, Recover, StoreActor, WatchDeliveries};
 use crate::actors::supervisor::{
     InterruptAll, ListBackends, Readmit, Supervisor, SupervisorLimits,
 };
 use crate::actors::webhooks::{Deliverer, DeliveriesEnqueued};
-use crate::api::{self, AllowedHosts, AppState};
+use crate::api::{self, ActorRestarts, AllowedHosts, AppState, Readiness};
 use crate::backends::gvisor::GvisorBackend;
 use crate::backends::isolate::IsolateBackend;
 use crate::backends::microvm::MicrovmBackend;
@@ -55,6 +56,7 @@ pub struct Application {
     store: Addr<StoreActor>,
     supervisor: Addr<Supervisor>,
     shutdown_timeout: Duration,
+    draining: Arc<AtomicBool>,
 }
 
 fn factory<B: Backend>(
@@ -151,22 +153,36 @@ impl Application {
             config.store.max_batch,
             metrics.clone(),
         )?
-        .sweep_idempotency_keys(Duration::from_secs(config.idempotency_ttl_s))
-        .start();
+        .sweep_idempotency_keys(Duration::from_secs(config.idempotency_ttl_s));
+        let store = match config.retention.max_age_s {
+            0 => store,
+            age => store.retention(
+                Duration::from_secs(age),
+                Duration::from_secs(config.retention.sweep_interval_s),
+            ),
+        };
+        let store_health = store.health();
+        let store = store.start();
         // Watching before any status can change, so no enqueued delivery goes unnoticed.
         let callbacks = CallbackPolicy::new(&config.webhooks).map_err(StartupError::Webhooks)?;
         let deliverer = Deliverer::new(store.clone(), metrics.clone(), &config.webhooks)
             .map_err(StartupError::Webhooks)?
             .start();
         store.do_send(WatchDeliveries(deliverer.clone().recipient()));
-        let broker = LogBroker::new(store.clone(), config.logs.clone(), metrics.clone()).start();
+        let broker = LogBroker::new(store.clone(), config.logs.clone(), metrics.clone());
+        let restarts = ActorRestarts {
+            store: store_health.restarts(),
+            broker: broker.restarts(),
+        };
+        let broker = broker.start();
         let supervisor = Supervisor::new(
             store.clone(),
-            broker.clone(),
+            LogSinks::new(broker.clone(), config.logs.clone(), metrics.clone()),
             metrics.clone(),
             config.node_id(),
             SupervisorLimits {
                 max_queue: config.max_queue,
+                max_queue_bytes: config.max_queue_bytes,
                 queue_bounds: config.backends.queue_bounds(),
                 max_output_bytes: config.max_output_bytes,
             },
@@ -184,12 +200,8 @@ impl Application {
         // Recovery may have finished workloads with a callback_url.
         deliverer.do_send(DeliveriesEnqueued);
         let readmitted = recovered.pending.len();
-        for (workload, payload, input) in recovered.pending {
-            supervisor.do_send(Readmit {
-                workload,
-                payload,
-                input,
-            });
+        for work in recovered.pending {
+            supervisor.do_send(Readmit(work));
         }
         if readmitted > 0 || !recovered.interrupted.is_empty() {
             log::info!(
@@ -198,6 +210,11 @@ impl Application {
             );
         }
 
+        let draining = Arc::new(AtomicBool::new(false));
+        let readiness = Readiness {
+            store: store_health,
+            draining: draining.clone(),
+        };
         let state = web::Data::new(AppState {
             supervisor: supervisor.clone(),
             store: store.clone(),
@@ -211,6 +228,8 @@ impl Application {
             idempotency_ttl: Duration::from_secs(config.idempotency_ttl_s),
             keepalive: Duration::from_secs(config.logs.keepalive_s.max(1)),
             max_body_bytes: config.max_body_bytes,
+            readiness,
+            restarts,
         });
         if state.token.is_some() {
             log::info!("auth: bearer token required on /v1/*");
@@ -257,6 +276,7 @@ impl Application {
             store,
             supervisor,
             shutdown_timeout,
+            draining,
         })
     }
 
@@ -282,11 +302,13 @@ impl Application {
         let mut server = self.server;
         tokio::select! {
             res = &mut server => {
+                self.draining.store(true, Ordering::SeqCst);
                 res?;
                 log::info!("server stopped: stopping running workloads, flushing the store");
                 stop_running_workloads(&self.supervisor, Instant::now() + self.shutdown_timeout).await;
             }
             signal = shutdown_signal() => {
+                self.draining.store(true, Ordering::SeqCst);
                 log::info!("{signal} received: stopping running workloads, then the server");
                 stop_running_workloads(&self.supervisor, deadline).await;
                 // The server future drives its own shutdown: poll it while stopping.

@@ -407,6 +407,7 @@ async fn every_get_route_answers_head_and_405_lists_the_allowed_methods() {
     app.wait_terminal(&id, Duration::from_secs(10)).await;
     let gets = [
         "/healthz".to_string(),
+        "/readyz".to_string(),
         "/metrics".to_string(),
         "/v1/workloads".to_string(),
         format!("/v1/workloads/{id}"),

@@ -45,7 +45,16 @@ fn quick_bench_produces_every_figure() {
         NodeBaseline::Skipped(why) => assert!(!why.is_empty()),
     }
 
+    // The large-log section read every line, twice (history and replay).
+    assert_eq!(report.logs.lines, opts.logs.lines as u64);
+    assert!(report.logs.history_ttfb > Duration::ZERO);
+    assert!(report.logs.history_all >= report.logs.history_ttfb);
+    assert!(report.logs.replay_all >= report.logs.replay_ttfb);
+    assert_eq!(report.logs.submit_idle.samples, opts.logs.submits);
+    assert_eq!(report.logs.submit_loaded.samples, opts.logs.submits);
+
     let md = report.to_markdown("vulcan bench --quick");
     assert!(md.contains("## Targets"), "{md}");
-    assert_eq!(report.targets().len(), 3);
+    assert!(md.contains("## Large logs"), "{md}");
+    assert_eq!(report.targets().len(), 4);
 }

@@ -475,3 +475,58 @@ async fn log_history_has_the_console_lines_in_order() {
         .await;
     assert_eq!(history["lines"], json!([]));
 }
+
+#[tokio::test]
+async fn a_1_6_gb_log_attempt_is_kept_to_the_byte_cap_with_its_marker() {
+    let app = isolate_app().await;
+    // 100,000 lines of 16 KiB: 1.6 GB printed; the default cap keeps 10 MiB.
+    let started = Instant::now();
+    let w = run(
+        &app,
+        &json!({
+            "runtime": "node",
+            "code": "const l = 'x'.repeat(16384); for (let i = 0; i < 100000; i++) console.log(l); 'done'",
+            "resources": {"timeout_s": 600}
+        }),
+    )
+    .await;
+    eprintln!("1.6 GB log attempt ran in {:?}", started.elapsed());
+    assert_eq!(w["status"], "completed", "{w}");
+    let history = format!("/v1/workloads/{}/logs/history", id(&w));
+    let mut bytes = 0usize;
+    let mut count = 0usize;
+    let mut last_line = String::new();
+    let mut after: Option<u64> = None;
+    loop {
+        let q = match after {
+            None => format!("{history}?limit=10000"),
+            Some(a) => format!("{history}?limit=10000&after={a}"),
+        };
+        let page = app.get_json(&q, 200).await;
+        for l in page["lines"].as_array().expect("lines") {
+            let text = l["line"].as_str().expect("line");
+            bytes += text.len();
+            count += 1;
+            last_line = text.to_string();
+        }
+        match page["next_after"].as_u64() {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    let cap = 10 * 1024 * 1024;
+    assert!(bytes <= cap + 200, "{bytes} bytes kept");
+    assert!(bytes > cap - 16_384 - 200, "{bytes} bytes kept");
+    assert_eq!(
+        count,
+        cap / 16_384 + 1,
+        "the lines that fit, and the marker"
+    );
+    assert!(
+        last_line.contains("log truncated") && last_line.contains("bytes were kept"),
+        "{last_line}"
+    );
+    // The server is fine and the next workload runs at once.
+    let next = run(&app, &node("console.log('next'); 1")).await;
+    assert_eq!(next["status"], "completed", "{next}");
+}

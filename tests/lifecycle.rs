@@ -280,6 +280,48 @@ async fn a_full_queue_answers_429_and_records_nothing() {
 }
 
 #[tokio::test]
+async fn a_queue_full_by_bytes_answers_429_and_records_nothing() {
+    let (f, _) = scripted::factory(Options {
+        max_concurrency: 1,
+        ..Options::default()
+    });
+    let app = common::app()
+        .env("VULCAN_MAX_QUEUE_BYTES", "3000")
+        .backend(f)
+        .spawn()
+        .await;
+    // Running work holds a slot, not queue bytes.
+    scripted::occupy_slot(&app).await;
+    // A script padded to ~2000 bytes (code) waits; the count is code + input.
+    let padded = |n: usize| job("node", json!({"output": "x".repeat(n)}));
+    let waiting = app.submit_async(&padded(2000)).await;
+    let before = app.count_rows("workloads");
+    for path in ["/v1/workloads/async", "/v1/workloads"] {
+        let res = app.post(path, &padded(1200)).await;
+        assert_eq!(res.status(), 429);
+        assert!(res.headers().contains_key("retry-after"));
+        let v: Value = res.json().await.expect("json");
+        assert!(
+            v["error"]
+                .as_str()
+                .expect("error")
+                .contains("max_queue_bytes"),
+            "{v}"
+        );
+    }
+    assert_eq!(
+        app.count_rows("workloads"),
+        before,
+        "a refused submission was recorded"
+    );
+    // A smaller one still fits; once the waiting one leaves the queue, the large one too.
+    app.submit_async(&padded(500)).await;
+    let res = app.delete(&format!("/v1/workloads/{}", id(&waiting))).await;
+    assert_eq!(res.status(), 200);
+    app.submit_async(&padded(1200)).await;
+}
+
+#[tokio::test]
 async fn a_backend_panic_fails_the_workload_restarts_the_backend_and_work_goes_on() {
     let (app, seen) = scripted_app(Options::default()).await;
     let w: Value = app
@@ -825,5 +867,122 @@ async fn every_422_names_the_class_and_why_without_host_details() {
             assert!(!msg.contains(leak), "{leak} in {msg}");
         }
         assert!(msg.contains("is unavailable: "), "{msg}");
+    }
+}
+
+/// The entry of actor `name` in `GET /v1/system/actors`.
+async fn actor(app: &common::TestApp, name: &str) -> Value {
+    let actors = app.get_json("/v1/system/actors", 200).await;
+    actors["actors"]
+        .as_array()
+        .expect("actors")
+        .iter()
+        .find(|a| a["name"] == name)
+        .unwrap_or_else(|| panic!("{name} listed: {actors}"))
+        .clone()
+}
+
+#[tokio::test]
+async fn operators_restart_the_store_and_the_log_broker_and_subscribers_resume() {
+    let (app, _) = scripted_app(Options::default()).await;
+    for name in ["store", "log_broker"] {
+        let a = actor(&app, name).await;
+        assert_eq!(
+            (a["state"].as_str(), a["restarts"].as_u64()),
+            (Some("running"), Some(0))
+        );
+        assert!(a["last_error"].is_null());
+    }
+    // A subscriber follows a logging workload while the broker restarts under it.
+    let all: Vec<String> = (0..300).map(|i| format!("line {i}")).collect();
+    let w = app
+        .submit_async(&job(
+            "node",
+            json!({"logs": all, "log_interval_ms": 5, "log_burst": 5}),
+        ))
+        .await;
+    let url = app.url(&format!("/v1/workloads/{}/logs", id(&w)));
+    let res = app.client.get(&url).send().await.expect("subscribe");
+    let mut reader = common::sse::Reader::new(res);
+    let mut got: Vec<common::sse::Event> = Vec::new();
+    for _ in 0..10 {
+        got.push(reader.next_event().await.expect("a line"));
+    }
+    let res = app
+        .client
+        .post(app.url("/v1/system/actors/log_broker/restart"))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(res.status(), 200);
+    let a: Value = res.json().await.expect("json");
+    assert_eq!(
+        (a["name"].as_str(), a["restarts"].as_u64()),
+        (Some("log_broker"), Some(1))
+    );
+    assert_eq!(a["last_error"], "restart requested by operator");
+    // Its stream ends; it resumes with Last-Event-ID and loses nothing.
+    while let Some(e) = reader.next_event().await {
+        got.push(e);
+    }
+    assert_ne!(
+        got.last().and_then(|e| e.event.as_deref()),
+        Some("done"),
+        "cut short"
+    );
+    let last = got.last().and_then(|e| e.id.clone()).expect("an id");
+    let res = app
+        .client
+        .get(&url)
+        .header("Last-Event-ID", last)
+        .send()
+        .await
+        .expect("resume");
+    got.extend(common::sse::Reader::new(res).collect(SOON).await);
+    let (done, lines) = got.split_last().expect("events");
+    assert_eq!(done.event.as_deref(), Some("done"));
+    assert_eq!(done.data, "completed");
+    let seen: Vec<&str> = lines.iter().map(|e| e.data.as_str()).collect();
+    assert_eq!(seen, all.iter().map(String::as_str).collect::<Vec<_>>());
+
+    // The store's writer reopens its connection; work goes on.
+    let res = app
+        .client
+        .post(app.url("/v1/system/actors/store/restart"))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(res.status(), 200);
+    let a: Value = res.json().await.expect("json");
+    assert_eq!(
+        (a["name"].as_str(), a["restarts"].as_u64()),
+        (Some("store"), Some(1))
+    );
+    let next: Value = app
+        .post("/v1/workloads", &job("node", json!({"output": "ok"})))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(next["status"], "completed");
+    assert_eq!(actor(&app, "store").await["restarts"], 1);
+    // Backends by their actor name; unknown names are 404; the supervisor stays.
+    let res = app
+        .client
+        .post(app.url("/v1/system/actors/backend:scripted/restart"))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(res.status(), 200);
+    for (name, status) in [("nope", 404), ("backend:nope", 404), ("supervisor", 409)] {
+        let res = app
+            .client
+            .post(app.url(&format!("/v1/system/actors/{name}/restart")))
+            .send()
+            .await
+            .expect("req");
+        assert_eq!(res.status(), status, "{name}");
+        let v: Value = res.json().await.expect("json");
+        assert!(v["error"].is_string());
     }
 }

@@ -685,3 +685,358 @@ async fn the_client_ends_a_stream_answered_204_with_the_final_status() {
     );
     assert_eq!(stream.next().await.expect("no error"), None);
 }
+
+/// Every `line` of a history page, with its seq.
+fn page_lines(page: &Value) -> Vec<(u64, String)> {
+    page["lines"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .map(|l| {
+            (
+                l["seq"].as_u64().expect("seq"),
+                l["line"].as_str().expect("line").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn history_pages_through_25000_lines_in_three_page_sizes() {
+    let app = scripted_app().await;
+    let all = lines(25_000);
+    let w: Value = app
+        .post("/v1/workloads", &job("node", json!({"logs": all})))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(w["status"], "completed", "{w}");
+    let history = format!("/v1/workloads/{}/logs/history", id(&w));
+    for limit in [333_u64, 1000, 10_000] {
+        let mut got: Vec<(u64, String)> = Vec::new();
+        let mut after: Option<u64> = None;
+        let mut pages = 0;
+        loop {
+            let q = match after {
+                None => format!("{history}?limit={limit}"),
+                Some(a) => format!("{history}?limit={limit}&after={a}"),
+            };
+            let page = app.get_json(&q, 200).await;
+            pages += 1;
+            let lines = page_lines(&page);
+            assert!(lines.len() as u64 <= limit);
+            if lines.len() as u64 == limit {
+                assert_eq!(
+                    page["next_after"].as_u64(),
+                    lines.last().map(|l| l.0),
+                    "a full page names its last seq"
+                );
+            } else {
+                assert!(page["next_after"].is_null(), "a short page ends the log");
+            }
+            got.extend(lines);
+            match page["next_after"].as_u64() {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(pages as u64, 25_000 / limit + 1, "limit {limit}");
+        assert_eq!(got.len(), 25_000, "limit {limit}");
+        for (i, (seq, line)) in got.iter().enumerate() {
+            assert_eq!(*seq, i as u64);
+            assert_eq!(line, &all[i]);
+        }
+    }
+    // Without `limit`: the default page of 1000.
+    let first = app.get_json(&history, 200).await;
+    assert_eq!(page_lines(&first).len(), 1000);
+    assert_eq!(first["next_after"], 999);
+}
+
+/// Follow a log stream to its `done` as an EventSource would: whenever the stream
+/// ends early (the client drops it after `read_at_most` events, or the server
+/// disconnects a subscriber that fell behind), reconnect with the last id seen.
+async fn follow(client: reqwest::Client, url: String, read_at_most: usize) -> Vec<Event> {
+    let mut got: Vec<Event> = Vec::new();
+    let mut last: Option<String> = None;
+    for _ in 0..200 {
+        let mut req = client.get(&url);
+        if let Some(l) = &last {
+            req = req.header("Last-Event-ID", l.as_str());
+        }
+        let res = req.send().await.expect("subscribe");
+        if res.status() == 204 {
+            return got;
+        }
+        let mut r = Reader::new(res);
+        for _ in 0..read_at_most {
+            let Some(e) = r.next_event().await else {
+                break;
+            };
+            last = e.id.clone();
+            let done = e.event.as_deref() == Some("done");
+            got.push(e);
+            if done {
+                return got;
+            }
+        }
+    }
+    panic!("no done after 200 connections ({} events)", got.len());
+}
+
+/// Exactly `all`, each once, in order with `id == seq`, then `done: completed`
+/// (compact on failure: the first difference, not every event).
+fn assert_once(events: &[Event], all: &[String]) {
+    let (done, lines) = events.split_last().expect("events");
+    assert_eq!(done.event.as_deref(), Some("done"));
+    assert_eq!(done.data, "completed");
+    for (i, e) in lines.iter().enumerate() {
+        assert_eq!(
+            (e.id.as_deref(), e.data.as_str()),
+            (
+                Some(i.to_string().as_str()),
+                all.get(i).map_or("<none>", |s| s.as_str())
+            ),
+            "event {i} of {}",
+            lines.len()
+        );
+    }
+    assert_eq!(lines.len(), all.len());
+}
+
+#[tokio::test]
+async fn late_subscribers_and_reconnects_during_a_fast_logging_run_see_every_line_once() {
+    let app = scripted_app().await;
+    // 20,000 lines in bursts of 100 every 2 ms: replay spans many pages while new
+    // lines keep arriving live.
+    let all = lines(20_000);
+    let w = app
+        .submit_async(&job(
+            "node",
+            json!({"logs": all, "log_interval_ms": 2, "log_burst": 100}),
+        ))
+        .await;
+    let url = app.url(&format!("/v1/workloads/{}/logs", id(&w)));
+    let mut readers = Vec::new();
+    // Late subscribers (reading everything they can), and clients that drop their
+    // stream every 3,000 events and resume.
+    for (delay_ms, read_at_most) in [
+        (0_u64, usize::MAX),
+        (50, usize::MAX),
+        (150, usize::MAX),
+        (300, 3000),
+        (600, usize::MAX),
+        (0, 3000),
+    ] {
+        let (client, url) = (app.client.clone(), url.clone());
+        readers.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            follow(client, url, read_at_most).await
+        }));
+    }
+    for r in readers {
+        let events = r.await.expect("reader");
+        assert_once(&events, &all);
+    }
+}
+
+#[tokio::test]
+async fn the_byte_cap_keeps_a_log_to_its_size_with_one_marker() {
+    let (f, _) = scripted::factory(Options::default());
+    let app = common::app()
+        .env("VULCAN_LOGS__MAX_BYTES", "1000")
+        .backend(f)
+        .spawn()
+        .await;
+    // 100-byte lines: ten fit, the eleventh is the marker, the rest are dropped.
+    let line = "x".repeat(100);
+    let w: Value = app
+        .post(
+            "/v1/workloads",
+            &job("node", json!({"logs": [line], "log_repeat": 50_000})),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        w["status"], "completed",
+        "the workload itself is not affected"
+    );
+    let h = app
+        .get_json(&format!("/v1/workloads/{}/logs/history", id(&w)), 200)
+        .await;
+    let got = page_lines(&h);
+    assert_eq!(got.len(), 11, "{got:?}");
+    assert!(got[..10].iter().all(|(_, l)| l == &line));
+    assert!(
+        got[10].1.contains("log truncated") && got[10].1.contains("1000 bytes"),
+        "{got:?}"
+    );
+    // The stream says the same, then done.
+    let events = subscribe(&app, &id(&w), None).await.collect(SOON).await;
+    assert_eq!(events.len(), 12);
+    // The server is fine: the next workload runs at once with its own log.
+    let next: Value = app
+        .post("/v1/workloads", &job("node", json!({"logs": ["after"]})))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(next["status"], "completed");
+    let h = app
+        .get_json(&format!("/v1/workloads/{}/logs/history", id(&next)), 200)
+        .await;
+    assert_eq!(page_lines(&h), vec![(0, "after".to_string())]);
+}
+
+#[tokio::test]
+async fn history_pages_of_long_lines_stop_at_4_mib_and_say_where_to_go_on() {
+    let app = scripted_app().await;
+    let line = "y".repeat(16_000);
+    let w: Value = app
+        .post(
+            "/v1/workloads",
+            &job("node", json!({"logs": [line], "log_repeat": 600})),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(w["status"], "completed");
+    let history = format!("/v1/workloads/{}/logs/history?limit=10000", id(&w));
+    let mut seen = 0u64;
+    let mut pages = 0;
+    let mut after: Option<u64> = None;
+    loop {
+        let q = match after {
+            None => history.clone(),
+            Some(a) => format!("{history}&after={a}"),
+        };
+        let page = app.get_json(&q, 200).await;
+        let lines = page_lines(&page);
+        let bytes: usize = lines.iter().map(|(_, l)| l.len()).sum();
+        assert!(
+            bytes < 4 * 1024 * 1024 + 16_000,
+            "{bytes} bytes in one page"
+        );
+        for (seq, _) in &lines {
+            assert_eq!(*seq, seen);
+            seen += 1;
+        }
+        pages += 1;
+        match page["next_after"].as_u64() {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seen, 600);
+    assert_eq!(pages, 3, "4 MiB of 16,000-byte lines is 263 lines a page");
+}
+
+/// p50 and p99 (nearest rank) of `samples`.
+fn p50_p99(mut samples: Vec<Duration>) -> (Duration, Duration) {
+    samples.sort_unstable();
+    let rank =
+        |p: f64| samples[((p * samples.len() as f64).ceil() as usize).clamp(1, samples.len()) - 1];
+    (rank(0.5), rank(0.99))
+}
+
+/// Async submissions of a trivial script, one after the other; their round trips.
+async fn timed_submits(app: &common::TestApp, n: usize) -> Vec<Duration> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        let res = app
+            .post("/v1/workloads/async", &job("node", json!({"output": 1})))
+            .await;
+        out.push(start.elapsed());
+        assert_eq!(res.status(), 202);
+    }
+    out
+}
+
+#[tokio::test]
+async fn history_reads_of_a_large_log_run_beside_submissions() {
+    let app = scripted_app().await;
+    let w: Value = app
+        .post(
+            "/v1/workloads",
+            &job(
+                "node",
+                json!({"logs": ["x".repeat(90)], "log_repeat": 100_000}),
+            ),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(w["status"], "completed");
+    let history = format!("/v1/workloads/{}/logs/history", id(&w));
+    let idle = timed_submits(&app, 200).await;
+    // Four clients page through the whole log again and again meanwhile.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..4 {
+        let (client, url, stop) = (app.client.clone(), app.url(&history), stop.clone());
+        readers.push(tokio::spawn(async move {
+            let mut full_reads = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let mut after: Option<u64> = None;
+                let mut next_seq = 0u64;
+                loop {
+                    let q = match after {
+                        None => format!("{url}?limit=10000"),
+                        Some(a) => format!("{url}?limit=10000&after={a}"),
+                    };
+                    let page: Value = client
+                        .get(q)
+                        .send()
+                        .await
+                        .expect("get")
+                        .json()
+                        .await
+                        .expect("json");
+                    for l in page["lines"].as_array().expect("lines") {
+                        assert_eq!(l["seq"].as_u64(), Some(next_seq));
+                        next_seq += 1;
+                    }
+                    match page["next_after"].as_u64() {
+                        Some(n) => after = Some(n),
+                        None => break,
+                    }
+                }
+                assert_eq!(next_seq, 100_000, "every read sees the whole log");
+                full_reads += 1;
+            }
+            full_reads
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let loaded = timed_submits(&app, 200).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut reads = 0;
+    for r in readers {
+        reads += r.await.expect("reader");
+    }
+    let (i50, i99) = p50_p99(idle);
+    let (l50, l99) = p50_p99(loaded);
+    // Figures, not assertions (shared 2-core machines): see `vulcan bench` for release
+    // figures.
+    eprintln!(
+        "async submit idle p50 {i50:?} p99 {i99:?}; while 4 clients page through a \
+         100,000-line log ({reads} full reads finished): p50 {l50:?} p99 {l99:?}"
+    );
+    assert!(reads > 0, "the readers read the whole log meanwhile");
+    // Every submission was recorded and ran.
+    let start = Instant::now();
+    loop {
+        let stats = app.get_json("/v1/stats", 200).await;
+        if stats["by_status"]["completed"] == 401 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{stats}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

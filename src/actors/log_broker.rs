@@ -1,10 +1,27 @@
-//! The LogBroker: per-workload log topics, sequence numbers, limits, fan-out to live
-//! subscribers, and hand-off of every kept line to the store.
+//! The LogBroker: per-workload log topics, sequence numbers, fan-out to live
+//! subscribers, and hand-off of every kept line to the store; and [`LogSink`]s, the
+//! workloads' end of it, which apply the per-log caps.
+//!
+//! Bounds: a workload's sink counts the lines and bytes it kept (`logs.max_lines`,
+//! `logs.max_bytes`); past either one it queues one marker line and drops everything
+//! after it right there, without a message. Lines below the caps wait in the sink's own
+//! buffer while one batch of them is on its way to the broker, so each workload has at
+//! most one message in the broker's mailbox and its buffer never holds more than the
+//! caps allow: a flooding guest grows no mailbox.
 //!
 //! Ordering guarantee used by SSE: before answering [`Subscribe`], the broker hands every
-//! line it has numbered to the store, so a replay read queued behind the answer (see
-//! [`crate::actors::store::GetLogs::consistent`]) sees every line below the subscriber's
-//! `live_from`, and the live channel carries every line from `live_from` on.
+//! line it has numbered to the store, so once a write barrier sent after the answer
+//! ([`crate::actors::store::Flush`]) resolves, every line below the subscriber's
+//! `live_from` is committed and readable from the read pool; the live channel carries
+//! every line from `live_from` on. Likewise [`Seal`] hands a workload's lines to the
+//! store before its terminal status is written, so a terminal record implies a complete
+//! log.
+//!
+//! Supervision: a panic while handling a message is caught and the broker restarts in
+//! place: every subscriber is disconnected (it resumes with Last-Event-ID and loses
+//! nothing: the lines are in the store), lines numbered so far still go to the store,
+//! and each topic keeps its next seq so no number is given twice. An operator can ask
+//! for the same ([`RestartBroker`]).
 //!
 //! Topics: the supervisor opens a workload's topic when it admits it, the workload
 //! actor closes it once the terminal status is stored. A subscriber may come earlier,
@@ -16,7 +33,9 @@
 //! left behind.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -24,10 +43,11 @@ use chrono::Utc;
 use tokio::sync::mpsc;
 
 use crate::actors::store::{AppendLogs, StoreActor};
+use crate::actors::Restarts;
+use crate::backends::LogSink;
 use crate::config::LogsConfig;
 use crate::metrics::Metrics;
-use crate::model::{cap_line, format_time, LogLine, Status, WorkloadId};
-use crate::store::models::LogLineRow;
+use crate::model::{cap_line, LogLine, Status, WorkloadId};
 
 /// What a live subscriber receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +70,6 @@ struct Subscriber {
 
 struct Topic {
     next_seq: u64,
-    capped: bool,
     /// Opened by admission (false: opened by an early subscriber, see the module docs).
     admitted: bool,
     subscribers: Vec<Subscriber>,
@@ -60,7 +79,6 @@ impl Topic {
     fn new(admitted: bool) -> Self {
         Self {
             next_seq: 0,
-            capped: false,
             admitted,
             subscribers: Vec::new(),
         }
@@ -73,9 +91,10 @@ pub struct LogBroker {
     cfg: LogsConfig,
     metrics: Arc<Metrics>,
     topics: HashMap<WorkloadId, Topic>,
-    unflushed: Vec<LogLineRow>,
+    unflushed: Vec<(WorkloadId, LogLine)>,
     flush_scheduled: bool,
     next_key: u64,
+    restarts: Arc<Restarts>,
 }
 
 /// Lines are handed to the store at most this long after they were published.
@@ -92,6 +111,41 @@ impl LogBroker {
             unflushed: Vec::new(),
             flush_scheduled: false,
             next_key: 0,
+            restarts: Arc::default(),
+        }
+    }
+
+    /// Its restarts and last failure.
+    pub fn restarts(&self) -> Arc<Restarts> {
+        self.restarts.clone()
+    }
+
+    /// Restart in place (see the module docs).
+    fn restart(&mut self, why: String) {
+        self.restarts.record(why);
+        let mut disconnected = 0;
+        for topic in self.topics.values_mut() {
+            disconnected += topic.subscribers.len();
+            topic.subscribers.clear();
+        }
+        self.metrics.sse_subscribers.sub(disconnected as i64);
+        self.topics.retain(|_, t| t.admitted);
+        self.flush();
+        self.update_gauge();
+    }
+
+    /// Run `f`; a panic in it restarts the broker and gives `None`.
+    fn guarded<R>(&mut self, what: &str, f: impl FnOnce(&mut Self) -> R) -> Option<R> {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| f(self))) {
+            Ok(r) => Some(r),
+            Err(panic) => {
+                let why = format!(
+                    "log broker panicked handling {what}: {}",
+                    crate::actors::backend::panic_message(panic.as_ref())
+                );
+                self.restart(why);
+                None
+            }
         }
     }
 
@@ -115,19 +169,190 @@ impl LogBroker {
 
     fn flush(&mut self) {
         if !self.unflushed.is_empty() {
-            let rows = std::mem::take(&mut self.unflushed);
-            self.metrics.log_lines_persisted.inc_by(rows.len() as u64);
-            self.store.do_send(AppendLogs(rows));
+            let lines = std::mem::take(&mut self.unflushed);
+            self.metrics.log_lines_persisted.inc_by(lines.len() as u64);
+            self.store.do_send(AppendLogs(lines));
         }
     }
 
-    /// Apply the per-line cap (the one rule: [`cap_line`]).
-    fn cap_line(&self, line: String) -> String {
-        let (line, cut) = cap_line(line, self.cfg.max_line_bytes);
+    /// Number `lines` of `id`, fan them out to live subscribers and queue them for the
+    /// store. Lines of a closed (or never opened) topic are dropped.
+    fn publish(&mut self, id: WorkloadId, lines: Vec<String>, ctx: &mut Context<Self>) {
+        let Some(topic) = self.topics.get_mut(&id) else {
+            return;
+        };
+        for text in lines {
+            let entry = LogLine {
+                seq: topic.next_seq,
+                line: text,
+                created_at: Utc::now(),
+            };
+            topic.next_seq += 1;
+            let metrics = &self.metrics;
+            topic
+                .subscribers
+                .retain(|s| match s.tx.try_send(LogEvent::Line(entry.clone())) {
+                    Ok(()) => true,
+                    Err(_) => {
+                        // Full or gone: disconnect; the client resumes with Last-Event-ID.
+                        metrics.log_lines_dropped.inc();
+                        metrics.sse_subscribers.dec();
+                        false
+                    }
+                });
+            self.unflushed.push((id, entry));
+        }
+        if !self.flush_scheduled && !self.unflushed.is_empty() {
+            self.flush_scheduled = true;
+            ctx.run_later(FLUSH_EVERY, |act, _| {
+                act.flush_scheduled = false;
+                act.flush();
+            });
+        }
+    }
+}
+
+/// Makes each workload's [`LogSink`] (one per execution) and reaches the broker.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct LogSinks {
+    broker: Addr<LogBroker>,
+    cfg: LogsConfig,
+    metrics: Arc<Metrics>,
+}
+
+impl LogSinks {
+    /// Sinks publishing to `broker`, held to the caps of `cfg`.
+    pub fn new(broker: Addr<LogBroker>, cfg: LogsConfig, metrics: Arc<Metrics>) -> Self {
+        Self {
+            broker,
+            cfg,
+            metrics,
+        }
+    }
+
+    /// The broker itself.
+    pub fn broker(&self) -> &Addr<LogBroker> {
+        &self.broker
+    }
+
+    /// A sink for workload `id`'s lines, holding them to the caps (see the module docs).
+    pub fn sink(&self, id: WorkloadId) -> LogSink {
+        let shared = Arc::new(SinkShared {
+            id,
+            broker: self.broker.clone(),
+            metrics: self.metrics.clone(),
+            max_line_bytes: self.cfg.max_line_bytes,
+            max_lines: self.cfg.max_lines,
+            max_bytes: self.cfg.max_bytes,
+            capped: AtomicBool::new(false),
+            queue: Mutex::new(SinkQueue::default()),
+        });
+        LogSink::new(move |line| shared.push(line))
+    }
+}
+
+/// What a workload's sink and the broker share.
+struct SinkShared {
+    id: WorkloadId,
+    broker: Addr<LogBroker>,
+    metrics: Arc<Metrics>,
+    max_line_bytes: usize,
+    max_lines: u64,
+    max_bytes: u64,
+    /// Set once the marker is queued: every later line is dropped without a lock.
+    capped: AtomicBool,
+    queue: Mutex<SinkQueue>,
+}
+
+/// The sink's counters and the lines not yet handed to the broker.
+#[derive(Default)]
+struct SinkQueue {
+    /// Lines kept so far (the marker not counted).
+    lines: u64,
+    /// Bytes of the lines kept so far.
+    bytes: u64,
+    /// Kept, waiting for the batch on its way to be handled.
+    buffer: Vec<String>,
+    /// A [`Publish`] of this sink is in the broker's mailbox (or being handled).
+    in_flight: bool,
+}
+
+impl SinkShared {
+    fn drop_line(&self) {
+        self.metrics.log_lines_truncated.inc();
+    }
+
+    fn push(self: &Arc<Self>, line: String) {
+        if self.capped.load(Ordering::Relaxed) {
+            return self.drop_line();
+        }
+        let (line, cut) = cap_line(line, self.max_line_bytes);
         if cut {
             self.metrics.log_lines_truncated.inc();
         }
-        line
+        let Ok(mut q) = self.queue.lock() else {
+            return self.drop_line();
+        };
+        if self.capped.load(Ordering::Relaxed) {
+            drop(q);
+            return self.drop_line();
+        }
+        let len = line.len() as u64;
+        let marker = if q.lines >= self.max_lines {
+            Some(format!(
+                "[vulcan: log truncated: only the first {} lines were kept]",
+                self.max_lines
+            ))
+        } else if q.bytes.saturating_add(len) > self.max_bytes {
+            Some(format!(
+                "[vulcan: log truncated: only the first {} bytes were kept]",
+                q.bytes
+            ))
+        } else {
+            None
+        };
+        match marker {
+            Some(m) => {
+                self.capped.store(true, Ordering::Relaxed);
+                self.drop_line();
+                q.buffer.push(m);
+            }
+            None => {
+                q.lines += 1;
+                q.bytes += len;
+                q.buffer.push(line);
+            }
+        }
+        if !q.in_flight {
+            q.in_flight = true;
+            let lines = std::mem::take(&mut q.buffer);
+            drop(q);
+            self.broker.do_send(Publish {
+                sink: self.clone(),
+                lines,
+            });
+        }
+    }
+
+    /// The batch in flight will not be handled (the broker restarted): the next line
+    /// is sent with whatever is buffered.
+    fn release(&self) {
+        if let Ok(mut q) = self.queue.lock() {
+            q.in_flight = false;
+        }
+    }
+
+    /// The lines queued since the last batch was taken; when there are none, the sink
+    /// sends the next line itself.
+    fn next_batch(&self) -> Option<Vec<String>> {
+        let mut q = self.queue.lock().ok()?;
+        if q.buffer.is_empty() {
+            q.in_flight = false;
+            None
+        } else {
+            Some(std::mem::take(&mut q.buffer))
+        }
     }
 }
 
@@ -141,15 +366,24 @@ impl Actor for LogBroker {
 #[rtype(result = "()")]
 pub struct OpenTopic(pub WorkloadId);
 
-/// One line printed by a workload. Lines after the topic closed are dropped.
+/// Lines printed by a workload, sent by its [`LogSink`] (at most one such message per
+/// sink is in the mailbox). Lines after the topic closed are dropped.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Publish {
-    /// Whose line.
-    pub id: WorkloadId,
-    /// The text.
-    pub line: String,
+    /// The sink they come from (whose buffer holds the lines printed meanwhile).
+    sink: Arc<SinkShared>,
+    /// The text of each line, in order.
+    lines: Vec<String>,
 }
+
+/// Hand every line of the workload numbered so far to the store; answered once they
+/// are queued there. Sent by the workload actor before it writes the terminal status
+/// (the store applies writes in the order they arrive), so a terminal record implies
+/// its log is committed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Seal(pub WorkloadId);
 
 /// Close a topic: subscribers get `Done(status)` after every line, then their stream ends.
 /// Sent after the terminal status is in the store.
@@ -215,53 +449,29 @@ impl Handler<Publish> for LogBroker {
     type Result = ();
 
     fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) {
-        let max_lines = self.cfg.max_lines;
-        let line = self.cap_line(msg.line);
-        let Some(topic) = self.topics.get_mut(&msg.id) else {
-            return;
-        };
-        if topic.capped {
-            self.metrics.log_lines_truncated.inc();
-            return;
-        }
-        let text = if topic.next_seq >= max_lines {
-            topic.capped = true;
-            self.metrics.log_lines_truncated.inc();
-            format!("[vulcan: log truncated: only the first {max_lines} lines were kept]")
-        } else {
-            line
-        };
-        let entry = LogLine {
-            seq: topic.next_seq,
-            line: text,
-            created_at: Utc::now(),
-        };
-        topic.next_seq += 1;
-        let metrics = &self.metrics;
-        topic
-            .subscribers
-            .retain(|s| match s.tx.try_send(LogEvent::Line(entry.clone())) {
-                Ok(()) => true,
-                Err(_) => {
-                    // Full or gone: disconnect; the client resumes with Last-Event-ID.
-                    metrics.log_lines_dropped.inc();
-                    metrics.sse_subscribers.dec();
-                    false
-                }
-            });
-        self.unflushed.push(LogLineRow {
-            workload_id: msg.id.to_string(),
-            seq: entry.seq as i64,
-            line: entry.line,
-            created_at: format_time(&entry.created_at),
+        let Publish { sink, lines } = msg;
+        let id = sink.id;
+        let done = self.guarded("published lines", |me| {
+            me.publish(id, lines, ctx);
+            // Everything the sink buffered meanwhile, in order, before any other
+            // message: the sink sends nothing while this batch is in flight. Bounded by
+            // the caps.
+            while let Some(lines) = sink.next_batch() {
+                me.publish(id, lines, ctx);
+            }
         });
-        if !self.flush_scheduled {
-            self.flush_scheduled = true;
-            ctx.run_later(FLUSH_EVERY, |act, _| {
-                act.flush_scheduled = false;
-                act.flush();
-            });
+        if done.is_none() {
+            // The sink must not wait forever for this batch to be handled.
+            sink.release();
         }
+    }
+}
+
+impl Handler<Seal> for LogBroker {
+    type Result = ();
+
+    fn handle(&mut self, _: Seal, _: &mut Self::Context) {
+        self.flush();
     }
 }
 
@@ -270,7 +480,13 @@ impl Handler<CloseTopic> for LogBroker {
 
     fn handle(&mut self, msg: CloseTopic, _: &mut Self::Context) {
         self.flush();
-        self.close(msg.id, msg.status);
+        if self
+            .guarded("a closing topic", |me| me.close(msg.id, msg.status))
+            .is_none()
+        {
+            self.topics.remove(&msg.id);
+            self.update_gauge();
+        }
     }
 }
 
@@ -289,23 +505,28 @@ impl Handler<Subscribe> for LogBroker {
 
     fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) -> Self::Result {
         self.flush();
-        let buffer = self.cfg.subscriber_buffer;
-        let key = self.next_key;
-        self.next_key += 1;
-        let topic = self
-            .topics
-            .entry(msg.0)
-            .or_insert_with(|| Topic::new(false));
-        let (tx, rx) = mpsc::channel(buffer);
-        topic.subscribers.push(Subscriber { key, tx });
-        let live_from = topic.next_seq;
-        self.metrics.sse_subscribers.inc();
-        self.update_gauge();
-        MessageResult(Subscription {
-            live_from,
-            events: rx,
-            key,
-        })
+        let sub = self.guarded("a subscription", |me| {
+            let buffer = me.cfg.subscriber_buffer;
+            let key = me.next_key;
+            me.next_key += 1;
+            let topic = me.topics.entry(msg.0).or_insert_with(|| Topic::new(false));
+            let (tx, rx) = mpsc::channel(buffer);
+            topic.subscribers.push(Subscriber { key, tx });
+            let live_from = topic.next_seq;
+            me.metrics.sse_subscribers.inc();
+            me.update_gauge();
+            Subscription {
+                live_from,
+                events: rx,
+                key,
+            }
+        });
+        // After a restart: a stream that ends at once; the client resumes.
+        MessageResult(sub.unwrap_or_else(|| Subscription {
+            live_from: 0,
+            events: mpsc::channel(1).1,
+            key: u64::MAX,
+        }))
     }
 }
 
@@ -324,6 +545,129 @@ impl Handler<Unsubscribe> for LogBroker {
                 self.topics.remove(&msg.id);
                 self.update_gauge();
             }
+        }
+    }
+}
+
+/// Restart the broker in place (an operator's request): subscribers are disconnected
+/// and resume with Last-Event-ID.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RestartBroker(pub String);
+
+impl Handler<RestartBroker> for LogBroker {
+    type Result = ();
+
+    fn handle(&mut self, msg: RestartBroker, _: &mut Self::Context) {
+        self.restart(msg.0);
+    }
+}
+
+/// Test only: a message whose handling panics, as a bug in the broker would.
+#[cfg(test)]
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PanicInBroker;
+
+#[cfg(test)]
+impl Handler<PanicInBroker> for LogBroker {
+    type Result = ();
+
+    fn handle(&mut self, _: PanicInBroker, _: &mut Self::Context) {
+        self.guarded("an injected fault", |_| panic!("injected fault"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::actors::store::Flush;
+    use crate::config::Config;
+
+    fn logs_config(max_lines: u64, max_bytes: u64) -> LogsConfig {
+        let mut cfg = Config::load_from(HashMap::new()).expect("defaults").logs;
+        cfg.max_lines = max_lines;
+        cfg.max_bytes = max_bytes;
+        cfg
+    }
+
+    /// A flood printed without the broker getting a turn (this test holds the only
+    /// thread): everything past the cap is dropped at the sink, before any message is
+    /// handled, and the broker then gets exactly the cap and the marker, in order.
+    #[actix_web::test]
+    async fn a_flooding_sink_drops_past_the_cap_before_the_broker_runs() {
+        let dir = tempfile::tempdir().expect("dir");
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let store = StoreActor::open(&dir.path().join("t.db"), 1, 64, metrics.clone())
+            .expect("store")
+            .start();
+        let cfg = logs_config(1000, u64::MAX);
+        let broker = LogBroker::new(store.clone(), cfg.clone(), metrics.clone()).start();
+        let id = WorkloadId::new();
+        broker.send(OpenTopic(id)).await.expect("open");
+        let sinks = LogSinks::new(broker.clone(), cfg, metrics.clone());
+        let sink = sinks.sink(id);
+        let sub = broker.send(Subscribe(id)).await.expect("subscribe");
+        for i in 0..200_000 {
+            sink.line(format!("line {i}"));
+        }
+        // The broker has not run: the kept lines wait in the sink (and its one batch).
+        assert_eq!(metrics.log_lines_truncated.get(), 200_000 - 1000);
+        broker.send(Seal(id)).await.expect("seal");
+        store.send(Flush).await.expect("flush").expect("flushed");
+        let mut events = sub.events;
+        let mut got = Vec::new();
+        while let Ok(LogEvent::Line(l)) = events.try_recv() {
+            got.push(l);
+        }
+        assert_eq!(got.len(), 1001, "the cap, then the marker");
+        assert!(got.iter().enumerate().all(|(i, l)| l.seq == i as u64));
+        assert_eq!(got[999].line, "line 999");
+        assert!(got[1000].line.contains("only the first 1000 lines"));
+        // Later lines are dropped at the sink without a message.
+        sink.line("late".to_string());
+        assert_eq!(metrics.log_lines_truncated.get(), 200_000 - 1000 + 1);
+    }
+
+    #[actix_web::test]
+    async fn a_panic_restarts_the_broker_disconnecting_subscribers_and_keeping_seqs() {
+        let dir = tempfile::tempdir().expect("dir");
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let store = StoreActor::open(&dir.path().join("t.db"), 1, 64, metrics.clone())
+            .expect("store")
+            .start();
+        let cfg = logs_config(1000, u64::MAX);
+        let broker = LogBroker::new(store.clone(), cfg.clone(), metrics.clone());
+        let restarts = broker.restarts();
+        let broker = broker.start();
+        let id = WorkloadId::new();
+        broker.send(OpenTopic(id)).await.expect("open");
+        let sink = LogSinks::new(broker.clone(), cfg, metrics.clone()).sink(id);
+        let mut before = broker.send(Subscribe(id)).await.expect("subscribe");
+        for i in 0..3 {
+            sink.line(format!("line {i}"));
+        }
+        broker.send(PanicInBroker).await.expect("handled");
+        assert_eq!(restarts.count(), 1);
+        assert!(restarts
+            .last_error()
+            .is_some_and(|e| e.contains("injected fault")));
+        // The subscriber got what came before, then its stream ended.
+        let mut got = Vec::new();
+        while let Some(LogEvent::Line(l)) = before.events.recv().await {
+            got.push(l.seq);
+        }
+        assert_eq!(got, vec![0, 1, 2]);
+        // A new subscriber continues after them: no seq is given twice.
+        let after = broker.send(Subscribe(id)).await.expect("subscribe");
+        assert_eq!(after.live_from, 3);
+        sink.line("line 3".to_string());
+        let mut events = after.events;
+        match events.recv().await {
+            Some(LogEvent::Line(l)) => assert_eq!((l.seq, l.line.as_str()), (3, "line 3")),
+            other => panic!("{other:?}"),
         }
     }
 }

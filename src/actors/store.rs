@@ -2,13 +2,20 @@
 //!
 //! Writes are queued to a dedicated writer thread that owns the only write connection.
 //! Everything queued while a transaction commits goes into the next transaction together;
-//! one failing write does not undo its neighbours.
+//! one failing write does not undo its neighbours, except a fault of the storage itself
+//! (full disk, I/O error): then the whole batch is rolled back and every write of it is
+//! answered with that fault (nothing half-written, nothing committed twice), the writer
+//! reopens its connection, and [`StoreHealth`] says the store cannot write until a probe
+//! write succeeds again (tried every [`PROBE_EVERY`]). Log lines lost meanwhile are
+//! counted and, once writes resume, replaced by one marker line per workload.
 //! Queries use a small read pool on blocking threads. Handlers and other actors only
 //! ever send messages here.
 
-use std::path::Path;
-use std::sync::mpsc;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -16,6 +23,7 @@ use diesel::sqlite::SqliteConnection;
 use tokio::sync::oneshot;
 
 use crate::actors::webhooks::DeliveriesEnqueued;
+use crate::actors::Restarts;
 use crate::metrics::Metrics;
 use chrono::{DateTime, Utc};
 
@@ -23,22 +31,125 @@ use crate::model::{
     Deliveries, IdempotencyKey, IdempotencyRecord, LogLine, Payload, Workload, WorkloadId,
 };
 use crate::store::deliveries::{self, AttemptRecord, DeliveryQueue};
-use crate::store::models::LogLineRow;
-use crate::store::queries::{self, KeyedInsert, ListQuery, Recovered, Stats, StatusChange};
+use crate::store::queries::{
+    self, KeyedInsert, ListQuery, Recovered, Stats, StatusChange, SweepBatch, Swept,
+};
 use crate::store::{open_read_pool, open_writer, ReadPool, StoreError};
 
-type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
-type Job = Box<dyn FnOnce(&mut SqliteConnection) -> Reply + Send>;
+/// How a batch ended, as each of its writes is told (cloneable, unlike `StoreError`).
+#[derive(Debug, Clone)]
+enum BatchFault {
+    Full,
+    WriteFailed(String),
+    Other(String),
+}
+
+impl BatchFault {
+    fn of(e: &StoreError) -> Self {
+        match e {
+            StoreError::Full => BatchFault::Full,
+            StoreError::WriteFailed(m) => BatchFault::WriteFailed(m.clone()),
+            other => BatchFault::Other(other.to_string()),
+        }
+    }
+
+    fn into_error(self) -> StoreError {
+        match self {
+            BatchFault::Full => StoreError::Full,
+            BatchFault::WriteFailed(m) => StoreError::WriteFailed(m),
+            BatchFault::Other(m) => StoreError::Connection(format!("commit failed: {m}")),
+        }
+    }
+}
+
+type Reply = Box<dyn FnOnce(Result<(), BatchFault>) + Send>;
+
+/// What the writer thread is sent.
+enum ToWriter {
+    /// A write, batched with its neighbours.
+    Job(Job),
+    /// Drop the connection and open a fresh one (an operator's restart), then answer.
+    Restart(String, oneshot::Sender<()>),
+}
+/// A queued write: run on the connection (`Some`), or skipped (`None`) because its
+/// batch failed before its turn. Answers its reply and, when the write hit a storage
+/// fault, that fault (the batch is then rolled back).
+type Job = Box<dyn FnOnce(Option<&mut SqliteConnection>) -> (Reply, Option<BatchFault>) + Send>;
+
+/// Whether the store can write, shared with `/readyz`.
+#[derive(Debug, Default)]
+pub struct StoreHealth {
+    /// Set by a storage fault, cleared by a successful probe write.
+    fault: Mutex<Option<String>>,
+    unwritable: AtomicBool,
+    /// The writer's restarts (after a panic, or on request).
+    restarts: Arc<Restarts>,
+}
+
+impl StoreHealth {
+    /// The writer's restarts and last failure.
+    pub fn restarts(&self) -> Arc<Restarts> {
+        self.restarts.clone()
+    }
+
+    /// False while the last write hit a storage fault and no probe has succeeded since.
+    pub fn writable(&self) -> bool {
+        !self.unwritable.load(Ordering::SeqCst)
+    }
+
+    /// The fault that made the store unwritable, while it is.
+    pub fn fault(&self) -> Option<String> {
+        self.fault.lock().ok().and_then(|f| f.clone())
+    }
+
+    fn set_fault(&self, why: String) {
+        if let Ok(mut f) = self.fault.lock() {
+            *f = Some(why);
+        }
+        self.unwritable.store(true, Ordering::SeqCst);
+    }
+
+    fn clear(&self) {
+        if let Ok(mut f) = self.fault.lock() {
+            *f = None;
+        }
+        self.unwritable.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Log lines of one workload that could not be stored.
+#[derive(Debug, Clone, Copy)]
+struct Lost {
+    /// The seq of the first of them: the marker takes its place.
+    first_seq: u64,
+    count: u64,
+}
 
 /// The single database writer (and query front-end).
 pub struct StoreActor {
-    writer: mpsc::Sender<Job>,
+    writer: mpsc::Sender<ToWriter>,
     reads: ReadPool,
     /// How long `Idempotency-Key`s are kept; older ones are swept periodically.
     key_ttl: Option<Duration>,
+    health: Arc<StoreHealth>,
+    /// Log lines lost to storage faults, per workload, until their markers are written.
+    lost: Arc<Mutex<HashMap<WorkloadId, Lost>>>,
+    /// A probe write is on its way.
+    probing: bool,
+    metrics: Arc<Metrics>,
+    /// Finished work older than this is deleted, every `.1`.
+    retention: Option<(Duration, Duration)>,
+    /// A retention sweep is under way (its steps follow one another).
+    sweeping: bool,
     /// Told after a committed terminal status enqueued a webhook delivery.
     deliveries: Option<Recipient<DeliveriesEnqueued>>,
 }
+
+/// How often a store that cannot write tries a probe write.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Most free pages returned to the file system after one retention step.
+const VACUUM_PAGES: u32 = 4096;
 
 /// The longest pause between two sweeps of expired `Idempotency-Key`s.
 const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
@@ -53,17 +164,169 @@ impl StoreActor {
     ) -> Result<Self, StoreError> {
         let conn = open_writer(path)?;
         let reads = open_read_pool(path, read_pool_size)?;
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (tx, rx) = mpsc::channel::<ToWriter>();
+        let health = Arc::new(StoreHealth::default());
+        let writer = Writer {
+            path: path.to_path_buf(),
+            max_batch: max_batch.max(1),
+            metrics: metrics.clone(),
+            health: health.clone(),
+            restarts: health.restarts.clone(),
+        };
         std::thread::Builder::new()
             .name("vulcan-store-writer".into())
-            .spawn(move || writer_loop(conn, rx, max_batch.max(1), metrics))
+            .spawn(move || writer.run(conn, rx))
             .map_err(|e| StoreError::Connection(format!("cannot start writer thread: {e}")))?;
         Ok(Self {
             writer: tx,
             reads,
             key_ttl: None,
+            health,
+            lost: Arc::default(),
+            probing: false,
+            metrics,
+            retention: None,
+            sweeping: false,
             deliveries: None,
         })
+    }
+
+    /// Delete finished work whose `finished_at` is older than `max_age`: swept at start
+    /// and then every `every`, in small steps (see [`queries::sweep_step`]), each its
+    /// own write so other writes are never held long.
+    pub fn retention(mut self, max_age: Duration, every: Duration) -> Self {
+        self.retention = Some((max_age, every.max(Duration::from_secs(1))));
+        self
+    }
+
+    fn sweep_retention(&mut self, ctx: &mut Context<Self>) {
+        let Some((max_age, _)) = self.retention else {
+            return;
+        };
+        if self.sweeping {
+            return;
+        }
+        self.sweeping = true;
+        let before = chrono::Duration::from_std(max_age)
+            .ok()
+            .and_then(|age| Utc::now().checked_sub_signed(age))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        self.sweep_step(before, Swept::default(), ctx);
+    }
+
+    fn sweep_step(&mut self, before: DateTime<Utc>, total: Swept, ctx: &mut Context<Self>) {
+        let rx = self.write(move |c| {
+            let swept = queries::sweep_step(c, before, SweepBatch::STORE)?;
+            if swept.workloads + swept.log_lines > 0 {
+                queries::incremental_vacuum(c, VACUUM_PAGES)?;
+            }
+            Ok(swept)
+        });
+        async move { answer(rx).await }
+            .into_actor(self)
+            .map(move |res, act, ctx| match res {
+                Ok(s) => {
+                    act.metrics
+                        .retention_swept
+                        .with_label_values(&["workloads"])
+                        .inc_by(s.workloads as u64);
+                    act.metrics
+                        .retention_swept
+                        .with_label_values(&["log_lines"])
+                        .inc_by(s.log_lines as u64);
+                    let total = Swept {
+                        workloads: total.workloads + s.workloads,
+                        log_lines: total.log_lines + s.log_lines,
+                        more: s.more,
+                    };
+                    if s.more {
+                        act.sweep_step(before, total, ctx);
+                    } else {
+                        act.sweeping = false;
+                        if total.workloads > 0 {
+                            log::info!(
+                                "retention: {} finished workload(s) and {} log line(s) deleted",
+                                total.workloads,
+                                total.log_lines
+                            );
+                        }
+                    }
+                }
+                Err(e) => {
+                    act.sweeping = false;
+                    log::error!("retention: sweep failed (tried again later): {e}");
+                }
+            })
+            .spawn(ctx);
+    }
+
+    /// Whether the store can write (read by `/readyz`).
+    pub fn health(&self) -> Arc<StoreHealth> {
+        self.health.clone()
+    }
+
+    /// While the store cannot write: one probe write at a time; when it commits, the
+    /// store is writable again and the markers of lost log lines are written.
+    fn probe(&mut self, ctx: &mut Context<Self>) {
+        if self.health.writable() || self.probing {
+            return;
+        }
+        self.probing = true;
+        let rx = self.write(queries::probe_write);
+        let health = self.health.clone();
+        async move { answer(rx).await }
+            .into_actor(self)
+            .map(move |res, act, _| {
+                act.probing = false;
+                match res {
+                    Ok(()) => {
+                        log::info!("store: writes succeed again");
+                        health.clear();
+                        act.write_lost_markers();
+                    }
+                    Err(e) => log::debug!("store: probe write failed: {e}"),
+                }
+            })
+            .spawn(ctx);
+    }
+
+    /// Replace the first line lost of each workload by a marker saying how many were
+    /// lost (fire and forget; counted as lost again when it fails).
+    fn write_lost_markers(&self) {
+        let lost = match self.lost.lock() {
+            Ok(mut l) if !l.is_empty() => std::mem::take(&mut *l),
+            _ => return,
+        };
+        let markers: Vec<(WorkloadId, LogLine)> = lost
+            .iter()
+            .map(|(id, l)| {
+                let line = LogLine {
+                    seq: l.first_seq,
+                    line: format!(
+                        "[vulcan: {} log line(s) from here on could not be stored (storage fault)]",
+                        l.count
+                    ),
+                    created_at: Utc::now(),
+                };
+                (*id, line)
+            })
+            .collect();
+        let back = self.lost.clone();
+        let rx = self.write(move |c| queries::append_logs(c, &markers));
+        actix::spawn(async move {
+            if answer(rx).await.is_err() {
+                if let Ok(mut l) = back.lock() {
+                    for (id, v) in lost {
+                        l.entry(id)
+                            .and_modify(|e| {
+                                e.first_seq = e.first_seq.min(v.first_seq);
+                                e.count += v.count;
+                            })
+                            .or_insert(v);
+                    }
+                }
+            }
+        });
     }
 
     /// Forget `Idempotency-Key`s older than `ttl`: swept at start and then at least
@@ -98,14 +361,23 @@ impl StoreActor {
             // No savepoint per write: every write op either is a single mutating
             // statement (SQLite undoes a failed statement by itself) or opens its own
             // savepoint, so a failed write never leaves anything behind in the batch.
-            let res = op(conn);
-            Box::new(move |commit: Result<(), String>| {
-                let _ = tx.send(commit.map_err(StoreError::Connection).and(res));
-            })
+            // A storage fault rolls back the whole batch instead (see the module docs).
+            let res = match conn {
+                Some(c) => op(c),
+                None => Err(StoreError::Unavailable),
+            };
+            let fault = match &res {
+                Err(e) if e.is_storage_fault() => Some(BatchFault::of(e)),
+                _ => None,
+            };
+            let reply: Reply = Box::new(move |commit: Result<(), BatchFault>| {
+                let _ = tx.send(commit.map_err(BatchFault::into_error).and(res));
+            });
+            (reply, fault)
         });
         // If the writer is gone the job (and its reply sender) is dropped here, so the
         // caller is answered `Unavailable` at once instead of waiting forever.
-        let _ = self.writer.send(job);
+        let _ = self.writer.send(ToWriter::Job(job));
         rx
     }
 
@@ -131,44 +403,124 @@ async fn answer<T>(rx: oneshot::Receiver<Result<T, StoreError>>) -> Result<T, St
     rx.await.unwrap_or(Err(StoreError::Unavailable))
 }
 
-fn writer_loop(
-    mut conn: SqliteConnection,
-    rx: mpsc::Receiver<Job>,
+/// The writer thread's settings.
+struct Writer {
+    path: PathBuf,
     max_batch: usize,
     metrics: Arc<Metrics>,
-) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+    health: Arc<StoreHealth>,
+    restarts: Arc<Restarts>,
+}
+
+impl Writer {
+    fn run(self, mut conn: SqliteConnection, rx: mpsc::Receiver<ToWriter>) {
+        let mut next = rx.recv().ok();
+        while let Some(msg) = next.take() {
+            let first = match msg {
+                ToWriter::Job(job) => job,
+                ToWriter::Restart(why, ack) => {
+                    self.restart(&mut conn, why);
+                    let _ = ack.send(());
+                    next = rx.recv().ok();
+                    continue;
+                }
+            };
+            let mut batch = vec![first];
+            while batch.len() < self.max_batch {
+                match rx.try_recv() {
+                    Ok(ToWriter::Job(job)) => batch.push(job),
+                    // Handled after this batch, in order.
+                    Ok(restart) => {
+                        next = Some(restart);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.metrics.store_batch_size.observe(batch.len() as f64);
+            let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
+            let mut jobs = batch.into_iter();
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                conn.immediate_transaction(|c| {
+                    for job in jobs.by_ref() {
+                        let (reply, fault) = job(Some(c));
+                        replies.push(reply);
+                        if let Some(fault) = fault {
+                            return Err(fault.into_error());
+                        }
+                    }
+                    Ok::<_, StoreError>(())
+                })
+                .map_err(|e| BatchFault::of(&e))
+            }));
+            let commit = match outcome {
+                Ok(commit) => commit,
+                Err(panic) => {
+                    // Nothing of the batch was committed (its transaction dies with the
+                    // connection): every write of it is answered with an error, the one
+                    // that panicked by its dropped reply.
+                    let why = format!(
+                        "store writer panicked: {}",
+                        crate::actors::backend::panic_message(panic.as_ref())
+                    );
+                    self.restart(&mut conn, why.clone());
+                    Err(BatchFault::Other(why))
+                }
+            };
+            // Skipped after a fault: answered with it, never run.
+            replies.extend(jobs.map(|job| job(None).0));
+            if let Err(fault) = &commit {
+                log::error!(
+                    "store: batch of {} write(s) failed: {fault:?}",
+                    replies.len()
+                );
+                if matches!(fault, BatchFault::Full | BatchFault::WriteFailed(_)) {
+                    self.health
+                        .set_fault(fault.clone().into_error().to_string());
+                    // SQLite may have rolled back on its own: start from a clean
+                    // connection rather than trust its transaction state.
+                    reopen(&self.path, &mut conn);
+                }
+            }
+            for reply in replies {
+                reply(commit.clone());
+            }
+            if next.is_none() {
+                next = rx.recv().ok();
             }
         }
-        metrics.store_batch_size.observe(batch.len() as f64);
-        let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
-        let commit = conn
-            .immediate_transaction(|c| {
-                for job in batch {
-                    replies.push(job(c));
-                }
-                Ok::<_, diesel::result::Error>(())
-            })
-            .map_err(|e| {
-                log::error!("store: batch commit failed: {e}");
-                format!("commit failed: {e}")
-            });
-        for reply in replies {
-            reply(commit.clone());
-        }
+        log::debug!("store: writer thread stopped");
     }
-    log::debug!("store: writer thread stopped");
+
+    /// Count a restart and reopen the connection (the old one, and any transaction
+    /// left open on it, is dropped: SQLite rolls it back).
+    fn restart(&self, conn: &mut SqliteConnection, why: String) {
+        self.restarts.record(why);
+        reopen(&self.path, conn);
+    }
+}
+
+/// Replace `conn` by a fresh writer connection. Whatever transaction the old one may
+/// still hold is rolled back first, so its lock does not stand in the new one's way.
+fn reopen(path: &Path, conn: &mut SqliteConnection) {
+    use diesel::connection::SimpleConnection;
+    // Fails harmlessly when no transaction is open.
+    let _ = conn.batch_execute("ROLLBACK");
+    match open_writer(path) {
+        Ok(fresh) => *conn = fresh,
+        Err(e) => log::error!("store: cannot reopen the writer: {e}"),
+    }
 }
 
 impl Actor for StoreActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(PROBE_EVERY, |act, ctx| act.probe(ctx));
+        if let Some((_, every)) = self.retention {
+            self.sweep_retention(ctx);
+            ctx.run_interval(every, |act, ctx| act.sweep_retention(ctx));
+        }
         if let Some(ttl) = self.key_ttl {
             self.sweep(ttl);
             let every = ttl.clamp(Duration::from_secs(1), MAX_SWEEP_INTERVAL);
@@ -227,10 +579,11 @@ pub struct ChangeStatus {
     pub change: StatusChange,
 }
 
-/// Persist log lines (fire and forget; batched with other writes).
+/// Persist log lines, each with its workload (fire and forget; batched with other
+/// writes). Their `seq` was assigned by the log broker; a line already stored is kept.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct AppendLogs(pub Vec<LogLineRow>);
+pub struct AppendLogs(pub Vec<(WorkloadId, LogLine)>);
 
 /// One workload.
 #[derive(Message)]
@@ -242,23 +595,30 @@ pub struct GetWorkload(pub WorkloadId);
 #[rtype(result = "Result<(Vec<Workload>, u64), StoreError>")]
 pub struct ListWorkloads(pub ListQuery);
 
-/// Log lines of a workload, after `after` when set, at most `limit` when set.
-///
-/// With `consistent`, the read is queued behind every write sent before it (so it sees
-/// every line the log broker handed over before this message); otherwise it uses the
-/// read pool.
+/// One page of a workload's log lines in `seq` order, read from the read pool (never
+/// through the writer): those after `after` and below `before` when set, at most
+/// `limit`, and no more once their text reaches `max_bytes`. Memory is bounded by the
+/// page. Answers the lines and whether the page is full (more may follow).
 #[derive(Message)]
-#[rtype(result = "Result<Vec<LogLine>, StoreError>")]
+#[rtype(result = "Result<(Vec<LogLine>, bool), StoreError>")]
 pub struct GetLogs {
     /// Which workload.
     pub id: WorkloadId,
     /// Only lines with a larger seq.
     pub after: Option<i64>,
+    /// Only lines with a smaller seq.
+    pub before: Option<i64>,
     /// At most this many lines.
-    pub limit: Option<i64>,
-    /// Read through the writer queue.
-    pub consistent: bool,
+    pub limit: i64,
+    /// No more lines once their text holds this many bytes.
+    pub max_bytes: usize,
 }
+
+/// The payload and input of a workload, from the read pool (a recovered workload
+/// reads them only when it is dispatched).
+#[derive(Message)]
+#[rtype(result = "Result<(Payload, Vec<u8>), StoreError>")]
+pub struct GetPayload(pub WorkloadId);
 
 /// Aggregate statistics.
 #[derive(Message)]
@@ -270,6 +630,17 @@ pub struct GetStats;
 #[rtype(result = "Result<Recovered, StoreError>")]
 pub struct Recover;
 
+/// Restart the writer: it reopens its connection once the writes queued before this
+/// are done (an operator's request; a panic does the same by itself).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RestartWriter(pub String);
+
+/// Test only: a write that panics in the writer thread, as a bug in a query would.
+#[cfg(test)]
+#[derive(Message)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct PanicInWriter;
 /// From now on, tell `0` each time a committed status change enqueued a webhook
 /// delivery (a workload with a `callback_url` reached a terminal status).
 #[derive(Message)]
@@ -356,15 +727,52 @@ impl Handler<ChangeStatus> for StoreActor {
 impl Handler<AppendLogs> for StoreActor {
     type Result = ();
 
-    fn handle(&mut self, msg: AppendLogs, _: &mut Self::Context) {
-        let rows = msg.0;
-        // Fire and forget: nobody waits for the answer, so failures are logged here.
-        drop(self.write(move |c| {
-            if let Err(e) = queries::append_logs(c, &rows) {
-                log::error!("store: could not persist {} log line(s): {e}", rows.len());
+    fn handle(&mut self, msg: AppendLogs, ctx: &mut Self::Context) {
+        let lines = msg.0;
+        // Which lines a failure loses: the first seq and the count per workload.
+        let mut span: HashMap<WorkloadId, Lost> = HashMap::new();
+        for (id, l) in &lines {
+            let e = span.entry(*id).or_insert(Lost {
+                first_seq: l.seq,
+                count: 0,
+            });
+            e.first_seq = e.first_seq.min(l.seq);
+            e.count += 1;
+        }
+        let rx = self.write(move |c| queries::append_logs(c, &lines));
+        let lost = self.lost.clone();
+        let metrics = self.metrics.clone();
+        let health = self.health.clone();
+        // Nobody waits for the answer: failures are counted here and, once the store
+        // writes again, marked in each log.
+        ctx.spawn(
+            async move {
+                let Err(e) = answer(rx).await else {
+                    return false;
+                };
+                let n: u64 = span.values().map(|l| l.count).sum();
+                log::error!("store: could not persist {n} log line(s): {e}");
+                metrics.log_lines_lost.inc_by(n);
+                if let Ok(mut all) = lost.lock() {
+                    for (id, l) in span {
+                        let e = all.entry(id).or_insert(Lost {
+                            first_seq: l.first_seq,
+                            count: 0,
+                        });
+                        e.first_seq = e.first_seq.min(l.first_seq);
+                        e.count += l.count;
+                    }
+                }
+                health.writable()
             }
-            Ok(())
-        }));
+            .into_actor(self)
+            .map(|marks_now, act, _| {
+                // Not a storage fault: nothing will probe, so mark now.
+                if marks_now {
+                    act.write_lost_markers();
+                }
+            }),
+        );
     }
 }
 
@@ -385,22 +793,25 @@ impl Handler<ListWorkloads> for StoreActor {
 }
 
 impl Handler<GetLogs> for StoreActor {
-    type Result = ResponseFuture<Result<Vec<LogLine>, StoreError>>;
+    type Result = ResponseFuture<Result<(Vec<LogLine>, bool), StoreError>>;
 
     fn handle(&mut self, msg: GetLogs, _: &mut Self::Context) -> Self::Result {
         let GetLogs {
             id,
             after,
+            before,
             limit,
-            consistent,
+            max_bytes,
         } = msg;
-        if consistent {
-            Box::pin(answer(
-                self.write(move |c| queries::log_lines(c, id, after, limit)),
-            ))
-        } else {
-            Box::pin(self.read(move |c| queries::log_lines(c, id, after, limit)))
-        }
+        Box::pin(self.read(move |c| queries::log_page(c, id, after, before, limit, max_bytes)))
+    }
+}
+
+impl Handler<GetPayload> for StoreActor {
+    type Result = ResponseFuture<Result<(Payload, Vec<u8>), StoreError>>;
+
+    fn handle(&mut self, msg: GetPayload, _: &mut Self::Context) -> Self::Result {
+        Box::pin(self.read(move |c| queries::load_payload(c, msg.0)))
     }
 }
 
@@ -461,5 +872,157 @@ impl Handler<GetDeliveries> for StoreActor {
 
     fn handle(&mut self, msg: GetDeliveries, _: &mut Self::Context) -> Self::Result {
         Box::pin(self.read(move |c| deliveries::deliveries(c, msg.0)))
+    }
+}
+
+impl Handler<RestartWriter> for StoreActor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, msg: RestartWriter, _: &mut Self::Context) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.writer.send(ToWriter::Restart(msg.0, tx));
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+}
+
+#[cfg(test)]
+impl Handler<PanicInWriter> for StoreActor {
+    type Result = ResponseFuture<Result<(), StoreError>>;
+
+    fn handle(&mut self, _: PanicInWriter, _: &mut Self::Context) -> Self::Result {
+        let rx = self.write(|_| -> Result<(), StoreError> { panic!("injected fault") });
+        Box::pin(answer(rx))
+    }
+}
+
+/// Test only: a write that holds the writer for a while, so later writes queue up and
+/// go into one batch.
+#[cfg(test)]
+#[derive(Message)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct HoldWriter(pub Duration);
+
+#[cfg(test)]
+impl Handler<HoldWriter> for StoreActor {
+    type Result = ResponseFuture<Result<(), StoreError>>;
+
+    fn handle(&mut self, msg: HoldWriter, _: &mut Self::Context) -> Self::Result {
+        let rx = self.write(move |_| {
+            std::thread::sleep(msg.0);
+            Ok(())
+        });
+        Box::pin(answer(rx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Isolation, IsolationRequest, Runtime, Status};
+
+    fn pending() -> Workload {
+        let id = WorkloadId::new();
+        Workload {
+            id,
+            status: Status::Pending,
+            isolation: Isolation::Isolate,
+            requested_isolation: IsolationRequest::Auto,
+            backend: "isolate".into(),
+            runtime: Runtime::Node,
+            node_id: "n".into(),
+            input_hash: "sha256:00".into(),
+            output: None,
+            exit_code: None,
+            error: None,
+            cpu_limit: 1,
+            mem_limit: 128,
+            timeout_s: 30,
+            duration_ms: None,
+            created_at: id.created_at(),
+            started_at: None,
+            finished_at: None,
+            callback_url: None,
+        }
+    }
+
+    fn insert(w: &Workload) -> InsertWorkload {
+        InsertWorkload {
+            workload: w.clone(),
+            payload: Payload::Code("x".into()),
+            input: b"null".to_vec(),
+            key: None,
+        }
+    }
+
+    #[actix_web::test]
+    async fn a_panic_in_the_writer_fails_its_batch_whole_and_the_writer_reopens() {
+        let dir = tempfile::tempdir().expect("dir");
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let actor = StoreActor::open(&dir.path().join("t.db"), 1, 64, metrics).expect("open");
+        let health = actor.health();
+        let store = actor.start();
+        let before = pending();
+        store
+            .send(insert(&before))
+            .await
+            .expect("send")
+            .expect("insert");
+        // Three writes queued behind a slow one: one batch, the middle one panics.
+        let hold = store.send(HoldWriter(Duration::from_millis(500)));
+        // The writer takes the slow write alone and is busy with it meanwhile.
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+        let (a, b) = (pending(), pending());
+        let first = store.send(insert(&a));
+        let boom = store.send(PanicInWriter);
+        let last = store.send(insert(&b));
+        hold.await.expect("send").expect("held");
+        assert!(boom.await.expect("send").is_err());
+        assert!(
+            first.await.expect("send").is_err(),
+            "its batch was not committed"
+        );
+        assert!(
+            last.await.expect("send").is_err(),
+            "skipped, answered with an error"
+        );
+        for w in [&a, &b] {
+            let got = store.send(GetWorkload(w.id)).await.expect("send");
+            assert!(matches!(got, Err(StoreError::NotFound)), "{got:?}");
+        }
+        let restarts = health.restarts();
+        assert_eq!(restarts.count(), 1);
+        assert!(restarts
+            .last_error()
+            .is_some_and(|e| e.contains("injected fault")));
+        // The reopened writer works, and committed data is intact.
+        store
+            .send(insert(&a))
+            .await
+            .expect("send")
+            .expect("insert again");
+        store
+            .send(GetWorkload(before.id))
+            .await
+            .expect("send")
+            .expect("kept");
+        store
+            .send(GetWorkload(a.id))
+            .await
+            .expect("send")
+            .expect("now there");
+        // An operator's restart is counted the same way.
+        store
+            .send(RestartWriter("requested".into()))
+            .await
+            .expect("restart");
+        assert_eq!(restarts.count(), 2);
+        assert_eq!(restarts.last_error().as_deref(), Some("requested"));
+        store
+            .send(insert(&b))
+            .await
+            .expect("send")
+            .expect("insert after restart");
     }
 }

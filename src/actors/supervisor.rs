@@ -12,7 +12,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::actors::backend::{BackendActor, BackendRestarted, RestartBackend};
-use crate::actors::log_broker::{CloseTopic, LogBroker, OpenTopic};
+use crate::actors::log_broker::{CloseTopic, LogSinks, OpenTopic};
 use crate::actors::store::{ChangeStatus, GetWorkload, InsertWorkload, KeyToRemember, StoreActor};
 use crate::actors::workload::{AwaitTerminal, Interrupt, Kill, KillError, Start, WorkloadActor};
 use crate::backends::{Backend, BackendCapabilities, BackendFactory, BackendHealth, WorkloadSpec};
@@ -21,8 +21,8 @@ use crate::model::{
     IdempotencyKey, IdempotencyRecord, Isolation, Payload, Runtime, Status, SubmitKind, Workload,
     WorkloadId, WorkloadRequest,
 };
-use crate::store::queries::{KeyedInsert, StatusChange};
 use crate::store::StoreError;
+use crate::store::{KeyedInsert, PendingWork, StatusChange};
 
 /// Why a submission was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +147,8 @@ impl BackendEntry {
 pub struct SupervisorLimits {
     /// Most pending workloads, all backends together.
     pub max_queue: usize,
+    /// Most bytes of pending payloads (code, archive, input), all backends together.
+    pub max_queue_bytes: usize,
     /// Per-backend queue bounds by registry name; a backend without one is only bound
     /// by `max_queue`.
     pub queue_bounds: HashMap<String, usize>,
@@ -157,10 +159,15 @@ pub struct SupervisorLimits {
 /// The supervisor actor.
 pub struct Supervisor {
     store: Addr<StoreActor>,
-    broker: Addr<LogBroker>,
+    logs: LogSinks,
     metrics: Arc<Metrics>,
     node_id: String,
     limits: SupervisorLimits,
+    /// Bytes of the payloads of accepted workloads not yet granted a slot: the sum of
+    /// `payload_bytes`, plus reservations whose insert is on its way.
+    pending_bytes: usize,
+    /// Payload bytes of each admitted workload not yet granted a slot.
+    payload_bytes: HashMap<WorkloadId, usize>,
     backends: BTreeMap<String, BackendEntry>,
     workloads: HashMap<WorkloadId, Addr<WorkloadActor>>,
     /// Accepted, waiting for their backend's preparation (counted in their backend's
@@ -182,7 +189,7 @@ impl Supervisor {
     /// holding submissions to `limits`.
     pub fn new(
         store: Addr<StoreActor>,
-        broker: Addr<LogBroker>,
+        logs: LogSinks,
         metrics: Arc<Metrics>,
         node_id: String,
         limits: SupervisorLimits,
@@ -190,10 +197,12 @@ impl Supervisor {
     ) -> Self {
         Self {
             store,
-            broker,
+            logs,
             metrics,
             node_id,
             limits,
+            pending_bytes: 0,
+            payload_bytes: HashMap::new(),
             backends: BTreeMap::new(),
             workloads: HashMap::new(),
             preparing: HashSet::new(),
@@ -285,13 +294,19 @@ impl Supervisor {
         self.metrics.running.set(running as i64);
     }
 
-    /// Count one more pending workload for `backend` unless a queue bound refuses it.
-    fn reserve(&mut self, backend: &str) -> Result<(), SubmitError> {
+    /// Count one more pending workload of `bytes` payload for `backend` unless a queue
+    /// bound refuses it.
+    fn reserve(&mut self, backend: &str, bytes: usize) -> Result<(), SubmitError> {
         let total = self.pending();
         let refused = if total >= self.limits.max_queue {
             Some(format!(
                 "the server already holds {} pending workloads",
                 self.limits.max_queue
+            ))
+        } else if self.pending_bytes.saturating_add(bytes) > self.limits.max_queue_bytes {
+            Some(format!(
+                "the server's pending payloads would exceed {} bytes (max_queue_bytes)",
+                self.limits.max_queue_bytes
             ))
         } else {
             self.backends
@@ -311,16 +326,25 @@ impl Supervisor {
         if let Some(e) = self.backends.get_mut(backend) {
             e.pending += 1;
         }
+        self.pending_bytes += bytes;
         self.update_gauges();
         Ok(())
     }
 
     /// Undo [`Supervisor::reserve`] for work that will not be queued after all.
-    fn release(&mut self, backend: &str) {
+    fn release(&mut self, backend: &str, bytes: usize) {
         if let Some(e) = self.backends.get_mut(backend) {
             e.pending = e.pending.saturating_sub(1);
         }
+        self.pending_bytes = self.pending_bytes.saturating_sub(bytes);
         self.update_gauges();
+    }
+
+    /// `id` no longer waits (it got a slot or ended): its payload leaves the count.
+    fn unqueue_bytes(&mut self, id: WorkloadId) {
+        if let Some(bytes) = self.payload_bytes.remove(&id) {
+            self.pending_bytes = self.pending_bytes.saturating_sub(bytes);
+        }
     }
 
     /// Answer everyone waiting for `record` (a workload that ended without an actor).
@@ -346,7 +370,7 @@ impl Supervisor {
                     let res = res.map_err(|_| StoreError::Unavailable).and_then(|r| r);
                     match &res {
                         Ok(record) => {
-                            act.broker.do_send(CloseTopic {
+                            act.logs.broker().do_send(CloseTopic {
                                 id,
                                 status: record.status,
                             });
@@ -355,7 +379,7 @@ impl Supervisor {
                         Err(e) => {
                             log::error!("workload {id}: could not record {status}: {e}");
                             // Nothing may wait forever on it: end streams and waiters.
-                            act.broker.do_send(CloseTopic { id, status });
+                            act.logs.broker().do_send(CloseTopic { id, status });
                             act.awaiting.remove(&id);
                         }
                     }
@@ -364,16 +388,22 @@ impl Supervisor {
         )
     }
 
-    /// Create the workload's actor and queue it on its backend.
+    /// Create the workload's actor and queue it on its backend. `payload` is `None`
+    /// for a recovered workload whose payload stays in the store until it starts;
+    /// `bytes` (counted by [`Supervisor::reserve`] already) leave the count when it
+    /// gets a slot or ends.
     fn admit(
         &mut self,
         record: Workload,
-        payload: Payload,
-        input: Vec<u8>,
+        payload: Option<(Payload, Vec<u8>)>,
+        bytes: usize,
         wait: bool,
         ctx: &mut Context<Self>,
     ) -> Option<oneshot::Receiver<Workload>> {
         let id = record.id;
+        self.payload_bytes.insert(id, bytes);
+        let deferred = payload.is_none();
+        let (payload, input) = payload.unwrap_or((Payload::Code(String::new()), Vec::new()));
         let spec = WorkloadSpec {
             id,
             runtime: record.runtime,
@@ -385,17 +415,20 @@ impl Supervisor {
             timeout: std::time::Duration::from_secs(u64::from(record.timeout_s)),
             max_output_bytes: self.limits.max_output_bytes,
         };
-        self.broker.do_send(OpenTopic(id));
+        self.logs.broker().do_send(OpenTopic(id));
         let backend = record.backend.clone();
         let actor_spec = spec.clone();
         let mut actor = WorkloadActor::new(
             record,
             spec,
             self.store.clone(),
-            self.broker.clone(),
+            self.logs.clone(),
             ctx.address(),
             self.metrics.clone(),
         );
+        if deferred {
+            actor.defer_payload();
+        }
         let done = wait.then(|| actor.waiter());
         for tx in self.awaiting.remove(&id).into_iter().flatten() {
             actor.add_waiter(tx);
@@ -444,6 +477,9 @@ impl Supervisor {
                 addr.do_send(Start {
                     backend: entry.addr.clone(),
                 });
+                if let Some(bytes) = self.payload_bytes.remove(&id) {
+                    self.pending_bytes = self.pending_bytes.saturating_sub(bytes);
+                }
             }
         }
         self.update_gauges();
@@ -563,14 +599,7 @@ pub struct AwaitWorkload(pub WorkloadId);
 /// Re-admit a workload found pending at start-up.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Readmit {
-    /// The stored record.
-    pub workload: Workload,
-    /// Its payload.
-    pub payload: Payload,
-    /// Its input.
-    pub input: Vec<u8>,
-}
+pub struct Readmit(pub PendingWork);
 
 /// Kill a workload (DELETE).
 #[derive(Message)]
@@ -636,7 +665,8 @@ impl Handler<Submit> for Supervisor {
             Ok(found) => found,
             Err(e) => return Box::pin(actix::fut::ready(Err(e))),
         };
-        if let Err(e) = self.reserve(&backend) {
+        let bytes = req.payload.size_bytes() + req.input.len();
+        if let Err(e) = self.reserve(&backend, bytes) {
             return Box::pin(actix::fut::ready(Err(e)));
         }
         let id = WorkloadId::new();
@@ -693,18 +723,24 @@ impl Handler<Submit> for Supervisor {
                                 record.backend
                             );
                             let wait = kind == SubmitKind::Sync;
-                            let done = act.admit(record.clone(), req.payload, req.input, wait, ctx);
+                            let done = act.admit(
+                                record.clone(),
+                                Some((req.payload, req.input)),
+                                bytes,
+                                wait,
+                                ctx,
+                            );
                             Ok(SubmitOutcome::Accepted(Box::new(Submitted {
                                 workload: record,
                                 done,
                             })))
                         }
                         Ok(KeyedInsert::Existing(earlier)) => {
-                            act.release(&record.backend);
+                            act.release(&record.backend, bytes);
                             Ok(SubmitOutcome::Existing(earlier))
                         }
                         Err(e) => {
-                            act.release(&record.backend);
+                            act.release(&record.backend, bytes);
                             log::error!("workload {}: could not be recorded: {e}", record.id);
                             Err(SubmitError::Store(e))
                         }
@@ -752,11 +788,12 @@ impl Handler<Readmit> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, msg: Readmit, ctx: &mut Self::Context) {
-        let Readmit {
+        let PendingWork {
             workload,
+            payload_bytes,
             payload,
-            input,
-        } = msg;
+        } = msg.0;
+        let bytes = usize::try_from(payload_bytes).unwrap_or(usize::MAX);
         let usable = self
             .backends
             .get(&workload.backend)
@@ -782,10 +819,12 @@ impl Handler<Readmit> for Supervisor {
             return;
         }
         log::info!("workload {}: re-admitted after restart", workload.id);
+        // Counted even beyond the bounds: it was accepted before the restart.
         if let Some(e) = self.backends.get_mut(&workload.backend) {
             e.pending += 1;
         }
-        self.admit(workload, payload, input, false, ctx);
+        self.pending_bytes = self.pending_bytes.saturating_add(bytes);
+        self.admit(workload, payload, bytes, false, ctx);
     }
 }
 
@@ -871,6 +910,7 @@ impl Handler<WorkloadEnded> for Supervisor {
     fn handle(&mut self, msg: WorkloadEnded, _: &mut Self::Context) {
         self.workloads.remove(&msg.id);
         self.count_worker_restarts();
+        self.unqueue_bytes(msg.id);
         if let Some(entry) = self.backends.get_mut(&msg.backend) {
             if msg.ran {
                 entry.running = entry.running.saturating_sub(1);

@@ -11,16 +11,16 @@ use futures_util::FutureExt;
 use tokio::sync::oneshot;
 
 use crate::actors::backend::{BackendActor, Execute};
-use crate::actors::log_broker::{CloseTopic, LogBroker, Publish};
-use crate::actors::store::{ChangeStatus, StoreActor};
+use crate::actors::log_broker::{CloseTopic, LogSinks, Seal};
+use crate::actors::store::{ChangeStatus, GetPayload, StoreActor, PROBE_EVERY};
 use crate::actors::supervisor::{Supervisor, WorkloadEnded, WorkloadReady};
 use crate::backends::{
-    output_exceeds, BackendError, CancellationToken, ExecContext, LogSink, Preparation, Prepared,
+    output_exceeds, BackendError, CancellationToken, ExecContext, Preparation, Prepared,
     WorkloadResult, WorkloadSpec,
 };
 use crate::metrics::Metrics;
 use crate::model::{output_value, Status, Workload};
-use crate::store::queries::StatusChange;
+use crate::store::StatusChange;
 use crate::store::StoreError;
 
 /// Why a kill was refused.
@@ -42,7 +42,7 @@ pub struct WorkloadActor {
     record: Workload,
     spec: WorkloadSpec,
     store: Addr<StoreActor>,
-    broker: Addr<LogBroker>,
+    logs: LogSinks,
     supervisor: Addr<Supervisor>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
@@ -62,6 +62,9 @@ pub struct WorkloadActor {
     /// What the preparation made ready; held until the actor stops, which is after the
     /// execution has ended.
     prepared: Option<Prepared>,
+    /// The spec's payload and input are still in the store (a workload recovered at
+    /// start-up): read when the slot is granted.
+    payload_deferred: bool,
 }
 
 impl WorkloadActor {
@@ -70,7 +73,7 @@ impl WorkloadActor {
         record: Workload,
         spec: WorkloadSpec,
         store: Addr<StoreActor>,
-        broker: Addr<LogBroker>,
+        logs: LogSinks,
         supervisor: Addr<Supervisor>,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -78,7 +81,7 @@ impl WorkloadActor {
             record,
             spec,
             store,
-            broker,
+            logs,
             supervisor,
             metrics,
             cancel: CancellationToken::new(),
@@ -90,7 +93,14 @@ impl WorkloadActor {
             waiters: Vec::new(),
             preparation: None,
             prepared: None,
+            payload_deferred: false,
         }
+    }
+
+    /// The spec's payload and input are placeholders: read them from the store when
+    /// the workload is granted a slot, so waiting work holds no payload in memory.
+    pub fn defer_payload(&mut self) {
+        self.payload_deferred = true;
     }
 
     /// The token that stops this workload (kill, timeout); preparations honour it too.
@@ -136,53 +146,74 @@ impl WorkloadActor {
         if change.duration_ms.is_none() {
             change.duration_ms = self.elapsed_ms();
         }
+        self.record_terminal(change, ctx);
+    }
+
+    /// Write the decided terminal status, then answer waiters and close the log. While
+    /// the storage cannot be written (full disk) the write is retried, so the outcome
+    /// is not lost; waiters wait meanwhile.
+    fn record_terminal(&mut self, change: StatusChange, ctx: &mut Context<Self>) {
         let id = self.record.id;
         let to = change.to;
         let from = self.record.status;
         let error = change.error.clone();
-        self.store
-            .send(ChangeStatus { id, change })
-            .into_actor(self)
-            .map(move |res, act, ctx| {
-                let record = match res {
-                    Ok(Ok(record)) => {
-                        log::info!(
-                            "workload {id}: {from} -> {to} (backend {}{})",
-                            act.record.backend,
-                            error
-                                .as_deref()
-                                .map(|e| format!(", error: {e}"))
-                                .unwrap_or_default()
-                        );
-                        record
-                    }
-                    Ok(Err(e)) => {
-                        log::error!("workload {id}: could not record {to}: {e}");
-                        act.record.clone()
-                    }
-                    Err(e) => {
-                        log::error!("workload {id}: store unreachable recording {to}: {e}");
-                        act.record.clone()
-                    }
-                };
+        let retry = change.clone();
+        // The lines printed so far go to the store first: a terminal record implies a
+        // complete log, and history reads need not go through the writer.
+        let broker = self.logs.broker().clone();
+        let store = self.store.clone();
+        async move {
+            let _ = broker.send(Seal(id)).await;
+            store.send(ChangeStatus { id, change }).await
+        }
+        .into_actor(self)
+        .map(move |res, act, ctx| {
+            if let Ok(Err(e)) = &res {
+                if e.is_storage_fault() {
+                    log::warn!("workload {id}: cannot record {to} yet ({e}); retrying");
+                    ctx.run_later(PROBE_EVERY, move |act, ctx| act.record_terminal(retry, ctx));
+                    return;
+                }
+            }
+            let record = match res {
+                Ok(Ok(record)) => {
+                    log::info!(
+                        "workload {id}: {from} -> {to} (backend {}{})",
+                        act.record.backend,
+                        error
+                            .as_deref()
+                            .map(|e| format!(", error: {e}"))
+                            .unwrap_or_default()
+                    );
+                    record
+                }
+                Ok(Err(e)) => {
+                    log::error!("workload {id}: could not record {to}: {e}");
+                    act.record.clone()
+                }
+                Err(e) => {
+                    log::error!("workload {id}: store unreachable recording {to}: {e}");
+                    act.record.clone()
+                }
+            };
+            act.metrics
+                .workloads_finished
+                .with_label_values(&[act.record.backend.as_str(), to.as_str()])
+                .inc();
+            if let Some(ms) = record.duration_ms {
                 act.metrics
-                    .workloads_finished
-                    .with_label_values(&[act.record.backend.as_str(), to.as_str()])
-                    .inc();
-                if let Some(ms) = record.duration_ms {
-                    act.metrics
-                        .workload_duration
-                        .with_label_values(&[act.record.backend.as_str()])
-                        .observe(ms as f64 / 1000.0);
-                }
-                act.broker.do_send(CloseTopic { id, status: to });
-                for w in act.waiters.drain(..) {
-                    let _ = w.send(record.clone());
-                }
-                act.final_record = Some(record);
-                act.maybe_stop(ctx);
-            })
-            .spawn(ctx);
+                    .workload_duration
+                    .with_label_values(&[act.record.backend.as_str()])
+                    .observe(ms as f64 / 1000.0);
+            }
+            act.logs.broker().do_send(CloseTopic { id, status: to });
+            for w in act.waiters.drain(..) {
+                let _ = w.send(record.clone());
+            }
+            act.final_record = Some(record);
+            act.maybe_stop(ctx);
+        })
+        .spawn(ctx);
     }
 
     /// Stop once the terminal status is written and no execution is left running.
@@ -322,6 +353,45 @@ impl Handler<Start> for WorkloadActor {
             self.maybe_stop(ctx);
             return;
         }
+        if self.payload_deferred {
+            let id = self.record.id;
+            self.store
+                .send(GetPayload(id))
+                .into_actor(self)
+                .map(move |res, act, ctx| {
+                    match res.map_err(|_| StoreError::Unavailable).and_then(|r| r) {
+                        Ok((payload, input)) if act.decided.is_none() => {
+                            act.payload_deferred = false;
+                            act.spec.payload = payload;
+                            act.spec.input = input;
+                            act.run(msg.backend, ctx);
+                        }
+                        // Killed (or timed out) while it was read: nothing runs.
+                        Ok(_) => {
+                            act.execution_over = true;
+                            act.maybe_stop(ctx);
+                        }
+                        Err(e) => {
+                            log::error!("workload {id}: could not read its payload: {e}");
+                            act.execution_over = true;
+                            act.finish(
+                                StatusChange::to(Status::Failed)
+                                    .with_error("could not start: store error"),
+                                ctx,
+                            );
+                        }
+                    }
+                })
+                .spawn(ctx);
+            return;
+        }
+        self.run(msg.backend, ctx);
+    }
+}
+
+impl WorkloadActor {
+    /// Record running and hand the execution to `backend`.
+    fn run(&mut self, backend: Addr<BackendActor>, ctx: &mut Context<Self>) {
         let id = self.record.id;
         // The running write and the execution start together: the store applies writes
         // in the order they were sent, so the terminal write always lands after this
@@ -348,8 +418,7 @@ impl Handler<Start> for WorkloadActor {
             .spawn(ctx);
 
         let timeout = self.spec.timeout;
-        let broker = self.broker.clone();
-        let sink = LogSink::new(move |line| broker.do_send(Publish { id, line }));
+        let sink = self.logs.sink(id);
         let deadline = Instant::now() + timeout;
         self.deadline = Some(deadline);
         let exec = ExecContext {
@@ -358,7 +427,7 @@ impl Handler<Start> for WorkloadActor {
             deadline,
         };
         let (tx, rx) = oneshot::channel();
-        msg.backend.do_send(Execute {
+        backend.do_send(Execute {
             spec: self.spec.clone(),
             ctx: exec,
             reply: tx,

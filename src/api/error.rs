@@ -49,6 +49,10 @@ pub enum ApiError {
     /// given seconds.
     #[error("{0}")]
     Unavailable(String, u64),
+    /// 507: the store cannot record the request (full disk, failing storage); nothing
+    /// of it was recorded. The message names the cause.
+    #[error("{0}")]
+    InsufficientStorage(String),
     /// 500: a real server fault (the cause is logged, not shown).
     #[error("internal server error")]
     Internal(String),
@@ -73,6 +77,7 @@ impl ResponseError for ApiError {
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooManyRequests(..) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(..) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -101,6 +106,14 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound => ApiError::NotFound("workload not found".into()),
             StoreError::InvalidTransition(t) => ApiError::Conflict(t.to_string()),
+            StoreError::Full => ApiError::InsufficientStorage("storage full".into()),
+            // The cause's detail is SQLite's text, for the log only.
+            StoreError::WriteFailed(cause) => {
+                log::error!("store: write failed: {cause}");
+                ApiError::InsufficientStorage(
+                    "storage failing: the database cannot be written".into(),
+                )
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }

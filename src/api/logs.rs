@@ -1,6 +1,8 @@
 //! `/v1/workloads/{id}/logs` (SSE: replay, then live, then `done`) and `/logs/history`.
 
+use std::cell::Cell;
 use std::convert::Infallible;
+use std::rc::Rc;
 
 use actix::Addr;
 use actix_web::http::{header, Method};
@@ -12,7 +14,7 @@ use tokio::sync::mpsc;
 
 use super::{ok_json, parse_id, ApiError, AppState, Endpoint};
 use crate::actors::log_broker::{CloseProvisional, LogBroker, LogEvent, Subscribe, Unsubscribe};
-use crate::actors::store::{GetLogs, GetWorkload};
+use crate::actors::store::{Flush, GetLogs, GetWorkload, StoreActor};
 use crate::model::{LogLine, Status, Workload, WorkloadId};
 
 pub(super) fn routes(cfg: &mut web::ServiceConfig) {
@@ -89,8 +91,7 @@ async fn history(
             })?,
     };
     state.store.send(GetWorkload(id)).await??;
-    let lines = replay(&state, id, after, Some(limit)).await?;
-    let full = i64::try_from(lines.len()).is_ok_and(|n| n == limit);
+    let (lines, full) = page(&state.store, id, after, None, limit).await?;
     let next_after = full.then(|| lines.last().map(|l| l.seq)).flatten();
     Ok(ok_json(&History {
         workload_id: id,
@@ -99,22 +100,78 @@ async fn history(
     }))
 }
 
-/// Recorded lines after `after`, read behind every line the broker has handed over.
-async fn replay(
-    state: &AppState,
+/// Most bytes of line text in one page (history or replay): a page of long lines
+/// ends early, with `next_after` set, so one read never holds more.
+const PAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// One page of recorded lines (after `after`, below `before`), from the read pool, and
+/// whether it is full (more may follow).
+async fn page(
+    store: &Addr<StoreActor>,
     id: WorkloadId,
     after: Option<i64>,
-    limit: Option<i64>,
-) -> Result<Vec<LogLine>, ApiError> {
-    Ok(state
-        .store
+    before: Option<i64>,
+    limit: i64,
+) -> Result<(Vec<LogLine>, bool), ApiError> {
+    Ok(store
         .send(GetLogs {
             id,
             after,
+            before,
             limit,
-            consistent: true,
+            max_bytes: PAGE_BYTES,
         })
         .await??)
+}
+
+/// Lines per page of an SSE replay: the most a subscriber's replay holds in memory.
+const REPLAY_PAGE: i64 = 256;
+
+/// The recorded lines after `after` (and below `before`), as events, page by page:
+/// the next page is read from the read pool when the previous one is sent, so memory
+/// per subscriber stays one page whatever the log's size. `first` is a page read
+/// already. `last` is set to each line's seq as it is sent. A failed read ends the
+/// stream (the client resumes with Last-Event-ID).
+fn replay(
+    store: Addr<StoreActor>,
+    id: WorkloadId,
+    first: (Vec<LogLine>, bool),
+    before: Option<i64>,
+    last: Rc<Cell<Option<u64>>>,
+) -> impl Stream<Item = sse::Event> {
+    stream::unfold(Some(first), move |next| {
+        let store = store.clone();
+        let last = last.clone();
+        async move {
+            let (lines, more) = match next {
+                Some(p) => p,
+                None => {
+                    let after = last.get().map(|s| s as i64);
+                    match page(&store, id, after, before, REPLAY_PAGE).await {
+                        Ok(p) => p,
+                        Err(e) => {
+                            log::warn!("workload {id}: log replay read failed: {e}");
+                            return None;
+                        }
+                    }
+                }
+            };
+            if lines.is_empty() {
+                return None;
+            }
+            if let Some(l) = lines.last() {
+                last.set(Some(l.seq));
+            }
+            // `None` reads the next page when this one is sent; an empty one ends.
+            let next = if more {
+                None
+            } else {
+                Some((Vec::new(), false))
+            };
+            Some((stream::iter(lines.into_iter().map(line_event)), next))
+        }
+    })
+    .flatten()
 }
 
 fn line_event(l: LogLine) -> sse::Event {
@@ -179,15 +236,16 @@ enum Plan {
 
 /// A terminal workload: replay after `after`, then `done` (or nothing left at all).
 async fn finished(state: &AppState, w: &Workload, after: Option<i64>) -> Result<Plan, ApiError> {
-    let lines = replay(state, w.id, after, None).await?;
-    if after.is_some() && lines.is_empty() {
+    let first = page(&state.store, w.id, after, None, REPLAY_PAGE).await?;
+    if after.is_some() && first.0.is_empty() {
         return Ok(Plan::NothingLeft);
     }
-    let next_seq = lines.last().map_or(0, |l| l.seq + 1);
     let status = w.status;
-    let done = stream::once(async move { done_event(status, next_seq) });
+    let last = Rc::new(Cell::new(after.map(|a| a as u64)));
+    let seen = last.clone();
+    let done = stream::once(async move { done_event(status, seen.get().map_or(0, |s| s + 1)) });
     Ok(Plan::Stream(Box::new(Box::pin(
-        stream::iter(lines.into_iter().map(line_event)).chain(done),
+        replay(state.store.clone(), w.id, first, None, last).chain(done),
     ))))
 }
 
@@ -217,14 +275,19 @@ async fn plan(state: &AppState, id: WorkloadId, after: Option<i64>) -> Result<Pl
         });
         return finished(state, &now, after).await;
     }
-    // Queued behind every line the broker numbered below `live_from`.
-    let live_from = sub.live_from;
-    let lines = replay(state, id, after, None)
-        .await?
-        .into_iter()
-        .filter(move |l| l.seq < live_from);
+    // The broker handed every line below `live_from` to the store before answering:
+    // once the writer has committed what was queued before this barrier, the read
+    // pool sees all of them.
+    state.store.send(Flush).await??;
+    let live_from = i64::try_from(sub.live_from).unwrap_or(i64::MAX);
+    let first = if after.is_some_and(|a| a + 1 >= live_from) {
+        (Vec::new(), false)
+    } else {
+        page(&state.store, id, after, Some(live_from), REPLAY_PAGE).await?
+    };
+    let last = Rc::new(Cell::new(after.map(|a| a as u64)));
     Ok(Plan::Stream(Box::new(Box::pin(
-        stream::iter(lines.map(line_event)).chain(live(sub_guard, after)),
+        replay(state.store.clone(), id, first, Some(live_from), last).chain(live(sub_guard, after)),
     ))))
 }
 

@@ -13,6 +13,7 @@ mod logs;
 mod system;
 mod workloads;
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,8 +30,9 @@ pub use error::ApiError;
 
 use crate::actors::images::ImagesActor;
 use crate::actors::log_broker::LogBroker;
-use crate::actors::store::StoreActor;
+use crate::actors::store::{StoreActor, StoreHealth};
 use crate::actors::supervisor::Supervisor;
+use crate::actors::Restarts;
 use crate::config::Secret;
 use crate::metrics::Metrics;
 use crate::model::{Limits, WorkloadId};
@@ -62,6 +64,28 @@ pub struct AppState {
     pub keepalive: Duration,
     /// Largest accepted body.
     pub max_body_bytes: usize,
+    /// What `/readyz` answers from.
+    pub readiness: Readiness,
+    /// Restarts of the store's writer and of the log broker.
+    pub restarts: ActorRestarts,
+}
+
+/// Restart records of the components that restart themselves in place.
+#[derive(Clone)]
+pub struct ActorRestarts {
+    /// The store's writer.
+    pub store: Arc<Restarts>,
+    /// The log broker.
+    pub broker: Arc<Restarts>,
+}
+
+/// Whether the server accepts work: the store can write and it is not draining.
+#[derive(Clone)]
+pub struct Readiness {
+    /// The store's write health.
+    pub store: Arc<StoreHealth>,
+    /// Set when graceful shutdown starts.
+    pub draining: Arc<AtomicBool>,
 }
 
 /// Register every route on `cfg`.
@@ -82,6 +106,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
         .app_data(path)
         .app_data(web::PayloadConfig::default().limit(state.max_body_bytes))
         .service(Endpoint::new("/healthz").get(system::healthz).build())
+        .service(Endpoint::new("/readyz").get(system::readyz).build())
         .service(Endpoint::new("/metrics").get(system::metrics).build())
         .service(
             web::scope("/v1")

@@ -14,7 +14,7 @@ use crate::config::Secret;
 use crate::model::{
     IdempotencyKey, IdempotencyRecord, SubmitKind, Workload, WorkloadRequest, WorkloadRequestDto,
 };
-use crate::store::queries::ListQuery;
+use crate::store::ListQuery;
 
 /// The request header naming a client's idempotency key.
 const IDEMPOTENCY_KEY: &str = "idempotency-key";

@@ -99,6 +99,19 @@ pub enum Payload {
     },
 }
 
+impl Payload {
+    /// Bytes it holds in memory (what `max_queue_bytes` counts, with the input).
+    pub fn size_bytes(&self) -> usize {
+        match self {
+            Payload::Code(c) => c.len(),
+            Payload::Archive(a) => a.len(),
+            Payload::Image { reference, command } => {
+                reference.len() + command.iter().flatten().map(String::len).sum::<usize>()
+            }
+        }
+    }
+}
+
 /// A submission that passed every rule of the API contract.
 ///
 /// Invariant: constructed only through

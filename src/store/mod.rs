@@ -1,10 +1,20 @@
 //! Persistence: Diesel on SQLite. The [`crate::actors::store::StoreActor`] is the only
 //! writer; this module holds the connection setup, the row types and the queries it runs.
+//!
+//! Storage types stay here: rows and schema are private to this module, the queries
+//! to the crate (the StoreActor runs them); everyone else speaks the domain types
+//! re-exported below, through the StoreActor's messages.
 
-pub mod deliveries;
-pub mod models;
-pub mod queries;
-pub mod schema;
+pub(crate) mod deliveries;
+mod models;
+pub(crate) mod queries;
+mod schema;
+#[cfg(test)]
+mod tests;
+
+pub use queries::{
+    BackendStats, KeyedInsert, ListQuery, PendingWork, Recovered, Stats, StatusChange, INTERRUPTED,
+};
 
 use std::path::Path;
 use std::time::Duration;
@@ -21,7 +31,13 @@ use crate::model::TransitionError;
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
 /// Applied to every connection, writer and readers alike.
+///
+/// `auto_vacuum` only takes effect on a database without any table and before WAL
+/// mode is set, i.e. on a new one: freed pages can then be returned to the file system
+/// after retention sweeps. An existing database keeps its mode (switching needs a full
+/// VACUUM); its freed pages are reused by later writes instead.
 const PRAGMAS: &str = "PRAGMA busy_timeout = 5000;
+PRAGMA auto_vacuum = INCREMENTAL;
 PRAGMA journal_mode = WAL;
 PRAGMA synchronous = NORMAL;
 PRAGMA foreign_keys = ON;";
@@ -40,7 +56,15 @@ pub enum StoreError {
     InvalidTransition(#[from] TransitionError),
     /// SQLite or Diesel failed.
     #[error("database error: {0}")]
-    Database(#[from] diesel::result::Error),
+    Database(diesel::result::Error),
+    /// The disk holding the database is full (SQLITE_FULL): nothing of the write was
+    /// kept.
+    #[error("storage full")]
+    Full,
+    /// The database file cannot be written (SQLITE_IOERR and the like): nothing of the
+    /// write was kept.
+    #[error("storage failing: {0}")]
+    WriteFailed(String),
     /// A connection could not be opened or taken from the pool.
     #[error("database connection error: {0}")]
     Connection(String),
@@ -50,6 +74,31 @@ pub enum StoreError {
     /// The store is shutting down or its writer thread is gone.
     #[error("store unavailable")]
     Unavailable,
+}
+
+impl StoreError {
+    /// A fault of the storage itself (full disk, I/O error): the database cannot be
+    /// written until it clears, whatever is written.
+    pub fn is_storage_fault(&self) -> bool {
+        matches!(self, StoreError::Full | StoreError::WriteFailed(_))
+    }
+}
+
+impl From<diesel::result::Error> for StoreError {
+    fn from(e: diesel::result::Error) -> Self {
+        if let diesel::result::Error::DatabaseError(_, info) = &e {
+            // Diesel has no kind for these; SQLite's messages for SQLITE_FULL and
+            // SQLITE_IOERR are fixed text.
+            let message = info.message();
+            if message.contains("database or disk is full") {
+                return StoreError::Full;
+            }
+            if message.contains("disk I/O error") {
+                return StoreError::WriteFailed(message.to_string());
+            }
+        }
+        StoreError::Database(e)
+    }
 }
 
 #[derive(Debug)]

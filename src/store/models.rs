@@ -233,6 +233,18 @@ impl PayloadRow {
     }
 }
 
+impl LogLineRow {
+    /// The row of `line` of workload `id`.
+    pub fn new(id: WorkloadId, line: &LogLine) -> Self {
+        Self {
+            workload_id: id.to_string(),
+            seq: i64::try_from(line.seq).unwrap_or(i64::MAX),
+            line: line.line.clone(),
+            created_at: format_time(&line.created_at),
+        }
+    }
+}
+
 impl TryFrom<LogLineRow> for LogLine {
     type Error = StoreError;
 
@@ -243,9 +255,4 @@ impl TryFrom<LogLineRow> for LogLine {
             created_at: parse_time(&r.created_at)?,
         })
     }
-}
-
-/// Helper for ids in queries.
-pub fn id_text(id: WorkloadId) -> String {
-    id.to_string()
 }

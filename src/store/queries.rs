@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use diesel::connection::SimpleConnection;
 use diesel::dsl::{case_when, count_star};
 use diesel::prelude::*;
 use diesel::sqlite::SqliteConnection;
@@ -102,8 +103,21 @@ pub struct Stats {
 pub struct Recovered {
     /// Workloads that were running and are now failed.
     pub interrupted: Vec<Workload>,
-    /// Pending workloads, oldest first, with payload and input, to re-admit.
-    pub pending: Vec<(Workload, Payload, Vec<u8>)>,
+    /// Pending workloads, oldest first, to re-admit.
+    pub pending: Vec<PendingWork>,
+}
+
+/// A pending workload found at start-up. Its code, archive and input stay in the
+/// database until it is dispatched ([`load_payload`]); only an OCI workload's payload
+/// (its image is pulled while it waits) is read at once.
+#[derive(Debug)]
+pub struct PendingWork {
+    /// The record.
+    pub workload: Workload,
+    /// Bytes of its payload and input, as stored.
+    pub payload_bytes: u64,
+    /// Payload and input, for OCI workloads only.
+    pub payload: Option<(Payload, Vec<u8>)>,
 }
 
 /// The error recorded on workloads a restart interrupted.
@@ -201,6 +215,113 @@ pub fn sweep_idempotency_keys(
     .execute(conn)?)
 }
 
+/// A write that touches the database header and nothing else: it commits only when
+/// the database can really be written (used to find out that a full disk has room
+/// again).
+pub fn probe_write(conn: &mut SqliteConnection) -> Result<(), StoreError> {
+    #[derive(QueryableByName)]
+    struct Version {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        user_version: i32,
+    }
+    let v: Version = diesel::sql_query("PRAGMA user_version").get_result(conn)?;
+    diesel::sql_query(format!("PRAGMA user_version = {}", v.user_version)).execute(conn)?;
+    Ok(())
+}
+
+/// What one [`sweep_step`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Workloads deleted (their Idempotency-Keys and webhook attempts cascade).
+    pub workloads: usize,
+    /// Log lines deleted.
+    pub log_lines: usize,
+    /// Expired work may remain: run another step.
+    pub more: bool,
+}
+
+/// Bounds of one [`sweep_step`], so one write never holds the writer long.
+#[derive(Debug, Clone, Copy)]
+pub struct SweepBatch {
+    /// Most workloads considered per step.
+    pub workloads: i64,
+    /// Most log lines deleted per step.
+    pub log_lines: i64,
+}
+
+impl SweepBatch {
+    /// The bounds the store uses.
+    pub const STORE: SweepBatch = SweepBatch {
+        workloads: 64,
+        log_lines: 5000,
+    };
+}
+
+/// One small step of retention: of the terminal workloads that finished before
+/// `before` (oldest first, at most `batch.workloads`), delete up to `batch.log_lines`
+/// log lines, then the workloads whose lines are all gone. Pending and running work
+/// has no `finished_at` and is never touched.
+pub fn sweep_step(
+    conn: &mut SqliteConnection,
+    before: DateTime<Utc>,
+    batch: SweepBatch,
+) -> Result<Swept, StoreError> {
+    let terminal: Vec<&str> = Status::ALL
+        .into_iter()
+        .filter(|s| s.is_terminal())
+        .map(Status::as_str)
+        .collect();
+    let ids: Vec<String> = workloads::table
+        .filter(workloads::finished_at.is_not_null())
+        .filter(workloads::finished_at.lt(format_time(&before)))
+        .filter(workloads::status.eq_any(terminal))
+        .order(workloads::finished_at.asc())
+        .limit(batch.workloads)
+        .select(workloads::id)
+        .load(conn)?;
+    let mut out = Swept {
+        more: ids.len() as i64 == batch.workloads,
+        ..Swept::default()
+    };
+    let mut budget = batch.log_lines;
+    let mut done: Vec<&str> = Vec::with_capacity(ids.len());
+    for id in &ids {
+        if budget <= 0 {
+            out.more = true;
+            break;
+        }
+        let mine = log_lines::table.filter(log_lines::workload_id.eq(id));
+        // The `budget`-th line from the start, if the log is longer than the budget.
+        let cutoff: Option<i64> = mine
+            .order(log_lines::seq.asc())
+            .offset(budget)
+            .select(log_lines::seq)
+            .first(conn)
+            .optional()?;
+        let n = match cutoff {
+            Some(c) => diesel::delete(mine.filter(log_lines::seq.lt(c))).execute(conn)?,
+            None => diesel::delete(mine).execute(conn)?,
+        };
+        out.log_lines += n;
+        budget -= n as i64;
+        if cutoff.is_some() {
+            out.more = true;
+            break;
+        }
+        done.push(id);
+    }
+    out.workloads =
+        diesel::delete(workloads::table.filter(workloads::id.eq_any(&done))).execute(conn)?;
+    Ok(out)
+}
+
+/// Return up to `pages` free pages to the file system (a no-op on a database
+/// without incremental auto-vacuum).
+pub fn incremental_vacuum(conn: &mut SqliteConnection, pages: u32) -> Result<(), StoreError> {
+    conn.batch_execute(&format!("PRAGMA incremental_vacuum({pages});"))?;
+    Ok(())
+}
+
 /// One workload.
 pub fn get_workload(conn: &mut SqliteConnection, id: WorkloadId) -> Result<Workload, StoreError> {
     workloads::table
@@ -284,8 +405,16 @@ pub fn apply_change(
     )))
 }
 
-/// Append log lines (their `seq` is assigned by the log broker).
-pub fn append_logs(conn: &mut SqliteConnection, rows: &[LogLineRow]) -> Result<(), StoreError> {
+/// Append log lines, each with its workload (their `seq` is assigned by the log
+/// broker); a line whose `(workload, seq)` is stored already is kept as it is.
+pub fn append_logs(
+    conn: &mut SqliteConnection,
+    lines: &[(WorkloadId, LogLine)],
+) -> Result<(), StoreError> {
+    let rows: Vec<LogLineRow> = lines
+        .iter()
+        .map(|(id, l)| LogLineRow::new(*id, l))
+        .collect();
     // SQLite limits bound parameters per statement; 4 per row.
     for chunk in rows.chunks(4000) {
         diesel::insert_or_ignore_into(log_lines::table)
@@ -295,11 +424,13 @@ pub fn append_logs(conn: &mut SqliteConnection, rows: &[LogLineRow]) -> Result<(
     Ok(())
 }
 
-/// Lines of a workload in `seq` order, all or those after `after`, at most `limit`.
+/// Lines of a workload in `seq` order: all, or those after `after` and below
+/// `before`, at most `limit`.
 pub fn log_lines(
     conn: &mut SqliteConnection,
     id: WorkloadId,
     after: Option<i64>,
+    before: Option<i64>,
     limit: Option<i64>,
 ) -> Result<Vec<LogLine>, StoreError> {
     let mut q = log_lines::table
@@ -310,10 +441,50 @@ pub fn log_lines(
     if let Some(after) = after {
         q = q.filter(log_lines::seq.gt(after));
     }
+    if let Some(before) = before {
+        q = q.filter(log_lines::seq.lt(before));
+    }
     if let Some(limit) = limit {
         q = q.limit(limit);
     }
     q.load(conn)?.into_iter().map(LogLine::try_from).collect()
+}
+
+/// One page of a workload's lines in `seq` order, after `after` and below `before`:
+/// at most `limit` lines, and no more lines once their text reaches `max_bytes` (the
+/// page holds at least one line). Answers the lines and whether the page is full
+/// (more may follow).
+pub fn log_page(
+    conn: &mut SqliteConnection,
+    id: WorkloadId,
+    mut after: Option<i64>,
+    before: Option<i64>,
+    limit: i64,
+    max_bytes: usize,
+) -> Result<(Vec<LogLine>, bool), StoreError> {
+    // Read in chunks, so a page of long lines stops early instead of loading `limit`.
+    const CHUNK: i64 = 256;
+    let mut out: Vec<LogLine> = Vec::new();
+    let mut bytes = 0usize;
+    loop {
+        let want = (limit - out.len() as i64).min(CHUNK);
+        if want <= 0 {
+            return Ok((out, true));
+        }
+        let chunk = log_lines(conn, id, after, before, Some(want))?;
+        let short = (chunk.len() as i64) < want;
+        for line in chunk {
+            bytes += line.line.len();
+            after = Some(line.seq as i64);
+            out.push(line);
+            if bytes >= max_bytes {
+                return Ok((out, true));
+            }
+        }
+        if short {
+            return Ok((out, false));
+        }
+    }
 }
 
 /// A page of workloads, newest first, and the total matching the filters.
@@ -427,15 +598,47 @@ fn recover_inner(conn: &mut SqliteConnection) -> Result<Recovered, StoreError> {
         let change = StatusChange::to(Status::Failed).with_error(INTERRUPTED);
         out.interrupted.push(apply_change(conn, id, &change)?);
     }
-    let pending: Vec<(WorkloadRow, PayloadRow)> = workloads::table
+    let pending: Vec<(WorkloadRow, i64)> = workloads::table
         .filter(workloads::status.eq(Status::Pending.as_str()))
         .order((workloads::created_at.asc(), workloads::id.asc()))
-        .select((WorkloadRow::as_select(), PayloadRow::as_select()))
+        .select((WorkloadRow::as_select(), payload_bytes()))
         .load(conn)?;
-    for (row, payload) in pending {
-        let w = Workload::try_from(row)?;
-        let (payload, input) = payload.into_payload()?;
-        out.pending.push((w, payload, input));
+    for (row, bytes) in pending {
+        let workload = Workload::try_from(row)?;
+        let payload = if workload.runtime == Runtime::Oci {
+            Some(load_payload(conn, workload.id)?)
+        } else {
+            None
+        };
+        out.pending.push(PendingWork {
+            workload,
+            payload_bytes: bytes.max(0) as u64,
+            payload,
+        });
     }
     Ok(out)
+}
+
+/// The stored size of a workload's payload and input, in bytes (`length` of text
+/// counts characters, of a blob bytes).
+fn payload_bytes() -> diesel::expression::SqlLiteral<diesel::sql_types::BigInt> {
+    diesel::dsl::sql(
+        "COALESCE(length(CAST(code AS BLOB)), 0) + COALESCE(length(code_archive), 0) \
+         + length(input) + COALESCE(length(CAST(image AS BLOB)), 0) \
+         + COALESCE(length(CAST(command AS BLOB)), 0)",
+    )
+}
+
+/// The payload and input of a workload (read when a recovered workload is dispatched).
+pub fn load_payload(
+    conn: &mut SqliteConnection,
+    id: WorkloadId,
+) -> Result<(Payload, Vec<u8>), StoreError> {
+    workloads::table
+        .find(id.to_string())
+        .select(PayloadRow::as_select())
+        .first(conn)
+        .optional()?
+        .ok_or(StoreError::NotFound)?
+        .into_payload()
 }

@@ -9,6 +9,7 @@ pub mod oci;
 pub mod receiver;
 pub mod scripted;
 pub mod sse;
+pub mod tmpfs;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -294,34 +295,21 @@ pub fn body(runtime: &str, code: &str) -> Value {
 /// server's back: it exists for every query but was never admitted (as while start-up
 /// re-admits a backlog). Returns its id.
 pub fn insert_unadmitted(db: &std::path::Path, backend: &str) -> String {
-    use vulcan::model::{
-        Isolation, IsolationRequest, Payload, Runtime, Status, Workload, WorkloadId,
-    };
-    let id = WorkloadId::new();
-    let w = Workload {
-        id,
-        status: Status::Pending,
-        isolation: Isolation::Isolate,
-        requested_isolation: IsolationRequest::Auto,
-        backend: backend.into(),
-        runtime: Runtime::Node,
-        node_id: "elsewhere".into(),
-        input_hash: "sha256:00".into(),
-        output: None,
-        exit_code: None,
-        error: None,
-        cpu_limit: 1,
-        mem_limit: 128,
-        timeout_s: 30,
-        duration_ms: None,
-        created_at: id.created_at(),
-        started_at: None,
-        finished_at: None,
-        callback_url: None,
-    };
+    use diesel::connection::SimpleConnection;
+    let id = vulcan::model::WorkloadId::new();
+    // Opened as the server opens it (migrations, PRAGMAs), written as it writes a
+    // pending node workload with the code `{}` and the input `null`.
     let mut conn = vulcan::store::open_writer(db).expect("open db");
-    vulcan::store::queries::insert_workload(&mut conn, &w, &Payload::Code("{}".into()), b"null")
-        .expect("insert");
+    conn.batch_execute("PRAGMA busy_timeout = 10000;")
+        .expect("busy timeout");
+    conn.batch_execute(&format!(
+        "INSERT INTO workloads (id, status, isolation, requested_isolation, backend, \
+         runtime, node_id, input_hash, cpu_limit, mem_limit, timeout_s, created_at, \
+         code, input) VALUES ('{id}', 'pending', 'isolate', 'auto', '{backend}', 'node', \
+         'elsewhere', 'sha256:00', 1, 128, 30, '{}', '{{}}', X'6E756C6C')",
+        vulcan::model::format_time(&id.created_at())
+    ))
+    .expect("insert");
     id.to_string()
 }
 

@@ -1,6 +1,7 @@
 //! A scripted backend for engine tests. The workload's `code` is a JSON script:
 //!
-//! `{"delay_ms": 50, "logs": ["a", "b"], "log_interval_ms": 5, "output": {...},
+//! `{"delay_ms": 50, "logs": ["a", "b"], "log_interval_ms": 5, "log_burst": 1,
+//!   "log_repeat": 1, "output": {...},
 //!   "raw_output": "text", "error": "boom", "exit_code": 3, "panic": "why",
 //!   "ignore_cancel_ms": 300, "late_output": {...}}`
 //!
@@ -29,6 +30,12 @@ struct Script {
     logs: Vec<String>,
     #[serde(default)]
     log_interval_ms: u64,
+    /// Lines printed between two pauses of `log_interval_ms` (default 1).
+    #[serde(default)]
+    log_burst: usize,
+    /// Print `logs` this many times over (default 1): big logs from a small script.
+    #[serde(default)]
+    log_repeat: usize,
     output: Option<serde_json::Value>,
     raw_output: Option<String>,
     error: Option<String>,
@@ -164,9 +171,15 @@ impl Backend for Scripted {
             let cancelled = |seen: &Observed| {
                 seen.cancelled.lock().expect("lock").insert(spec.id);
             };
-            for line in &script.logs {
+            let burst = script.log_burst.max(1);
+            let all = script
+                .logs
+                .iter()
+                .cycle()
+                .take(script.logs.len() * script.log_repeat.max(1));
+            for (i, line) in all.enumerate() {
                 ctx.log.line(line.clone());
-                if script.log_interval_ms > 0 {
+                if script.log_interval_ms > 0 && (i + 1) % burst == 0 {
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(script.log_interval_ms)) => {}
                         _ = ctx.cancel.cancelled() => {

@@ -1,14 +1,16 @@
-//! The store enforces the state machine itself: every one of the 25 (from, to) pairs is
-//! applied to a real SQLite file, and invalid ones write nothing. A terminal status of a
-//! workload with a callback_url enqueues its webhook delivery in the same write; attempts
-//! are recorded once, in order; a database of the previous version opens with its data.
+//! The store on real SQLite files. The store enforces the state machine itself: every
+//! one of the 25 (from, to) pairs is applied to a real SQLite file, and invalid ones
+//! write nothing. A terminal status of a workload with a callback_url enqueues its
+//! webhook delivery in the same write; attempts are recorded once, in order; a
+//! database of the previous version opens with its data; retention deletes only old
+//! finished work.
 
-use chrono::Utc;
-use vulcan::model::{
+use crate::model::{
     transition, Isolation, IsolationRequest, Payload, Runtime, Status, Workload, WorkloadId,
 };
-use vulcan::store::queries::{self, StatusChange};
-use vulcan::store::{open_writer, StoreError};
+use crate::store::queries::{self, StatusChange};
+use crate::store::{open_writer, StoreError};
+use chrono::Utc;
 
 fn record() -> Workload {
     Workload {
@@ -99,7 +101,8 @@ fn unknown_workload_is_not_found() {
 fn payload_survives_for_recovery() {
     let dir = tempfile::tempdir().expect("dir");
     let mut conn = open_writer(&dir.path().join("t.db")).expect("open");
-    let pending = record();
+    let mut pending = record();
+    pending.runtime = Runtime::Oci;
     let payload = Payload::Image {
         reference: "busybox:1.36".into(),
         command: Some(vec!["sh".into(), "-c".into()]),
@@ -122,8 +125,15 @@ fn payload_survives_for_recovery() {
         Some(queries::INTERRUPTED)
     );
     assert_eq!(rec.pending.len(), 1);
-    assert_eq!(rec.pending[0].1, payload);
-    assert_eq!(rec.pending[0].2, b"{\"a\":1}");
+    // An OCI workload's payload is read at once (its image is pulled while it waits).
+    let (got, input) = rec.pending[0].payload.clone().expect("oci payload");
+    assert_eq!(got, payload);
+    assert_eq!(input, b"{\"a\":1}");
+    let stored_command = r#"["sh","-c"]"#;
+    assert_eq!(
+        rec.pending[0].payload_bytes,
+        ("busybox:1.36".len() + stored_command.len() + 7) as u64
+    );
 }
 
 #[test]
@@ -150,7 +160,7 @@ fn outputs_are_kept_as_json_text_and_old_rows_still_read() {
     queries::insert_workload(&mut conn, &new, &Payload::Code("1".into()), b"null").expect("insert");
     queries::apply_change(&mut conn, new.id, &StatusChange::to(Status::Running)).expect("run");
     let mut done = StatusChange::to(Status::Completed);
-    done.output = vulcan::model::output_value(b"{\"b\": 2, \"a\": 1}\n");
+    done.output = crate::model::output_value(b"{\"b\": 2, \"a\": 1}\n");
     queries::apply_change(&mut conn, new.id, &done).expect("done");
     let read = queries::get_workload(&mut conn, new.id).expect("read");
     let json = serde_json::to_string(&read).expect("serialise");
@@ -171,7 +181,7 @@ fn a_database_of_the_previous_version_opens_and_keeps_its_data() {
     {
         let mut old = diesel::sqlite::SqliteConnection::establish(path.to_str().expect("utf8"))
             .expect("open");
-        old.run_next_migration(vulcan::store::MIGRATIONS)
+        old.run_next_migration(crate::store::MIGRATIONS)
             .expect("the first migration only");
         // Rows as the previous version wrote them.
         old.batch_execute(&format!(
@@ -189,17 +199,199 @@ fn a_database_of_the_previous_version_opens_and_keeps_its_data() {
     let got = queries::get_workload(&mut conn, w.id).expect("kept");
     assert_eq!(got.status, Status::Pending);
     assert_eq!(got.backend, "isolate");
-    let lines = queries::log_lines(&mut conn, w.id, None, None).expect("lines");
+    let lines = queries::log_lines(&mut conn, w.id, None, None, None).expect("lines");
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0].line, "kept");
     let rec = queries::recover(&mut conn).expect("recover");
     assert_eq!(rec.pending.len(), 1);
-    assert_eq!(rec.pending[0].1, Payload::Code("x".into()));
+    // Code stays in the database until the workload is dispatched.
+    assert!(rec.pending[0].payload.is_none());
+    assert_eq!(rec.pending[0].payload_bytes, 1 + 4);
+    assert_eq!(
+        queries::load_payload(&mut conn, w.id).expect("payload"),
+        (Payload::Code("x".into()), b"null".to_vec())
+    );
     // The new table is there and usable.
-    let key = vulcan::model::IdempotencyKey::parse(b"k", None).expect("key");
+    let key = crate::model::IdempotencyKey::parse(b"k", None).expect("key");
     let found = queries::find_idempotency_key(&mut conn, &key, chrono::DateTime::<Utc>::MIN_UTC)
         .expect("query");
     assert_eq!(found, None);
+    // Its vacuum mode is kept (switching needs a full VACUUM): freed pages are reused,
+    // and the retention sweep works on it all the same.
+    assert_eq!(pragma(&mut conn, "auto_vacuum"), 0);
+    let done = StatusChange {
+        at: Utc::now() - chrono::Duration::days(30),
+        ..StatusChange::to(Status::Killed)
+    };
+    queries::apply_change(&mut conn, w.id, &done).expect("killed long ago");
+    let swept =
+        queries::sweep_step(&mut conn, Utc::now(), queries::SweepBatch::STORE).expect("sweep");
+    assert_eq!((swept.workloads, swept.log_lines), (1, 1));
+    assert!(matches!(
+        queries::get_workload(&mut conn, w.id),
+        Err(StoreError::NotFound)
+    ));
+}
+
+fn pragma(conn: &mut diesel::sqlite::SqliteConnection, name: &str) -> i32 {
+    use diesel::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct V {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        v: i32,
+    }
+    diesel::sql_query(format!("SELECT {name} AS v FROM pragma_{name}"))
+        .get_result::<V>(conn)
+        .expect("pragma")
+        .v
+}
+
+/// A workload recorded and driven to `status`, finished `age` ago (when terminal).
+fn stored(
+    conn: &mut diesel::sqlite::SqliteConnection,
+    status: Status,
+    age: chrono::Duration,
+    lines: u64,
+) -> WorkloadId {
+    let w = record();
+    queries::insert_workload(conn, &w, &Payload::Code("x".into()), b"null").expect("insert");
+    for step in path_to(status) {
+        let change = StatusChange {
+            at: Utc::now() - age,
+            ..StatusChange::to(step)
+        };
+        queries::apply_change(conn, w.id, &change).expect("step");
+    }
+    let log: Vec<(WorkloadId, crate::model::LogLine)> = (0..lines)
+        .map(|seq| {
+            (
+                w.id,
+                crate::model::LogLine {
+                    seq,
+                    line: format!("line {seq}"),
+                    created_at: Utc::now(),
+                },
+            )
+        })
+        .collect();
+    queries::append_logs(conn, &log).expect("logs");
+    w.id
+}
+
+#[test]
+fn retention_deletes_only_old_finished_work_in_small_steps() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut conn = open_writer(&dir.path().join("t.db")).expect("open");
+    // A database created by this version returns freed pages (incremental vacuum).
+    assert_eq!(pragma(&mut conn, "auto_vacuum"), 2);
+    let old = chrono::Duration::days(8);
+    let recent = chrono::Duration::hours(1);
+    let big = stored(&mut conn, Status::Completed, old, 20_000);
+    let gone = [
+        stored(&mut conn, Status::Completed, old, 23),
+        stored(&mut conn, Status::Failed, old, 0),
+        stored(&mut conn, Status::Killed, old, 4),
+    ];
+    // Pending and running work is older still, and untouched.
+    let kept = [
+        stored(&mut conn, Status::Completed, recent, 5),
+        stored(&mut conn, Status::Pending, old, 0),
+        stored(&mut conn, Status::Running, old, 3),
+    ];
+    let key = crate::model::IdempotencyKey::parse(b"k", None).expect("key");
+    let keyed = record();
+    let rec = crate::model::IdempotencyRecord {
+        fingerprint: "f".into(),
+        workload_id: keyed.id,
+        kind: crate::model::SubmitKind::Async,
+    };
+    queries::insert_keyed_workload(
+        &mut conn,
+        &keyed,
+        &Payload::Code("x".into()),
+        b"null",
+        &key,
+        &rec,
+        Utc::now() - chrono::Duration::days(1),
+    )
+    .expect("keyed");
+    for step in path_to(Status::Completed) {
+        let change = StatusChange {
+            at: Utc::now() - old,
+            ..StatusChange::to(step)
+        };
+        queries::apply_change(&mut conn, keyed.id, &change).expect("step");
+    }
+    let before = Utc::now() - chrono::Duration::days(7);
+    let pages_before = pragma(&mut conn, "page_count");
+    // The big log goes first (a full-size batch), and its pages go back to the disk.
+    let s = queries::sweep_step(&mut conn, before, queries::SweepBatch::STORE).expect("step");
+    assert_eq!((s.workloads, s.log_lines, s.more), (0, 5000, true));
+    while queries::get_workload(&mut conn, big).is_ok() {
+        queries::sweep_step(
+            &mut conn,
+            before,
+            queries::SweepBatch {
+                workloads: 1,
+                log_lines: 5000,
+            },
+        )
+        .expect("step");
+    }
+    assert!(pragma(&mut conn, "freelist_count") > 0);
+    queries::incremental_vacuum(&mut conn, 100_000).expect("vacuum");
+    assert_eq!(pragma(&mut conn, "freelist_count"), 0);
+    assert!(
+        pragma(&mut conn, "page_count") < pages_before / 2,
+        "space is reclaimed"
+    );
+    let batch = queries::SweepBatch {
+        workloads: 2,
+        log_lines: 10,
+    };
+    let mut total = queries::Swept::default();
+    let mut steps = 0;
+    loop {
+        let s = queries::sweep_step(&mut conn, before, batch).expect("step");
+        assert!(s.log_lines <= 10, "{s:?}");
+        assert!(s.workloads <= 2, "{s:?}");
+        total.workloads += s.workloads;
+        total.log_lines += s.log_lines;
+        steps += 1;
+        if !s.more {
+            break;
+        }
+        assert!(steps < 50, "the sweep ends");
+    }
+    assert!(steps >= 3, "small steps: {steps}");
+    assert_eq!((total.workloads, total.log_lines), (4, 27));
+    for id in gone.iter().chain([&keyed.id]) {
+        assert!(matches!(
+            queries::get_workload(&mut conn, *id),
+            Err(StoreError::NotFound)
+        ));
+        assert!(queries::log_lines(&mut conn, *id, None, None, None)
+            .expect("lines")
+            .is_empty());
+    }
+    // Its Idempotency-Key went with it.
+    assert_eq!(
+        queries::find_idempotency_key(&mut conn, &key, chrono::DateTime::<Utc>::MIN_UTC)
+            .expect("query"),
+        None
+    );
+    for (id, lines) in kept.iter().zip([5, 0, 3]) {
+        queries::get_workload(&mut conn, *id).expect("kept");
+        assert_eq!(
+            queries::log_lines(&mut conn, *id, None, None, None)
+                .expect("lines")
+                .len(),
+            lines
+        );
+    }
+    // Nothing left to sweep.
+    let s = queries::sweep_step(&mut conn, before, batch).expect("step");
+    assert_eq!(s, queries::Swept::default());
 }
 
 fn with_callback(url: &str) -> Workload {
@@ -252,7 +444,7 @@ fn a_terminal_status_with_a_callback_enqueues_exactly_one_delivery_in_the_same_w
     assert!(matches!(refused, Err(StoreError::InvalidTransition(_))));
 
     let queue =
-        vulcan::store::deliveries::due_deliveries(&mut conn, Utc::now(), 10, &[]).expect("queue");
+        crate::store::deliveries::due_deliveries(&mut conn, Utc::now(), 10, &[]).expect("queue");
     let mut due: Vec<WorkloadId> = queue.due.iter().map(|d| d.workload_id).collect();
     due.sort();
     let mut want = vec![hooked.id, cancelled.id];
@@ -269,7 +461,7 @@ fn a_terminal_status_with_a_callback_enqueues_exactly_one_delivery_in_the_same_w
         .all(|d| d.attempts == 0 && d.delivery_id.len() == 26));
     assert_ne!(queue.due[0].delivery_id, queue.due[1].delivery_id);
     // Due from the moment the status was recorded, under the id chosen at submission.
-    let report = vulcan::store::deliveries::deliveries(&mut conn, hooked.id).expect("report");
+    let report = crate::store::deliveries::deliveries(&mut conn, hooked.id).expect("report");
     let finished = queries::get_workload(&mut conn, hooked.id)
         .expect("get")
         .finished_at;
@@ -280,7 +472,7 @@ fn a_terminal_status_with_a_callback_enqueues_exactly_one_delivery_in_the_same_w
         .find(|d| d.workload_id == hooked.id)
         .map(|d| d.delivery_id.clone());
     assert_eq!(report.delivery_id, due_id);
-    let none = vulcan::store::deliveries::deliveries(&mut conn, plain.id).expect("report");
+    let none = crate::store::deliveries::deliveries(&mut conn, plain.id).expect("report");
     assert_eq!(
         (none.delivery_id, none.state, none.next_attempt_at),
         (None, None, None)
@@ -289,8 +481,8 @@ fn a_terminal_status_with_a_callback_enqueues_exactly_one_delivery_in_the_same_w
 
 #[test]
 fn attempts_are_recorded_once_in_order_and_deleted_with_their_workload() {
-    use vulcan::model::{DeliveryAttempt, DeliveryState};
-    use vulcan::store::deliveries::{self, AttemptRecord};
+    use crate::model::{DeliveryAttempt, DeliveryState};
+    use crate::store::deliveries::{self, AttemptRecord};
 
     let dir = tempfile::tempdir().expect("dir");
     let mut conn = open_writer(&dir.path().join("t.db")).expect("open");
@@ -390,7 +582,7 @@ fn a_database_of_the_previous_version_opens_with_its_data_and_recovers() {
         let mut conn =
             diesel::sqlite::SqliteConnection::establish(&path.to_string_lossy()).expect("open");
         let migrations =
-            MigrationSource::<diesel::sqlite::Sqlite>::migrations(&vulcan::store::MIGRATIONS)
+            MigrationSource::<diesel::sqlite::Sqlite>::migrations(&crate::store::MIGRATIONS)
                 .expect("migrations");
         assert_eq!(
             migrations[0].name().to_string(),
@@ -425,17 +617,21 @@ fn a_database_of_the_previous_version_opens_with_its_data_and_recovers() {
         .expect("old workload");
     assert_eq!(done.status, Status::Completed);
     assert_eq!(
-        done.output.as_ref().map(vulcan::model::Output::to_value),
+        done.output.as_ref().map(crate::model::Output::to_value),
         Some(serde_json::json!({"sum": 3}))
     );
     assert_eq!(done.callback_url, None);
-    let lines = queries::log_lines(&mut conn, done.id, None, None).expect("lines");
+    let lines = queries::log_lines(&mut conn, done.id, None, None, None).expect("lines");
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0].line, "hello");
     let rec = queries::recover(&mut conn).expect("recover");
     assert_eq!(rec.interrupted.len(), 1);
     assert_eq!(rec.pending.len(), 1);
-    assert_eq!(rec.pending[0].1, Payload::Code("42".into()));
+    assert!(rec.pending[0].payload.is_none(), "read when dispatched");
+    assert_eq!(
+        queries::load_payload(&mut conn, rec.pending[0].workload.id).expect("payload"),
+        (Payload::Code("42".into()), b"null".to_vec())
+    );
     assert_eq!(
         count(
             &mut conn,
@@ -443,5 +639,47 @@ fn a_database_of_the_previous_version_opens_with_its_data_and_recovers() {
         ),
         0,
         "old workloads have no callback_url, so no delivery"
+    );
+}
+
+#[test]
+fn retention_deletes_the_webhook_attempts_of_what_it_sweeps() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut conn = open_writer(&dir.path().join("t.db")).expect("open");
+    let hooked = with_callback("https://hooks.example.com/old");
+    queries::insert_workload(&mut conn, &hooked, &Payload::Code("x".into()), b"null")
+        .expect("insert");
+    for step in path_to(Status::Completed) {
+        let change = StatusChange {
+            at: Utc::now() - chrono::Duration::days(8),
+            ..StatusChange::to(step)
+        };
+        queries::apply_change(&mut conn, hooked.id, &change).expect("step");
+    }
+    let attempt = crate::store::deliveries::AttemptRecord {
+        workload_id: hooked.id,
+        attempt: crate::model::DeliveryAttempt {
+            attempt: 1,
+            started_at: Utc::now(),
+            finished_at: Utc::now(),
+            status_code: Some(200),
+            error: None,
+            next_attempt_at: None,
+        },
+    };
+    assert!(crate::store::deliveries::record_attempt(&mut conn, &attempt).expect("record"));
+    let attempts = "SELECT COUNT(*) AS n FROM webhook_attempts";
+    assert_eq!(count(&mut conn, attempts), 1);
+    let swept = queries::sweep_step(
+        &mut conn,
+        Utc::now() - chrono::Duration::days(7),
+        queries::SweepBatch::STORE,
+    )
+    .expect("sweep");
+    assert_eq!(swept.workloads, 1);
+    assert_eq!(
+        count(&mut conn, attempts),
+        0,
+        "attempts go with their workload"
     );
 }
