@@ -1,6 +1,9 @@
 //! WorkloadActor: one per accepted workload. It waits for a backend slot, drives
 //! pending → running → terminal through the StoreActor, enforces the deadline, handles
-//! kill, discards late results, and stops once the execution has really ended.
+//! kill, discards late results, and stops once the execution has really ended. Its
+//! life is one [`Phase`]; the allowed moves are [`Phase::next`].
+
+mod phase;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -15,13 +18,15 @@ use crate::actors::log_broker::{CloseTopic, LogBroker, Publish};
 use crate::actors::store::{ChangeStatus, StoreActor};
 use crate::actors::supervisor::{Supervisor, WorkloadEnded, WorkloadReady};
 use crate::backends::{
-    BackendError, CancellationToken, ExecContext, LogSink, Preparation, Prepared, WorkloadResult,
+    BackendError, CancellationToken, ExecContext, LogSink, Preparation, WorkloadResult,
     WorkloadSpec,
 };
 use crate::metrics::Metrics;
 use crate::model::{output_value, Status, Workload};
 use crate::store::queries::StatusChange;
 use crate::store::StoreError;
+
+use self::phase::{Event, Phase};
 
 /// Why a kill was refused.
 #[derive(Debug, thiserror::Error)]
@@ -46,22 +51,9 @@ pub struct WorkloadActor {
     supervisor: Addr<Supervisor>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
-    /// Set once a slot was granted (the supervisor counts it as running).
-    started: Option<Instant>,
-    /// The execution's deadline, once it was handed to the backend.
-    deadline: Option<Instant>,
-    /// The terminal status decided so far; later outcomes are discarded.
-    decided: Option<Status>,
-    /// The execution future has finished (cleanup done).
-    execution_over: bool,
-    /// The terminal record, once written.
-    final_record: Option<Workload>,
+    /// Where the workload is in its life; moved only through [`WorkloadActor::advance`].
+    phase: Phase,
     waiters: Vec<oneshot::Sender<Workload>>,
-    /// The backend's preparation, awaited (while pending) before the workload queues.
-    preparation: Option<Preparation>,
-    /// What the preparation made ready; held until the actor stops, which is after the
-    /// execution has ended.
-    prepared: Option<Prepared>,
 }
 
 impl WorkloadActor {
@@ -82,14 +74,8 @@ impl WorkloadActor {
             supervisor,
             metrics,
             cancel: CancellationToken::new(),
-            started: None,
-            deadline: None,
-            decided: None,
-            execution_over: false,
-            final_record: None,
+            phase: Phase::Queued { prepared: None },
             waiters: Vec::new(),
-            preparation: None,
-            prepared: None,
         }
     }
 
@@ -102,7 +88,26 @@ impl WorkloadActor {
     /// is ready to queue ([`WorkloadReady`]). Without one, the supervisor queues it at
     /// admission.
     pub fn set_preparation(&mut self, preparation: Preparation) {
-        self.preparation = Some(preparation);
+        self.phase = Phase::Preparing {
+            preparation: Some(preparation),
+        };
+    }
+
+    /// Apply `event` ([`Phase::next`]); `false`, with the phase unchanged, when the
+    /// phase refuses it (a late or duplicate event, which the caller ignores).
+    fn advance(&mut self, event: Event) -> bool {
+        let phase = std::mem::replace(&mut self.phase, Phase::Queued { prepared: None });
+        match phase.next(event) {
+            Ok(next) => {
+                self.phase = next;
+                true
+            }
+            Err(refused) => {
+                log::debug!("workload {}: {refused:?}", self.record.id);
+                self.phase = refused.phase;
+                false
+            }
+        }
     }
 
     /// A receiver for the terminal record (registered before the actor starts).
@@ -123,15 +128,14 @@ impl WorkloadActor {
     }
 
     fn elapsed_ms(&self) -> Option<u64> {
-        self.started.map(|s| s.elapsed().as_millis() as u64)
+        self.phase.started().map(|s| s.elapsed().as_millis() as u64)
     }
 
     /// Decide the terminal status (once) and write it.
     fn finish(&mut self, mut change: StatusChange, ctx: &mut Context<Self>) {
-        if self.decided.is_some() {
+        if !self.advance(Event::Decided(change.to)) {
             return;
         }
-        self.decided = Some(change.to);
         self.cancel.cancel();
         if change.duration_ms.is_none() {
             change.duration_ms = self.elapsed_ms();
@@ -179,7 +183,7 @@ impl WorkloadActor {
                 for w in act.waiters.drain(..) {
                     let _ = w.send(record.clone());
                 }
-                act.final_record = Some(record);
+                act.advance(Event::Written(Box::new(record)));
                 act.maybe_stop(ctx);
             })
             .spawn(ctx);
@@ -187,23 +191,22 @@ impl WorkloadActor {
 
     /// Stop once the terminal status is written and no execution is left running.
     fn maybe_stop(&mut self, ctx: &mut Context<Self>) {
-        let execution_settled = self.started.is_none() || self.execution_over;
-        if self.final_record.is_some() && execution_settled {
+        if let Phase::Finished { ran, .. } = self.phase {
             self.supervisor.do_send(WorkloadEnded {
                 id: self.record.id,
                 backend: self.record.backend.clone(),
-                ran: self.started.is_some(),
+                ran,
             });
             ctx.stop();
         }
     }
 
     fn on_result(&mut self, result: Result<WorkloadResult, BackendError>, ctx: &mut Context<Self>) {
-        self.execution_over = true;
-        if self.decided.is_some() {
+        if self.phase.decided().is_some() {
             if result.is_ok() {
                 log::debug!("workload {}: late result discarded", self.record.id);
             }
+            self.advance(Event::ExecutionEnded);
             self.maybe_stop(ctx);
             return;
         }
@@ -226,7 +229,9 @@ impl WorkloadActor {
             }
             // Backends may stop on their own at the deadline, and their answer can
             // arrive before our own `Timeout`: that is the timeout all the same.
-            Err(BackendError::Cancelled) if self.deadline.is_some_and(|d| Instant::now() >= d) => {
+            Err(BackendError::Cancelled)
+                if self.phase.deadline().is_some_and(|d| Instant::now() >= d) =>
+            {
                 StatusChange::to(Status::Failed).with_error(self.timeout_message())
             }
             Err(BackendError::Cancelled) => {
@@ -235,6 +240,7 @@ impl WorkloadActor {
             Err(e) => StatusChange::to(Status::Failed).with_error(e.to_string()),
         };
         self.finish(change, ctx);
+        self.advance(Event::ExecutionEnded);
     }
 }
 
@@ -242,7 +248,10 @@ impl Actor for WorkloadActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let Some(preparation) = self.preparation.take() else {
+        let Phase::Preparing { preparation } = &mut self.phase else {
+            return;
+        };
+        let Some(preparation) = preparation.take() else {
             return;
         };
         // A panic in the backend's preparation fails this workload, not the engine.
@@ -257,9 +266,9 @@ impl Actor for WorkloadActor {
                     )))
                 });
                 match outcome {
+                    // Refused when killed meanwhile: nothing will run, the hold goes.
                     Ok(prepared) => {
-                        act.prepared = Some(prepared);
-                        if act.decided.is_none() {
+                        if act.advance(Event::Prepared(prepared)) {
                             act.supervisor.do_send(WorkloadReady {
                                 id: act.record.id,
                                 backend: act.record.backend.clone(),
@@ -267,7 +276,7 @@ impl Actor for WorkloadActor {
                         }
                     }
                     // Killed meanwhile: the kill already decided the outcome.
-                    Err(BackendError::Cancelled) if act.decided.is_some() => {}
+                    Err(BackendError::Cancelled) if act.phase.decided().is_some() => {}
                     Err(e) => act.finish(
                         StatusChange::to(Status::Failed).with_error(e.to_string()),
                         ctx,
@@ -307,10 +316,19 @@ impl Handler<Start> for WorkloadActor {
     type Result = ();
 
     fn handle(&mut self, msg: Start, ctx: &mut Self::Context) {
-        self.started = Some(Instant::now());
-        if self.decided.is_some() {
+        let timeout = self.spec.timeout;
+        let at = Instant::now();
+        let deadline = at + timeout;
+        if !self.advance(Event::SlotGranted { at, deadline }) {
+            log::error!(
+                "workload {}: a slot was granted in phase {}",
+                self.record.id,
+                self.phase.name()
+            );
+            return;
+        }
+        if self.phase.decided().is_some() {
             // Killed while the slot was on its way: nothing runs.
-            self.execution_over = true;
             self.maybe_stop(ctx);
             return;
         }
@@ -330,7 +348,7 @@ impl Handler<Start> for WorkloadActor {
                         "workload {id}: pending -> running (backend {})",
                         record.backend
                     );
-                    if act.final_record.is_none() {
+                    if act.phase.final_record().is_none() {
                         act.record = record;
                     }
                 }
@@ -339,11 +357,8 @@ impl Handler<Start> for WorkloadActor {
             })
             .spawn(ctx);
 
-        let timeout = self.spec.timeout;
         let broker = self.broker.clone();
         let sink = LogSink::new(move |line| broker.do_send(Publish { id, line }));
-        let deadline = Instant::now() + timeout;
-        self.deadline = Some(deadline);
         let exec = ExecContext {
             log: sink,
             cancel: self.cancel.clone(),
@@ -398,7 +413,7 @@ impl Handler<Kill> for WorkloadActor {
     type Result = Result<oneshot::Receiver<Workload>, KillError>;
 
     fn handle(&mut self, _: Kill, ctx: &mut Self::Context) -> Self::Result {
-        if let Some(status) = self.decided {
+        if let Some(status) = self.phase.decided() {
             return Err(KillError::Terminal(status));
         }
         let (tx, rx) = oneshot::channel();
@@ -416,7 +431,7 @@ impl Handler<AwaitTerminal> for WorkloadActor {
 
     fn handle(&mut self, _: AwaitTerminal, _: &mut Self::Context) -> Self::Result {
         let (tx, rx) = oneshot::channel();
-        match &self.final_record {
+        match self.phase.final_record() {
             Some(record) => {
                 let _ = tx.send(record.clone());
             }
@@ -430,7 +445,7 @@ impl Handler<Interrupt> for WorkloadActor {
     type Result = ();
 
     fn handle(&mut self, msg: Interrupt, ctx: &mut Self::Context) {
-        if self.started.is_some() {
+        if self.phase.ran() {
             self.finish(StatusChange::to(Status::Failed).with_error(msg.0), ctx);
         }
     }
