@@ -219,7 +219,30 @@ fn is_key(name: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// Caches open in this process, by directory: a backend rebuilt by its supervisor
+/// (while runs of the previous instance may still hold entries) shares the cache, its
+/// leases and its counters instead of opening a second index on the same files.
+static OPEN: Mutex<Vec<(PathBuf, std::sync::Weak<GoCache>)>> = Mutex::new(Vec::new());
+
 impl GoCache {
+    /// The cache in `dir` already open in this process with the same cap, or
+    /// [`GoCache::open`] of it. Blocking.
+    pub fn shared(dir: &Path, max_bytes: u64) -> io::Result<Arc<Self>> {
+        let mut open = OPEN.lock().unwrap_or_else(PoisonError::into_inner);
+        open.retain(|(_, weak)| weak.strong_count() > 0);
+        let found = open
+            .iter()
+            .filter(|(d, _)| d == dir)
+            .filter_map(|(_, weak)| weak.upgrade())
+            .find(|cache| cache.max_bytes == max_bytes);
+        if let Some(cache) = found {
+            return Ok(cache);
+        }
+        let cache = Self::open(dir, max_bytes)?;
+        open.push((dir.to_path_buf(), Arc::downgrade(&cache)));
+        Ok(cache)
+    }
+
     /// Open (creating it `0700` if needed) the cache in `dir`, holding at most
     /// `max_bytes` of binaries. Entries recorded by an earlier run of the server are
     /// kept (and verified at use); half-written files and entries without a valid

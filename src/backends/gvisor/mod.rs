@@ -222,7 +222,7 @@ impl GvisorBackend {
                     inner.sweep_leftovers();
                 }
                 let dir = cfg.state_dir.join("go-cache");
-                match GoCache::open(&dir, cfg.go_cache_max_bytes) {
+                match GoCache::shared(&dir, cfg.go_cache_max_bytes) {
                     Ok(cache) => {
                         let _ = inner.go_cache.set(cache);
                     }
