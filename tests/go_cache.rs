@@ -6,8 +6,13 @@
 
 mod common;
 
+use std::io::Write as _;
 use std::path::Path;
 use std::time::Duration;
+
+use base64::Engine as _;
+use flate2::write::GzEncoder;
+use flate2::Compression;
 
 use common::gvisor::{go_app, gvisor_entry, GoApp};
 use common::TestApp;
@@ -275,4 +280,69 @@ async fn concurrent_cold_runs_of_the_same_code_leave_one_valid_entry() {
     let stats = cache_stats(&app).await;
     assert_eq!(stats["hits"], 1, "{stats}");
     assert_eq!(stats["rejected"], 0, "{stats}");
+}
+
+fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::fast()));
+    for (name, data) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, name, *data)
+            .expect("append");
+    }
+    let mut gz = builder.into_inner().expect("tar");
+    gz.flush().expect("flush");
+    gz.finish().expect("gzip")
+}
+
+#[tokio::test]
+async fn a_cached_module_archive_still_reads_its_own_files() {
+    let state = state_dir();
+    let Some(GoApp { app, parent: _p }) = go_app("archive", state.path(), &[]).await else {
+        return;
+    };
+    let archive = tar_gz(&[
+        ("go.mod", b"module example.com/greet\n\ngo 1.19\n"),
+        (
+            "main.go",
+            b"package main\nimport (\"fmt\"; \"os\")\nfunc main() {\n\tb, err := os.ReadFile(\"greeting.txt\")\n\tif err != nil { panic(err) }\n\tfmt.Printf(\"%q\", string(b))\n}\n",
+        ),
+        ("greeting.txt", b"hello from the archive"),
+    ]);
+    let body = json!({
+        "runtime": "go", "isolation": "gvisor",
+        "code_archive": base64::engine::general_purpose::STANDARD.encode(&archive),
+        "resources": {"mem_mb": 512, "timeout_s": 300}
+    });
+    for round in 0..2 {
+        let w = run(&app, &body).await;
+        assert_eq!(w["status"], "completed", "round {round}: {w}");
+        assert_eq!(w["output"], json!("hello from the archive"));
+    }
+    let stats = cache_stats(&app).await;
+    assert_eq!(
+        (stats["misses"].as_u64(), stats["hits"].as_u64()),
+        (Some(1), Some(1)),
+        "{stats}"
+    );
+}
+
+#[tokio::test]
+async fn the_programs_own_exit_code_is_reported_cold_and_warm() {
+    let state = state_dir();
+    let Some(GoApp { app, parent: _p }) = go_app("exit", state.path(), &[]).await else {
+        return;
+    };
+    let code = "package main\nimport (\"fmt\"; \"os\")\nfunc main() { fmt.Print(7); os.Exit(3) }\n";
+    for round in 0..2 {
+        let w = run(&app, &go_body(code, json!(null))).await;
+        assert_eq!(w["status"], "failed", "round {round}: {w}");
+        assert_eq!(w["exit_code"], 3, "{w}");
+        assert_eq!(w["error"], "exited with code 3");
+        assert_eq!(w["output"], json!(7));
+    }
+    assert_eq!(cache_stats(&app).await["hits"], 1);
 }
