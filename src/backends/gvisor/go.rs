@@ -58,6 +58,7 @@ async fn build_and_run(
     container_id: &str,
 ) -> Result<WorkloadResult, BackendError> {
     let input = spec.input.clone();
+    let max_output = spec.max_output_bytes;
     let prep_inner = inner.clone();
     let prep_id = container_id.to_string();
     let (layout, params, plan) = blocking(move || {
@@ -80,7 +81,7 @@ async fn build_and_run(
     let key = match plan {
         Plan::Warm(lease) => {
             let result = inner
-                .run(&layout.dir, false, container_id, input, ctx)
+                .run(&layout.dir, false, container_id, input, max_output, ctx)
                 .await;
             drop(lease);
             return result;
@@ -89,7 +90,14 @@ async fn build_and_run(
     };
 
     let built = inner
-        .run(&layout.dir, false, container_id, Vec::new(), ctx)
+        .run(
+            &layout.dir,
+            false,
+            container_id,
+            Vec::new(),
+            max_output,
+            ctx,
+        )
         .await?;
     if let Some(error) = &built.error {
         return Ok(WorkloadResult {
@@ -143,7 +151,7 @@ async fn build_and_run(
         }
     };
     let mut result = inner
-        .run(&layout.dir, false, container_id, input, ctx)
+        .run(&layout.dir, false, container_id, input, max_output, ctx)
         .await?;
     result.duration_ms = result.duration_ms.saturating_add(built.duration_ms);
     Ok(result)
