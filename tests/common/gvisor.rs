@@ -68,6 +68,68 @@ pub async fn python_app(test: &str) -> Option<PythonApp> {
     })
 }
 
+/// Removes an (empty) per-app cgroup parent when dropped.
+pub struct CgroupParent(String);
+
+impl Drop for CgroupParent {
+    fn drop(&mut self) {
+        for root in cgroup_roots() {
+            let _ = std::fs::remove_dir(root.join(&self.0));
+        }
+    }
+}
+
+/// An app whose gvisor backend runs go, on a gvisor state dir the caller owns (so a
+/// second app can boot on what the first one left).
+pub struct GoApp {
+    /// The running app (built-in backends).
+    pub app: TestApp,
+    /// Dropped after the app: its cgroup parent.
+    pub parent: CgroupParent,
+}
+
+/// Boot the built-in backends with the gvisor state in `state` and `env` on top;
+/// `None`, after a loud `SKIPPED:` line naming `test`, when gvisor cannot run go here.
+pub async fn go_app(test: &str, state: &Path, env: &[(&str, &str)]) -> Option<GoApp> {
+    let parent = format!(
+        "vulcan-test-go-{}-{}",
+        std::process::id(),
+        ulid::Ulid::new().to_string().to_ascii_lowercase()
+    );
+    let mut builder = super::app()
+        .builtin()
+        .env(
+            "VULCAN_BACKENDS__GVISOR__STATE_DIR",
+            &state.to_string_lossy(),
+        )
+        .env("VULCAN_BACKENDS__GVISOR__CGROUP_PARENT", &parent);
+    for (k, v) in env {
+        builder = builder.env(k, v);
+    }
+    let app = builder.spawn().await;
+    let entry = gvisor_entry(&app).await;
+    let go = entry["capabilities"]["supported_runtimes"]
+        .as_array()
+        .is_some_and(|r| r.contains(&json!("go")));
+    if entry["status"] != "healthy" || !go {
+        eprintln!("SKIPPED: {test}: the gvisor backend cannot run go here: {entry}");
+        return None;
+    }
+    Some(GoApp {
+        app,
+        parent: CgroupParent(parent),
+    })
+}
+
+/// The `gvisor` entry of `GET /v1/backends` (`null` when it is not listed).
+pub async fn gvisor_entry(app: &TestApp) -> Value {
+    let all = app.get_json("/v1/backends", 200).await;
+    all.as_array()
+        .and_then(|a| a.iter().find(|b| b["name"] == "gvisor"))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
 fn cgroup_roots() -> Vec<PathBuf> {
     let base = Path::new("/sys/fs/cgroup");
     if base.join("cgroup.procs").exists() {

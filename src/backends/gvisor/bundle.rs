@@ -172,6 +172,20 @@ pub struct SpecParams {
     pub max_file_bytes: u64,
     /// Size of the `/tmp` tmpfs in MiB.
     pub tmp_size_mb: u64,
+    /// More bind mounts (a go run's build output directory or built binary); each
+    /// destination must exist in the read-only root file system beforehand.
+    pub extra_mounts: Vec<BindMount>,
+}
+
+/// One bind mount of a host file or directory into the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    /// Absolute path inside the sandbox.
+    pub destination: String,
+    /// Host path (private to the backend).
+    pub source: PathBuf,
+    /// Mounted read-only: the sandbox cannot change it.
+    pub readonly: bool,
 }
 
 /// Build the OCI runtime spec of one code run (python, go, node).
@@ -190,6 +204,9 @@ pub fn build_spec(p: &SpecParams) -> Result<Spec, oci_spec::OciSpecError> {
         mounts.push(bind(&dir.to_string_lossy(), dir, true)?);
     }
     mounts.push(bind(WORK_MOUNT, &p.work_dir, false)?);
+    for m in &p.extra_mounts {
+        mounts.push(bind(&m.destination, &m.source, m.readonly)?);
+    }
     let tmp_size = format!("size={}m", p.tmp_size_mb.max(1));
     mounts.push(mount(
         "/tmp",
@@ -408,6 +425,7 @@ mod tests {
             max_processes: 128,
             max_file_bytes: 1 << 30,
             tmp_size_mb: 64,
+            extra_mounts: vec![],
         }
     }
 

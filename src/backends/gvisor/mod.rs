@@ -16,6 +16,8 @@
 mod bench;
 mod bundle;
 pub(crate) mod cgroup;
+mod go;
+pub mod go_cache;
 mod image;
 pub(crate) mod runsc;
 
@@ -29,13 +31,14 @@ use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
 
 use self::bundle::{BundleLayout, SpecParams, WORK_MOUNT};
+use self::go_cache::GoCache;
 use self::runsc::Runsc;
 use super::archive::{self, ArchiveError, ArchiveLimits};
 use super::isolate::looks_like_module;
@@ -74,6 +77,9 @@ pub struct GvisorConfig {
     pub max_file_mb: u64,
     /// Size of the sandbox's tmpfs `/tmp`, in MiB (counts against the memory limit).
     pub tmp_size_mb: u64,
+    /// Most bytes of built go binaries kept for reuse (least recently used evicted
+    /// first); 0 keeps none, so every go run builds.
+    pub go_cache_max_bytes: u64,
 }
 
 /// Inputs larger than this are only given on stdin, not in `VULCAN_INPUT` (a single
@@ -138,6 +144,11 @@ struct Inner {
     images: Option<ImageStore>,
     /// Images pinned by [`Backend::prepare`] for workloads not over yet.
     prepared: Mutex<HashMap<WorkloadId, ImageLease>>,
+    /// Built go binaries; set once the state directory is ready (unset: no caching).
+    go_cache: OnceLock<Arc<GoCache>>,
+    /// The toolchain part of go cache keys, computed at the first go run (`None`: the
+    /// go binary could not be read, so nothing is cached).
+    go_toolchain: OnceLock<Option<String>>,
 }
 
 /// The gVisor backend. Cheap to share; every execution is independent.
@@ -200,11 +211,23 @@ impl GvisorBackend {
             toolchains: Toolchains::detect(),
             images,
             prepared: Mutex::new(HashMap::new()),
+            go_cache: OnceLock::new(),
+            go_toolchain: OnceLock::new(),
         });
         let health = match probe(&inner, bin.as_deref()) {
             Ok(()) => {
                 if first_start_in_process(&cfg.state_dir) {
                     inner.sweep_leftovers();
+                }
+                let dir = cfg.state_dir.join("go-cache");
+                match GoCache::shared(&dir, cfg.go_cache_max_bytes) {
+                    Ok(cache) => {
+                        let _ = inner.go_cache.set(cache);
+                    }
+                    Err(e) => log::warn!(
+                        "gvisor: go cache {} unusable, every go run builds: {e}",
+                        dir.display()
+                    ),
                 }
                 BackendHealth::Healthy
             }
@@ -334,17 +357,25 @@ impl Inner {
 
     /// Remove the container, bundle and cgroups of `container_id`; idempotent.
     async fn teardown(self: Arc<Self>, container_id: String) {
-        if self.runsc.has_state(&container_id) {
-            self.runsc.kill(&container_id).await;
-            self.runsc.delete(&container_id).await;
+        self.release(&container_id, true).await;
+    }
+
+    /// Remove the container and cgroups of `container_id`, and its bundle when
+    /// `bundle` is set (a go build keeps it for the run that follows); idempotent.
+    async fn release(self: &Arc<Self>, container_id: &str, bundle: bool) {
+        if self.runsc.has_state(container_id) {
+            self.runsc.kill(container_id).await;
+            self.runsc.delete(container_id).await;
         }
         let inner = self.clone();
-        let id = container_id.clone();
+        let id = container_id.to_string();
         let joined = tokio::task::spawn_blocking(move || {
             let dir = inner.bundles_dir.join(&id);
-            if let Err(e) = fs::remove_dir_all(&dir) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    log::warn!("gvisor: cannot remove bundle {}: {e}", dir.display());
+            if bundle {
+                if let Err(e) = fs::remove_dir_all(&dir) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        log::warn!("gvisor: cannot remove bundle {}: {e}", dir.display());
+                    }
                 }
             }
             if let Err(e) = cgroup::remove(&inner.cfg.cgroup_parent, &id) {
@@ -363,6 +394,18 @@ impl Inner {
         spec: &WorkloadSpec,
         container_id: &str,
     ) -> Result<BundleLayout, BackendError> {
+        let (layout, params) = self.prepare_bundle(spec, container_id)?;
+        write_spec(&layout, &params, container_id)?;
+        Ok(layout)
+    }
+
+    /// The bundle of one run with its code in place, and the parameters of its
+    /// `config.json`, not written yet (blocking).
+    fn prepare_bundle(
+        &self,
+        spec: &WorkloadSpec,
+        container_id: &str,
+    ) -> Result<(BundleLayout, SpecParams), BackendError> {
         let interpreter = self.toolchains.get(spec.runtime).ok_or_else(|| {
             BackendError::Unsupported(format!(
                 "runtime {} is not available on this host's gvisor backend",
@@ -423,13 +466,9 @@ impl Inner {
             max_processes: self.cfg.max_processes,
             max_file_bytes: self.cfg.max_file_mb.saturating_mul(1024 * 1024),
             tmp_size_mb: self.cfg.tmp_size_mb,
+            extra_mounts: Vec::new(),
         };
-        let oci = bundle::build_spec(&params)
-            .map_err(|e| BackendError::Internal(format!("gvisor: invalid OCI spec: {e}")))?;
-        layout
-            .write_spec(&oci)
-            .map_err(|e| internal("cannot write config.json", e))?;
-        Ok(layout)
+        Ok((layout, params))
     }
 
     /// Run a prepared bundle to completion or cancellation (`root_overlay`: image runs,
@@ -519,6 +558,21 @@ impl Inner {
             duration_ms,
         })
     }
+}
+
+/// Write the `config.json` of `params` into `layout` (blocking).
+fn write_spec(
+    layout: &BundleLayout,
+    params: &SpecParams,
+    container_id: &str,
+) -> Result<(), BackendError> {
+    let oci = bundle::build_spec(params)
+        .map_err(|e| BackendError::Internal(format!("gvisor: invalid OCI spec: {e}")))?;
+    layout.write_spec(&oci).map_err(|e| {
+        BackendError::Internal(format!(
+            "gvisor: cannot write config.json for {container_id}: {e}"
+        ))
+    })
 }
 
 /// A node entry that is an ES module: run through [`node_module_wrapper`].
@@ -647,6 +701,16 @@ impl Backend for GvisorBackend {
         self.health.clone()
     }
 
+    fn details(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        if let Some(cache) = self.inner.go_cache.get() {
+            if let Ok(stats) = serde_json::to_value(cache.stats()) {
+                m.insert("go_cache".into(), stats);
+            }
+        }
+        m
+    }
+
     fn prepare(&self, spec: &WorkloadSpec, cancel: CancellationToken) -> Option<Preparation> {
         let store = self.inner.images.as_ref()?;
         image::prepare(&self.inner, store, spec, cancel)
@@ -670,6 +734,9 @@ impl Backend for GvisorBackend {
                     ));
                 }
                 return image::execute(inner, spec, ctx).await;
+            }
+            if spec.runtime == Runtime::Go && inner.toolchains.get(Runtime::Go).is_some() {
+                return go::execute(inner, spec, ctx).await;
             }
             if inner.toolchains.get(spec.runtime).is_none() {
                 return Err(BackendError::Unsupported(format!(

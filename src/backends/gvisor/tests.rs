@@ -788,3 +788,46 @@ async fn bench_python_hello() {
         bare_ms[runs / 2]
     );
 }
+
+#[tokio::test]
+async fn go_binaries_are_reused_until_the_toolchain_changes() {
+    let Some(h) = Harness::start("gocache") else {
+        return;
+    };
+    if !h.has(Runtime::Go) {
+        return;
+    }
+    async fn go(h: &Harness) -> Result<WorkloadResult, BackendError> {
+        let code = "package main\nimport \"fmt\"\nfunc main() { fmt.Println(\"hi\") }\n";
+        let mut s = spec(Runtime::Go, Payload::Code(code.into()), "null");
+        s.mem_mb = 512;
+        run(h, s).await
+    }
+    let stats = |h: &Harness| h.backend.inner.go_cache.get().unwrap().stats();
+    assert_eq!(go(&h).await.unwrap().output, b"hi\n");
+    assert_eq!(go(&h).await.unwrap().output, b"hi\n");
+    assert_eq!((stats(&h).misses, stats(&h).hits), (1, 1));
+
+    // Another backend on the same cache (a rebuilt backend shares it) whose toolchain
+    // differs: its key differs, so the stored binary is not used; it builds and stores
+    // its own.
+    let other = GvisorBackend::new(&h.cfg).unwrap();
+    assert!(Arc::ptr_eq(
+        other.inner.go_cache.get().unwrap(),
+        h.backend.inner.go_cache.get().unwrap()
+    ));
+    other
+        .inner
+        .go_toolchain
+        .set(Some("another toolchain".into()))
+        .unwrap();
+    let h2 = Harness {
+        backend: other,
+        state: tempfile::tempdir().unwrap(),
+        cfg: h.cfg.clone(),
+    };
+    assert_eq!(go(&h2).await.unwrap().output, b"hi\n");
+    let s2 = stats(&h2);
+    assert_eq!((s2.misses, s2.hits, s2.entries), (2, 1, 2));
+    h.assert_clean();
+}
