@@ -31,7 +31,7 @@ use crate::actors::images::ImagesActor;
 use crate::actors::log_broker::LogBroker;
 use crate::actors::store::StoreActor;
 use crate::actors::supervisor::Supervisor;
-use crate::config::Secret;
+use crate::config::{CorsConfig, Secret};
 use crate::metrics::Metrics;
 use crate::model::{Limits, WorkloadId};
 use crate::webhooks::policy::CallbackPolicy;
@@ -94,6 +94,36 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
                 .configure(system::routes),
         )
         .default_service(web::to(not_found));
+}
+
+/// The CORS layer for `cfg`. It wraps the whole app, outside the `/v1` guard: a
+/// preflight carries no credentials, so it must be answered before the token check,
+/// and a 401 must carry CORS headers for the page to see it.
+///
+/// An origin not listed is never blocked by this layer (the browser does it: the
+/// answer has no `Access-Control-Allow-Origin`, and a preflight is refused), so
+/// same-origin requests, which browsers also send with `Origin`, pass untouched.
+pub fn cors(cfg: &CorsConfig) -> actix_cors::Cors {
+    let mut cors = actix_cors::Cors::default()
+        .allowed_methods([Method::GET, Method::HEAD, Method::POST, Method::DELETE])
+        .allowed_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::HeaderName::from_static("last-event-id"),
+            header::HeaderName::from_static(workloads::IDEMPOTENCY_KEY),
+        ])
+        .expose_headers([
+            header::LOCATION,
+            header::RETRY_AFTER,
+            header::HeaderName::from_static(workloads::IDEMPOTENT_REPLAYED),
+        ])
+        .max_age(usize::try_from(cfg.max_age_s).unwrap_or(usize::MAX))
+        .block_on_origin_mismatch(false);
+    // Validated at load (`CorsConfig`): each entry is a bare origin.
+    for origin in &cfg.allowed_origins {
+        cors = cors.allowed_origin(origin);
+    }
+    cors
 }
 
 /// One route path and its methods. GET also answers HEAD (same handler: the server

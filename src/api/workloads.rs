@@ -17,9 +17,9 @@ use crate::model::{
 use crate::store::queries::ListQuery;
 
 /// The request header naming a client's idempotency key.
-const IDEMPOTENCY_KEY: &str = "idempotency-key";
+pub(super) const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// The response header marking an answer replayed for an idempotency key.
-const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+pub(super) const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
 pub(super) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
