@@ -623,9 +623,12 @@ mod tests {
             "null",
             "file:///tmp/x",
         ] {
-            let err = Config::load_from(env(&[("VULCAN_CORS__ALLOWED_ORIGINS", bad)]))
-                .expect_err(bad);
-            assert!(err.to_string().contains("cors.allowed_origins"), "{bad}: {err}");
+            let err =
+                Config::load_from(env(&[("VULCAN_CORS__ALLOWED_ORIGINS", bad)])).expect_err(bad);
+            assert!(
+                err.to_string().contains("cors.allowed_origins"),
+                "{bad}: {err}"
+            );
         }
     }
 

@@ -48,7 +48,11 @@ fn header<'a>(res: &'a reqwest::Response, name: &str) -> Option<&'a str> {
 async fn preflight_from_an_allowed_origin_grants_authorization_and_last_event_id() {
     let app = cors_app(Some("t0k3n")).await;
     let res = preflight(&app, ALLOWED, "GET", "authorization,last-event-id").await;
-    assert_eq!(res.status(), 200, "preflight answered before the token check");
+    assert_eq!(
+        res.status(),
+        200,
+        "preflight answered before the token check"
+    );
     assert_eq!(header(&res, "access-control-allow-origin"), Some(ALLOWED));
     let allowed = header(&res, "access-control-allow-headers")
         .unwrap_or("")
@@ -68,11 +72,7 @@ async fn preflight_from_an_allowed_origin_grants_authorization_and_last_event_id
 async fn preflight_from_another_origin_is_refused() {
     let app = cors_app(None).await;
     let res = preflight(&app, OTHER, "POST", "content-type").await;
-    assert!(
-        res.status().is_client_error(),
-        "refused: {}",
-        res.status()
-    );
+    assert!(res.status().is_client_error(), "refused: {}", res.status());
     assert_eq!(header(&res, "access-control-allow-origin"), None);
     // The server is fine and still serves the allowed origin.
     let res = preflight(&app, ALLOWED, "POST", "content-type").await;

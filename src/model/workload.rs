@@ -8,7 +8,7 @@ use super::{Isolation, IsolationRequest, Runtime, Status, WorkloadId};
 /// Invariant: `isolation` is never `auto`; optional numbers are serialised as `null`,
 /// never omitted, so clients see a stable shape. `Deserialize` is the client's reading
 /// of the same shape (`vulcan::client`); the server never reads it back from JSON.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Workload {
     /// The id.
     pub id: WorkloadId,
@@ -56,7 +56,7 @@ pub struct Workload {
 }
 
 /// One recorded log line of a workload (answered by the server, read by the client).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogLine {
     /// Position in the workload's log, from 0, without gaps.
     pub seq: u64,
