@@ -334,6 +334,77 @@ async fn a_running_workload_is_killed_from_the_page() {
 }
 
 #[tokio::test]
+async fn a_dropped_log_stream_is_resumed_without_losing_or_repeating_lines() {
+    let Some(b) = Browser::start("dashboard resume").await else {
+        return;
+    };
+    // A subscriber that falls 8 events behind is disconnected by the server (it is
+    // expected to resume with Last-Event-ID): a burst of big lines makes the page's
+    // stream fall behind at once.
+    let app = common::app()
+        .builtin()
+        .env("VULCAN_LOGS__SUBSCRIBER_BUFFER", "8")
+        .spawn()
+        .await;
+    let lines = 2000;
+    b.client.goto(&app.address).await.expect("goto");
+    b.wait_js(
+        "document.getElementById('conn').textContent === 'connected'",
+        WAIT,
+    )
+    .await;
+    set_code(
+        &b,
+        &format!(
+            "export default async () => {{ await new Promise((r) => setTimeout(r, 500)); \
+             const pad = 'y'.repeat(2000); for (let i = 0; i < {lines}; i++) console.log(i, pad); return 1; }};"
+        ),
+    )
+    .await;
+    let id = run_from_form(&b).await;
+    b.wait_js(
+        "document.querySelector('#logs li.end')",
+        Duration::from_secs(60),
+    )
+    .await;
+    let seqs = b
+        .js("[...document.querySelectorAll('#logs li[data-seq]')].map((li) => Number(li.dataset.seq))")
+        .await;
+    let seqs: Vec<u64> = serde_json::from_value(seqs).expect("seqs");
+    assert_eq!(seqs.len(), lines, "every line once");
+    assert!(
+        seqs.iter().enumerate().all(|(i, s)| *s == i as u64),
+        "in order, no gap, no repeat"
+    );
+    let first = b
+        .js("document.querySelector('#logs li[data-seq]').textContent")
+        .await;
+    assert!(first.as_str().unwrap_or("").starts_with("0 yyy"), "{first}");
+    // The server really dropped the stream: the page asked for it more than once.
+    let metrics = app.get("/metrics").await.text().await.expect("metrics");
+    let streams: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("vulcan_http_requests_total")
+                && l.contains("route=\"/v1/workloads/{id}/logs\"")
+                && l.contains("method=\"GET\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        streams >= 2.0,
+        "the stream was never dropped and resumed: {streams}"
+    );
+    assert_eq!(
+        app.get_json(&format!("/v1/workloads/{id}"), 200).await["status"],
+        "completed"
+    );
+    no_console_errors(&b, &[]).await;
+    b.close().await;
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_token_protected_server_asks_for_the_token_once_and_keeps_it_for_the_tab() {
     let Some(b) = Browser::start("dashboard token").await else {
         return;
