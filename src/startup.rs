@@ -234,6 +234,7 @@ impl Application {
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(api::cors(&cors))
+                .wrap(from_fn(api::cors_errors))
                 .wrap(from_fn(api::track))
                 .wrap(Logger::new("%a \"%r\" %s %b %Dms"))
                 .configure(|cfg| api::configure(cfg, state.clone()))

@@ -72,8 +72,24 @@ async fn preflight_from_an_allowed_origin_grants_authorization_and_last_event_id
 async fn preflight_from_another_origin_is_refused() {
     let app = cors_app(None).await;
     let res = preflight(&app, OTHER, "POST", "content-type").await;
-    assert!(res.status().is_client_error(), "refused: {}", res.status());
+    assert_eq!(res.status(), 400, "refused");
     assert_eq!(header(&res, "access-control-allow-origin"), None);
+    let body: serde_json::Value = res.json().await.expect("a JSON error");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Origin is not allowed"),
+        "{body}"
+    );
+    // A listed origin asking for a header that is not allowed: refused, with the reason.
+    let res = preflight(&app, ALLOWED, "GET", "x-forwarded-host").await;
+    assert_eq!(res.status(), 400);
+    let body: serde_json::Value = res.json().await.expect("a JSON error");
+    assert!(
+        body["error"].as_str().unwrap_or("").contains("headers"),
+        "{body}"
+    );
     // The server is fine and still serves the allowed origin.
     let res = preflight(&app, ALLOWED, "POST", "content-type").await;
     assert_eq!(res.status(), 200);

@@ -173,6 +173,29 @@ pub fn cors(cfg: &CorsConfig) -> actix_cors::Cors {
     cors
 }
 
+/// actix-cors answers a refused preflight in plain text; every error of the API is
+/// JSON, so the refusal is re-expressed here (same 400, actix-cors' reason). Wraps the
+/// CORS layer.
+pub async fn cors_errors(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let res = next.call(req).await?;
+    let refusal = res
+        .response()
+        .error()
+        .and_then(|e| e.as_error::<actix_cors::CorsError>())
+        .map(|e| format!("cross-origin request refused: {e}"));
+    match refusal {
+        Some(message) => {
+            let (req, _) = res.into_parts();
+            let answer = ApiError::BadRequest(message).error_response();
+            Ok(ServiceResponse::new(req, answer).map_into_right_body())
+        }
+        None => Ok(res.map_into_left_body()),
+    }
+}
+
 /// One route path and its methods. GET also answers HEAD (same handler: the server
 /// sends headers only); any other method gets 405 with `Allow` listing the methods.
 pub(crate) struct Endpoint {
