@@ -1,10 +1,11 @@
 //! The dashboard in a real browser (headless chromium over WebDriver): the page loads
-//! under its strict CSP with no console errors, at desktop and 375 px width; a workload
-//! submitted through the form streams its log lines in order while it runs and
-//! completes; validation errors show inline; a running workload is killed from the
-//! page; a token-protected server asks for the token and keeps it for the tab; a page
-//! on a second origin reads the log stream when its origin is allowed and is refused
-//! otherwise. Screenshots: `<target dir>/dashboard-screenshots/`.
+//! under its strict CSP with no console errors, at desktop and 375 px width; the
+//! backends panel restarts a backend; a workload submitted through the form streams
+//! its log lines in order while it runs and completes; a dropped log stream resumes
+//! without loss or repeats; validation errors show inline; a running workload is
+//! killed from the page; a token-protected server asks for the token and keeps it for
+//! the tab; a page on a second origin reads the log stream when its origin is allowed
+//! and is refused otherwise. Screenshots: `<target dir>/dashboard-screenshots/`.
 //!
 //! Without chromium and chromedriver every test prints a SKIPPED line and passes.
 
@@ -101,7 +102,6 @@ async fn the_page_loads_under_a_strict_csp_without_console_errors_at_desktop_and
         .as_bool()
         .unwrap_or(false));
     b.screenshot("home").await;
-
     b.client.set_window_size(375, 812).await.expect("resize");
     b.wait_js("window.innerWidth <= 400", WAIT).await;
     // Nothing sticks out of the 375 px viewport (no horizontal scrolling of the page;
@@ -121,6 +121,50 @@ async fn the_page_loads_under_a_strict_csp_without_console_errors_at_desktop_and
         "horizontal overflow at 375 px: {widths}"
     );
     b.screenshot("home-375px").await;
+    no_console_errors(&b, &[]).await;
+    b.close().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_backends_panel_restarts_a_backend() {
+    let Some(b) = Browser::start("dashboard backend restart").await else {
+        return;
+    };
+    let app = common::app().builtin().spawn().await;
+    b.client.goto(&app.address).await.expect("goto");
+    b.wait_js(
+        "document.querySelector('#backend-rows tr[data-name=isolate] td:nth-child(5)').textContent === '0'",
+        WAIT,
+    )
+    .await;
+    b.client
+        .find(Locator::Css("button[aria-label='Restart isolate']"))
+        .await
+        .expect("restart button")
+        .click()
+        .await
+        .expect("click restart");
+    b.wait_js(
+        "document.querySelector('#backend-rows tr[data-name=isolate] td:nth-child(5)').textContent === '1'",
+        WAIT,
+    )
+    .await;
+    let isolate = app.get_json("/v1/backends", 200).await;
+    let restarts = isolate
+        .as_array()
+        .and_then(|list| list.iter().find(|b| b["name"] == "isolate"))
+        .map(|b| b["restarts"].clone());
+    assert_eq!(restarts, Some(json!(1)));
+
+    // The restarted backend runs the next workload at once.
+    let next = app
+        .post(
+            "/v1/workloads",
+            &json!({"runtime": "node", "code": "export default () => 7;"}),
+        )
+        .await;
+    assert_eq!(next.status(), 200);
     no_console_errors(&b, &[]).await;
     b.close().await;
     app.stop().await;
