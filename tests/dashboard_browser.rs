@@ -20,9 +20,9 @@ use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A node module that logs `tick 1..=5`, 400 ms apart, then returns a + b.
+/// A node module that logs `tick 1..=5`, 500 ms apart, then returns a + b.
 const TICKS: &str = "export default async (input) => { for (let i = 1; i <= 5; i++) { \
-    console.log(\"tick\", i); await new Promise((r) => setTimeout(r, 400)); } \
+    console.log(\"tick\", i); await new Promise((r) => setTimeout(r, 500)); } \
     return { sum: input.a + input.b }; };";
 
 /// A node module that logs forever.
