@@ -69,6 +69,8 @@ pub struct BenchOptions {
     pub gvisor: bool,
     /// gVisor runs measured (each of backend and bare `runsc run`).
     pub gvisor_runs: usize,
+    /// The vulcan binary isolate workers start from; `None` = this executable.
+    pub worker_path: Option<std::path::PathBuf>,
 }
 
 impl BenchOptions {
@@ -86,6 +88,7 @@ impl BenchOptions {
             sse_interval: Duration::from_millis(5),
             gvisor: false,
             gvisor_runs: 10,
+            worker_path: None,
         }
     }
 
@@ -103,6 +106,7 @@ impl BenchOptions {
             sse_interval: Duration::from_millis(5),
             gvisor: false,
             gvisor_runs: 3,
+            worker_path: None,
         }
     }
 }
@@ -616,6 +620,13 @@ impl BenchServer {
                 (opts.async_workloads + 1_000).to_string(),
             ),
             ("VULCAN_BACKENDS__ISOLATE__ENABLED", "true".into()),
+            (
+                "VULCAN_BACKENDS__ISOLATE__WORKER_PATH",
+                opts.worker_path
+                    .as_ref()
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            ),
             ("VULCAN_BACKENDS__GVISOR__ENABLED", "false".into()),
             ("VULCAN_BACKENDS__MICROVM__ENABLED", "false".into()),
         ] {

@@ -79,6 +79,8 @@ pub struct Config {
     pub default_timeout_s: u32,
     /// Largest accepted `resources.timeout_s`.
     pub max_timeout_s: u32,
+    /// Largest result a workload may produce, in bytes (every backend).
+    pub max_output_bytes: usize,
     /// Seconds graceful shutdown waits for in-flight work before exiting.
     pub shutdown_timeout_s: u64,
     /// Cross-origin access from browsers.
@@ -160,7 +162,7 @@ pub struct StoreConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendsConfig {
-    /// In-process JavaScript and Wasm.
+    /// JavaScript and Wasm in confined worker processes.
     pub isolate: IsolateConfig,
     /// gVisor (`runsc`) containers.
     pub gvisor: GvisorConfig,
@@ -327,12 +329,13 @@ impl Config {
             }
         }
         if self.max_body_bytes == 0
+            || self.max_output_bytes == 0
             || self.store.max_batch == 0
             || self.logs.subscriber_buffer == 0
             || self.idempotency_ttl_s == 0
         {
             return Err(ConfigError(
-                "max_body_bytes, store.max_batch, logs.subscriber_buffer and \
+                "max_body_bytes, max_output_bytes, store.max_batch, logs.subscriber_buffer and \
                  idempotency_ttl_s must be positive"
                     .into(),
             ));
@@ -394,6 +397,8 @@ mod tests {
         assert_eq!(c.db_path, PathBuf::from("vulcan.db"));
         assert_eq!(c.max_queue, 10_000);
         assert_eq!(c.default_timeout_s, 30);
+        assert_eq!(c.max_output_bytes, 4 * 1024 * 1024);
+        assert_eq!(c.backends.isolate.worker_uid, 65534);
         assert!(c.api_token().is_none());
         assert!(!c.node_id().is_empty());
     }

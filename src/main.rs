@@ -27,6 +27,9 @@ enum Command {
     /// Measure cold starts, HTTP latency and throughput, a node baseline and SSE fan-out
     /// in one run (boots its own in-process server on a loopback port; no config used).
     Bench(BenchArgs),
+    /// An isolate worker process; started by the server only (its stdin is a socket).
+    #[command(hide = true)]
+    Worker,
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -58,6 +61,9 @@ struct BenchArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Worker = cli.command {
+        return vulcan::backends::isolate::worker::main();
+    }
     // Per-request access logs would distort the benchmark; a client prints only its own
     // output.
     let default_filter = match cli.command {
@@ -69,6 +75,7 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Bench(args) => run_bench(args),
+        Command::Worker => vulcan::backends::isolate::worker::main(),
         Command::Client(command) => cli::main(command),
         Command::CheckConfig => match load_config() {
             Ok(config) => {

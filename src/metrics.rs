@@ -37,6 +37,8 @@ pub struct Metrics {
     pub store_batch_size: Histogram,
     /// Backend actor restarts, by backend.
     pub backend_restarts: IntCounterVec,
+    /// Backend worker processes replaced (crashed, or killed after a missed cancel).
+    pub worker_restarts: IntCounterVec,
     /// Webhook deliveries settled, by outcome (`delivered`, `failed`).
     pub webhook_deliveries: IntCounterVec,
     /// Webhook attempts recorded, by result (`success`, `http_status`, `timeout`,
@@ -110,6 +112,13 @@ impl Metrics {
             Opts::new("backend_restarts_total", "Backend actor restarts"),
             &["backend"],
         )?;
+        let worker_restarts = IntCounterVec::new(
+            Opts::new(
+                "worker_restarts_total",
+                "Backend worker processes replaced after a crash or a missed cancel",
+            ),
+            &["backend"],
+        )?;
         let webhook_deliveries = IntCounterVec::new(
             Opts::new(
                 "webhook_deliveries_total",
@@ -140,6 +149,7 @@ impl Metrics {
         registry.register(Box::new(log_lines_truncated.clone()))?;
         registry.register(Box::new(store_batch_size.clone()))?;
         registry.register(Box::new(backend_restarts.clone()))?;
+        registry.register(Box::new(worker_restarts.clone()))?;
         registry.register(Box::new(webhook_deliveries.clone()))?;
         registry.register(Box::new(webhook_attempts.clone()))?;
         registry.register(Box::new(webhook_queue_depth.clone()))?;
@@ -160,6 +170,7 @@ impl Metrics {
             log_lines_truncated,
             store_batch_size,
             backend_restarts,
+            worker_restarts,
             webhook_deliveries,
             webhook_attempts,
             webhook_queue_depth,

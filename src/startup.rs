@@ -13,7 +13,9 @@ use actix_web::{web, App, HttpServer};
 use crate::actors::images::ImagesActor;
 use crate::actors::log_broker::LogBroker;
 use crate::actors::store::{Flush, Recover, StoreActor, WatchDeliveries};
-use crate::actors::supervisor::{InterruptAll, ListBackends, Readmit, Supervisor};
+use crate::actors::supervisor::{
+    InterruptAll, ListBackends, Readmit, Supervisor, SupervisorLimits,
+};
 use crate::actors::webhooks::{Deliverer, DeliveriesEnqueued};
 use crate::api::{self, AllowedHosts, AppState};
 use crate::backends::gvisor::GvisorBackend;
@@ -73,7 +75,7 @@ pub fn builtin_backends(config: &Config) -> Vec<BackendFactory> {
     let mut out = Vec::new();
     let b = &config.backends;
     if b.isolate.enabled {
-        let cfg = b.isolate.clone();
+        let cfg = config.clone();
         let caps = BackendCapabilities {
             name: "isolate".into(),
             supported_runtimes: vec![Runtime::Node, Runtime::Wasm],
@@ -163,8 +165,11 @@ impl Application {
             broker.clone(),
             metrics.clone(),
             config.node_id(),
-            config.max_queue,
-            config.backends.queue_bounds(),
+            SupervisorLimits {
+                max_queue: config.max_queue,
+                queue_bounds: config.backends.queue_bounds(),
+                max_output_bytes: config.max_output_bytes,
+            },
             backends,
         )
         .start();

@@ -14,6 +14,7 @@ fn quick_bench_produces_every_figure() {
     opts.node_runs = 1;
     opts.sse_subscribers = 10;
     opts.sse_lines = 5;
+    opts.worker_path = Some(env!("CARGO_BIN_EXE_vulcan").into());
     let report = bench::run(&opts).expect("bench runs");
 
     for (name, p) in [

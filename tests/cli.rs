@@ -651,6 +651,104 @@ async fn backends_restart_and_stats_show_the_servers_view() {
     );
 }
 
+/// A worker process that dies is replaced, and `vulcan backends` shows the restart in
+/// the isolate row (the server's `worker_restarts`), next to its actor restarts.
+#[tokio::test]
+async fn backends_show_the_isolate_worker_restarts() {
+    let app = common::app()
+        .builtin()
+        .env("VULCAN_BACKENDS__ISOLATE__MAX_CONCURRENCY", "1")
+        .env("VULCAN_BACKENDS__GVISOR__ENABLED", "false")
+        .env("VULCAN_BACKENDS__MICROVM__ENABLED", "false")
+        .spawn()
+        .await;
+    let w = app
+        .submit_async(&json!({"runtime": "node", "code": "1"}))
+        .await;
+    app.wait_terminal(w["id"].as_str().expect("id"), SOON).await;
+    let pid = worker_pid(&app).await;
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    // The next workload gets a fresh worker.
+    let w = app
+        .submit_async(&json!({"runtime": "node", "code": "'next'"}))
+        .await;
+    let done = app.wait_terminal(w["id"].as_str().expect("id"), SOON).await;
+    assert_eq!(done["status"], "completed", "{done}");
+
+    let out = cli::run(&app.address, &["backends", "--json"]).await;
+    assert_code(&out, 0);
+    let isolate = out
+        .json()
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|b| b["name"] == "isolate")
+        .expect("isolate listed")
+        .clone();
+    assert_eq!(isolate["worker_restarts"], 1, "{isolate}");
+
+    let human = cli::run(&app.address, &["backends"]).await;
+    assert_code(&human, 0);
+    let header: Vec<&str> = human
+        .stdout
+        .lines()
+        .next()
+        .expect("header")
+        .split_whitespace()
+        .collect();
+    let column = header
+        .iter()
+        .position(|h| *h == "WORKER_RESTARTS")
+        .unwrap_or_else(|| panic!("a worker restarts column: {human:#?}"));
+    let restarts = header
+        .iter()
+        .position(|h| *h == "RESTARTS")
+        .expect("restarts column");
+    let row: Vec<&str> = human
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("isolate"))
+        .unwrap_or_else(|| panic!("isolate row: {human:#?}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[column], "1", "{human:#?}");
+    assert_eq!(row[restarts], "0", "the actor did not restart: {human:#?}");
+    // Where the server is not root, what could not be applied is said below the table.
+    for limitation in isolate["limitations"].as_array().expect("limitations") {
+        let text = limitation.as_str().expect("text");
+        assert!(
+            human
+                .stderr
+                .contains(&format!("isolate: limitation: {text}")),
+            "{human:#?}"
+        );
+    }
+}
+
+/// The pid of the app's one ready isolate worker (from /v1/system/actors).
+async fn worker_pid(app: &TestApp) -> u32 {
+    let start = std::time::Instant::now();
+    loop {
+        let actors = app.get_json("/v1/system/actors", 200).await;
+        let pid = actors["actors"]
+            .as_array()
+            .expect("actors")
+            .iter()
+            .filter(|a| a["name"] == "worker:isolate/0")
+            .filter(|a| a["state"] == "idle")
+            .find_map(|a| a["pid"].as_u64().and_then(|p| u32::try_from(p).ok()));
+        if let Some(pid) = pid {
+            return pid;
+        }
+        assert!(start.elapsed() < SOON, "no idle worker: {actors}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn the_token_comes_from_the_environment_or_the_flag() {
     let (f, _) = scripted::factory(Options::default());

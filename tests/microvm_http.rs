@@ -300,6 +300,27 @@ async fn python_sums_stdin_into_json_and_auto_prefers_the_available_microvm() {
     vm.assert_clean_soon().await;
 }
 
+/// The micro-VM backend holds the global `max_output_bytes` (it has no cap of its
+/// own): above it the workload fails clearly and keeps no output; below it the output
+/// is whole; the VM is gone either way.
+#[tokio::test]
+async fn an_output_above_the_global_cap_fails_and_keeps_nothing() {
+    let Some(vm) = tcg_app("output-cap", &[("VULCAN_MAX_OUTPUT_BYTES", "1000")]).await else {
+        return;
+    };
+    let w = vm
+        .run(&python("import sys\nsys.stdout.write('x' * 5000)\n"))
+        .await;
+    assert_eq!(w["status"], "failed", "{w}");
+    assert_eq!(error_of(&w), "output exceeds 1000 bytes", "{w}");
+    assert_eq!(w["output"], Value::Null, "{w}");
+    assert_eq!(vm.app.get_json("/healthz", 200).await["status"], "ok");
+    let w = vm.run(&python("print('y' * 900)\n")).await;
+    assert_eq!(w["status"], "completed", "{w}");
+    assert_eq!(w["output"], format!("{}\n", "y".repeat(900)));
+    vm.assert_clean_soon().await;
+}
+
 #[tokio::test]
 async fn an_archive_with_two_modules_ends_with_its_exit_code() {
     let Some(vm) = tcg_app("archive", &[]).await else {

@@ -387,6 +387,40 @@ async fn memory_limit_and_no_network() {
     assert!(out.starts_with("unreachable"), "{out}");
 }
 
+/// An image run holds the global `max_output_bytes` (the default, 4 MiB) like every
+/// gvisor run: above it the workload fails clearly and keeps no output, and the next
+/// run is fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_above_the_global_cap_fails_and_keeps_nothing() {
+    let Some(t) = oci_app("output-cap", "").await else {
+        return;
+    };
+    let cap = vulcan::config::Config::defaults()
+        .expect("defaults")
+        .max_output_bytes;
+    let image = t.image("output-cap", cat_image()).await;
+    let script = format!("head -c {} /dev/zero | tr '\\000' x", cap + 1);
+    let w = t
+        .run(&oci_job(&image, Some(&["/bin/sh", "-c", &script])))
+        .await;
+    assert_eq!(w["status"], "failed", "{w}");
+    assert_eq!(error_of(&w), format!("output exceeds {cap} bytes"), "{w}");
+    assert_eq!(w["output"], Value::Null, "{w}");
+    assert_eq!(w["exit_code"], 0, "{w}");
+    // Exactly at the cap is allowed, whole.
+    let script = format!("head -c {cap} /dev/zero | tr '\\000' x");
+    let w = t
+        .run(&oci_job(&image, Some(&["/bin/sh", "-c", &script])))
+        .await;
+    assert_eq!(w["status"], "completed", "{w}");
+    assert_eq!(
+        w["output"].as_str().map(str::len),
+        Some(cap),
+        "whole output"
+    );
+    t.assert_next_runs(&image).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_writing_everywhere_leaves_the_cached_rootfs_unchanged() {
     let Some(t) = oci_app("scratch", "").await else {

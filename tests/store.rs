@@ -126,6 +126,37 @@ fn payload_survives_for_recovery() {
     assert_eq!(rec.pending[0].2, b"{\"a\":1}");
 }
 
+#[test]
+fn outputs_are_kept_as_json_text_and_old_rows_still_read() {
+    use diesel::RunQueryDsl;
+    let dir = tempfile::tempdir().expect("dir");
+    let mut conn = open_writer(&dir.path().join("t.db")).expect("open");
+    // A row finished by the previous version: it stored serde_json's rendering of a
+    // parsed value. It must read back (and serve) as that same JSON.
+    let old = record();
+    queries::insert_workload(&mut conn, &old, &Payload::Code("1".into()), b"null").expect("insert");
+    diesel::sql_query(
+        "UPDATE workloads SET status = 'completed', output = '{\"sum\":3,\"list\":[1,\"x\"]}' \
+         WHERE id = ?",
+    )
+    .bind::<diesel::sql_types::Text, _>(old.id.to_string())
+    .execute(&mut conn)
+    .expect("old-style row");
+    let read = queries::get_workload(&mut conn, old.id).expect("read");
+    let out = read.output.expect("output");
+    assert_eq!(out.as_str(), r#"{"sum":3,"list":[1,"x"]}"#);
+    // A row finished now keeps the workload's own text, spacing and key order included.
+    let new = record();
+    queries::insert_workload(&mut conn, &new, &Payload::Code("1".into()), b"null").expect("insert");
+    queries::apply_change(&mut conn, new.id, &StatusChange::to(Status::Running)).expect("run");
+    let mut done = StatusChange::to(Status::Completed);
+    done.output = vulcan::model::output_value(b"{\"b\": 2, \"a\": 1}\n");
+    queries::apply_change(&mut conn, new.id, &done).expect("done");
+    let read = queries::get_workload(&mut conn, new.id).expect("read");
+    let json = serde_json::to_string(&read).expect("serialise");
+    assert!(json.contains(r#""output":{"b": 2, "a": 1}"#), "{json}");
+}
+
 /// A database written by the previous version (only the first migration applied)
 /// opens with this one: the new migrations run, and every row is still there.
 #[test]
@@ -393,7 +424,10 @@ fn a_database_of_the_previous_version_opens_with_its_data_and_recovers() {
     let done = queries::get_workload(&mut conn, "01ARZ3NDEKTSV4RRFFQ69G5FA1".parse().expect("id"))
         .expect("old workload");
     assert_eq!(done.status, Status::Completed);
-    assert_eq!(done.output, Some(serde_json::json!({"sum": 3})));
+    assert_eq!(
+        done.output.as_ref().map(vulcan::model::Output::to_value),
+        Some(serde_json::json!({"sum": 3}))
+    );
     assert_eq!(done.callback_url, None);
     let lines = queries::log_lines(&mut conn, done.id, None, None).expect("lines");
     assert_eq!(lines.len(), 1);

@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use crate::actors::store::{AppendLogs, StoreActor};
 use crate::config::LogsConfig;
 use crate::metrics::Metrics;
-use crate::model::{format_time, LogLine, Status, WorkloadId};
+use crate::model::{cap_line, format_time, LogLine, Status, WorkloadId};
 use crate::store::models::LogLineRow;
 
 /// What a live subscriber receives.
@@ -121,20 +121,10 @@ impl LogBroker {
         }
     }
 
-    /// Apply the per-line cap; cut lines end with a visible marker.
-    fn cap_line(&self, mut line: String) -> String {
-        let max = self.cfg.max_line_bytes;
-        if line.len() > max {
-            let total = line.len();
-            let mut cut = max;
-            while !line.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            line.truncate(cut);
-            line.push_str(&format!(
-                " [vulcan: line truncated, {} of {total} bytes kept]",
-                cut
-            ));
+    /// Apply the per-line cap (the one rule: [`cap_line`]).
+    fn cap_line(&self, line: String) -> String {
+        let (line, cut) = cap_line(line, self.cfg.max_line_bytes);
+        if cut {
             self.metrics.log_lines_truncated.inc();
         }
         line

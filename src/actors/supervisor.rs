@@ -82,6 +82,11 @@ pub struct BackendInfo {
     pub queued: usize,
     /// Actor restarts since start-up.
     pub restarts: u64,
+    /// Worker processes replaced since start-up (crashed, or killed after a missed
+    /// cancel), across restarts of the backend actor.
+    pub worker_restarts: u64,
+    /// Protections that could not be applied on this host (empty when all hold).
+    pub limitations: Vec<String>,
     /// Technology-specific facts ([`Backend::details`]); `{}` when there are none.
     #[schema(value_type = Object)]
     pub details: serde_json::Map<String, serde_json::Value>,
@@ -90,14 +95,17 @@ pub struct BackendInfo {
 /// One entry of `GET /v1/system/actors`.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ActorInfo {
-    /// Actor name (`store`, `log_broker`, `supervisor`, `backend:<name>`).
+    /// Actor name (`store`, `log_broker`, `supervisor`, `backend:<name>`, and
+    /// `worker:<backend>/<slot>` for a backend's worker processes).
     pub name: String,
-    /// `running` or `stopped`.
+    /// `running` or `stopped` (workers: `idle`, `busy`, `starting`, `failed`).
     pub state: &'static str,
     /// Restarts since start-up.
     pub restarts: u64,
     /// The last failure, if any.
     pub last_error: Option<String>,
+    /// Process id, for actors that are processes (a backend's workers); else `null`.
+    pub pid: Option<u32>,
 }
 
 struct BackendEntry {
@@ -112,9 +120,17 @@ struct BackendEntry {
     max_queue: usize,
     restarts: u64,
     last_error: Option<String>,
+    /// Worker restarts of backend instances that were replaced (their counters are gone).
+    worker_restarts_before: u64,
+    /// Worker restarts already added to the metric.
+    worker_restarts_counted: u64,
 }
 
 impl BackendEntry {
+    fn worker_restarts(&self) -> u64 {
+        self.worker_restarts_before + self.backend.process_report().worker_restarts
+    }
+
     /// `healthy`, `failed` or `unavailable`, and the public reason when not healthy.
     fn status(&self) -> (&'static str, Option<String>) {
         if !self.addr.connected() {
@@ -127,16 +143,25 @@ impl BackendEntry {
     }
 }
 
+/// What the supervisor holds every submission to, from the configuration.
+#[derive(Debug, Clone)]
+pub struct SupervisorLimits {
+    /// Most pending workloads, all backends together.
+    pub max_queue: usize,
+    /// Per-backend queue bounds by registry name; a backend without one is only bound
+    /// by `max_queue`.
+    pub queue_bounds: HashMap<String, usize>,
+    /// Largest result any workload may produce, handed to every backend in its spec.
+    pub max_output_bytes: usize,
+}
+
 /// The supervisor actor.
 pub struct Supervisor {
     store: Addr<StoreActor>,
     broker: Addr<LogBroker>,
     metrics: Arc<Metrics>,
     node_id: String,
-    /// Most pending workloads, all backends together.
-    max_queue: usize,
-    /// Per-backend queue bounds by registry name; a backend without one gets `max_queue`.
-    queue_bounds: HashMap<String, usize>,
+    limits: SupervisorLimits,
     backends: BTreeMap<String, BackendEntry>,
     workloads: HashMap<WorkloadId, Addr<WorkloadActor>>,
     /// Accepted, waiting for their backend's preparation (counted in their backend's
@@ -154,16 +179,14 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// A supervisor that will register the backends built by `factories` when started.
-    /// `queue_bounds` caps each backend's pending work by registry name (a backend
-    /// without an entry is only bound by `max_queue`, the cap of all together).
+    /// A supervisor that will register the backends built by `factories` when started,
+    /// holding submissions to `limits`.
     pub fn new(
         store: Addr<StoreActor>,
         broker: Addr<LogBroker>,
         metrics: Arc<Metrics>,
         node_id: String,
-        max_queue: usize,
-        queue_bounds: HashMap<String, usize>,
+        limits: SupervisorLimits,
         factories: Vec<BackendFactory>,
     ) -> Self {
         Self {
@@ -171,8 +194,7 @@ impl Supervisor {
             broker,
             metrics,
             node_id,
-            max_queue,
-            queue_bounds,
+            limits,
             backends: BTreeMap::new(),
             workloads: HashMap::new(),
             preparing: HashSet::new(),
@@ -267,10 +289,10 @@ impl Supervisor {
     /// Count one more pending workload for `backend` unless a queue bound refuses it.
     fn reserve(&mut self, backend: &str) -> Result<(), SubmitError> {
         let total = self.pending();
-        let refused = if total >= self.max_queue {
+        let refused = if total >= self.limits.max_queue {
             Some(format!(
                 "the server already holds {} pending workloads",
-                self.max_queue
+                self.limits.max_queue
             ))
         } else {
             self.backends
@@ -362,6 +384,7 @@ impl Supervisor {
             cpus: record.cpu_limit,
             mem_mb: record.mem_limit,
             timeout: std::time::Duration::from_secs(u64::from(record.timeout_s)),
+            max_output_bytes: self.limits.max_output_bytes,
         };
         self.broker.do_send(OpenTopic(id));
         let backend = record.backend.clone();
@@ -438,6 +461,22 @@ impl Supervisor {
             queued: entry.queue.len(),
             restarts: entry.restarts,
             details: entry.backend.details(),
+            worker_restarts: entry.worker_restarts(),
+            limitations: entry.backend.process_report().limitations,
+        }
+    }
+
+    /// Bring `vulcan_worker_restarts_total` up to date with the backends' counters.
+    fn count_worker_restarts(&mut self) {
+        for (name, entry) in &mut self.backends {
+            let total = entry.worker_restarts();
+            if total > entry.worker_restarts_counted {
+                self.metrics
+                    .worker_restarts
+                    .with_label_values(&[name.as_str()])
+                    .inc_by(total - entry.worker_restarts_counted);
+                entry.worker_restarts_counted = total;
+            }
         }
     }
 }
@@ -459,10 +498,11 @@ impl Actor for Supervisor {
             let n = name.clone();
             let addr = actix::Supervisor::start(move |_| BackendActor::new(n, f, b, r));
             let max_queue = self
+                .limits
                 .queue_bounds
                 .get(&name)
                 .copied()
-                .unwrap_or(self.max_queue);
+                .unwrap_or(self.limits.max_queue);
             match backend.health() {
                 BackendHealth::Healthy => log::info!(
                     "backend {name}: healthy (runtimes: {}; max concurrency {})",
@@ -489,11 +529,18 @@ impl Actor for Supervisor {
                     max_queue,
                     restarts: 0,
                     last_error: None,
+                    worker_restarts_before: 0,
+                    worker_restarts_counted: 0,
                 },
             );
         }
+        // Worker crashes also happen between requests; keep the metric current.
+        ctx.run_interval(WORKER_METRICS_EVERY, |act, _| act.count_worker_restarts());
     }
 }
+
+/// How often worker restart counters are copied into the metrics.
+const WORKER_METRICS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Accept a validated request: resolve, admit or refuse, record, queue.
 #[derive(Message)]
@@ -824,6 +871,7 @@ impl Handler<WorkloadEnded> for Supervisor {
 
     fn handle(&mut self, msg: WorkloadEnded, _: &mut Self::Context) {
         self.workloads.remove(&msg.id);
+        self.count_worker_restarts();
         if let Some(entry) = self.backends.get_mut(&msg.backend) {
             if msg.ran {
                 entry.running = entry.running.saturating_sub(1);
@@ -861,9 +909,11 @@ impl Handler<BackendRestarted> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, msg: BackendRestarted, _: &mut Self::Context) {
+        self.count_worker_restarts();
         if let Some(entry) = self.backends.get_mut(&msg.name) {
             entry.restarts += 1;
             entry.last_error = Some(msg.reason);
+            entry.worker_restarts_before += entry.backend.process_report().worker_restarts;
             entry.caps = msg.backend.capabilities();
             entry.backend = msg.backend;
             self.metrics
@@ -879,6 +929,7 @@ impl Handler<ListBackends> for Supervisor {
     type Result = MessageResult<ListBackends>;
 
     fn handle(&mut self, _: ListBackends, _: &mut Self::Context) -> Self::Result {
+        self.count_worker_restarts();
         MessageResult(self.backends.values().map(|e| self.info(e)).collect())
     }
 }
@@ -912,6 +963,7 @@ impl Handler<ListActors> for Supervisor {
             state: "running",
             restarts: 0,
             last_error: None,
+            pid: None,
         }];
         for e in self.backends.values() {
             out.push(ActorInfo {
@@ -923,7 +975,17 @@ impl Handler<ListActors> for Supervisor {
                 },
                 restarts: e.restarts,
                 last_error: e.last_error.clone(),
+                pid: None,
             });
+            for w in e.backend.process_report().workers {
+                out.push(ActorInfo {
+                    name: w.name,
+                    state: w.state,
+                    restarts: w.restarts,
+                    last_error: w.last_error,
+                    pid: w.pid,
+                });
+            }
         }
         MessageResult(out)
     }

@@ -15,8 +15,8 @@ use crate::actors::log_broker::{CloseTopic, LogBroker, Publish};
 use crate::actors::store::{ChangeStatus, StoreActor};
 use crate::actors::supervisor::{Supervisor, WorkloadEnded, WorkloadReady};
 use crate::backends::{
-    BackendError, CancellationToken, ExecContext, LogSink, Preparation, Prepared, WorkloadResult,
-    WorkloadSpec,
+    output_exceeds, BackendError, CancellationToken, ExecContext, LogSink, Preparation, Prepared,
+    WorkloadResult, WorkloadSpec,
 };
 use crate::metrics::Metrics;
 use crate::model::{output_value, Status, Workload};
@@ -208,6 +208,14 @@ impl WorkloadActor {
             return;
         }
         let change = match result {
+            // The one check every backend's result passes before it reaches the store.
+            Ok(res) if res.output.len() > self.spec.max_output_bytes => {
+                let mut change = StatusChange::to(Status::Failed)
+                    .with_error(output_exceeds(self.spec.max_output_bytes));
+                change.exit_code = res.exit_code;
+                change.duration_ms = Some(res.duration_ms);
+                change
+            }
             Ok(res) => {
                 let mut change = StatusChange::to(if res.error.is_some() {
                     Status::Failed

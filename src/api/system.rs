@@ -80,6 +80,7 @@ async fn actors(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
             },
             restarts: 0,
             last_error: None,
+            pid: None,
         },
         ActorInfo {
             name: "log_broker".into(),
@@ -90,6 +91,7 @@ async fn actors(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
             },
             restarts: 0,
             last_error: None,
+            pid: None,
         },
     ];
     list.extend(state.supervisor.send(ListActors).await?);

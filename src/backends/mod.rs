@@ -92,6 +92,43 @@ pub struct WorkloadSpec {
     /// Wall-clock limit. The engine cancels through [`ExecContext::cancel`] when it
     /// passes; backends may also stop on their own at [`ExecContext::deadline`].
     pub timeout: Duration,
+    /// Largest result the workload may produce (`max_output_bytes`). A backend never
+    /// buffers much more than this; a larger result fails the workload with
+    /// [`output_exceeds`] (the workload actor checks again before anything is stored).
+    pub max_output_bytes: usize,
+}
+
+/// The error of a workload whose result is larger than `max` bytes: the one wording
+/// every backend and the workload actor use.
+pub fn output_exceeds(max: usize) -> String {
+    format!("output exceeds {max} bytes")
+}
+
+/// A long-lived helper process of a backend (an isolate worker), as listed by
+/// `GET /v1/system/actors`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkerInfo {
+    /// `worker:<backend>/<slot>`.
+    pub name: String,
+    /// `idle`, `busy`, `starting` or `failed` (could not be started; retried).
+    pub state: &'static str,
+    /// Process id, when a process is running.
+    pub pid: Option<u32>,
+    /// Times this slot's process was replaced (crash, kill after a missed cancel).
+    pub restarts: u64,
+    /// Why it was last replaced or could not start.
+    pub last_error: Option<String>,
+}
+
+/// What a backend reports about its processes and protections beyond its health.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ProcessReport {
+    /// Worker processes replaced since this backend instance started.
+    pub worker_restarts: u64,
+    /// Protections that could not be applied on this host (empty when all hold).
+    pub limitations: Vec<String>,
+    /// The backend's worker processes, if it has any.
+    pub workers: Vec<WorkerInfo>,
 }
 
 /// What an execution produced.
@@ -226,6 +263,8 @@ pub type Preparation = BoxFuture<'static, Result<Prepared, BackendError>>;
 ///   happens, not in the result.
 /// - **Cancellation.** When [`ExecContext::cancel`] fires the execution stops promptly and
 ///   `execute` returns [`BackendError::Cancelled`]; the engine discards any late result.
+/// - **Output cap.** A result larger than [`WorkloadSpec::max_output_bytes`] is not
+///   buffered whole: the workload fails with [`output_exceeds`].
 /// - **No blocking of the async runtime.** `execute` returns a `Send` future; blocking
 ///   work (interpreters, `wait()` on processes) belongs on the backend's own threads.
 /// - **Panics** inside `execute` are caught by the engine: the workload fails and the
@@ -244,6 +283,12 @@ pub trait Backend: Send + Sync + 'static {
     /// devices). Cheap: computed once or cached. An unavailable backend is listed with
     /// `status: "unavailable"` and never routed to.
     fn health(&self) -> BackendHealth;
+
+    /// Worker processes, their restarts and the protections that could not be applied
+    /// here. Cheap. Backends without helper processes keep the default (nothing).
+    fn process_report(&self) -> ProcessReport {
+        ProcessReport::default()
+    }
 
     /// Technology-specific facts for operators, listed by `GET /v1/backends` under
     /// `details` (the micro-VM backend's accelerator and probe boot time, say). Cheap

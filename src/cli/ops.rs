@@ -27,9 +27,16 @@ pub async fn backends(conn: Connection) -> Result<Outcome, CliError> {
     }
     let mut table = Table::new(
         &[
-            "NAME", "STATUS", "RUNTIMES", "RUNNING", "QUEUED", "MAX", "RESTARTS",
+            "NAME",
+            "STATUS",
+            "RUNTIMES",
+            "RUNNING",
+            "QUEUED",
+            "MAX",
+            "RESTARTS",
+            "WORKER_RESTARTS",
         ],
-        &["RUNNING", "QUEUED", "MAX", "RESTARTS"],
+        &["RUNNING", "QUEUED", "MAX", "RESTARTS", "WORKER_RESTARTS"],
     );
     for b in list.iter() {
         table.row(row(b));
@@ -38,6 +45,9 @@ pub async fn backends(conn: Connection) -> Result<Outcome, CliError> {
     for b in list.iter() {
         if let Some(reason) = &b.reason {
             output::note(&format!("{}: {} ({reason})", b.name, b.status));
+        }
+        for limitation in &b.limitations {
+            output::note(&format!("{}: limitation: {limitation}", b.name));
         }
     }
     Ok(Outcome::Ok)
@@ -62,6 +72,7 @@ fn row(b: &BackendEntry) -> Vec<String> {
         b.queued.to_string(),
         b.capabilities.max_concurrency.to_string(),
         b.restarts.to_string(),
+        b.worker_restarts.to_string(),
     ]
 }
 

@@ -12,7 +12,8 @@ use super::payload::{self, Source};
 use super::{CliError, Connection, Outcome};
 use crate::client::{Answer, Client, ClientError, LogEvent};
 use crate::model::{
-    IsolationRequest, ResourcesDto, Runtime, Status, Workload, WorkloadId, WorkloadRequestDto,
+    IsolationRequest, Output, ResourcesDto, Runtime, Status, Workload, WorkloadId,
+    WorkloadRequestDto,
 };
 
 /// `vulcan run`.
@@ -145,7 +146,7 @@ fn report(w: &Answer<Workload>, json: bool) -> Outcome {
         output::json(&w.raw);
         return Outcome::Workload(w.status);
     }
-    output::workload_output(w.output.as_ref());
+    output::workload_output(w.output.as_ref().map(Output::to_value).as_ref());
     let why = w.error.as_deref().unwrap_or("no reason given");
     match w.status {
         Status::Failed => output::error(&format!("workload {} failed: {why}", w.id)),

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::output::{self, Table};
 use super::{parse_id, CliError, Connection, Outcome};
 use crate::client::{ListFilter, LogEvent};
-use crate::model::{format_time, Isolation, Runtime, Status, Workload, WorkloadId};
+use crate::model::{format_time, Isolation, Output, Runtime, Status, Workload, WorkloadId};
 
 /// `vulcan status ID`.
 #[derive(Debug, Args)]
@@ -83,7 +83,7 @@ pub async fn status(args: StatusArgs) -> Result<Outcome, CliError> {
 /// A workload as aligned `label  value` lines.
 fn describe(w: &Workload) -> String {
     let time = |t: Option<&chrono::DateTime<chrono::Utc>>| t.map_or("-".to_string(), format_time);
-    let output = match &w.output {
+    let output = match w.output.as_ref().map(Output::to_value) {
         None | Some(Value::Null) => "-".to_string(),
         Some(Value::String(s)) => s.trim_end().to_string(),
         Some(v) => v.to_string(),

@@ -186,6 +186,13 @@ pub struct BackendEntry {
     pub queued: u64,
     /// Actor restarts so far.
     pub restarts: u64,
+    /// Worker processes replaced so far (crashed, or killed after a missed cancel); 0
+    /// for backends without workers and from servers that do not report it.
+    #[serde(default)]
+    pub worker_restarts: u64,
+    /// Protections that could not be applied on the server's host (empty when all hold).
+    #[serde(default)]
+    pub limitations: Vec<String>,
 }
 
 /// Per-backend figures of [`Stats`].

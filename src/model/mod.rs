@@ -20,4 +20,4 @@ pub use request::{
     Limits, Payload, RequestError, Resources, ResourcesDto, WorkloadRequest, WorkloadRequestDto,
 };
 pub use status::{transition, Status, TransitionError};
-pub use workload::{format_time, output_value, LogLine, Workload};
+pub use workload::{cap_line, format_time, output_value, LogLine, Output, Workload};

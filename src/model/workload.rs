@@ -1,5 +1,6 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
 
 use super::{Isolation, IsolationRequest, Runtime, Status, WorkloadId};
 
@@ -27,7 +28,7 @@ pub struct Workload {
     /// `sha256:` of payload and input.
     pub input_hash: String,
     /// The result (JSON if the backend's bytes parse, else a string); `null` until terminal.
-    pub output: Option<serde_json::Value>,
+    pub output: Option<Output>,
     /// Process exit code where the backend has one.
     pub exit_code: Option<i32>,
     /// Why it failed or was killed.
@@ -67,6 +68,47 @@ pub struct LogLine {
     pub created_at: DateTime<Utc>,
 }
 
+/// The per-line cap of the log pipeline (`logs.max_line_bytes`): a line longer than
+/// `max` bytes keeps its first `max` bytes (cut on a character boundary) followed by
+/// ` [vulcan: line truncated, K of N bytes kept]`. Returns the line and whether it was
+/// cut.
+///
+/// Idempotent: a line this function produced passes through it again unchanged, so a
+/// worker process can cut at the source (bounding what it sends) and the log broker
+/// apply the same rule again without a second marker.
+pub fn cap_line(mut line: String, max: usize) -> (String, bool) {
+    if line.len() <= max || is_capped(&line, max) {
+        return (line, false);
+    }
+    let total = line.len();
+    let mut cut = max;
+    while !line.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    line.truncate(cut);
+    line.push_str(&format!("{TRUNCATED_PREFIX}{cut} of {total} bytes kept]"));
+    (line, true)
+}
+
+const TRUNCATED_PREFIX: &str = " [vulcan: line truncated, ";
+
+/// Whether `line` is exactly what [`cap_line`] makes of a longer line for this `max`.
+fn is_capped(line: &str, max: usize) -> bool {
+    let Some(body) = line.strip_suffix(" bytes kept]") else {
+        return false;
+    };
+    let Some(at) = body.rfind(TRUNCATED_PREFIX) else {
+        return false;
+    };
+    let Some((kept, total)) = body[at + TRUNCATED_PREFIX.len()..].split_once(" of ") else {
+        return false;
+    };
+    match (kept.parse::<usize>(), total.parse::<usize>()) {
+        (Ok(kept), Ok(total)) => kept == at && kept <= max && total > max,
+        _ => false,
+    }
+}
+
 /// RFC 3339 UTC with milliseconds: `2026-11-27T09:05:48.123Z` (sorts as text).
 pub fn format_time(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -86,37 +128,147 @@ pub(crate) fn rfc3339_opt<S: Serializer>(
     }
 }
 
-/// The output rule of the API: bytes that parse as JSON become that value, anything
-/// else a (lossy) UTF-8 string; no bytes at all is `null`.
-pub fn output_value(bytes: &[u8]) -> Option<serde_json::Value> {
+/// A workload's result as JSON text: validated once when it is made, then stored and
+/// served verbatim (a read never rebuilds it as a tree).
+///
+/// Invariant: the text is one valid JSON value.
+#[derive(Debug, Clone)]
+pub struct Output(Box<RawValue>);
+
+impl Output {
+    /// Text read back from the store (validated, not rebuilt).
+    pub fn from_stored(text: String) -> Result<Self, serde_json::Error> {
+        RawValue::from_string(text).map(Self)
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+
+    /// Its size in bytes.
+    pub fn len(&self) -> usize {
+        self.as_str().len()
+    }
+
+    /// The value as a tree, for code that inspects it (the CLI); the server never needs it.
+    pub fn to_value(&self) -> serde_json::Value {
+        // The text is valid JSON by the invariant; a value too deep for serde_json's
+        // recursion limit is shown as its text instead.
+        serde_json::from_str(self.as_str())
+            .unwrap_or_else(|_| serde_json::Value::String(self.as_str().to_string()))
+    }
+
+    /// Never true (a JSON value has at least one character); for clippy's sake.
+    pub fn is_empty(&self) -> bool {
+        self.as_str().is_empty()
+    }
+}
+
+impl PartialEq for Output {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Serialize for Output {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+/// The client's reading (`vulcan::client`): the text as the server sent it. Works with
+/// serde_json's text deserializers, which is how every answer is read.
+impl<'de> Deserialize<'de> for Output {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Box::<RawValue>::deserialize(d).map(Self)
+    }
+}
+
+/// The output rule of the API: bytes that parse as JSON become that value (kept as
+/// its text), anything else a (lossy) UTF-8 string; no bytes at all is `null`.
+pub fn output_value(bytes: &[u8]) -> Option<Output> {
     if bytes.is_empty() {
         return None;
     }
-    match serde_json::from_slice(bytes) {
-        Ok(v) => Some(v),
-        Err(_) => Some(serde_json::Value::String(
-            String::from_utf8_lossy(bytes).into_owned(),
-        )),
+    if let Ok(raw) = serde_json::from_slice::<Box<RawValue>>(bytes) {
+        return Some(Output(raw));
     }
+    let text = String::from_utf8_lossy(bytes);
+    serde_json::value::to_raw_value(&text).ok().map(Output)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn parsed(bytes: &[u8]) -> Option<serde_json::Value> {
+        output_value(bytes).map(|o| serde_json::from_str(o.as_str()).expect("valid JSON"))
+    }
+
     #[test]
     fn output_rule() {
-        assert_eq!(output_value(b""), None);
+        assert_eq!(parsed(b""), None);
+        assert_eq!(parsed(b"{\"sum\":3}"), Some(serde_json::json!({"sum": 3})));
+        assert_eq!(parsed(b"  42\n"), Some(serde_json::json!(42)));
+        assert_eq!(parsed(b"hello\n"), Some(serde_json::json!("hello\n")));
+        assert_eq!(parsed(&[0xff, b'a']), Some(serde_json::json!("\u{fffd}a")));
         assert_eq!(
-            output_value(b"{\"sum\":3}"),
-            Some(serde_json::json!({"sum": 3}))
+            parsed(b"{\"a\": 1} trailing"),
+            Some(serde_json::json!("{\"a\": 1} trailing"))
         );
-        assert_eq!(output_value(b"  42\n"), Some(serde_json::json!(42)));
-        assert_eq!(output_value(b"hello\n"), Some(serde_json::json!("hello\n")));
+    }
+
+    #[test]
+    fn output_is_kept_and_served_as_its_text() {
+        let out = output_value(b"{\"b\": 2, \"a\": [1, 2]}").expect("output");
+        assert_eq!(out.as_str(), "{\"b\": 2, \"a\": [1, 2]}");
         assert_eq!(
-            output_value(&[0xff, b'a']),
-            Some(serde_json::json!("\u{fffd}a"))
+            serde_json::to_string(&out).expect("serialise"),
+            "{\"b\": 2, \"a\": [1, 2]}"
         );
+        let stored = Output::from_stored(out.as_str().to_owned()).expect("valid");
+        assert_eq!(stored, out);
+        assert!(Output::from_stored("{not json".into()).is_err());
+    }
+
+    #[test]
+    fn long_lines_are_cut_once_with_a_marker() {
+        let (short, cut) = cap_line("abc".into(), 3);
+        assert_eq!((short.as_str(), cut), ("abc", false));
+        let (line, cut) = cap_line("é".repeat(20), 16);
+        assert!(cut);
+        assert_eq!(
+            line,
+            format!(
+                "{} [vulcan: line truncated, 16 of 40 bytes kept]",
+                "é".repeat(8)
+            )
+        );
+        let (again, cut) = cap_line(line.clone(), 16);
+        assert_eq!((again, cut), (line, false), "a second pass changes nothing");
+        // A line that merely looks like a marker is still cut.
+        let fake = format!(
+            "{} [vulcan: line truncated, 1 of 99 bytes kept]",
+            "x".repeat(40)
+        );
+        assert!(cap_line(fake, 16).1);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn capping_is_bounded_and_idempotent(line in ".{0,200}", max in 1usize..64) {
+            let (once, _) = cap_line(line.clone(), max);
+            let (twice, cut_again) = cap_line(once.clone(), max);
+            proptest::prop_assert!(!cut_again);
+            proptest::prop_assert_eq!(&once, &twice);
+            if line.len() <= max {
+                proptest::prop_assert_eq!(once, line);
+            } else {
+                proptest::prop_assert!(once.len() <= max + 64);
+                proptest::prop_assert!(line.starts_with(once.split(TRUNCATED_PREFIX).next().unwrap_or("")));
+            }
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use diesel::prelude::*;
 use super::schema::{idempotency_keys, log_lines, workloads};
 use super::StoreError;
 use crate::model::{
-    format_time, IdempotencyKey, IdempotencyRecord, LogLine, Payload, SubmitKind, Workload,
+    format_time, IdempotencyKey, IdempotencyRecord, LogLine, Output, Payload, SubmitKind, Workload,
     WorkloadId,
 };
 
@@ -154,7 +154,7 @@ impl TryFrom<WorkloadRow> for Workload {
             input_hash: r.input_hash,
             output: r
                 .output
-                .map(|o| serde_json::from_str(&o))
+                .map(Output::from_stored)
                 .transpose()
                 .map_err(|e| StoreError::Corrupt(format!("output: {e}")))?,
             exit_code: r.exit_code,

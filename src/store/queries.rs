@@ -13,8 +13,8 @@ use super::models::{IdempotencyKeyRow, LogLineRow, NewWorkloadRow, PayloadRow, W
 use super::schema::{idempotency_keys, log_lines, workloads};
 use super::StoreError;
 use crate::model::{
-    format_time, transition, IdempotencyKey, IdempotencyRecord, Isolation, LogLine, Payload,
-    Runtime, Status, Workload, WorkloadId,
+    format_time, transition, IdempotencyKey, IdempotencyRecord, Isolation, LogLine, Output,
+    Payload, Runtime, Status, Workload, WorkloadId,
 };
 
 /// A status change plus the fields that come with it.
@@ -25,7 +25,7 @@ pub struct StatusChange {
     /// When it happened (`started_at` for running, `finished_at` for terminal).
     pub at: DateTime<Utc>,
     /// Terminal only: the result value.
-    pub output: Option<serde_json::Value>,
+    pub output: Option<Output>,
     /// Terminal only: exit code.
     pub exit_code: Option<i32>,
     /// Terminal only: why it failed or was killed.
@@ -246,12 +246,7 @@ pub fn apply_change(
             .get_result(conn)
             .optional()?
     } else {
-        let output = change
-            .output
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(format!("output: {e}")))?;
+        let output = change.output.as_ref().map(Output::as_str);
         diesel::update(target)
             .set((
                 workloads::status.eq(to.as_str()),

@@ -89,6 +89,9 @@ impl TestAppBuilder {
             .or_insert("test-node".into());
         env.entry("VULCAN_SHUTDOWN_TIMEOUT_S".into())
             .or_insert("2".into());
+        // Isolate workers are `vulcan worker` processes; this test binary is not vulcan.
+        env.entry("VULCAN_BACKENDS__ISOLATE__WORKER_PATH".into())
+            .or_insert(worker_path().into());
         let config = Config::load_from(env).expect("test config");
         let mut backends = if self.builtin {
             builtin_backends(&config)
@@ -136,6 +139,11 @@ impl TestAppBuilder {
             thread: Some(thread),
         }
     }
+}
+
+/// The vulcan binary Cargo built for these tests (isolate workers run from it).
+pub fn worker_path() -> &'static str {
+    env!("CARGO_BIN_EXE_vulcan")
 }
 
 /// Start configuring a test app (no built-in backends unless asked).

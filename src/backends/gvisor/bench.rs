@@ -17,6 +17,9 @@ fn hello() -> WorkloadSpec {
         cpus: 1,
         mem_mb: 128,
         timeout: Duration::from_secs(60),
+        max_output_bytes: crate::config::Config::load_from(std::collections::HashMap::new())
+            .map(|c| c.max_output_bytes)
+            .unwrap_or(0),
     }
 }
 

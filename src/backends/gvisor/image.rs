@@ -114,6 +114,7 @@ pub(super) async fn execute(
     let prep_inner = inner.clone();
     let prep_id = container_id.clone();
     let input = spec.input.clone();
+    let max_output_bytes = spec.max_output_bytes;
     let written = tokio::task::spawn_blocking(move || {
         write_bundle(&prep_inner, &spec, &lease, &prep_id).map(|dir| (dir, lease))
     })
@@ -122,7 +123,11 @@ pub(super) async fn execute(
     .and_then(|r| r);
     let result = match written {
         // The lease lives until the run is over.
-        Ok((dir, _lease)) => inner.run(&dir, true, &container_id, input, &ctx).await,
+        Ok((dir, _lease)) => {
+            inner
+                .run(&dir, true, &container_id, input, max_output_bytes, &ctx)
+                .await
+        }
         Err(e) => Err(e),
     };
     inner.teardown(container_id).await;

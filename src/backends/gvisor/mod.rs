@@ -40,8 +40,8 @@ use self::runsc::Runsc;
 use super::archive::{self, ArchiveError, ArchiveLimits};
 use super::isolate::looks_like_module;
 use super::{
-    Backend, BackendCapabilities, BackendError, BackendHealth, CancellationToken, ExecContext,
-    Preparation, WorkloadResult, WorkloadSpec,
+    output_exceeds, Backend, BackendCapabilities, BackendError, BackendHealth, CancellationToken,
+    ExecContext, Preparation, WorkloadResult, WorkloadSpec,
 };
 use crate::images::{ImageLease, ImageStore};
 use crate::model::{Isolation, Payload, Runtime, WorkloadId};
@@ -64,8 +64,6 @@ pub struct GvisorConfig {
     pub state_dir: PathBuf,
     /// Parent of the per-run cgroups (one path component, owned by this server).
     pub cgroup_parent: String,
-    /// Most stdout bytes kept as the result; the rest is dropped and the run fails.
-    pub max_output_bytes: usize,
     /// Largest unpacked size of a code archive, in bytes.
     pub max_archive_bytes: u64,
     /// Most entries in a code archive.
@@ -442,6 +440,7 @@ impl Inner {
         root_overlay: bool,
         container_id: &str,
         input: Vec<u8>,
+        max_output_bytes: usize,
         ctx: &ExecContext,
     ) -> Result<WorkloadResult, BackendError> {
         if ctx.cancel.is_cancelled() {
@@ -466,11 +465,7 @@ impl Inner {
             let _ = stdin.write_all(&input).await;
             let _ = stdin.shutdown().await;
         });
-        let out_task = tokio::spawn(runsc::pump(
-            stdout,
-            ctx.log.clone(),
-            Some(self.cfg.max_output_bytes),
-        ));
+        let out_task = tokio::spawn(runsc::pump(stdout, ctx.log.clone(), Some(max_output_bytes)));
         let err_task = tokio::spawn(runsc::pump(stderr, ctx.log.clone(), None));
 
         let deadline = tokio::time::Instant::from_std(ctx.deadline);
@@ -507,17 +502,19 @@ impl Inner {
             128 + status.signal().unwrap_or(0)
         });
         let error = match exit_code {
-            0 if collected.truncated => Some(format!(
-                "output exceeded the limit of {} bytes",
-                self.cfg.max_output_bytes
-            )),
+            0 if collected.truncated => Some(output_exceeds(max_output_bytes)),
             0 => None,
             137 => Some("exited with code 137 (killed: out of memory or SIGKILL)".to_string()),
             n => Some(format!("exited with code {n}")),
         };
         Ok(WorkloadResult {
             exit_code: Some(exit_code),
-            output: collected.bytes,
+            // Over the cap the workload fails, and nothing of its output is kept.
+            output: if collected.truncated {
+                Vec::new()
+            } else {
+                collected.bytes
+            },
             error,
             duration_ms,
         })
@@ -687,6 +684,7 @@ impl Backend for GvisorBackend {
             let prep_inner = inner.clone();
             let prep_id = container_id.clone();
             let input = spec.input.clone();
+            let max_output_bytes = spec.max_output_bytes;
             let prepared = tokio::task::spawn_blocking(move || prep_inner.prepare(&spec, &prep_id))
                 .await
                 .map_err(|e| BackendError::Internal(format!("gvisor: prepare panicked: {e}")))
@@ -694,7 +692,14 @@ impl Backend for GvisorBackend {
             let result = match prepared {
                 Ok(layout) => {
                     inner
-                        .run(&layout.dir, false, &container_id, input, &ctx)
+                        .run(
+                            &layout.dir,
+                            false,
+                            &container_id,
+                            input,
+                            max_output_bytes,
+                            &ctx,
+                        )
                         .await
                 }
                 Err(e) => Err(e),

@@ -112,6 +112,9 @@ fn spec(runtime: Runtime, payload: Payload, input: &str) -> WorkloadSpec {
         cpus: 1,
         mem_mb: 128,
         timeout: Duration::from_secs(60),
+        max_output_bytes: crate::config::Config::load_from(std::collections::HashMap::new())
+            .expect("embedded defaults")
+            .max_output_bytes,
     }
 }
 

@@ -1,6 +1,7 @@
 //! JavaScript on QuickJS (rquickjs): a fresh runtime and context per workload.
 //!
-//! Everything here runs on one worker thread (QuickJS values are `!Send`). The only host
+//! Everything here runs on the job thread of a worker process (QuickJS values are
+//! `!Send`), never in the server. The only host
 //! surface a workload sees is `console.*`, `setTimeout` and `clearTimeout`; there is no
 //! `std`/`os` module, no `require`, no `process`, no `fetch`, and every `import` is
 //! refused by the module resolver.
@@ -17,10 +18,11 @@ use rquickjs::{
 };
 
 use super::StopSignal;
-use crate::backends::{BackendError, LogSink, WorkloadResult};
+use crate::backends::{output_exceeds, BackendError, LogSink, WorkloadResult};
 
-/// QuickJS's stack limit. Far below the worker threads' stack (see `pool.rs`), so deep
-/// recursion throws a catchable `RangeError` instead of overflowing the host stack.
+/// QuickJS's stack limit. Far below the worker process's main-thread stack (8 MiB by
+/// default), so deep recursion throws a catchable `RangeError` instead of overflowing
+/// the host stack.
 pub(super) const JS_MAX_STACK_BYTES: usize = 1024 * 1024;
 
 /// Most timers a workload may have pending at once (the queue lives on the host heap,
@@ -92,6 +94,7 @@ pub(super) fn run(
     code: &str,
     input: &[u8],
     mem_mb: u32,
+    max_output_bytes: usize,
     log: &LogSink,
     stop: &StopSignal,
 ) -> Result<WorkloadResult, BackendError> {
@@ -131,6 +134,12 @@ pub(super) fn run(
         return Err(BackendError::Cancelled);
     }
     Ok(match outcome {
+        Outcome::Done(Some(output)) if output.len() > max_output_bytes => WorkloadResult {
+            exit_code: Some(1),
+            output: Vec::new(),
+            error: Some(output_exceeds(max_output_bytes)),
+            duration_ms: 0,
+        },
         Outcome::Done(output) => WorkloadResult {
             exit_code: Some(0),
             output: output.map(String::into_bytes).unwrap_or_default(),
@@ -517,7 +526,7 @@ pub fn bench_js_workload(n: usize) -> Result<Vec<Duration>, BackendError> {
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
         let start = Instant::now();
-        let res = run(CODE, br#"{"a":1,"b":2}"#, 128, &log, &stop)?;
+        let res = run(CODE, br#"{"a":1,"b":2}"#, 128, 1024, &log, &stop)?;
         if res.output != br#"{"sum":3}"# {
             return Err(BackendError::Internal(format!(
                 "benchmark workload returned {res:?}"

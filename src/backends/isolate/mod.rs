@@ -1,12 +1,16 @@
-//! The `isolate` backend: JavaScript on QuickJS and Wasm on wasmtime, in-process, a
-//! fresh engine instance per workload.
+//! The `isolate` backend: JavaScript on QuickJS and Wasm on wasmtime, in confined worker
+//! processes, a fresh engine instance per workload.
 //!
-//! Workloads run on a fixed pool of worker threads (`pool.rs`), never on the async
-//! runtime: a QuickJS runtime must stay on the thread that made it and sync WASI
-//! blocks. Each workload gets its own heap (a QuickJS runtime, a wasmtime `Store`) with
-//! the requested memory limit, and an interrupt (QuickJS's interrupt handler, wasmtime's
-//! epoch callback) that stops it when the workload is killed or its deadline passes.
+//! No guest code runs in the server. The server keeps a pool of worker processes
+//! (`pool.rs`, `vulcan worker`, [`worker::main`]) sized by `max_concurrency`; each
+//! confines itself before its first job (`confine.rs`: namespaces, an empty root, an
+//! unprivileged uid, no capabilities, rlimits, a seccomp allowlist) inside a memory
+//! cgroup of its own (`cgroup.rs`), and talks to the server over a socket
+//! (`protocol.rs`). Each job gets its own heap (a QuickJS runtime, a wasmtime `Store`)
+//! with the requested memory limit and an interrupt that stops it at a cancel or the
+//! deadline; a worker that does not stop is killed and replaced by the server.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,61 +19,140 @@ use serde::Deserialize;
 
 use super::{
     Backend, BackendCapabilities, BackendError, BackendHealth, CancellationToken, ExecContext,
-    WorkloadResult, WorkloadSpec,
+    ProcessReport, WorkloadResult, WorkloadSpec,
 };
+use crate::config::Config;
 use crate::model::{Isolation, Payload, Runtime, WorkloadId};
 
+mod cgroup;
+mod confine;
 mod js;
 mod pool;
+pub mod protocol;
 mod wasm;
+pub mod worker;
 
 pub(crate) use js::looks_like_module;
 pub use js::{bench_cold_js, bench_js_workload};
 pub use wasm::bench_cold_wasm;
 
-use pool::WorkerPool;
-use wasm::WasmEngine;
+use pool::{Settings, WorkerPool};
+use protocol::{Program, WorkerInit};
 
-/// How long `execute` keeps waiting for a worker after cancellation before it answers
-/// `Cancelled` anyway. Interrupts normally stop a workload within milliseconds; this
-/// only bounds the answer if an engine fails to notice.
-const CANCEL_GRACE: Duration = Duration::from_secs(2);
+/// Virtual address space wasmtime reserves for one linear memory (4 GiB plus guard
+/// regions) and its code, stacks and QuickJS beside it: what `RLIMIT_AS` must leave
+/// room for when it stands in for a memory cgroup.
+const WASM_VIRTUAL_RESERVATION: u64 = 8 * 1024 * 1024 * 1024;
 
-/// `[backends.isolate]`.
+/// `[backends.isolate]`: see `config/default.toml` for each key.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IsolateConfig {
     /// Register this backend.
     pub enabled: bool,
-    /// Concurrent workloads (worker threads); 0 = one per CPU core.
+    /// Concurrent workloads (worker processes); 0 = one per CPU core.
     pub max_concurrency: usize,
     /// Workloads waiting for a slot; beyond it submissions to this backend get 429.
     pub max_queue: usize,
-    /// Compiled Wasm modules kept in memory, keyed by the sha256 of their bytes; the
+    /// Compiled Wasm modules each worker keeps, keyed by the sha256 of their bytes; the
     /// oldest is dropped when full. 0 disables the cache.
     pub wasm_module_cache: usize,
+    /// The `vulcan` executable workers are started from; empty = this executable.
+    pub worker_path: String,
+    /// Unprivileged user the workers run as (when the server is root).
+    pub worker_uid: u32,
+    /// Unprivileged group the workers run as (when the server is root).
+    pub worker_gid: u32,
+    /// Milliseconds a worker has to stop after a cancel before it is killed.
+    pub cancel_grace_ms: u64,
+    /// Memory a worker may use beyond `max_mem_mb` before its cgroup OOM-kills it, MiB.
+    pub worker_memory_overhead_mb: u64,
+    /// Parent of the workers' memory cgroups (one path component).
+    pub cgroup_parent: String,
 }
 
-/// The in-process backend.
+/// The worker executable: the configured path, or this process's own executable. A
+/// cargo test harness (an executable in a `deps` directory) must name the vulcan binary
+/// explicitly: started as `<harness> worker` it would run tests, not serve jobs.
+fn worker_executable(configured: &str) -> Result<PathBuf, BackendError> {
+    if !configured.is_empty() {
+        return Ok(PathBuf::from(configured));
+    }
+    let exe = std::env::current_exe()
+        .map_err(|e| BackendError::Unavailable(format!("cannot find this executable: {e}")))?;
+    if exe.parent().and_then(|p| p.file_name()) == Some(std::ffi::OsStr::new("deps")) {
+        return Err(BackendError::Unavailable(format!(
+            "{} looks like a test harness, not the vulcan binary: set \
+             backends.isolate.worker_path",
+            exe.display()
+        )));
+    }
+    Ok(exe)
+}
+
+/// The isolate backend.
 ///
-/// Invariant: owns `max_concurrency` worker threads and one wasmtime engine (with its
-/// epoch ticker) for its whole lifetime; dropping it stops them.
+/// Invariant: owns a pool of `max_concurrency` worker processes for its lifetime
+/// (replacing any that die); dropping the last handle kills them.
 pub struct IsolateBackend {
     pool: Arc<WorkerPool>,
-    wasm: Arc<WasmEngine>,
 }
 
 impl IsolateBackend {
-    /// Start the worker pool and the wasmtime engine.
-    pub fn new(cfg: &IsolateConfig) -> Result<Self, BackendError> {
-        let max_concurrency = if cfg.max_concurrency == 0 {
+    /// Start the worker pool with `config`'s `[backends.isolate]` settings and the
+    /// server-wide limits (output cap, log caps, `max_mem_mb`). Needs a tokio runtime.
+    pub fn new(config: &Config) -> Result<Self, BackendError> {
+        let cfg = &config.backends.isolate;
+        let size = if cfg.max_concurrency == 0 {
             std::thread::available_parallelism().map_or(2, |n| n.get())
         } else {
             cfg.max_concurrency
         };
+        let path = worker_executable(&cfg.worker_path)?;
+        let memory_bytes = (u64::from(config.max_mem_mb) + cfg.worker_memory_overhead_mb)
+            .saturating_mul(1024 * 1024);
+        let (cgroups, cgroup_problem) = if !rustix::process::geteuid().is_root() {
+            (
+                None,
+                Some(format!(
+                    "no memory cgroup per worker (the server is not root): the backstop is \
+                     RLIMIT_AS of {} MiB instead",
+                    (memory_bytes + WASM_VIRTUAL_RESERVATION) >> 20
+                )),
+            )
+        } else {
+            match cgroup::CgroupParent::open(&cfg.cgroup_parent) {
+                Ok(parent) => (Some(parent), None),
+                Err(e) => (
+                    None,
+                    Some(format!(
+                        "no memory cgroup per worker ({e}): the backstop is RLIMIT_AS of {} \
+                         MiB instead",
+                        (memory_bytes + WASM_VIRTUAL_RESERVATION) >> 20
+                    )),
+                ),
+            }
+        };
+        let settings = Settings {
+            path,
+            init: WorkerInit {
+                uid: cfg.worker_uid,
+                gid: cfg.worker_gid,
+                wasm_module_cache: cfg.wasm_module_cache,
+                max_line_bytes: config.logs.max_line_bytes,
+                max_lines: config.logs.max_lines,
+                address_space_bytes: None,
+                probes: false,
+            },
+            max_output_bytes: config.max_output_bytes,
+            memory_bytes,
+            address_space_fallback: memory_bytes.saturating_add(WASM_VIRTUAL_RESERVATION),
+            cgroups,
+            cgroup_problem,
+            cancel_grace: Duration::from_millis(cfg.cancel_grace_ms),
+        };
         Ok(Self {
-            pool: Arc::new(WorkerPool::new(max_concurrency)?),
-            wasm: Arc::new(WasmEngine::new(cfg.wasm_module_cache)?),
+            pool: WorkerPool::start(settings, size)?,
         })
     }
 }
@@ -94,30 +177,23 @@ impl StopSignal {
     }
 }
 
-/// What a worker runs: the payload already checked against the runtime.
-enum Program {
-    Js(String),
-    Wasm(Vec<u8>),
-}
-
-impl Program {
-    fn from_spec(runtime: Runtime, payload: Payload) -> Result<Self, BackendError> {
-        match (runtime, payload) {
-            (Runtime::Node, Payload::Code(code)) => Ok(Program::Js(code)),
-            (Runtime::Node, Payload::Archive(_)) => Err(BackendError::InvalidPayload(
-                "the isolate backend runs JavaScript from `code` only; archives are not \
-                 supported for node here (use isolation gvisor or microvm)"
-                    .into(),
-            )),
-            (Runtime::Wasm, Payload::Code(wat)) => Ok(Program::Wasm(wat.into_bytes())),
-            (Runtime::Wasm, Payload::Archive(bytes)) => Ok(Program::Wasm(bytes)),
-            (Runtime::Node | Runtime::Wasm, Payload::Image { .. }) => Err(
-                BackendError::InvalidPayload("an image payload needs runtime oci".into()),
-            ),
-            (other, _) => Err(BackendError::Unsupported(format!(
-                "the isolate backend does not run {other} workloads"
-            ))),
-        }
+/// The program a worker runs for `runtime` and `payload`, or why there is none.
+fn program(runtime: Runtime, payload: Payload) -> Result<Program, BackendError> {
+    match (runtime, payload) {
+        (Runtime::Node, Payload::Code(code)) => Ok(Program::Js(code)),
+        (Runtime::Node, Payload::Archive(_)) => Err(BackendError::InvalidPayload(
+            "the isolate backend runs JavaScript from `code` only; archives are not \
+             supported for node here (use isolation gvisor or microvm)"
+                .into(),
+        )),
+        (Runtime::Wasm, Payload::Code(wat)) => Ok(Program::Wasm(wat.into_bytes())),
+        (Runtime::Wasm, Payload::Archive(bytes)) => Ok(Program::Wasm(bytes)),
+        (Runtime::Node | Runtime::Wasm, Payload::Image { .. }) => Err(
+            BackendError::InvalidPayload("an image payload needs runtime oci".into()),
+        ),
+        (other, _) => Err(BackendError::Unsupported(format!(
+            "the isolate backend does not run {other} workloads"
+        ))),
     }
 }
 
@@ -132,7 +208,15 @@ impl Backend for IsolateBackend {
     }
 
     fn health(&self) -> BackendHealth {
-        BackendHealth::Healthy
+        self.pool.health()
+    }
+
+    fn process_report(&self) -> ProcessReport {
+        ProcessReport {
+            worker_restarts: self.pool.restarts(),
+            limitations: self.pool.limitations(),
+            workers: self.pool.workers("isolate"),
+        }
     }
 
     fn execute(
@@ -141,42 +225,16 @@ impl Backend for IsolateBackend {
         ctx: ExecContext,
     ) -> BoxFuture<'static, Result<WorkloadResult, BackendError>> {
         let pool = Arc::clone(&self.pool);
-        let wasm = Arc::clone(&self.wasm);
         Box::pin(async move {
-            let program = Program::from_spec(spec.runtime, spec.payload)?;
-            let stop = StopSignal::new(ctx.cancel.clone(), ctx.deadline);
-            let input = spec.input;
-            let mem_mb = spec.mem_mb;
-            let log = ctx.log;
-            let job = pool.run(move || {
-                let started = Instant::now();
-                let result = match program {
-                    Program::Js(code) => js::run(&code, &input, mem_mb, &log, &stop),
-                    Program::Wasm(bytes) => wasm.run(&bytes, &input, mem_mb, &log, &stop),
-                };
-                result.map(|r| WorkloadResult {
-                    duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                    ..r
-                })
-            });
-            tokio::pin!(job);
-            tokio::select! {
-                result = &mut job => result,
-                () = ctx.cancel.cancelled() => {
-                    // The interrupt stops the worker promptly; wait for it so the
-                    // thread is free before we answer, but never forever.
-                    let _ = tokio::time::timeout(CANCEL_GRACE, job).await;
-                    Err(BackendError::Cancelled)
-                }
-            }
+            let program = program(spec.runtime, spec.payload)?;
+            pool.run(program, spec.input, spec.mem_mb, spec.max_output_bytes, ctx)
+                .await
         })
     }
 
     fn cleanup(&self, _id: WorkloadId) -> BoxFuture<'static, ()> {
-        // Nothing outlives an execution: the engine instance dies with the job.
+        // Nothing outlives an execution: the engine instance dies with the job, and a
+        // worker that did not finish it cleanly was killed and replaced.
         Box::pin(async {})
     }
 }
-
-#[cfg(test)]
-mod tests;

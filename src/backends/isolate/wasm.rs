@@ -1,11 +1,15 @@
 //! Wasm on wasmtime: WASI preview 1 commands, a fresh `Store` per workload.
 //!
-//! One shared [`Engine`] with epoch interruption; a ticker thread advances the epoch
-//! every [`EPOCH_TICK`], and each store's epoch callback checks the workload's
-//! cancellation token and deadline, so a kill is noticed within about one tick. Memory
-//! is capped by a [`StoreLimits`] (a `memory.grow` past the cap returns -1). The WASI
-//! context has stdin (the input JSON), stdout and stderr, one argument (the program
-//! name), no environment, no preopened directories and no sockets.
+//! One [`Engine`] per worker process with epoch interruption; a ticker thread advances
+//! the epoch every [`EPOCH_TICK`], and each store's epoch callback checks the
+//! workload's cancellation token and deadline, so a kill is noticed within about one
+//! tick. Memory is capped by [`InstanceLimits`]: every linear memory and every table of
+//! the instance count against one budget of `mem_mb` (a `memory.grow` past it returns
+//! -1); proposals the runtime does not need (multi-memory, threads, memory64) are off.
+//! The WASI context has stdin (the input JSON), stdout and stderr, one argument (the
+//! program name), no environment, no preopened directories and no sockets. The WASI
+//! functions that take a guest-chosen size (`poll_oneoff`, `random_get`) are our own
+//! versions that check it against guest memory before touching the host heap.
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
@@ -16,17 +20,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use wasmtime::{
-    Caller, Config, Engine, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, Strategy, Trap,
-    UpdateDeadline, WasmBacktrace,
+    Caller, Config, Engine, Linker, Module, ResourceLimiter, Store, Strategy, Trap, UpdateDeadline,
+    WasmBacktrace,
 };
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 use wasmtime_wasi::{HostMonotonicClock, I32Exit, WasiCtxBuilder};
 
 use super::StopSignal;
-use crate::backends::{BackendError, LogSink, WorkloadResult};
+use crate::backends::{output_exceeds, BackendError, LogSink, WorkloadResult};
 
 /// How often the ticker thread advances the engine epoch; bounds how late a kill or a
 /// deadline is noticed inside Wasm code.
@@ -42,10 +46,81 @@ const WASI_P1_MODULE: &str = "wasi_snapshot_preview1";
 /// Program name passed as `argv[0]`.
 const PROGRAM_NAME: &str = "main.wasm";
 
+/// Bytes a table element is charged against the memory budget (a function reference
+/// and its bookkeeping; generous on purpose).
+const TABLE_ELEMENT_BYTES: usize = 16;
+
+/// Tables one instance may define or import.
+const MAX_TABLES: usize = 16;
+
+/// Bytes `random_get` fills per step; the stop signal is checked between steps.
+const RANDOM_CHUNK: usize = 1024 * 1024;
+
+/// One budget for all linear memories and tables of a workload's instance.
+///
+/// Invariant: `used` is the sum of the bytes every memory and table of the store has
+/// been allowed to grow to; it never exceeds `budget`.
+pub(super) struct InstanceLimits {
+    budget: usize,
+    used: usize,
+}
+
+impl InstanceLimits {
+    pub(super) fn new(budget: usize) -> Self {
+        Self { budget, used: 0 }
+    }
+
+    fn grow(&mut self, extra: usize) -> bool {
+        match self.used.checked_add(extra) {
+            Some(total) if total <= self.budget => {
+                self.used = total;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+impl ResourceLimiter for InstanceLimits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(self.grow(desired.saturating_sub(current)))
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(self.grow(
+            desired
+                .saturating_sub(current)
+                .saturating_mul(TABLE_ELEMENT_BYTES),
+        ))
+    }
+
+    fn instances(&self) -> usize {
+        1
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn memories(&self) -> usize {
+        1
+    }
+}
+
 /// The host state of one workload's store.
 struct WasmState {
     wasi: WasiP1Ctx,
-    limits: StoreLimits,
+    limits: InstanceLimits,
     stop: StopSignal,
     /// Zero of the guest's monotonic clock (see [`StoreClock`]).
     origin: Instant,
@@ -76,41 +151,67 @@ pub(super) struct WasmEngine {
 }
 
 impl WasmEngine {
-    /// Build the engine, link WASI preview 1 and start the epoch ticker.
+    /// Build the engine and link WASI preview 1. Nothing runs until
+    /// [`WasmEngine::start_ticker`] has started the epoch.
     pub(super) fn new(cache_entries: usize) -> Result<Self, BackendError> {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.strategy(Strategy::Cranelift);
+        // Compilation runs on the job's own thread (inside its deadline); a worker
+        // process may not start threads once confined.
+        config.parallel_compilation(false);
+        // One memory per instance, so `mem_mb` bounds what a module can map.
+        config.wasm_multi_memory(false);
+        config.wasm_memory64(false);
+        // Copy-on-write memory images need memfd_create, which the worker's seccomp
+        // filter refuses; data segments are copied at instantiation instead.
+        config.memory_init_cow(false);
         let engine = Engine::new(&config)
             .map_err(|e| BackendError::Internal(format!("cannot create the wasm engine: {e}")))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |state: &mut WasmState| &mut state.wasi)
             .map_err(|e| BackendError::Internal(format!("cannot link WASI: {e}")))?;
         // wasmtime-wasi sleeps in `poll_oneoff` with a plain blocking sleep that no
-        // epoch interrupt can cut short; replace it with one that watches the token.
+        // epoch interrupt can cut short, and fills `random_get` through a host buffer
+        // of the guest's size: replace both.
         linker.allow_shadowing(true);
         linker
             .func_wrap(WASI_P1_MODULE, "poll_oneoff", poll_oneoff)
             .map_err(|e| BackendError::Internal(format!("cannot link poll_oneoff: {e}")))?;
+        linker
+            .func_wrap(WASI_P1_MODULE, "random_get", random_get)
+            .map_err(|e| BackendError::Internal(format!("cannot link random_get: {e}")))?;
         linker.allow_shadowing(false);
-
-        let weak = engine.weak();
-        std::thread::Builder::new()
-            .name("isolate-epoch".into())
-            .spawn(move || loop {
-                std::thread::sleep(EPOCH_TICK);
-                match weak.upgrade() {
-                    Some(engine) => engine.increment_epoch(),
-                    None => return,
-                }
-            })
-            .map_err(|e| BackendError::Internal(format!("cannot spawn the epoch ticker: {e}")))?;
 
         Ok(Self {
             engine,
             linker,
             cache: Mutex::new(ModuleCache::new(cache_entries)),
         })
+    }
+
+    /// Start the thread that advances the epoch every [`EPOCH_TICK`]; it ends on its
+    /// own once the engine is dropped. Returns once the thread runs (its start-up system
+    /// calls are done: a seccomp filter installed afterwards need not allow them).
+    pub(super) fn start_ticker(&self) -> Result<(), BackendError> {
+        let weak = self.engine.weak();
+        let (running_tx, running) = std::sync::mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("isolate-epoch".into())
+            .spawn(move || {
+                let _ = running_tx.send(());
+                loop {
+                    std::thread::sleep(EPOCH_TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => return,
+                    }
+                }
+            })
+            .map_err(|e| BackendError::Internal(format!("cannot spawn the epoch ticker: {e}")))?;
+        running
+            .recv()
+            .map_err(|_| BackendError::Internal("the epoch ticker did not start".into()))
     }
 
     /// The compiled module for `bytes` (binary Wasm or WAT text), from the cache when
@@ -153,6 +254,7 @@ impl WasmEngine {
         bytes: &[u8],
         input: &[u8],
         mem_mb: u32,
+        max_output_bytes: usize,
         log: &LogSink,
         stop: &StopSignal,
     ) -> Result<WorkloadResult, BackendError> {
@@ -163,7 +265,7 @@ impl WasmEngine {
         let mem_bytes = usize::try_from(mem_mb)
             .unwrap_or(usize::MAX)
             .saturating_mul(1024 * 1024);
-        let stdout = LinePipe::new(log.clone(), Some(mem_bytes));
+        let stdout = LinePipe::new(log.clone(), Some(max_output_bytes));
         let stderr = LinePipe::new(log.clone(), None);
         let origin = Instant::now();
         let wasi = WasiCtxBuilder::new()
@@ -173,15 +275,9 @@ impl WasmEngine {
             .stderr(stderr.clone())
             .arg(PROGRAM_NAME)
             .build_p1();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(mem_bytes)
-            .table_elements(1_000_000)
-            .instances(1)
-            .trap_on_grow_failure(false)
-            .build();
         let state = WasmState {
             wasi,
-            limits,
+            limits: InstanceLimits::new(mem_bytes),
             stop: stop.clone(),
             origin,
         };
@@ -243,11 +339,14 @@ impl WasmEngine {
             }
         };
         let (output, overflowed) = stdout.take_output();
-        let error = match (error, overflowed) {
-            (error, false) => error,
-            (None, true) => Some(format!("stdout exceeded {mem_mb} MiB and was cut")),
-            (Some(e), true) => Some(format!("{e}; stdout exceeded {mem_mb} MiB and was cut")),
-        };
+        if overflowed {
+            return Ok(WorkloadResult {
+                exit_code: Some(exit_code.filter(|c| *c != 0).unwrap_or(1)),
+                output: Vec::new(),
+                error: Some(output_exceeds(max_output_bytes)),
+                duration_ms: 0,
+            });
+        }
         Ok(WorkloadResult {
             exit_code,
             output,
@@ -290,19 +389,19 @@ fn poll_oneoff(
     let Some(memory) = caller.get_export("memory").and_then(|e| e.into_memory()) else {
         return Ok(ERRNO_INVAL);
     };
-    let count = usize::try_from(nsubscriptions).unwrap_or(0);
+    // Sizes and pointers are u32 in WASI preview 1, whatever the sign bit says.
+    let count = nsubscriptions as u32 as usize;
     if count == 0 {
         return Ok(ERRNO_INVAL);
     }
-    let Some(len) = count.checked_mul(SUBSCRIPTION_SIZE) else {
+    // Checked against guest memory before the host copies anything: the copy is then
+    // at most the guest's own (limited) memory.
+    let Some(subs) =
+        guest_range(memory.data(&caller), subs_ptr, count, SUBSCRIPTION_SIZE).map(<[u8]>::to_vec)
+    else {
         return Ok(ERRNO_FAULT);
     };
-    let mut subs = vec![0u8; len];
-    // Pointers are u32 offsets into linear memory.
-    if memory
-        .read(&caller, subs_ptr as u32 as usize, &mut subs)
-        .is_err()
-    {
+    if guest_range(memory.data(&caller), events_ptr, count, EVENT_SIZE).is_none() {
         return Ok(ERRNO_FAULT);
     }
     let origin = caller.data().origin;
@@ -396,6 +495,51 @@ fn poll_oneoff(
     Ok(ERRNO_SUCCESS)
 }
 
+/// The guest bytes `[ptr, ptr + count * size)`, or `None` when the range overflows or
+/// leaves the guest's memory.
+pub(super) fn guest_range(memory: &[u8], ptr: i32, count: usize, size: usize) -> Option<&[u8]> {
+    let start = ptr as u32 as usize;
+    let end = start.checked_add(count.checked_mul(size)?)?;
+    memory.get(start..end)
+}
+
+/// `random_get` for workloads: the buffer is checked against guest memory first and
+/// then filled in place from the kernel's CSPRNG, a chunk at a time (a kill is noticed
+/// between chunks); no host buffer of the guest's size is ever allocated.
+fn random_get(mut caller: Caller<'_, WasmState>, buf: i32, len: i32) -> wasmtime::Result<i32> {
+    let Some(memory) = caller.get_export("memory").and_then(|e| e.into_memory()) else {
+        return Ok(ERRNO_INVAL);
+    };
+    let stop = caller.data().stop.clone();
+    let len = len as u32 as usize;
+    let (data, _) = memory.data_and_store_mut(&mut caller);
+    let start = buf as u32 as usize;
+    let Some(dest) = start
+        .checked_add(len)
+        .and_then(|end| data.get_mut(start..end))
+    else {
+        return Ok(ERRNO_FAULT);
+    };
+    for chunk in dest.chunks_mut(RANDOM_CHUNK) {
+        if stop.should_stop() {
+            return Err(wasmtime::Error::msg("interrupted"));
+        }
+        fill_random(chunk)?;
+    }
+    Ok(ERRNO_SUCCESS)
+}
+
+fn fill_random(mut buf: &mut [u8]) -> wasmtime::Result<()> {
+    while !buf.is_empty() {
+        match rustix::rand::getrandom(&mut *buf, rustix::rand::GetRandomFlags::empty()) {
+            Ok(n) => buf = &mut buf[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(wasmtime::Error::msg(format!("getrandom: {e}"))),
+        }
+    }
+    Ok(())
+}
+
 fn le_u64(bytes: &[u8]) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&bytes[..8]);
@@ -474,7 +618,9 @@ impl LinePipe {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn push(&self, bytes: &[u8]) {
+    /// Forward and capture `bytes`; `false` once the capture is over its cap (the
+    /// guest is then stopped: nothing it writes afterwards could be kept).
+    fn push(&self, bytes: &[u8]) -> bool {
         let mut state = self.state();
         let state = &mut *state;
         if let Some((captured, limit)) = state.capture.as_mut() {
@@ -493,6 +639,7 @@ impl LinePipe {
             let line = std::mem::take(&mut state.partial);
             emit(&state.log, &line);
         }
+        !state.overflowed
     }
 
     /// Forward a last line that had no newline.
@@ -545,8 +692,13 @@ impl Pollable for LinePipe {
 
 impl OutputStream for LinePipe {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        self.push(&bytes);
-        Ok(())
+        if self.push(&bytes) {
+            Ok(())
+        } else {
+            Err(StreamError::Trap(wasmtime::Error::msg(
+                "output over its cap",
+            )))
+        }
     }
 
     fn flush(&mut self) -> StreamResult<()> {
@@ -564,8 +716,11 @@ impl tokio::io::AsyncWrite for LinePipe {
         _cx: &mut TaskContext<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        self.push(buf);
-        Poll::Ready(Ok(buf.len()))
+        if self.push(buf) {
+            Poll::Ready(Ok(buf.len()))
+        } else {
+            Poll::Ready(Err(std::io::Error::other("output over its cap")))
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
@@ -585,9 +740,11 @@ const BENCH_MODULE: &str = r#"(module (memory (export "memory") 1) (func (export
 /// with its WASI context and limits, instantiation and the `_start` call. Returns one
 /// duration per iteration. Engine creation and the one compilation are not measured.
 ///
-/// For `vulcan bench`; runs outside the worker pool, so call it from a plain thread.
+/// For `vulcan bench`: runs the engine in the calling process (trusted benchmark code,
+/// not a workload), so call it from a plain thread.
 pub fn bench_cold_wasm(n: usize) -> Result<Vec<Duration>, BackendError> {
     let engine = WasmEngine::new(1)?;
+    engine.start_ticker()?;
     let stop = StopSignal::new(
         crate::backends::CancellationToken::new(),
         Instant::now() + Duration::from_secs(3600),
@@ -598,7 +755,7 @@ pub fn bench_cold_wasm(n: usize) -> Result<Vec<Duration>, BackendError> {
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
         let start = Instant::now();
-        let result = engine.run(BENCH_MODULE.as_bytes(), b"null", 16, &log, &stop)?;
+        let result = engine.run(BENCH_MODULE.as_bytes(), b"null", 16, 1024, &log, &stop)?;
         if let Some(error) = result.error {
             return Err(BackendError::Internal(format!(
                 "benchmark module failed: {error}"
@@ -607,4 +764,113 @@ pub fn bench_cold_wasm(n: usize) -> Result<Vec<Duration>, BackendError> {
         samples.push(start.elapsed());
     }
     Ok(samples)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Guest memory of the test modules: one page.
+    const PAGE: u64 = 65_536;
+
+    fn engine() -> WasmEngine {
+        let engine = WasmEngine::new(0).expect("engine");
+        engine.start_ticker().expect("ticker");
+        engine
+    }
+
+    /// Run a one-page module whose `_start` exits with the errno of `call`.
+    fn errno_of(engine: &WasmEngine, import: &str, call: &str) -> i32 {
+        let wat = format!(
+            r#"(module
+                 {import}
+                 (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+                 (memory (export "memory") 1)
+                 (func (export "_start") (call $exit {call})))"#
+        );
+        let stop = StopSignal::new(
+            crate::backends::CancellationToken::new(),
+            Instant::now() + Duration::from_secs(30),
+        );
+        let r = engine
+            .run(wat.as_bytes(), b"", 1, 1024, &LogSink::discard(), &stop)
+            .expect("runs");
+        r.exit_code.expect("an exit code")
+    }
+
+    fn fits(ptr: i32, bytes: u64) -> bool {
+        u64::from(ptr as u32) + bytes <= PAGE
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(40))]
+
+        #[test]
+        fn guest_ranges_never_overflow_or_leave_memory(
+            ptr in any::<i32>(), count in any::<u32>(), size in 1usize..64, len in 0usize..4096,
+        ) {
+            let memory = vec![0u8; len];
+            let got = guest_range(&memory, ptr, count as usize, size);
+            let end = u128::from(ptr as u32) + u128::from(count) * size as u128;
+            prop_assert_eq!(got.is_some(), end <= len as u128);
+            if let Some(slice) = got {
+                prop_assert_eq!(slice.len() as u128, u128::from(count) * size as u128);
+            }
+        }
+
+        #[test]
+        fn random_get_fills_in_range_buffers_and_faults_on_the_rest(
+            ptr in prop_oneof![0i32..70_000, any::<i32>()],
+            len in prop_oneof![0i32..70_000, any::<i32>()],
+        ) {
+            let engine = engine();
+            let errno = errno_of(
+                &engine,
+                r#"(import "wasi_snapshot_preview1" "random_get" (func $f (param i32 i32) (result i32)))"#,
+                &format!("(call $f (i32.const {ptr}) (i32.const {len}))"),
+            );
+            let expected = if fits(ptr, u64::from(len as u32)) { ERRNO_SUCCESS } else { ERRNO_FAULT };
+            prop_assert_eq!(errno, expected);
+        }
+
+        #[test]
+        fn poll_oneoff_checks_every_range_before_allocating(
+            subs in prop_oneof![0i32..70_000, any::<i32>()],
+            events in prop_oneof![0i32..70_000, any::<i32>()],
+            n in prop_oneof![0i32..1400, any::<i32>()],
+            nevents in prop_oneof![0i32..70_000, any::<i32>()],
+        ) {
+            let engine = engine();
+            let errno = errno_of(
+                &engine,
+                r#"(import "wasi_snapshot_preview1" "poll_oneoff" (func $f (param i32 i32 i32 i32) (result i32)))"#,
+                &format!("(call $f (i32.const {subs}) (i32.const {events}) (i32.const {n}) (i32.const {nevents}))"),
+            );
+            let count = u64::from(n as u32);
+            // Zeroed subscriptions are relative realtime clocks of 0 ns: all ready at once.
+            let expected = if count == 0 {
+                ERRNO_INVAL
+            } else if !fits(subs, count * SUBSCRIPTION_SIZE as u64)
+                || !fits(events, count * EVENT_SIZE as u64)
+                || !fits(nevents, 4)
+            {
+                ERRNO_FAULT
+            } else {
+                ERRNO_SUCCESS
+            };
+            prop_assert_eq!(errno, expected);
+        }
+    }
+
+    #[test]
+    fn memories_and_tables_share_one_budget() {
+        let mut limits = InstanceLimits::new(1000);
+        assert!(limits.memory_growing(0, 600, None).expect("ok"));
+        // 25 table elements are 400 bytes: exactly the rest.
+        assert!(limits.table_growing(0, 25, None).expect("ok"));
+        assert!(!limits.memory_growing(600, 601, None).expect("ok"));
+        assert!(!limits.table_growing(25, 26, None).expect("ok"));
+        assert!(!limits.memory_growing(0, usize::MAX, None).expect("ok"));
+    }
 }

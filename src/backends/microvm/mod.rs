@@ -51,8 +51,8 @@ use super::gvisor::cgroup as shared_cgroup;
 use super::gvisor::runsc::pump;
 use super::gvisor::{command_line, entry_file, environment, Toolchains};
 use super::{
-    Backend, BackendCapabilities, BackendError, BackendHealth, ExecContext, WorkloadResult,
-    WorkloadSpec,
+    output_exceeds, Backend, BackendCapabilities, BackendError, BackendHealth, ExecContext,
+    WorkloadResult, WorkloadSpec,
 };
 use crate::model::{Isolation, Payload, Runtime, WorkloadId};
 
@@ -88,8 +88,6 @@ pub struct MicrovmConfig {
     pub probe_timeout_s: u64,
     /// Between SIGTERM and SIGKILL when a VM is stopped, in milliseconds.
     pub stop_grace_ms: u64,
-    /// Most stdout bytes kept as the result; a run printing more fails.
-    pub max_output_bytes: usize,
     /// Largest unpacked size of a code archive, in bytes (it also sizes guest RAM).
     pub max_archive_bytes: u64,
     /// Most entries in a code archive.
@@ -519,11 +517,7 @@ impl Inner {
 
         let (mut out_w, out_r) = tokio::io::duplex(64 * 1024);
         let (mut err_w, err_r) = tokio::io::duplex(64 * 1024);
-        let out_task = tokio::spawn(pump(
-            out_r,
-            ctx.log.clone(),
-            Some(self.cfg.max_output_bytes),
-        ));
+        let out_task = tokio::spawn(pump(out_r, ctx.log.clone(), Some(spec.max_output_bytes)));
         let err_task = tokio::spawn(pump(err_r, ctx.log.clone(), None));
 
         let deadline = tokio::time::Instant::from_std(ctx.deadline);
@@ -582,7 +576,12 @@ impl Inner {
 
         let mut result = WorkloadResult {
             exit_code: None,
-            output: collected.bytes,
+            // Over the cap the workload fails, and nothing of its output is kept.
+            output: if collected.truncated {
+                Vec::new()
+            } else {
+                collected.bytes
+            },
             error: None,
             duration_ms,
         };
@@ -603,10 +602,7 @@ impl Inner {
                 } else if exit_code != 0 {
                     Some(format!("exited with code {exit_code}"))
                 } else if collected.truncated {
-                    Some(format!(
-                        "output exceeded the limit of {} bytes",
-                        self.cfg.max_output_bytes
-                    ))
+                    Some(output_exceeds(spec.max_output_bytes))
                 } else {
                     None
                 };

@@ -21,6 +21,7 @@ fn spec(payload: Payload) -> WorkloadSpec {
         cpus: 1,
         mem_mb: 128,
         timeout: Duration::from_secs(30),
+        max_output_bytes: Config::defaults().unwrap().max_output_bytes,
     }
 }
 

@@ -1,24 +1,38 @@
-//! The isolate backend through the [`Backend`] trait, with the real engines.
+//! The isolate backend through the [`Backend`] trait, with the real engines in real
+//! worker processes (the `vulcan` binary Cargo built for these tests).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use vulcan::backends::isolate::{bench_cold_js, bench_cold_wasm, IsolateBackend};
+use vulcan::backends::{
+    Backend, BackendError, BackendHealth, ExecContext, LogSink, WorkloadResult, WorkloadSpec,
+};
+use vulcan::config::Config;
+use vulcan::model::{Isolation, Payload, Runtime, WorkloadId};
 
-use super::*;
-use crate::backends::LogSink;
+fn config(max_concurrency: usize) -> Config {
+    Config::load_from(HashMap::from([
+        (
+            "VULCAN_BACKENDS__ISOLATE__MAX_CONCURRENCY".to_string(),
+            max_concurrency.to_string(),
+        ),
+        (
+            "VULCAN_BACKENDS__ISOLATE__WORKER_PATH".to_string(),
+            env!("CARGO_BIN_EXE_vulcan").to_string(),
+        ),
+        (
+            "VULCAN_BACKENDS__ISOLATE__WASM_MODULE_CACHE".to_string(),
+            "8".to_string(),
+        ),
+    ]))
+    .expect("config")
+}
 
 fn backend(max_concurrency: usize) -> IsolateBackend {
-    let defaults = crate::config::Config::defaults()
-        .expect("defaults")
-        .backends
-        .isolate;
-    IsolateBackend::new(&IsolateConfig {
-        max_concurrency,
-        wasm_module_cache: 8,
-        ..defaults
-    })
-    .expect("backend starts")
+    IsolateBackend::new(&config(max_concurrency)).expect("backend starts")
 }
 
 fn spec(runtime: Runtime, payload: Payload, input: Value, mem_mb: u32) -> WorkloadSpec {
@@ -31,6 +45,7 @@ fn spec(runtime: Runtime, payload: Payload, input: Value, mem_mb: u32) -> Worklo
         cpus: 1,
         mem_mb,
         timeout: Duration::from_secs(10),
+        max_output_bytes: config(1).max_output_bytes,
     }
 }
 
@@ -252,15 +267,16 @@ async fn kill_stops_loops_and_frees_the_workers() {
         "{:?}",
         start.elapsed()
     );
-    // Both workers are free again.
+    // Both workers are free again (no replacement was needed: they stopped in time).
     for _ in 0..2 {
         let r = run_ok(&b, js("1 + 1", Value::Null)).await;
         assert_eq!(output_json(&r), json!(2));
     }
+    assert_eq!(b.process_report().worker_restarts, 0);
 }
 
 #[tokio::test]
-async fn a_memory_bomb_fails_with_out_of_memory_and_the_thread_recovers() {
+async fn a_memory_bomb_fails_with_out_of_memory_and_the_worker_recovers() {
     let b = backend(1);
     let bomb = "const chunks = [];\n\
                 for (let i = 0; i < 32; i++) chunks.push(new Uint8Array(1024 * 1024).fill(1));\n\
@@ -668,8 +684,8 @@ async fn a_wasm_trap_is_a_failed_result() {
 
 // ---------------------------------------------------------------- contract & bench
 
-#[test]
-fn capabilities_and_health() {
+#[tokio::test]
+async fn capabilities_and_health() {
     let b = backend(3);
     let caps = b.capabilities();
     assert_eq!(caps.name, "isolate");
@@ -695,4 +711,59 @@ fn cold_start_benchmarks_produce_samples() {
         median(js),
         median(wasm)
     );
+}
+
+#[tokio::test]
+async fn an_output_above_the_cap_fails_the_workload() {
+    let b = backend(1);
+    let mut s = js("export default () => 'x'.repeat(2000)", Value::Null);
+    s.max_output_bytes = 2002;
+    let r = run_ok(&b, s).await;
+    assert_eq!(r.error, None);
+    assert_eq!(r.output.len(), 2002, "a result of exactly the cap is fine");
+    let mut s = js("export default () => 'x'.repeat(2001)", Value::Null);
+    s.max_output_bytes = 2002;
+    let r = run_ok(&b, s).await;
+    assert_eq!(r.error.as_deref(), Some("output exceeds 2002 bytes"));
+    assert!(r.output.is_empty());
+    let mut s = wat(
+        r#"(module
+             (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+             (memory (export "memory") 1)
+             (func (export "_start")
+               (i32.store (i32.const 0) (i32.const 64))
+               (i32.store (i32.const 4) (i32.const 600))
+               (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+               (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
+        Value::Null,
+    );
+    s.max_output_bytes = 1000;
+    let r = run_ok(&b, s).await;
+    assert_eq!(r.error.as_deref(), Some("output exceeds 1000 bytes"));
+    assert!(r.output.is_empty());
+}
+
+#[tokio::test]
+async fn a_native_call_that_ignores_the_interrupt_costs_its_worker() {
+    let b = backend(1);
+    let code = "const hay = 'a'.repeat(4000000); hay.indexOf('a'.repeat(200000) + 'b')";
+    let start = Instant::now();
+    let r = run(&b, js(code, Value::Null), Duration::from_millis(300)).await;
+    assert_eq!(r, Err(BackendError::Cancelled));
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        start.elapsed()
+    );
+    let details = b.process_report();
+    assert_eq!(details.worker_restarts, 1, "{details:?}");
+    assert!(
+        details.workers[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("did not stop")),
+        "{details:?}"
+    );
+    let r = run_ok(&b, js("'replaced'", Value::Null)).await;
+    assert_eq!(output_json(&r), json!("replaced"));
 }
