@@ -28,6 +28,8 @@ pub struct Workload {
     /// `sha256:` of payload and input.
     pub input_hash: String,
     /// The result (JSON if the backend's bytes parse, else a string); `null` until terminal.
+    // Any JSON value or null (a `oneOf` of null and "any" would match null twice).
+    #[schema(value_type = Option<serde_json::Value>)]
     pub output: Option<Output>,
     /// Process exit code where the backend has one.
     pub exit_code: Option<i32>,
