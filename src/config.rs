@@ -86,6 +86,8 @@ pub struct Config {
     pub max_output_bytes: usize,
     /// Seconds graceful shutdown waits for in-flight work before exiting.
     pub shutdown_timeout_s: u64,
+    /// Cross-origin access from browsers.
+    pub cors: CorsConfig,
     /// Log streaming limits.
     pub logs: LogsConfig,
     /// Store tuning.
@@ -102,6 +104,38 @@ pub struct Config {
     pub ignored_env: Vec<String>,
     /// Completion webhooks.
     pub webhooks: WebhooksConfig,
+}
+
+/// `[cors]`: which other origins' pages may call the API.
+///
+/// Invariant (checked at load): every entry is a bare origin, `scheme://host[:port]`
+/// with scheme http or https, exactly as a browser sends it in `Origin`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Origins allowed; empty = same origin only.
+    pub allowed_origins: Vec<String>,
+    /// Seconds a browser may cache a preflight answer.
+    pub max_age_s: u64,
+}
+
+impl CorsConfig {
+    /// Every entry must be an origin as browsers serialise it, or the match against
+    /// `Origin` would silently never succeed (a trailing slash, a path, upper case).
+    fn validate(&self) -> Result<(), String> {
+        for origin in &self.allowed_origins {
+            let parsed = url::Url::parse(origin)
+                .map_err(|e| format!("cors.allowed_origins: {origin:?} is not an origin: {e}"))?;
+            let serialised = parsed.origin().ascii_serialization();
+            if !matches!(parsed.scheme(), "http" | "https") || serialised != *origin {
+                return Err(format!(
+                    "cors.allowed_origins: {origin:?} is not an origin; write it as \
+                     scheme://host[:port] with no path, e.g. {serialised:?}"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[logs]`: limits of the log pipeline.
@@ -330,6 +364,7 @@ impl Config {
             )));
         }
         self.webhooks.validate().map_err(ConfigError)?;
+        self.cors.validate().map_err(ConfigError)?;
         Ok(())
     }
 
@@ -586,6 +621,38 @@ mod tests {
         let err = Config::load_from(env(&[("VULCAN_WEBHOOKS__MAX_ATTEMPTS", "0")]))
             .expect_err("zero attempts");
         assert!(err.to_string().contains("max_attempts"), "{err}");
+    }
+
+    #[test]
+    fn cors_origins_must_be_bare_origins() {
+        let defaults = Config::load_from(HashMap::new()).expect("defaults");
+        assert!(defaults.cors.allowed_origins.is_empty(), "same origin only");
+        let c = Config::load_from(env(&[(
+            "VULCAN_CORS__ALLOWED_ORIGINS",
+            "https://ops.example.com,http://127.0.0.1:3000",
+        )]))
+        .expect("origins");
+        assert_eq!(
+            c.cors.allowed_origins,
+            vec!["https://ops.example.com", "http://127.0.0.1:3000"]
+        );
+        for bad in [
+            "https://ops.example.com/",
+            "https://ops.example.com/dash",
+            "HTTPS://Ops.example.com",
+            "https://ops.example.com:443",
+            "ops.example.com",
+            "*",
+            "null",
+            "file:///tmp/x",
+        ] {
+            let err =
+                Config::load_from(env(&[("VULCAN_CORS__ALLOWED_ORIGINS", bad)])).expect_err(bad);
+            assert!(
+                err.to_string().contains("cors.allowed_origins"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -254,8 +254,11 @@ impl Application {
             );
         }
         let shutdown_timeout = Duration::from_secs(config.shutdown_timeout_s);
+        let cors = config.cors.clone();
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(api::cors(&cors))
+                .wrap(from_fn(api::cors_errors))
                 .wrap(from_fn(api::track))
                 .wrap(Logger::new("%a \"%r\" %s %b %Dms"))
                 .configure(|cfg| api::configure(cfg, state.clone()))

@@ -747,7 +747,10 @@ async fn wait_dead(pid: u32) {
         if dead {
             return;
         }
-        assert!(start.elapsed() < SOON, "worker {pid} still alive after SIGKILL");
+        assert!(
+            start.elapsed() < SOON,
+            "worker {pid} still alive after SIGKILL"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

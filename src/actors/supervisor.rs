@@ -66,7 +66,7 @@ pub enum SubmitOutcome {
 }
 
 /// One entry of `GET /v1/backends`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct BackendInfo {
     /// Registry name.
     pub name: String,
@@ -88,11 +88,12 @@ pub struct BackendInfo {
     /// Protections that could not be applied on this host (empty when all hold).
     pub limitations: Vec<String>,
     /// Technology-specific facts ([`Backend::details`]); `{}` when there are none.
+    #[schema(value_type = Object)]
     pub details: serde_json::Map<String, serde_json::Value>,
 }
 
 /// One entry of `GET /v1/system/actors`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ActorInfo {
     /// Actor name (`store`, `log_broker`, `supervisor`, `backend:<name>`, and
     /// `worker:<backend>/<slot>` for a backend's worker processes).

@@ -3,8 +3,10 @@
 
 use actix_web::{web, HttpResponse};
 
+use super::error::ErrorBody;
 use super::{ok_json, parse_id, ApiError, AppState, Endpoint};
 use crate::actors::store::GetDeliveries;
+use crate::model::{Deliveries, WorkloadId};
 
 pub(super) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -14,6 +16,17 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
     );
 }
 
+/// The completion webhook of a workload and every attempt to deliver it.
+#[utoipa::path(
+    get,
+    path = "/v1/workloads/{id}/deliveries",
+    tag = "workloads",
+    params(("id" = WorkloadId, Path, description = "The workload id")),
+    responses(
+        (status = 200, description = "The delivery (all fields null and no attempts without a callback_url)", body = Deliveries),
+        (status = 404, description = "Unknown id", body = ErrorBody),
+    )
+)]
 async fn list(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id)?;
     Ok(ok_json(&state.store.send(GetDeliveries(id)).await??))

@@ -58,8 +58,10 @@ pub enum ApiError {
     Internal(String),
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// The body of every error answer (the OpenAPI document's `ErrorBody`).
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ErrorBody<'a> {
+    /// A sentence for a human; never a host path, SQL or a stack.
     error: &'a str,
 }
 
@@ -97,7 +99,7 @@ impl ResponseError for ApiError {
             }
             _ => {}
         }
-        res.json(Body { error: &message })
+        res.json(ErrorBody { error: &message })
     }
 }
 

@@ -2,11 +2,12 @@
 
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
+use super::error::ErrorBody;
 use super::{ok_json, ApiError, AppState, Endpoint};
 use crate::actors::images::{ListImages, PullImage, RemoveImage};
+use crate::images::{ImageInfo, ImageList};
 use crate::model::{is_sha256_digest, ImageRef};
 
 pub(super) fn routes(cfg: &mut web::ServiceConfig) {
@@ -15,13 +16,35 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 /// The body of `POST /v1/images`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PullRequest {
     /// The image reference to pull.
     image: Option<String>,
 }
 
+/// What `POST /v1/images` answers: the pull runs in the background.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct PullStarted {
+    /// The normalised reference.
+    reference: String,
+    /// Always `pulling`.
+    status: &'static str,
+}
+
+/// Pull an image into the store (in the background).
+#[utoipa::path(
+    post,
+    path = "/v1/images",
+    tag = "images",
+    request_body = PullRequest,
+    responses(
+        (status = 202, description = "The pull started (or was already running)", body = PullStarted),
+        (status = 400, description = "No or a bad reference", body = ErrorBody),
+        (status = 415, description = "Content-Type is not JSON", body = ErrorBody),
+        (status = 422, description = "The image store is not available on this server", body = ErrorBody),
+    )
+)]
 async fn pull(
     state: web::Data<AppState>,
     body: web::Json<PullRequest>,
@@ -35,13 +58,39 @@ async fn pull(
     state.images.send(PullImage(reference)).await??;
     Ok(HttpResponse::Accepted()
         .insert_header((header::LOCATION, "/v1/images"))
-        .json(json!({"reference": key, "status": "pulling"})))
+        .json(PullStarted {
+            reference: key,
+            status: "pulling",
+        }))
 }
 
+/// The images in the store, the pulls in progress and the disk use.
+#[utoipa::path(
+    get,
+    path = "/v1/images",
+    tag = "images",
+    responses(
+        (status = 200, description = "The store", body = ImageList),
+        (status = 422, description = "The image store is not available on this server", body = ErrorBody),
+    )
+)]
 async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     Ok(ok_json(&state.images.send(ListImages).await??))
 }
 
+/// Remove an image no workload holds.
+#[utoipa::path(
+    delete,
+    path = "/v1/images/{digest}",
+    tag = "images",
+    params(("digest" = String, Path, description = "sha256:<64 hex digits>")),
+    responses(
+        (status = 200, description = "The removed image", body = ImageInfo),
+        (status = 404, description = "Not in the store", body = ErrorBody),
+        (status = 409, description = "A workload holds it", body = ErrorBody),
+        (status = 422, description = "The image store is not available on this server", body = ErrorBody),
+    )
+)]
 async fn remove(
     state: web::Data<AppState>,
     digest: web::Path<String>,

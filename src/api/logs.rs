@@ -12,6 +12,7 @@ use futures_util::stream::{self, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use super::error::ErrorBody;
 use super::{ok_json, parse_id, ApiError, AppState, Endpoint};
 use crate::actors::log_broker::{CloseProvisional, LogBroker, LogEvent, Subscribe, Unsubscribe};
 use crate::actors::store::{Flush, GetLogs, GetWorkload, StoreActor};
@@ -50,21 +51,39 @@ fn seq(what: &str, raw: &str) -> Result<i64, ApiError> {
 }
 
 /// Query of `/logs/history`; unknown parameters are rejected like unknown body fields.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct HistoryParams {
+    /// Only lines with a larger seq.
+    #[param(value_type = Option<i64>, minimum = 0)]
     after: Option<String>,
+    /// Most lines answered, 1..=10000 (default 1000).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 10000)]
     limit: Option<String>,
 }
 
-#[derive(Serialize)]
-struct History {
+/// A page of recorded log lines, in seq order.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct History {
     workload_id: WorkloadId,
     lines: Vec<LogLine>,
     /// The last seq returned when the page is full (more may follow), else null.
     next_after: Option<u64>,
 }
 
+/// Recorded log lines, paged by seq.
+#[utoipa::path(
+    get,
+    path = "/v1/workloads/{id}/logs/history",
+    tag = "logs",
+    params(("id" = WorkloadId, Path, description = "The workload id"), HistoryParams),
+    responses(
+        (status = 200, description = "A page of lines", body = History),
+        (status = 400, description = "A bad after or limit", body = ErrorBody),
+        (status = 404, description = "Unknown id", body = ErrorBody),
+    )
+)]
 async fn history(
     state: web::Data<AppState>,
     id: web::Path<String>,
@@ -291,6 +310,23 @@ async fn plan(state: &AppState, id: WorkloadId, after: Option<i64>) -> Result<Pl
     ))))
 }
 
+/// The log as Server-Sent Events: every recorded line (after `Last-Event-ID`), then
+/// live lines, then one `done` event whose data is the terminal status.
+#[utoipa::path(
+    get,
+    path = "/v1/workloads/{id}/logs",
+    tag = "logs",
+    params(
+        ("id" = WorkloadId, Path, description = "The workload id"),
+        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this seq (what an EventSource sends on reconnect)"),
+    ),
+    responses(
+        (status = 200, description = "An event stream: `id: <seq>` + `data: <line>` per line, `: keep-alive` comments when idle, and finally `event: done` with the status as data and the next seq as id", content_type = "text/event-stream", body = String),
+        (status = 204, description = "The workload is terminal and nothing is left after Last-Event-ID (an EventSource stops reconnecting)"),
+        (status = 400, description = "A bad Last-Event-ID", body = ErrorBody),
+        (status = 404, description = "Unknown id", body = ErrorBody),
+    )
+)]
 async fn stream_logs(
     state: web::Data<AppState>,
     id: web::Path<String>,

@@ -2,17 +2,23 @@
 //! actors; they never touch the database or a backend themselves.
 //!
 //! Every route is declared through [`Endpoint`], so every GET route also answers HEAD
-//! and every other method gets 405 with `Allow`. `/v1/*` is guarded by the bearer
-//! token, or, without a token, by the `Host` check against DNS rebinding.
+//! and every other method gets 405 with `Allow`, and [`route_table`] can list them.
+//! `/v1/*` is guarded by the bearer token, or, without a token, by the `Host` check
+//! against DNS rebinding. `/`, `/ui/*`, `/openapi.json`, `/healthz` and `/metrics` hold
+//! no workload data and are not guarded.
 
 mod backends;
+mod dashboard;
 mod deliveries;
 pub mod error;
 mod images;
 mod logs;
+pub mod openapi;
 mod system;
 mod workloads;
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,7 +39,7 @@ use crate::actors::log_broker::LogBroker;
 use crate::actors::store::{StoreActor, StoreHealth};
 use crate::actors::supervisor::Supervisor;
 use crate::actors::Restarts;
-use crate::config::Secret;
+use crate::config::{CorsConfig, Secret};
 use crate::metrics::Metrics;
 use crate::model::{Limits, WorkloadId};
 use crate::webhooks::policy::CallbackPolicy;
@@ -105,33 +111,135 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
         .app_data(query)
         .app_data(path)
         .app_data(web::PayloadConfig::default().limit(state.max_body_bytes))
-        .service(Endpoint::new("/healthz").get(system::healthz).build())
+        .configure(routes)
+        .default_service(web::to(not_found));
+}
+
+/// The API's prefix, behind the guard.
+const V1: &str = "/v1";
+
+/// Every route (without app data: [`route_table`] builds them without a server).
+fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(Endpoint::new("/healthz").get(system::healthz).build())
         .service(Endpoint::new("/readyz").get(system::readyz).build())
         .service(Endpoint::new("/metrics").get(system::metrics).build())
         .service(
-            web::scope("/v1")
-                .wrap(from_fn(guard))
-                .configure(workloads::routes)
-                .configure(deliveries::routes)
-                .configure(logs::routes)
-                .configure(backends::routes)
-                .configure(images::routes)
-                .configure(system::routes),
+            Endpoint::new("/openapi.json")
+                .get(openapi::document)
+                .build(),
         )
-        .default_service(web::to(not_found));
+        .configure(dashboard::routes)
+        .service(web::scope(V1).wrap(from_fn(guard)).configure(|cfg| {
+            under(V1, || {
+                workloads::routes(cfg);
+                deliveries::routes(cfg);
+                logs::routes(cfg);
+                backends::routes(cfg);
+                images::routes(cfg);
+                system::routes(cfg);
+            })
+        }));
+}
+
+thread_local! {
+    /// The scope prefix of the routes being declared (scopes are configured
+    /// synchronously, on the thread building the app).
+    static PREFIX: RefCell<&'static str> = const { RefCell::new("") };
+    /// While [`route_table`] runs: every full path declared, with its methods.
+    static RECORDING: RefCell<Option<BTreeMap<String, Vec<&'static str>>>> =
+        const { RefCell::new(None) };
+}
+
+/// Declare the routes of `f` under the scope `prefix`.
+fn under(prefix: &'static str, f: impl FnOnce()) {
+    let outer = PREFIX.with(|p| p.replace(prefix));
+    f();
+    PREFIX.with(|p| *p.borrow_mut() = outer);
+}
+
+/// Every route the app serves: full path pattern (`/v1/workloads/{id}`) → methods
+/// (GET routes list HEAD too). Read from the same declarations the server is built
+/// from, so it cannot drift from what is served (the OpenAPI test compares the two).
+pub fn route_table() -> BTreeMap<String, Vec<&'static str>> {
+    RECORDING.with(|r| *r.borrow_mut() = Some(BTreeMap::new()));
+    let _app = actix_web::App::new().configure(routes);
+    RECORDING
+        .with(|r| r.borrow_mut().take())
+        .unwrap_or_default()
+}
+
+/// The CORS layer for `cfg`. It wraps the whole app, outside the `/v1` guard: a
+/// preflight carries no credentials, so it must be answered before the token check,
+/// and a 401 must carry CORS headers for the page to see it.
+///
+/// An origin not listed is never blocked by this layer (the browser does it: the
+/// answer has no `Access-Control-Allow-Origin`, and a preflight is refused), so
+/// same-origin requests, which browsers also send with `Origin`, pass untouched.
+pub fn cors(cfg: &CorsConfig) -> actix_cors::Cors {
+    let mut cors = actix_cors::Cors::default()
+        .allowed_methods([Method::GET, Method::HEAD, Method::POST, Method::DELETE])
+        .allowed_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::HeaderName::from_static("last-event-id"),
+            header::HeaderName::from_static(workloads::IDEMPOTENCY_KEY),
+        ])
+        .expose_headers([
+            header::LOCATION,
+            header::RETRY_AFTER,
+            header::HeaderName::from_static(workloads::IDEMPOTENT_REPLAYED),
+        ])
+        .max_age(usize::try_from(cfg.max_age_s).unwrap_or(usize::MAX))
+        .block_on_origin_mismatch(false);
+    // Validated at load (`CorsConfig`): each entry is a bare origin.
+    for origin in &cfg.allowed_origins {
+        cors = cors.allowed_origin(origin);
+    }
+    cors
+}
+
+/// actix-cors answers a refused preflight in plain text; every error of the API is
+/// JSON, so the refusal is re-expressed here (same 400, actix-cors' reason). Wraps the
+/// CORS layer.
+pub async fn cors_errors(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let res = next.call(req).await?;
+    let refusal = res
+        .response()
+        .error()
+        .and_then(|e| e.as_error::<actix_cors::CorsError>())
+        .map(|e| format!("cross-origin request refused: {e}"));
+    match refusal {
+        Some(message) => {
+            let (req, _) = res.into_parts();
+            let answer = ApiError::BadRequest(message).error_response();
+            Ok(ServiceResponse::new(req, answer).map_into_right_body())
+        }
+        None => Ok(res.map_into_left_body()),
+    }
 }
 
 /// One route path and its methods. GET also answers HEAD (same handler: the server
 /// sends headers only); any other method gets 405 with `Allow` listing the methods.
 pub(crate) struct Endpoint {
+    path: String,
     resource: actix_web::Resource,
     allow: Vec<&'static str>,
 }
 
 impl Endpoint {
-    /// A path with no methods yet.
+    /// A path with no methods yet (relative to the enclosing scope).
     pub(crate) fn new(path: &str) -> Self {
+        RECORDING.with(|r| {
+            if let Some(table) = r.borrow_mut().as_mut() {
+                let full = PREFIX.with(|p| format!("{}{path}", p.borrow()));
+                table.entry(full).or_default();
+            }
+        });
         Self {
+            path: path.to_string(),
             resource: web::resource(path),
             allow: Vec::new(),
         }
@@ -149,6 +257,15 @@ impl Endpoint {
                 .route(web::method(method.clone()).to(handler.clone()));
             self.allow.push(name);
         }
+        RECORDING.with(|r| {
+            if let Some(table) = r.borrow_mut().as_mut() {
+                let full = PREFIX.with(|p| format!("{}{}", p.borrow(), self.path));
+                table
+                    .entry(full)
+                    .or_default()
+                    .extend(methods.iter().map(|(_, name)| *name));
+            }
+        });
         self
     }
 

@@ -5,6 +5,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
+use super::error::ErrorBody;
 use super::{ok_json, parse_id, ApiError, AppState, Endpoint};
 use crate::actors::store::{FindIdempotencyKey, GetWorkload, ListWorkloads};
 use crate::actors::supervisor::{
@@ -12,14 +13,15 @@ use crate::actors::supervisor::{
 };
 use crate::config::Secret;
 use crate::model::{
-    IdempotencyKey, IdempotencyRecord, SubmitKind, Workload, WorkloadRequest, WorkloadRequestDto,
+    IdempotencyKey, IdempotencyRecord, Isolation, Runtime, Status, SubmitKind, Workload,
+    WorkloadId, WorkloadRequest, WorkloadRequestDto,
 };
 use crate::store::ListQuery;
 
 /// The request header naming a client's idempotency key.
-const IDEMPOTENCY_KEY: &str = "idempotency-key";
+pub(super) const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// The response header marking an answer replayed for an idempotency key.
-const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+pub(super) const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
 pub(super) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -144,6 +146,24 @@ async fn terminal(
     Ok(state.store.send(GetWorkload(id)).await??)
 }
 
+/// Run a workload and answer when it is terminal.
+#[utoipa::path(
+    post,
+    path = "/v1/workloads",
+    tag = "workloads",
+    request_body = WorkloadRequestDto,
+    params(IdempotencyHeader),
+    responses(
+        (status = 200, description = "The terminal workload (completed, failed or killed)", body = Workload,
+            headers(("Idempotent-Replayed" = String, description = "`true` when answered for an earlier request with the same Idempotency-Key"))),
+        (status = 400, description = "Invalid body (the message names the field)", body = ErrorBody),
+        (status = 413, description = "Body above max_body_bytes", body = ErrorBody),
+        (status = 415, description = "Content-Type is not JSON", body = ErrorBody),
+        (status = 422, description = "No backend can place it, or the Idempotency-Key was used for another request", body = ErrorBody),
+        (status = 429, description = "Queue full; Retry-After says when to retry", body = ErrorBody),
+        (status = 503, description = "Shutting down", body = ErrorBody),
+    )
+)]
 async fn submit_sync(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -170,6 +190,26 @@ async fn submit_sync(
     }
 }
 
+/// Accept a workload and answer at once.
+#[utoipa::path(
+    post,
+    path = "/v1/workloads/async",
+    tag = "workloads",
+    request_body = WorkloadRequestDto,
+    params(IdempotencyHeader),
+    responses(
+        (status = 202, description = "Accepted (status pending); Location names it", body = Workload,
+            headers(
+                ("Location" = String, description = "/v1/workloads/{id}"),
+                ("Idempotent-Replayed" = String, description = "`true` when answered for an earlier request with the same Idempotency-Key"))),
+        (status = 400, description = "Invalid body (the message names the field)", body = ErrorBody),
+        (status = 413, description = "Body above max_body_bytes", body = ErrorBody),
+        (status = 415, description = "Content-Type is not JSON", body = ErrorBody),
+        (status = 422, description = "No backend can place it, or the Idempotency-Key was used for another request", body = ErrorBody),
+        (status = 429, description = "Queue full; Retry-After says when to retry", body = ErrorBody),
+        (status = 503, description = "Shutting down", body = ErrorBody),
+    )
+)]
 async fn submit_async(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -190,30 +230,79 @@ async fn submit_async(
     Ok(res.json(&w))
 }
 
+/// One workload.
+#[utoipa::path(
+    get,
+    path = "/v1/workloads/{id}",
+    tag = "workloads",
+    params(("id" = WorkloadId, Path, description = "The workload id")),
+    responses(
+        (status = 200, description = "The workload", body = Workload),
+        (status = 404, description = "Unknown id", body = ErrorBody),
+    )
+)]
 async fn get(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id)?;
     Ok(ok_json(&state.store.send(GetWorkload(id)).await??))
 }
 
+/// Kill a pending or running workload.
+#[utoipa::path(
+    delete,
+    path = "/v1/workloads/{id}",
+    tag = "workloads",
+    params(("id" = WorkloadId, Path, description = "The workload id")),
+    responses(
+        (status = 200, description = "The workload, now killed", body = Workload),
+        (status = 404, description = "Unknown id", body = ErrorBody),
+        (status = 409, description = "Already terminal", body = ErrorBody),
+    )
+)]
 async fn kill(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id)?;
     Ok(ok_json(&state.supervisor.send(KillWorkload(id)).await??))
 }
 
 /// Query parameters of the listing; unknown ones are rejected like unknown body fields.
-#[derive(Debug, Deserialize)]
+/// Read as text and checked in [`ListQuery::try_from`] (one message per rule); the
+/// `param` types are what the document promises.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListParams {
+    /// Page size, 1..=100 (default 20).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     limit: Option<String>,
+    /// Rows skipped (default 0).
+    #[param(value_type = Option<i64>, minimum = 0)]
     offset: Option<String>,
+    /// Only this status.
+    #[param(value_type = Option<Status>)]
     status: Option<String>,
+    /// Only this isolation class.
+    #[param(value_type = Option<Isolation>)]
     isolation: Option<String>,
+    /// Only this runtime.
+    #[param(value_type = Option<Runtime>)]
     runtime: Option<String>,
 }
 
-#[derive(Serialize)]
-struct Page {
+/// The `Idempotency-Key` request header of submissions.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // Read from the request headers; this type only documents it.
+struct IdempotencyHeader {
+    /// A client's key (1..=255 visible ASCII characters): a retry with the same key
+    /// and body within idempotency_ttl_s answers the same workload.
+    #[param(rename = "Idempotency-Key")]
+    idempotency_key: Option<String>,
+}
+
+/// A page of the listing, newest first.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Page {
     workloads: Vec<Workload>,
+    /// Every workload matching the filters.
     total: u64,
     limit: i64,
     offset: i64,
@@ -269,6 +358,17 @@ impl TryFrom<ListParams> for ListQuery {
     }
 }
 
+/// List workloads, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/workloads",
+    tag = "workloads",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of workloads", body = Page),
+        (status = 400, description = "A bad query value or an unknown parameter", body = ErrorBody),
+    )
+)]
 async fn list(
     state: web::Data<AppState>,
     params: web::Query<ListParams>,

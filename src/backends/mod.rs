@@ -22,7 +22,7 @@ pub mod microvm;
 
 /// What a backend can run. Reported by [`Backend::capabilities`] and listed by
 /// `GET /v1/backends`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct BackendCapabilities {
     /// Registry name, unique per server (e.g. `isolate`).
     pub name: String,

@@ -111,7 +111,7 @@ pub enum RemoveError {
 }
 
 /// One entry of `GET /v1/images`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImageInfo {
     /// The manifest digest (`sha256:…`), the image's identity.
     pub digest: String,
@@ -128,7 +128,7 @@ pub struct ImageInfo {
 }
 
 /// `GET /v1/images`: the images, the pulls in progress and the disk use.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImageList {
     /// Images, most recently used first.
     pub images: Vec<ImageInfo>,

@@ -11,7 +11,7 @@ use super::WorkloadId;
 ///
 /// Invariant: `Pending` → `Delivered` (a 2xx answer) or `Failed` (the last attempt
 /// failed); nothing leaves `Delivered` or `Failed`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryState {
     /// Attempts remain; the next one is due at `next_attempt_at`.
@@ -56,7 +56,7 @@ impl FromStr for DeliveryState {
 ///
 /// Invariant: `status_code` is set when the receiver answered, `error` when the attempt
 /// did not end with a 2xx; `next_attempt_at` is set when another attempt was scheduled.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeliveryAttempt {
     /// 1 for the first attempt, without gaps.
     pub attempt: u32,
@@ -81,7 +81,7 @@ pub struct DeliveryAttempt {
 /// Invariant: `delivery_id`, `state` are set exactly when a delivery exists (the
 /// workload has a `callback_url` and reached a terminal status); `attempts` is in
 /// attempt order and never null.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Deliveries {
     /// The workload.
     pub workload_id: WorkloadId,

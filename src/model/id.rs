@@ -7,8 +7,21 @@ use serde::{Deserialize, Serialize};
 ///
 /// Invariant: always a valid 26-character Crockford base32 ULID; parsing anything else
 /// fails, so an id taken from a URL can be used without further checks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(try_from = "String", into = "String")]
+#[schema(value_type = String, pattern = "^[0-9A-HJKMNP-TV-Z]{26}$", example = "01JKQX7V8MZRN3B4HTGFWDCS9E")]
 pub struct WorkloadId(ulid::Ulid);
 
 /// Monotonic within a millisecond, so ids created in the same millisecond still sort

@@ -8,7 +8,7 @@ use crate::webhooks::policy::CallbackPolicy;
 /// The submission body exactly as a client sends it (see docs/api.md). Only shape is
 /// checked here; every rule lives in [`WorkloadRequest::try_from`]. `Serialize` is for
 /// clients (`vulcan::client`): absent fields are left out of the body.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkloadRequestDto {
     /// Required: `node`, `wasm`, `python`, `go` or `oci`.
@@ -41,7 +41,7 @@ pub struct WorkloadRequestDto {
 }
 
 /// The `resources` object of a submission.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResourcesDto {
     /// CPUs (whole cores).

@@ -4,7 +4,19 @@ use serde::{Deserialize, Serialize};
 ///
 /// `pending → running → completed | failed | killed`, plus `pending → failed` (could not
 /// start) and `pending → killed` (cancelled before start). Terminal states are final.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     /// Accepted and recorded, waiting for a backend slot.

@@ -9,7 +9,7 @@ use super::{Isolation, IsolationRequest, Runtime, Status, WorkloadId};
 /// Invariant: `isolation` is never `auto`; optional numbers are serialised as `null`,
 /// never omitted, so clients see a stable shape. `Deserialize` is the client's reading
 /// of the same shape (`vulcan::client`); the server never reads it back from JSON.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Workload {
     /// The id.
     pub id: WorkloadId,
@@ -28,6 +28,8 @@ pub struct Workload {
     /// `sha256:` of payload and input.
     pub input_hash: String,
     /// The result (JSON if the backend's bytes parse, else a string); `null` until terminal.
+    // Any JSON value or null (a `oneOf` of null and "any" would match null twice).
+    #[schema(value_type = Option<serde_json::Value>)]
     pub output: Option<Output>,
     /// Process exit code where the backend has one.
     pub exit_code: Option<i32>,
@@ -57,7 +59,7 @@ pub struct Workload {
 }
 
 /// One recorded log line of a workload (answered by the server, read by the client).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogLine {
     /// Position in the workload's log, from 0, without gaps.
     pub seq: u64,

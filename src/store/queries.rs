@@ -71,7 +71,7 @@ pub struct ListQuery {
 }
 
 /// Per-backend figures of `GET /v1/stats`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct BackendStats {
     /// Workloads routed to the backend.
     pub count: u64,
@@ -84,7 +84,7 @@ pub struct BackendStats {
 }
 
 /// `GET /v1/stats`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Stats {
     /// Every workload recorded.
     pub total: u64,
