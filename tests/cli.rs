@@ -674,7 +674,7 @@ async fn backends_show_the_isolate_worker_restarts() {
     assert!(killed.success());
     // `kill` returns once the signal is sent; wait until the worker has died (a zombie
     // or gone), so the pool can tell it is dead when the next workload asks for it.
-    wait_dead(pid).await;
+    common::wait_dead(pid).await;
     // The next workload gets a fresh worker.
     let w = app
         .submit_async(&json!({"runtime": "node", "code": "'next'"}))
@@ -733,28 +733,6 @@ async fn backends_show_the_isolate_worker_restarts() {
 }
 
 /// The pid of the app's one ready isolate worker (from /v1/system/actors).
-/// Wait (a liveness bound) until process `pid` has exited: gone, or a zombie.
-async fn wait_dead(pid: u32) {
-    let start = std::time::Instant::now();
-    loop {
-        let dead = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            // The state follows the command name in parentheses.
-            Ok(stat) => stat
-                .rsplit_once(") ")
-                .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
-            Err(_) => true,
-        };
-        if dead {
-            return;
-        }
-        assert!(
-            start.elapsed() < SOON,
-            "worker {pid} still alive after SIGKILL"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 async fn worker_pid(app: &TestApp) -> u32 {
     let start = std::time::Instant::now();
     loop {

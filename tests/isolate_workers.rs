@@ -273,7 +273,7 @@ async fn a_worker_that_died_while_idle_is_replaced_without_failing_anything() {
         .status()
         .expect("kill");
     assert!(status.success());
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    common::wait_dead(first).await;
     let w = run(&app, &json!({"runtime": "node", "code": "'next'"})).await;
     assert_eq!(w["status"], "completed", "{w}");
     assert_eq!(w["output"], "next");
