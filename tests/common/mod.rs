@@ -341,26 +341,34 @@ pub async fn wait_gauge(app: &TestApp, name: &str, want: i64, within: Duration) 
     }
 }
 
-/// Wait until process `pid` has exited: gone, or a zombie its parent has not reaped yet.
-/// `kill` returns once a signal is sent, before the process is dead; a test that kills
-/// a process and then relies on its death waits here (a liveness bound of 30 s).
+/// Wait until process `pid` has exited: gone, or a zombie its parent has not reaped yet
+/// with every thread gone. `kill` returns once a signal is sent, and a killed
+/// process's threads exit one by one (its leader shows as a zombie while the others
+/// still hold its files); a test that kills a process and then relies on its death
+/// waits here (a liveness bound of 30 s).
 pub async fn wait_dead(pid: u32) {
     let start = std::time::Instant::now();
-    loop {
-        let dead = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            // The state letter follows the command name in parentheses.
-            Ok(stat) => stat
-                .rsplit_once(") ")
-                .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
-            Err(_) => true,
-        };
-        if dead {
-            return;
-        }
+    while !process_dead(pid) {
         assert!(
             start.elapsed() < std::time::Duration::from_secs(30),
             "process {pid} still alive"
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+}
+
+/// Whether no thread of `pid` is alive (each is gone or a zombie).
+fn process_dead(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.flatten().all(|task| {
+        match std::fs::read_to_string(task.path().join("stat")) {
+            // The state letter follows the command name in parentheses.
+            Ok(stat) => stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+            Err(_) => true,
+        }
+    })
 }

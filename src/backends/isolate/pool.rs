@@ -299,6 +299,11 @@ impl WorkerPool {
     }
 
     /// Run one job on a worker, relaying its log lines to `ctx.log`.
+    ///
+    /// A worker that died while idle (killed from outside) can still be handed the job
+    /// before its death is noticed; the job then cannot be sent. No guest code ran, so the
+    /// job goes to another worker (at most [`DELIVERY_ATTEMPTS`] tries) instead of
+    /// failing a workload for a death it did not cause.
     pub(super) async fn run(
         self: &Arc<Self>,
         program: Program,
@@ -308,45 +313,72 @@ impl WorkerPool {
         ctx: ExecContext,
     ) -> Result<WorkloadResult, BackendError> {
         let deadline = tokio::time::Instant::from_std(ctx.deadline);
-        let worker = tokio::select! {
-            w = self.acquire() => w?,
-            () = ctx.cancel.cancelled() => return Err(BackendError::Cancelled),
-            () = tokio::time::sleep_until(deadline) => return Err(BackendError::Cancelled),
-        };
-        let started = Instant::now();
-        let mut lease = Lease {
-            pool: Arc::clone(self),
-            worker: Some(worker),
-        };
-        let ending = match lease.worker.as_mut() {
-            Some(worker) => {
-                self.drive(worker, program, input, mem_mb, max_output_bytes, &ctx)
-                    .await
-            }
-            None => return Err(BackendError::Internal("lease without a worker".into())),
-        };
-        let Some(mut worker) = lease.worker.take() else {
-            return Err(BackendError::Internal("lease without a worker".into()));
-        };
-        match ending {
-            Ending::Answered(result) => {
-                self.release(worker);
-                result
-            }
-            Ending::Crashed(violation) => Ok(self.crashed(worker, started, violation).await),
-            Ending::Unresponsive => {
-                let grace_ms = self.settings.cancel_grace.as_millis();
-                log::warn!(
-                    "isolate worker {}: no answer {grace_ms} ms after a cancel; killing it",
-                    worker.pid
-                );
-                let _ = worker.kill_and_reap().await;
-                self.retire(
-                    worker,
-                    format!("killed: did not stop within {grace_ms} ms of a cancel"),
-                );
-                Err(BackendError::Cancelled)
-            }
+        let (mut program, mut input) = (program, input);
+        let mut attempt = 1;
+        loop {
+            let worker = tokio::select! {
+                w = self.acquire() => w?,
+                () = ctx.cancel.cancelled() => return Err(BackendError::Cancelled),
+                () = tokio::time::sleep_until(deadline) => return Err(BackendError::Cancelled),
+            };
+            let started = Instant::now();
+            let mut lease = Lease {
+                pool: Arc::clone(self),
+                worker: Some(worker),
+            };
+            let ending = match lease.worker.as_mut() {
+                Some(worker) => {
+                    self.drive(worker, program, input, mem_mb, max_output_bytes, &ctx)
+                        .await
+                }
+                None => return Err(BackendError::Internal("lease without a worker".into())),
+            };
+            let Some(mut worker) = lease.worker.take() else {
+                return Err(BackendError::Internal("lease without a worker".into()));
+            };
+            return match ending {
+                Ending::Answered(result) => {
+                    self.release(worker);
+                    result
+                }
+                Ending::NotDelivered {
+                    why,
+                    program: p,
+                    input: i,
+                } if attempt < DELIVERY_ATTEMPTS => {
+                    log::warn!(
+                        "isolate worker {}: the job could not be sent ({why}); \
+                         the worker is replaced and the job goes to another",
+                        worker.pid
+                    );
+                    let _ = worker.kill_and_reap().await;
+                    self.retire(worker, format!("died before taking a job: {why}"));
+                    (program, input) = (p, i);
+                    attempt += 1;
+                    continue;
+                }
+                Ending::NotDelivered { why, .. } => Ok(self
+                    .crashed(
+                        worker,
+                        started,
+                        Some(format!("the job could not be sent: {why}")),
+                    )
+                    .await),
+                Ending::Crashed(violation) => Ok(self.crashed(worker, started, violation).await),
+                Ending::Unresponsive => {
+                    let grace_ms = self.settings.cancel_grace.as_millis();
+                    log::warn!(
+                        "isolate worker {}: no answer {grace_ms} ms after a cancel; killing it",
+                        worker.pid
+                    );
+                    let _ = worker.kill_and_reap().await;
+                    self.retire(
+                        worker,
+                        format!("killed: did not stop within {grace_ms} ms of a cancel"),
+                    );
+                    Err(BackendError::Cancelled)
+                }
+            };
         }
     }
 
@@ -380,7 +412,15 @@ impl WorkerPool {
             .unwrap_or(u64::MAX),
         });
         if let Err(e) = worker.send(&request).await {
-            return Ending::Crashed(Some(format!("the job could not be sent: {e}")));
+            let why = e.to_string();
+            return match request {
+                ToWorker::Run(r) => Ending::NotDelivered {
+                    why,
+                    program: r.program,
+                    input: r.input,
+                },
+                _ => Ending::Crashed(Some(format!("the job could not be sent: {why}"))),
+            };
         }
         // Set once a cancel went out: the instant the worker is killed if still busy.
         let mut kill_at: Option<tokio::time::Instant> = None;
@@ -468,7 +508,20 @@ enum Ending {
     Crashed(Option<String>),
     /// The worker did not answer a cancel within the grace.
     Unresponsive,
+    /// The job could not be written to the worker (it is dead): nothing ran; the job's
+    /// program and input come back for another worker.
+    NotDelivered {
+        /// The write's error.
+        why: String,
+        /// The job's program, unused.
+        program: Program,
+        /// The job's input, unused.
+        input: Vec<u8>,
+    },
 }
+
+/// How many workers a job may be offered to when the ones before were found dead.
+const DELIVERY_ATTEMPTS: u32 = 3;
 
 /// A worker taken for a job. Whoever drops it still holding the worker (an execution
 /// abandoned half-way) retires the worker: its state is unknown, so it is replaced.
