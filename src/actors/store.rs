@@ -920,31 +920,9 @@ impl Handler<HoldWriter> for StoreActor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Isolation, IsolationRequest, Runtime, Status};
 
     fn pending() -> Workload {
-        let id = WorkloadId::new();
-        Workload {
-            id,
-            status: Status::Pending,
-            isolation: Isolation::Isolate,
-            requested_isolation: IsolationRequest::Auto,
-            backend: "isolate".into(),
-            runtime: Runtime::Node,
-            node_id: "n".into(),
-            input_hash: "sha256:00".into(),
-            output: None,
-            exit_code: None,
-            error: None,
-            cpu_limit: 1,
-            mem_limit: 128,
-            timeout_s: 30,
-            duration_ms: None,
-            created_at: id.created_at(),
-            started_at: None,
-            finished_at: None,
-            callback_url: None,
-        }
+        crate::model::pending_fixture()
     }
 
     fn insert(w: &Workload) -> InsertWorkload {

@@ -20,4 +20,6 @@ pub use request::{
     Limits, Payload, RequestError, Resources, ResourcesDto, WorkloadRequest, WorkloadRequestDto,
 };
 pub use status::{transition, Status, TransitionError};
+#[cfg(test)]
+pub(crate) use workload::pending_fixture;
 pub use workload::{cap_line, format_time, output_value, LogLine, Output, Workload};

@@ -200,6 +200,34 @@ pub fn output_value(bytes: &[u8]) -> Option<Output> {
     serde_json::value::to_raw_value(&text).ok().map(Output)
 }
 
+/// A pending node workload on `isolate` with the default limits: the one record the
+/// crate's unit tests start from.
+#[cfg(test)]
+pub(crate) fn pending_fixture() -> Workload {
+    let id = WorkloadId::new();
+    Workload {
+        id,
+        status: Status::Pending,
+        isolation: Isolation::Isolate,
+        requested_isolation: IsolationRequest::Auto,
+        backend: "isolate".into(),
+        runtime: Runtime::Node,
+        node_id: "n".into(),
+        input_hash: "sha256:00".into(),
+        output: None,
+        exit_code: None,
+        error: None,
+        cpu_limit: 1,
+        mem_limit: 128,
+        timeout_s: 30,
+        duration_ms: None,
+        created_at: id.created_at(),
+        started_at: None,
+        finished_at: None,
+        callback_url: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,35 +5,13 @@
 //! database of the previous version opens with its data; retention deletes only old
 //! finished work.
 
-use crate::model::{
-    transition, Isolation, IsolationRequest, Payload, Runtime, Status, Workload, WorkloadId,
-};
+use crate::model::{transition, Payload, Runtime, Status, Workload, WorkloadId};
 use crate::store::queries::{self, StatusChange};
 use crate::store::{open_writer, StoreError};
 use chrono::Utc;
 
 fn record() -> Workload {
-    Workload {
-        id: WorkloadId::new(),
-        status: Status::Pending,
-        isolation: Isolation::Isolate,
-        requested_isolation: IsolationRequest::Auto,
-        backend: "isolate".into(),
-        runtime: Runtime::Node,
-        node_id: "n".into(),
-        input_hash: "sha256:00".into(),
-        output: None,
-        exit_code: None,
-        error: None,
-        cpu_limit: 1,
-        mem_limit: 128,
-        timeout_s: 30,
-        duration_ms: None,
-        created_at: Utc::now(),
-        started_at: None,
-        finished_at: None,
-        callback_url: None,
-    }
+    crate::model::pending_fixture()
 }
 
 /// The valid path from pending to `status`.
