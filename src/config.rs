@@ -51,8 +51,11 @@ impl fmt::Debug for Secret {
 pub struct Config {
     /// Address to bind, `host:port` (port 0 picks a free one).
     pub listen_addr: String,
-    /// SQLite database file (created if missing).
+    /// SQLite database file (created if missing); unused when `db_url` is set.
     pub db_path: PathBuf,
+    /// PostgreSQL connection URL (`postgres://…`); empty = SQLite at `db_path`. May
+    /// hold a password, so it never shows in `Debug` output.
+    pub db_url: Secret,
     /// This server's name in workload records; empty = the host name.
     pub node_id: String,
     /// Bearer token for `/v1/*`; empty = no auth.
@@ -365,7 +368,14 @@ impl Config {
         }
         self.webhooks.validate().map_err(ConfigError)?;
         self.cors.validate().map_err(ConfigError)?;
+        self.database().map_err(|e| ConfigError(e.to_string()))?;
         Ok(())
+    }
+
+    /// The database the store opens: PostgreSQL at `db_url` when it is set, the SQLite
+    /// file `db_path` otherwise.
+    pub fn database(&self) -> Result<crate::store::Database, crate::store::StoreError> {
+        crate::store::Database::from_config(&self.db_path, self.db_url.expose())
     }
 
     /// The request limits derived from this configuration.

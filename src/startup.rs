@@ -148,7 +148,7 @@ impl Application {
         }
         let images = ImagesActor::new(image_store).start();
         let store = StoreActor::open(
-            &config.db_path,
+            &config.database()?,
             config.store.read_pool_size,
             config.store.max_batch,
             metrics.clone(),

@@ -600,9 +600,14 @@ mod tests {
     async fn a_flooding_sink_drops_past_the_cap_before_the_broker_runs() {
         let dir = tempfile::tempdir().expect("dir");
         let metrics = Arc::new(Metrics::new().expect("metrics"));
-        let store = StoreActor::open(&dir.path().join("t.db"), 1, 64, metrics.clone())
-            .expect("store")
-            .start();
+        let store = StoreActor::open(
+            &crate::store::Database::Sqlite(dir.path().join("t.db")),
+            1,
+            64,
+            metrics.clone(),
+        )
+        .expect("store")
+        .start();
         let cfg = logs_config(1000, u64::MAX);
         let broker = LogBroker::new(store.clone(), cfg.clone(), metrics.clone()).start();
         let id = WorkloadId::new();
@@ -635,9 +640,14 @@ mod tests {
     async fn a_panic_restarts_the_broker_disconnecting_subscribers_and_keeping_seqs() {
         let dir = tempfile::tempdir().expect("dir");
         let metrics = Arc::new(Metrics::new().expect("metrics"));
-        let store = StoreActor::open(&dir.path().join("t.db"), 1, 64, metrics.clone())
-            .expect("store")
-            .start();
+        let store = StoreActor::open(
+            &crate::store::Database::Sqlite(dir.path().join("t.db")),
+            1,
+            64,
+            metrics.clone(),
+        )
+        .expect("store")
+        .start();
         let cfg = logs_config(1000, u64::MAX);
         let broker = LogBroker::new(store.clone(), cfg.clone(), metrics.clone());
         let restarts = broker.restarts();

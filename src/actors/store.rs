@@ -13,13 +13,12 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::path::{Path, PathBuf};
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
-use diesel::sqlite::SqliteConnection;
 use tokio::sync::oneshot;
 
 use crate::actors::webhooks::DeliveriesEnqueued;
@@ -34,7 +33,10 @@ use crate::store::deliveries::{self, AttemptRecord, DeliveryQueue};
 use crate::store::queries::{
     self, KeyedInsert, ListQuery, Recovered, Stats, StatusChange, SweepBatch, Swept,
 };
-use crate::store::{open_read_pool, open_writer, ReadPool, StoreError};
+use crate::store::{
+    isolated, open_read_pool, open_writer, write_transaction, Database, DbConnection, ReadPool,
+    StoreError,
+};
 
 /// How a batch ended, as each of its writes is told (cloneable, unlike `StoreError`).
 #[derive(Debug, Clone)]
@@ -74,7 +76,7 @@ enum ToWriter {
 /// A queued write: run on the connection (`Some`), or skipped (`None`) because its
 /// batch failed before its turn. Answers its reply and, when the write hit a storage
 /// fault, that fault (the batch is then rolled back).
-type Job = Box<dyn FnOnce(Option<&mut SqliteConnection>) -> (Reply, Option<BatchFault>) + Send>;
+type Job = Box<dyn FnOnce(Option<&mut DbConnection>) -> (Reply, Option<BatchFault>) + Send>;
 
 /// Whether the store can write, shared with `/readyz`.
 #[derive(Debug, Default)]
@@ -157,17 +159,17 @@ const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 impl StoreActor {
     /// Open the database (running migrations) and start the writer thread.
     pub fn open(
-        path: &Path,
+        db: &Database,
         read_pool_size: u32,
         max_batch: usize,
         metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
-        let conn = open_writer(path)?;
-        let reads = open_read_pool(path, read_pool_size)?;
+        let conn = open_writer(db)?;
+        let reads = open_read_pool(db, read_pool_size)?;
         let (tx, rx) = mpsc::channel::<ToWriter>();
         let health = Arc::new(StoreHealth::default());
         let writer = Writer {
-            path: path.to_path_buf(),
+            db: db.clone(),
             max_batch: max_batch.max(1),
             metrics: metrics.clone(),
             health: health.clone(),
@@ -354,16 +356,15 @@ impl StoreActor {
 
     fn write<T: Send + 'static>(
         &self,
-        op: impl FnOnce(&mut SqliteConnection) -> Result<T, StoreError> + Send + 'static,
+        op: impl FnOnce(&mut DbConnection) -> Result<T, StoreError> + Send + 'static,
     ) -> oneshot::Receiver<Result<T, StoreError>> {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
-            // No savepoint per write: every write op either is a single mutating
-            // statement (SQLite undoes a failed statement by itself) or opens its own
-            // savepoint, so a failed write never leaves anything behind in the batch.
-            // A storage fault rolls back the whole batch instead (see the module docs).
+            // A failed write never leaves anything behind in the batch (see
+            // `isolated`). A storage fault rolls back the whole batch instead (see the
+            // module docs).
             let res = match conn {
-                Some(c) => op(c),
+                Some(c) => isolated(c, op),
                 None => Err(StoreError::Unavailable),
             };
             let fault = match &res {
@@ -383,7 +384,7 @@ impl StoreActor {
 
     fn read<T: Send + 'static>(
         &self,
-        op: impl FnOnce(&mut SqliteConnection) -> Result<T, StoreError> + Send + 'static,
+        op: impl FnOnce(&mut DbConnection) -> Result<T, StoreError> + Send + 'static,
     ) -> impl std::future::Future<Output = Result<T, StoreError>> {
         let pool = self.reads.clone();
         async move {
@@ -405,7 +406,7 @@ async fn answer<T>(rx: oneshot::Receiver<Result<T, StoreError>>) -> Result<T, St
 
 /// The writer thread's settings.
 struct Writer {
-    path: PathBuf,
+    db: Database,
     max_batch: usize,
     metrics: Arc<Metrics>,
     health: Arc<StoreHealth>,
@@ -413,7 +414,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(self, mut conn: SqliteConnection, rx: mpsc::Receiver<ToWriter>) {
+    fn run(self, mut conn: DbConnection, rx: mpsc::Receiver<ToWriter>) {
         let mut next = rx.recv().ok();
         while let Some(msg) = next.take() {
             let first = match msg {
@@ -441,7 +442,7 @@ impl Writer {
             let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
             let mut jobs = batch.into_iter();
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                conn.immediate_transaction(|c| {
+                write_transaction(&mut conn, |c| {
                     for job in jobs.by_ref() {
                         let (reply, fault) = job(Some(c));
                         replies.push(reply);
@@ -479,7 +480,7 @@ impl Writer {
                         .set_fault(fault.clone().into_error().to_string());
                     // SQLite may have rolled back on its own: start from a clean
                     // connection rather than trust its transaction state.
-                    reopen(&self.path, &mut conn);
+                    reopen(&self.db, &mut conn);
                 }
             }
             for reply in replies {
@@ -494,19 +495,19 @@ impl Writer {
 
     /// Count a restart and reopen the connection (the old one, and any transaction
     /// left open on it, is dropped: SQLite rolls it back).
-    fn restart(&self, conn: &mut SqliteConnection, why: String) {
+    fn restart(&self, conn: &mut DbConnection, why: String) {
         self.restarts.record(why);
-        reopen(&self.path, conn);
+        reopen(&self.db, conn);
     }
 }
 
 /// Replace `conn` by a fresh writer connection. Whatever transaction the old one may
 /// still hold is rolled back first, so its lock does not stand in the new one's way.
-fn reopen(path: &Path, conn: &mut SqliteConnection) {
+fn reopen(db: &Database, conn: &mut DbConnection) {
     use diesel::connection::SimpleConnection;
     // Fails harmlessly when no transaction is open.
     let _ = conn.batch_execute("ROLLBACK");
-    match open_writer(path) {
+    match open_writer(db) {
         Ok(fresh) => *conn = fresh,
         Err(e) => log::error!("store: cannot reopen the writer: {e}"),
     }
@@ -938,7 +939,8 @@ mod tests {
     async fn a_panic_in_the_writer_fails_its_batch_whole_and_the_writer_reopens() {
         let dir = tempfile::tempdir().expect("dir");
         let metrics = Arc::new(Metrics::new().expect("metrics"));
-        let actor = StoreActor::open(&dir.path().join("t.db"), 1, 64, metrics).expect("open");
+        let db = Database::Sqlite(dir.path().join("t.db"));
+        let actor = StoreActor::open(&db, 1, 64, metrics).expect("open");
         let health = actor.health();
         let store = actor.start();
         let before = pending();

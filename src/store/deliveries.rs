@@ -9,10 +9,10 @@
 
 use std::collections::HashMap;
 
+use super::DbConnection;
 use chrono::{DateTime, Utc};
 use diesel::dsl::{count_star, min};
 use diesel::prelude::*;
-use diesel::sqlite::SqliteConnection;
 
 use super::models::{parse, parse_time};
 use super::schema::{webhook_attempts, workloads};
@@ -22,7 +22,7 @@ use crate::model::{format_time, Deliveries, DeliveryAttempt, DeliveryState, Work
 /// One attempt as stored.
 #[derive(Debug, Queryable, Selectable, Insertable)]
 #[diesel(table_name = webhook_attempts)]
-#[diesel(check_for_backend(diesel::sqlite::Sqlite))]
+#[diesel(check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
 pub struct AttemptRow {
     pub workload_id: String,
     pub attempt: i32,
@@ -87,7 +87,7 @@ impl TryFrom<AttemptRow> for DeliveryAttempt {
 /// Up to `limit` due deliveries (not in `exclude`: those in flight), the next due time
 /// after `now`, and the number pending.
 pub fn due_deliveries(
-    conn: &mut SqliteConnection,
+    conn: &mut DbConnection,
     now: DateTime<Utc>,
     limit: usize,
     exclude: &[WorkloadId],
@@ -144,10 +144,7 @@ pub fn due_deliveries(
 /// settled), in one savepoint. Only the attempt the delivery is waiting for is recorded
 /// (number `recorded + 1` of a pending delivery); anything else (already recorded,
 /// settled, or the workload deleted) writes nothing and answers `false`.
-pub fn record_attempt(
-    conn: &mut SqliteConnection,
-    rec: &AttemptRecord,
-) -> Result<bool, StoreError> {
+pub fn record_attempt(conn: &mut DbConnection, rec: &AttemptRecord) -> Result<bool, StoreError> {
     let id = rec.workload_id.to_string();
     let a = &rec.attempt;
     let number = i32::try_from(a.attempt)
@@ -199,7 +196,7 @@ fn state(due: bool, last: Option<&DeliveryAttempt>) -> Option<DeliveryState> {
 }
 
 /// The webhook picture of a workload (one read snapshot).
-pub fn deliveries(conn: &mut SqliteConnection, id: WorkloadId) -> Result<Deliveries, StoreError> {
+pub fn deliveries(conn: &mut DbConnection, id: WorkloadId) -> Result<Deliveries, StoreError> {
     let key = id.to_string();
     conn.transaction(|c| {
         let (callback_url, delivery_id, due): (Option<String>, Option<String>, Option<String>) =

@@ -1,14 +1,35 @@
-//! Persistence: Diesel on SQLite. The [`crate::actors::store::StoreActor`] is the only
-//! writer; this module holds the connection setup, the row types and the queries it runs.
+//! Persistence: Diesel on SQLite (the embedded default) or PostgreSQL (`db_url`). The
+//! [`crate::actors::store::StoreActor`] is the only writer; this module holds the
+//! connection setup, the row types and the queries it runs.
+//!
+//! One schema and one set of queries serve both engines through a Diesel
+//! `MultiConnection` ([`DbConnection`]); the few statements the engines spell
+//! differently branch on the variant in one place each (see docs/architecture.md for
+//! why this and not a store trait with two implementations, and the answer per
+//! SQLite-only feature).
 //!
 //! Storage types stay here: rows and schema are private to this module, the queries
 //! to the crate (the StoreActor runs them); everyone else speaks the domain types
 //! re-exported below, through the StoreActor's messages.
 
+/// Run `$body` on the inner connection of either engine, bound to `$c`: for the few
+/// statements Diesel's `MultiConnection` cannot build generically (`RETURNING` a
+/// selection, `ON CONFLICT`). The body is written once and type-checked per engine.
+macro_rules! per_engine {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
+            $crate::store::DbConnection::Sqlite($c) => $body,
+            $crate::store::DbConnection::Pg($c) => $body,
+        }
+    };
+}
+
 pub(crate) mod deliveries;
 mod models;
 pub(crate) mod queries;
 mod schema;
+#[cfg(test)]
+pub(crate) mod test_pg;
 #[cfg(test)]
 mod tests;
 
@@ -16,19 +37,113 @@ pub use queries::{
     BackendStats, KeyedInsert, ListQuery, PendingWork, Recovered, Stats, StatusChange, INTERRUPTED,
 };
 
-use std::path::Path;
+use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use diesel::connection::SimpleConnection;
-use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
+use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
+use diesel::pg::PgConnection;
+use diesel::r2d2::{ManageConnection, Pool, R2D2Connection};
+use diesel::result::DatabaseErrorKind;
 use diesel::sqlite::SqliteConnection;
 use diesel::Connection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use crate::model::TransitionError;
 
-/// The SQL migrations in `migrations/`, compiled into the binary.
-pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+/// The SQLite migrations in `migrations/sqlite/`, compiled into the binary.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+
+/// The PostgreSQL migrations in `migrations/postgres/`: one twin per SQLite migration,
+/// with the same directory name (a test holds the two trees to that), so both engines
+/// end with the same schema.
+pub const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+/// A connection to either engine. Queries written once with Diesel's DSL run on both;
+/// code that must differ matches on the variant.
+#[derive(diesel::MultiConnection)]
+pub enum DbConnection {
+    /// The embedded default.
+    Sqlite(SqliteConnection),
+    /// The shared store (`db_url = "postgres://…"`).
+    Pg(PgConnection),
+}
+
+impl DbConnection {
+    /// Whether this is a PostgreSQL connection.
+    pub fn is_pg(&self) -> bool {
+        matches!(self, DbConnection::Pg(_))
+    }
+}
+
+/// Where the database lives. Chosen once from the configuration; every connection of
+/// the process (writer and readers) opens the same one.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Database {
+    /// A SQLite file, created if missing.
+    Sqlite(PathBuf),
+    /// A PostgreSQL server, by libpq connection URL. The database must exist; its
+    /// tables are created by the migrations.
+    Postgres(String),
+}
+
+impl Database {
+    /// `db_url` when set (it must be a `postgres://` or `postgresql://` URL), the SQLite
+    /// file `db_path` otherwise.
+    pub fn from_config(db_path: &std::path::Path, db_url: &str) -> Result<Self, StoreError> {
+        if db_url.is_empty() {
+            return Ok(Database::Sqlite(db_path.to_path_buf()));
+        }
+        if db_url.starts_with("postgres://") || db_url.starts_with("postgresql://") {
+            return Ok(Database::Postgres(db_url.to_string()));
+        }
+        Err(StoreError::Connection(
+            "db_url must start with postgres:// or postgresql:// (leave it empty for SQLite at db_path)"
+                .into(),
+        ))
+    }
+
+    /// Open one connection, set up as every connection of the store is (SQLite: the
+    /// PRAGMAs). Never falls back from one engine to the other.
+    pub fn connect(&self) -> Result<DbConnection, StoreError> {
+        match self {
+            Database::Sqlite(path) => {
+                let mut conn = SqliteConnection::establish(&path.to_string_lossy())
+                    .map_err(|e| StoreError::Connection(e.to_string()))?;
+                conn.batch_execute(PRAGMAS)?;
+                Ok(DbConnection::Sqlite(conn))
+            }
+            Database::Postgres(url) => PgConnection::establish(url)
+                .map(DbConnection::Pg)
+                // libpq's messages name host and port, never the password.
+                .map_err(|e| StoreError::Connection(e.to_string())),
+        }
+    }
+}
+
+/// Never shows a password of a PostgreSQL URL (it ends up in logs).
+impl fmt::Debug for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Database::Sqlite(p) => write!(f, "sqlite:{}", p.display()),
+            Database::Postgres(u) => match url::Url::parse(u) {
+                Ok(mut url) => {
+                    if url.password().is_some() {
+                        let _ = url.set_password(Some("***"));
+                    }
+                    write!(f, "{url}")
+                }
+                Err(_) => f.write_str("postgres://(unparsable url)"),
+            },
+        }
+    }
+}
+
+impl fmt::Display for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
 
 /// Applied to every connection, writer and readers alike.
 ///
@@ -43,7 +158,7 @@ PRAGMA synchronous = NORMAL;
 PRAGMA foreign_keys = ON;";
 
 /// A pool of read connections.
-pub type ReadPool = Pool<ConnectionManager<SqliteConnection>>;
+pub type ReadPool = Pool<Manager>;
 
 /// Errors of the persistence layer.
 #[derive(Debug, thiserror::Error)]
@@ -54,15 +169,15 @@ pub enum StoreError {
     /// The state machine refused the change; nothing was written.
     #[error(transparent)]
     InvalidTransition(#[from] TransitionError),
-    /// SQLite or Diesel failed.
+    /// The database or Diesel failed.
     #[error("database error: {0}")]
     Database(diesel::result::Error),
     /// The disk holding the database is full (SQLITE_FULL): nothing of the write was
     /// kept.
     #[error("storage full")]
     Full,
-    /// The database file cannot be written (SQLITE_IOERR and the like): nothing of the
-    /// write was kept.
+    /// The database cannot be written (SQLITE_IOERR and the like; on PostgreSQL, the
+    /// connection to the server is lost): nothing of the write was kept.
     #[error("storage failing: {0}")]
     WriteFailed(String),
     /// A connection could not be opened or taken from the pool.
@@ -86,49 +201,114 @@ impl StoreError {
 
 impl From<diesel::result::Error> for StoreError {
     fn from(e: diesel::result::Error) -> Self {
-        if let diesel::result::Error::DatabaseError(_, info) = &e {
+        if let diesel::result::Error::DatabaseError(kind, info) = &e {
             // Diesel has no kind for these; SQLite's messages for SQLITE_FULL and
-            // SQLITE_IOERR are fixed text.
+            // SQLITE_IOERR are fixed text, as is the OS's ENOSPC text PostgreSQL passes on.
             let message = info.message();
-            if message.contains("database or disk is full") {
+            if message.contains("database or disk is full")
+                || message.contains("No space left on device")
+            {
                 return StoreError::Full;
             }
             if message.contains("disk I/O error") {
                 return StoreError::WriteFailed(message.to_string());
+            }
+            // A PostgreSQL server that went away (restart, network): the writer reopens
+            // its connection and probes until writes succeed again.
+            if matches!(
+                kind,
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand
+            ) {
+                return StoreError::WriteFailed(format!("connection lost: {message}"));
             }
         }
         StoreError::Database(e)
     }
 }
 
+/// Opens the read pool's connections ([`Database::connect`]: never another engine than
+/// the one configured, unlike Diesel's generic manager for a `MultiConnection`, which
+/// tries each engine in turn).
 #[derive(Debug)]
-struct Pragmas;
+pub struct Manager(Database);
 
-impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for Pragmas {
-    fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
-        conn.batch_execute(PRAGMAS)
-            .map_err(diesel::r2d2::Error::QueryError)
+impl ManageConnection for Manager {
+    type Connection = DbConnection;
+    type Error = diesel::r2d2::Error;
+
+    fn connect(&self) -> Result<DbConnection, Self::Error> {
+        self.0.connect().map_err(|e| {
+            diesel::r2d2::Error::ConnectionError(diesel::ConnectionError::BadConnection(
+                e.to_string(),
+            ))
+        })
+    }
+
+    fn is_valid(&self, conn: &mut DbConnection) -> Result<(), Self::Error> {
+        conn.ping().map_err(diesel::r2d2::Error::QueryError)
+    }
+
+    fn has_broken(&self, conn: &mut DbConnection) -> bool {
+        std::thread::panicking() || conn.is_broken()
     }
 }
 
-/// Open the writer connection, set the PRAGMAs and run pending migrations (idempotent).
-pub fn open_writer(path: &Path) -> Result<SqliteConnection, StoreError> {
-    let url = path.to_string_lossy();
-    let mut conn =
-        SqliteConnection::establish(&url).map_err(|e| StoreError::Connection(e.to_string()))?;
-    conn.batch_execute(PRAGMAS)?;
-    conn.run_pending_migrations(MIGRATIONS)
-        .map_err(|e| StoreError::Connection(format!("migrations failed: {e}")))?;
+/// Open the writer connection and run pending migrations (idempotent).
+pub fn open_writer(db: &Database) -> Result<DbConnection, StoreError> {
+    let mut conn = db.connect()?;
+    let ran = match &mut conn {
+        DbConnection::Sqlite(c) => c.run_pending_migrations(MIGRATIONS).map(drop),
+        DbConnection::Pg(c) => c.run_pending_migrations(PG_MIGRATIONS).map(drop),
+    };
+    ran.map_err(|e| StoreError::Connection(format!("migrations failed: {e}")))?;
     Ok(conn)
 }
 
 /// Open the read pool (call after [`open_writer`] so the schema exists).
-pub fn open_read_pool(path: &Path, size: u32) -> Result<ReadPool, StoreError> {
-    let manager = ConnectionManager::<SqliteConnection>::new(path.to_string_lossy());
+pub fn open_read_pool(db: &Database, size: u32) -> Result<ReadPool, StoreError> {
     Pool::builder()
         .max_size(size.max(1))
         .connection_timeout(Duration::from_secs(10))
-        .connection_customizer(Box::new(Pragmas))
-        .build(manager)
+        .build(Manager(db.clone()))
         .map_err(|e| StoreError::Connection(e.to_string()))
+}
+
+/// Run `f` as the writer's batch transaction: `BEGIN IMMEDIATE` on SQLite (the write
+/// lock is taken up front, so a batch never fails half-way on a lock upgrade), a plain
+/// `BEGIN` on PostgreSQL (row locks are taken as statements run).
+pub fn write_transaction<T>(
+    conn: &mut DbConnection,
+    f: impl FnOnce(&mut DbConnection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    match conn {
+        DbConnection::Sqlite(c) => {
+            AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?
+        }
+        DbConnection::Pg(_) => DbConnection::begin_transaction(conn)?,
+    }
+    match f(conn) {
+        Ok(value) => {
+            DbConnection::commit_transaction(conn)?;
+            Ok(value)
+        }
+        Err(e) => {
+            DbConnection::rollback_transaction(conn)?;
+            Err(e)
+        }
+    }
+}
+
+/// Run one write of a batch so that its failure leaves nothing behind and does not
+/// undo its neighbours. SQLite undoes a failed statement by itself, and every write
+/// either is one statement or opens its own savepoint: nothing to add. On PostgreSQL a
+/// failed statement aborts the whole transaction, so each write gets a savepoint.
+pub fn isolated<T>(
+    conn: &mut DbConnection,
+    op: impl FnOnce(&mut DbConnection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    if conn.is_pg() {
+        conn.transaction(op)
+    } else {
+        op(conn)
+    }
 }

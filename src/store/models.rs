@@ -13,7 +13,7 @@ use crate::model::{
 /// A workload as stored, without its payload.
 #[derive(Debug, Queryable, Selectable)]
 #[diesel(table_name = workloads)]
-#[diesel(check_for_backend(diesel::sqlite::Sqlite))]
+#[diesel(check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
 pub struct WorkloadRow {
     pub id: String,
     pub status: String,
@@ -64,7 +64,7 @@ pub struct NewWorkloadRow {
 /// The stored payload of a workload (for re-admission after a restart).
 #[derive(Debug, Queryable, Selectable)]
 #[diesel(table_name = workloads)]
-#[diesel(check_for_backend(diesel::sqlite::Sqlite))]
+#[diesel(check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
 pub struct PayloadRow {
     pub code: Option<String>,
     pub code_archive: Option<Vec<u8>>,
@@ -76,7 +76,7 @@ pub struct PayloadRow {
 /// One log line row.
 #[derive(Debug, Queryable, Selectable, Insertable)]
 #[diesel(table_name = log_lines)]
-#[diesel(check_for_backend(diesel::sqlite::Sqlite))]
+#[diesel(check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
 pub struct LogLineRow {
     pub workload_id: String,
     pub seq: i64,
@@ -87,7 +87,7 @@ pub struct LogLineRow {
 /// One remembered `Idempotency-Key`.
 #[derive(Debug, Queryable, Selectable, Insertable)]
 #[diesel(table_name = idempotency_keys)]
-#[diesel(check_for_backend(diesel::sqlite::Sqlite))]
+#[diesel(check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
 pub struct IdempotencyKeyRow {
     pub scope: String,
     pub key: String,

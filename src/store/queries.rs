@@ -3,11 +3,11 @@
 
 use std::collections::BTreeMap;
 
+use super::DbConnection;
 use chrono::{DateTime, Utc};
 use diesel::connection::SimpleConnection;
 use diesel::dsl::{case_when, count_star};
 use diesel::prelude::*;
-use diesel::sqlite::SqliteConnection;
 use serde::Serialize;
 
 use super::models::{IdempotencyKeyRow, LogLineRow, NewWorkloadRow, PayloadRow, WorkloadRow};
@@ -123,15 +123,16 @@ pub struct PendingWork {
 /// The error recorded on workloads a restart interrupted.
 pub const INTERRUPTED: &str = "interrupted by server restart";
 
-/// `AVG(duration_ms)` as a double (Diesel types SQLite's AVG as Numeric).
+/// `AVG(duration_ms)` as a double (Diesel types AVG as Numeric; PostgreSQL's AVG of a
+/// BIGINT is NUMERIC, SQLite's a REAL already).
 fn avg_duration(
 ) -> diesel::expression::SqlLiteral<diesel::sql_types::Nullable<diesel::sql_types::Double>> {
-    diesel::dsl::sql("AVG(duration_ms)")
+    diesel::dsl::sql("CAST(AVG(duration_ms) AS DOUBLE PRECISION)")
 }
 
 /// Insert a new workload with its payload.
 pub fn insert_workload(
-    conn: &mut SqliteConnection,
+    conn: &mut DbConnection,
     w: &Workload,
     payload: &Payload,
     input: &[u8],
@@ -158,7 +159,7 @@ pub enum KeyedInsert {
 /// Atomic (one savepoint) and, since only the store's single writer calls it, free of
 /// races: of two submissions with one key, exactly one inserts.
 pub fn insert_keyed_workload(
-    conn: &mut SqliteConnection,
+    conn: &mut DbConnection,
     w: &Workload,
     payload: &Payload,
     input: &[u8],
@@ -189,7 +190,7 @@ pub fn insert_keyed_workload(
 
 /// The remembered record of `key`, unless it is older than `not_before`.
 pub fn find_idempotency_key(
-    conn: &mut SqliteConnection,
+    conn: &mut DbConnection,
     key: &IdempotencyKey,
     not_before: DateTime<Utc>,
 ) -> Result<Option<IdempotencyRecord>, StoreError> {
@@ -206,7 +207,7 @@ pub fn find_idempotency_key(
 
 /// Forget every key older than `before`; returns how many.
 pub fn sweep_idempotency_keys(
-    conn: &mut SqliteConnection,
+    conn: &mut DbConnection,
     before: DateTime<Utc>,
 ) -> Result<usize, StoreError> {
     Ok(diesel::delete(
@@ -217,13 +218,18 @@ pub fn sweep_idempotency_keys(
 
 /// A write that touches the database header and nothing else: it commits only when
 /// the database can really be written (used to find out that a full disk has room
-/// again).
-pub fn probe_write(conn: &mut SqliteConnection) -> Result<(), StoreError> {
+/// again). On PostgreSQL, a round trip on the (reopened) connection: the server's own
+/// disk is its business; what the writer can find out is that it is reachable again.
+pub fn probe_write(conn: &mut DbConnection) -> Result<(), StoreError> {
     #[derive(QueryableByName)]
     struct Version {
         #[diesel(sql_type = diesel::sql_types::Integer)]
         user_version: i32,
     }
+    let DbConnection::Sqlite(conn) = conn else {
+        diesel::sql_query("SELECT 1").execute(conn)?;
+        return Ok(());
+    };
     let v: Version = diesel::sql_query("PRAGMA user_version").get_result(conn)?;
     diesel::sql_query(format!("PRAGMA user_version = {}", v.user_version)).execute(conn)?;
     Ok(())
@@ -262,7 +268,7 @@ impl SweepBatch {
 /// log lines, then the workloads whose lines are all gone. Pending and running work
 /// has no `finished_at` and is never touched.
 pub fn sweep_step(
-    conn: &mut SqliteConnection,
+    conn: &mut DbConnection,
     before: DateTime<Utc>,
     batch: SweepBatch,
 ) -> Result<Swept, StoreError> {
@@ -316,14 +322,18 @@ pub fn sweep_step(
 }
 
 /// Return up to `pages` free pages to the file system (a no-op on a database
-/// without incremental auto-vacuum).
-pub fn incremental_vacuum(conn: &mut SqliteConnection, pages: u32) -> Result<(), StoreError> {
-    conn.batch_execute(&format!("PRAGMA incremental_vacuum({pages});"))?;
+/// without incremental auto-vacuum). A no-op on PostgreSQL: its autovacuum marks the
+/// deleted rows' space free for reuse, and a VACUUM cannot run inside the writer's
+/// transaction.
+pub fn incremental_vacuum(conn: &mut DbConnection, pages: u32) -> Result<(), StoreError> {
+    if let DbConnection::Sqlite(c) = conn {
+        c.batch_execute(&format!("PRAGMA incremental_vacuum({pages});"))?;
+    }
     Ok(())
 }
 
 /// One workload.
-pub fn get_workload(conn: &mut SqliteConnection, id: WorkloadId) -> Result<Workload, StoreError> {
+pub fn get_workload(conn: &mut DbConnection, id: WorkloadId) -> Result<Workload, StoreError> {
     workloads::table
         .find(id.to_string())
         .select(WorkloadRow::as_select())
@@ -342,7 +352,7 @@ pub fn get_workload(conn: &mut SqliteConnection, id: WorkloadId) -> Result<Workl
 /// transition function allows `change.to` from, and returns the new row. When nothing
 /// matched, a read tells "unknown id" from "invalid transition".
 pub fn apply_change(
-    conn: &mut SqliteConnection,
+    conn: &mut DbConnection,
     id: WorkloadId,
     change: &StatusChange,
 ) -> Result<Workload, StoreError> {
@@ -358,17 +368,17 @@ pub fn apply_change(
         .find(&key)
         .filter(workloads::status.eq_any(allowed_from));
     let updated = if to == Status::Running {
-        diesel::update(target)
+        per_engine!(&mut *conn, |c| diesel::update(target)
             .set((
                 workloads::status.eq(to.as_str()),
                 workloads::started_at.eq(&at),
             ))
             .returning(WorkloadRow::as_returning())
-            .get_result(conn)
-            .optional()?
+            .get_result(c)
+            .optional()?)
     } else {
         let output = change.output.as_ref().map(Output::as_str);
-        diesel::update(target)
+        per_engine!(&mut *conn, |c| diesel::update(target)
             .set((
                 workloads::status.eq(to.as_str()),
                 workloads::finished_at.eq(&at),
@@ -384,8 +394,8 @@ pub fn apply_change(
                 )),
             ))
             .returning(WorkloadRow::as_returning())
-            .get_result(conn)
-            .optional()?
+            .get_result(c)
+            .optional()?)
     };
     if let Some(row) = updated {
         return row.try_into();
@@ -408,18 +418,24 @@ pub fn apply_change(
 /// Append log lines, each with its workload (their `seq` is assigned by the log
 /// broker); a line whose `(workload, seq)` is stored already is kept as it is.
 pub fn append_logs(
-    conn: &mut SqliteConnection,
+    conn: &mut DbConnection,
     lines: &[(WorkloadId, LogLine)],
 ) -> Result<(), StoreError> {
     let rows: Vec<LogLineRow> = lines
         .iter()
         .map(|(id, l)| LogLineRow::new(*id, l))
         .collect();
-    // SQLite limits bound parameters per statement; 4 per row.
+    // SQLite limits bound parameters per statement (PostgreSQL to 65535); 4 per row.
     for chunk in rows.chunks(4000) {
-        diesel::insert_or_ignore_into(log_lines::table)
-            .values(chunk)
-            .execute(conn)?;
+        match conn {
+            DbConnection::Sqlite(c) => diesel::insert_or_ignore_into(log_lines::table)
+                .values(chunk)
+                .execute(c)?,
+            DbConnection::Pg(c) => diesel::insert_into(log_lines::table)
+                .values(chunk)
+                .on_conflict_do_nothing()
+                .execute(c)?,
+        };
     }
     Ok(())
 }
@@ -427,7 +443,7 @@ pub fn append_logs(
 /// Lines of a workload in `seq` order: all, or those after `after` and below
 /// `before`, at most `limit`.
 pub fn log_lines(
-    conn: &mut SqliteConnection,
+    conn: &mut DbConnection,
     id: WorkloadId,
     after: Option<i64>,
     before: Option<i64>,
@@ -455,7 +471,7 @@ pub fn log_lines(
 /// page holds at least one line). Answers the lines and whether the page is full
 /// (more may follow).
 pub fn log_page(
-    conn: &mut SqliteConnection,
+    conn: &mut DbConnection,
     id: WorkloadId,
     mut after: Option<i64>,
     before: Option<i64>,
@@ -489,7 +505,7 @@ pub fn log_page(
 
 /// A page of workloads, newest first, and the total matching the filters.
 pub fn list_workloads(
-    conn: &mut SqliteConnection,
+    conn: &mut DbConnection,
     q: &ListQuery,
 ) -> Result<(Vec<Workload>, u64), StoreError> {
     let filtered = || {
@@ -520,7 +536,7 @@ pub fn list_workloads(
 }
 
 /// Aggregate statistics.
-pub fn stats(conn: &mut SqliteConnection) -> Result<Stats, StoreError> {
+pub fn stats(conn: &mut DbConnection) -> Result<Stats, StoreError> {
     let mut s = Stats::default();
     for st in Status::ALL {
         s.by_status.insert(st.as_str().into(), 0);
@@ -581,11 +597,11 @@ pub fn stats(conn: &mut SqliteConnection) -> Result<Stats, StoreError> {
 
 /// Start-up recovery: running workloads become failed ("interrupted by server
 /// restart"), through the state machine; pending ones are returned oldest first.
-pub fn recover(conn: &mut SqliteConnection) -> Result<Recovered, StoreError> {
+pub fn recover(conn: &mut DbConnection) -> Result<Recovered, StoreError> {
     conn.transaction(recover_inner)
 }
 
-fn recover_inner(conn: &mut SqliteConnection) -> Result<Recovered, StoreError> {
+fn recover_inner(conn: &mut DbConnection) -> Result<Recovered, StoreError> {
     let mut out = Recovered::default();
     let running: Vec<String> = workloads::table
         .filter(workloads::status.eq(Status::Running.as_str()))
@@ -601,7 +617,7 @@ fn recover_inner(conn: &mut SqliteConnection) -> Result<Recovered, StoreError> {
     let pending: Vec<(WorkloadRow, i64)> = workloads::table
         .filter(workloads::status.eq(Status::Pending.as_str()))
         .order((workloads::created_at.asc(), workloads::id.asc()))
-        .select((WorkloadRow::as_select(), payload_bytes()))
+        .select((WorkloadRow::as_select(), payload_bytes(conn.is_pg())))
         .load(conn)?;
     for (row, bytes) in pending {
         let workload = Workload::try_from(row)?;
@@ -619,19 +635,23 @@ fn recover_inner(conn: &mut SqliteConnection) -> Result<Recovered, StoreError> {
     Ok(out)
 }
 
-/// The stored size of a workload's payload and input, in bytes (`length` of text
-/// counts characters, of a blob bytes).
-fn payload_bytes() -> diesel::expression::SqlLiteral<diesel::sql_types::BigInt> {
-    diesel::dsl::sql(
+/// The stored size of a workload's payload and input, in bytes (SQLite: `length` of
+/// text counts characters, of a blob bytes; PostgreSQL: `octet_length`, an INTEGER).
+fn payload_bytes(pg: bool) -> diesel::expression::SqlLiteral<diesel::sql_types::BigInt> {
+    diesel::dsl::sql(if pg {
+        "CAST(COALESCE(octet_length(code), 0) + COALESCE(octet_length(code_archive), 0) \
+         + octet_length(input) + COALESCE(octet_length(image), 0) \
+         + COALESCE(octet_length(command), 0) AS BIGINT)"
+    } else {
         "COALESCE(length(CAST(code AS BLOB)), 0) + COALESCE(length(code_archive), 0) \
          + length(input) + COALESCE(length(CAST(image AS BLOB)), 0) \
-         + COALESCE(length(CAST(command AS BLOB)), 0)",
-    )
+         + COALESCE(length(CAST(command AS BLOB)), 0)"
+    })
 }
 
 /// The payload and input of a workload (read when a recovered workload is dispatched).
 pub fn load_payload(
-    conn: &mut SqliteConnection,
+    conn: &mut DbConnection,
     id: WorkloadId,
 ) -> Result<(Payload, Vec<u8>), StoreError> {
     workloads::table

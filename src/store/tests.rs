@@ -1,5 +1,7 @@
-//! The store on real SQLite files. The store enforces the state machine itself: every
-//! one of the 25 (from, to) pairs is applied to a real SQLite file, and invalid ones
+//! The store on real SQLite files and real PostgreSQL databases: every test written
+//! once over a [`DbConnection`] runs on both (`<test>::sqlite`, `<test>::postgres`; the
+//! latter on a throw-away cluster, see `test_pg`). The store enforces the state
+//! machine itself: every one of the 25 (from, to) pairs is applied, and invalid ones
 //! write nothing. A terminal status of a workload with a callback_url enqueues its
 //! webhook delivery in the same write; attempts are recorded once, in order; a
 //! database of the previous version opens with its data; retention deletes only old
@@ -7,8 +9,45 @@
 
 use crate::model::{transition, Payload, Runtime, Status, Workload, WorkloadId};
 use crate::store::queries::{self, StatusChange};
-use crate::store::{open_writer, StoreError};
+use crate::store::{open_writer, Database, DbConnection, StoreError};
 use chrono::Utc;
+
+/// `#[test]`s `<name>::sqlite` and `<name>::postgres` for each `fn <name>(DbConnection)`,
+/// each on a fresh database of its own.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn sqlite() {
+                    let dir = tempfile::tempdir().expect("dir");
+                    let db = super::Database::Sqlite(dir.path().join("t.db"));
+                    super::$name(super::open_writer(&db).expect("open"));
+                }
+
+                #[test]
+                fn postgres() {
+                    let Some(url) = crate::store::test_pg::fresh_database(module_path!()) else {
+                        return;
+                    };
+                    let db = super::Database::Postgres(url);
+                    super::$name(super::open_writer(&db).expect("open"));
+                }
+            }
+        )*
+    };
+}
+
+on_both_stores!(
+    outputs_are_kept_as_json_text_and_old_rows_still_read,
+    attempts_are_recorded_once_in_order_and_deleted_with_their_workload,
+    store_applies_exactly_the_transition_table,
+    unknown_workload_is_not_found,
+    payload_survives_for_recovery,
+    retention_deletes_only_old_finished_work_in_small_steps,
+    a_terminal_status_with_a_callback_enqueues_exactly_one_delivery_in_the_same_write,
+    retention_deletes_the_webhook_attempts_of_what_it_sweeps,
+);
 
 fn record() -> Workload {
     crate::model::pending_fixture()
@@ -25,10 +64,7 @@ fn path_to(status: Status) -> Vec<Status> {
     }
 }
 
-#[test]
-fn store_applies_exactly_the_transition_table() {
-    let dir = tempfile::tempdir().expect("dir");
-    let mut conn = open_writer(&dir.path().join("t.db")).expect("open");
+fn store_applies_exactly_the_transition_table(mut conn: DbConnection) {
     let mut checked = 0;
     for from in Status::ALL {
         for to in Status::ALL {
@@ -63,10 +99,7 @@ fn store_applies_exactly_the_transition_table() {
     assert_eq!(checked, 25);
 }
 
-#[test]
-fn unknown_workload_is_not_found() {
-    let dir = tempfile::tempdir().expect("dir");
-    let mut conn = open_writer(&dir.path().join("t.db")).expect("open");
+fn unknown_workload_is_not_found(mut conn: DbConnection) {
     let res = queries::apply_change(
         &mut conn,
         WorkloadId::new(),
@@ -75,10 +108,7 @@ fn unknown_workload_is_not_found() {
     assert!(matches!(res, Err(StoreError::NotFound)));
 }
 
-#[test]
-fn payload_survives_for_recovery() {
-    let dir = tempfile::tempdir().expect("dir");
-    let mut conn = open_writer(&dir.path().join("t.db")).expect("open");
+fn payload_survives_for_recovery(mut conn: DbConnection) {
     let mut pending = record();
     pending.runtime = Runtime::Oci;
     let payload = Payload::Image {
@@ -114,22 +144,20 @@ fn payload_survives_for_recovery() {
     );
 }
 
-#[test]
-fn outputs_are_kept_as_json_text_and_old_rows_still_read() {
-    use diesel::RunQueryDsl;
-    let dir = tempfile::tempdir().expect("dir");
-    let mut conn = open_writer(&dir.path().join("t.db")).expect("open");
+fn outputs_are_kept_as_json_text_and_old_rows_still_read(mut conn: DbConnection) {
+    use super::schema::workloads;
+    use diesel::prelude::*;
     // A row finished by the previous version: it stored serde_json's rendering of a
     // parsed value. It must read back (and serve) as that same JSON.
     let old = record();
     queries::insert_workload(&mut conn, &old, &Payload::Code("1".into()), b"null").expect("insert");
-    diesel::sql_query(
-        "UPDATE workloads SET status = 'completed', output = '{\"sum\":3,\"list\":[1,\"x\"]}' \
-         WHERE id = ?",
-    )
-    .bind::<diesel::sql_types::Text, _>(old.id.to_string())
-    .execute(&mut conn)
-    .expect("old-style row");
+    diesel::update(workloads::table.find(old.id.to_string()))
+        .set((
+            workloads::status.eq("completed"),
+            workloads::output.eq(r#"{"sum":3,"list":[1,"x"]}"#),
+        ))
+        .execute(&mut conn)
+        .expect("old-style row");
     let read = queries::get_workload(&mut conn, old.id).expect("read");
     let out = read.output.expect("output");
     assert_eq!(out.as_str(), r#"{"sum":3,"list":[1,"x"]}"#);
@@ -173,7 +201,7 @@ fn a_database_of_the_previous_version_opens_and_keeps_its_data() {
         ))
         .expect("old rows");
     }
-    let mut conn = open_writer(&path).expect("the new version opens it");
+    let mut conn = open_writer(&Database::Sqlite(path.clone())).expect("the new version opens it");
     let got = queries::get_workload(&mut conn, w.id).expect("kept");
     assert_eq!(got.status, Status::Pending);
     assert_eq!(got.backend, "isolate");
@@ -211,7 +239,9 @@ fn a_database_of_the_previous_version_opens_and_keeps_its_data() {
     ));
 }
 
-fn pragma(conn: &mut diesel::sqlite::SqliteConnection, name: &str) -> i32 {
+/// A SQLite PRAGMA's value (the SQLite file's own bookkeeping; call on SQLite only).
+fn pragma(conn: &mut DbConnection, name: &str) -> i32 {
+    assert!(!conn.is_pg(), "PRAGMA {name} is SQLite's");
     use diesel::RunQueryDsl;
     #[derive(diesel::QueryableByName)]
     struct V {
@@ -226,7 +256,7 @@ fn pragma(conn: &mut diesel::sqlite::SqliteConnection, name: &str) -> i32 {
 
 /// A workload recorded and driven to `status`, finished `age` ago (when terminal).
 fn stored(
-    conn: &mut diesel::sqlite::SqliteConnection,
+    conn: &mut DbConnection,
     status: Status,
     age: chrono::Duration,
     lines: u64,
@@ -256,12 +286,13 @@ fn stored(
     w.id
 }
 
-#[test]
-fn retention_deletes_only_old_finished_work_in_small_steps() {
-    let dir = tempfile::tempdir().expect("dir");
-    let mut conn = open_writer(&dir.path().join("t.db")).expect("open");
-    // A database created by this version returns freed pages (incremental vacuum).
-    assert_eq!(pragma(&mut conn, "auto_vacuum"), 2);
+fn retention_deletes_only_old_finished_work_in_small_steps(mut conn: DbConnection) {
+    // A SQLite database created by this version returns freed pages (incremental
+    // vacuum); PostgreSQL's autovacuum has the space reused instead.
+    let sqlite = !conn.is_pg();
+    if sqlite {
+        assert_eq!(pragma(&mut conn, "auto_vacuum"), 2);
+    }
     let old = chrono::Duration::days(8);
     let recent = chrono::Duration::hours(1);
     let big = stored(&mut conn, Status::Completed, old, 20_000);
@@ -301,7 +332,11 @@ fn retention_deletes_only_old_finished_work_in_small_steps() {
         queries::apply_change(&mut conn, keyed.id, &change).expect("step");
     }
     let before = Utc::now() - chrono::Duration::days(7);
-    let pages_before = pragma(&mut conn, "page_count");
+    let pages_before = if sqlite {
+        pragma(&mut conn, "page_count")
+    } else {
+        0
+    };
     // The big log goes first (a full-size batch), and its pages go back to the disk.
     let s = queries::sweep_step(&mut conn, before, queries::SweepBatch::STORE).expect("step");
     assert_eq!((s.workloads, s.log_lines, s.more), (0, 5000, true));
@@ -316,13 +351,17 @@ fn retention_deletes_only_old_finished_work_in_small_steps() {
         )
         .expect("step");
     }
-    assert!(pragma(&mut conn, "freelist_count") > 0);
+    if sqlite {
+        assert!(pragma(&mut conn, "freelist_count") > 0);
+    }
     queries::incremental_vacuum(&mut conn, 100_000).expect("vacuum");
-    assert_eq!(pragma(&mut conn, "freelist_count"), 0);
-    assert!(
-        pragma(&mut conn, "page_count") < pages_before / 2,
-        "space is reclaimed"
-    );
+    if sqlite {
+        assert_eq!(pragma(&mut conn, "freelist_count"), 0);
+        assert!(
+            pragma(&mut conn, "page_count") < pages_before / 2,
+            "space is reclaimed"
+        );
+    }
     let batch = queries::SweepBatch {
         workloads: 2,
         log_lines: 10,
@@ -379,7 +418,7 @@ fn with_callback(url: &str) -> Workload {
     }
 }
 
-fn count(conn: &mut diesel::sqlite::SqliteConnection, sql: &str) -> i64 {
+fn count(conn: &mut DbConnection, sql: &str) -> i64 {
     use diesel::prelude::*;
     #[derive(QueryableByName)]
     struct N {
@@ -392,10 +431,9 @@ fn count(conn: &mut diesel::sqlite::SqliteConnection, sql: &str) -> i64 {
         .n
 }
 
-#[test]
-fn a_terminal_status_with_a_callback_enqueues_exactly_one_delivery_in_the_same_write() {
-    let dir = tempfile::tempdir().expect("dir");
-    let mut conn = open_writer(&dir.path().join("t.db")).expect("open");
+fn a_terminal_status_with_a_callback_enqueues_exactly_one_delivery_in_the_same_write(
+    mut conn: DbConnection,
+) {
     let code = Payload::Code("x".into());
 
     let plain = record();
@@ -457,13 +495,10 @@ fn a_terminal_status_with_a_callback_enqueues_exactly_one_delivery_in_the_same_w
     );
 }
 
-#[test]
-fn attempts_are_recorded_once_in_order_and_deleted_with_their_workload() {
+fn attempts_are_recorded_once_in_order_and_deleted_with_their_workload(mut conn: DbConnection) {
     use crate::model::{DeliveryAttempt, DeliveryState};
     use crate::store::deliveries::{self, AttemptRecord};
 
-    let dir = tempfile::tempdir().expect("dir");
-    let mut conn = open_writer(&dir.path().join("t.db")).expect("open");
     let w = with_callback("https://hooks.example.com/a");
     queries::insert_workload(&mut conn, &w, &Payload::Code("x".into()), b"null").expect("insert");
     queries::apply_change(&mut conn, w.id, &StatusChange::to(Status::Failed)).expect("fail");
@@ -590,7 +625,7 @@ fn a_database_of_the_previous_version_opens_with_its_data_and_recovers() {
     }
 
     // The new version opens it (migrating forward) and reads everything back.
-    let mut conn = open_writer(&path).expect("open with the new version");
+    let mut conn = open_writer(&Database::Sqlite(path.clone())).expect("open with the new version");
     let done = queries::get_workload(&mut conn, "01ARZ3NDEKTSV4RRFFQ69G5FA1".parse().expect("id"))
         .expect("old workload");
     assert_eq!(done.status, Status::Completed);
@@ -620,10 +655,7 @@ fn a_database_of_the_previous_version_opens_with_its_data_and_recovers() {
     );
 }
 
-#[test]
-fn retention_deletes_the_webhook_attempts_of_what_it_sweeps() {
-    let dir = tempfile::tempdir().expect("dir");
-    let mut conn = open_writer(&dir.path().join("t.db")).expect("open");
+fn retention_deletes_the_webhook_attempts_of_what_it_sweeps(mut conn: DbConnection) {
     let hooked = with_callback("https://hooks.example.com/old");
     queries::insert_workload(&mut conn, &hooked, &Payload::Code("x".into()), b"null")
         .expect("insert");
@@ -660,4 +692,25 @@ fn retention_deletes_the_webhook_attempts_of_what_it_sweeps() {
         0,
         "attempts go with their workload"
     );
+}
+
+/// Both engines end with the same schema only if every migration has its twin: the
+/// trees hold the same migration names, and nothing else sits in migrations/ (a
+/// migration put there would be embedded in neither).
+#[test]
+fn every_migration_has_a_sqlite_and_a_postgres_twin() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let names = |dir: &std::path::Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .expect("read migrations")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&root), vec!["postgres", "sqlite"]);
+    let sqlite = names(&root.join("sqlite"));
+    assert!(!sqlite.is_empty());
+    assert_eq!(sqlite, names(&root.join("postgres")));
 }

@@ -1,0 +1,2 @@
+DROP TABLE log_lines;
+DROP TABLE workloads;

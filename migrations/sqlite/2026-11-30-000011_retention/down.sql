@@ -1,0 +1,1 @@
+DROP INDEX workloads_finished;
