@@ -449,6 +449,31 @@ mod tests {
     }
 
     #[test]
+    fn the_store_is_sqlite_at_db_path_unless_db_url_names_postgres() {
+        use crate::store::Database;
+        let c = Config::load_from(HashMap::new()).expect("defaults");
+        assert_eq!(
+            c.database().expect("db"),
+            Database::Sqlite(PathBuf::from("vulcan.db"))
+        );
+        let url = "postgres://vulcan:s3cret@db.example:5432/vulcan";
+        let c = Config::load_from(env(&[("VULCAN_DB_URL", url)])).expect("pg");
+        assert_eq!(c.database().expect("db"), Database::Postgres(url.into()));
+        assert!(
+            !format!("{c:?}").contains("s3cret"),
+            "password leaked in Debug"
+        );
+        let shown = c.database().expect("db").to_string();
+        assert!(
+            !shown.contains("s3cret") && shown.contains("db.example"),
+            "{shown}"
+        );
+        let err =
+            Config::load_from(env(&[("VULCAN_DB_URL", "mysql://x/y")])).expect_err("not postgres");
+        assert!(err.to_string().contains("db_url"), "{err}");
+    }
+
+    #[test]
     fn unknown_keys_in_a_file_are_errors_and_unknown_variables_are_named() {
         let c = Config::load_from(env(&[
             ("VULCAN_LISTEN_ADRR", "x"),

@@ -1005,4 +1005,117 @@ mod tests {
             .expect("send")
             .expect("insert after restart");
     }
+
+    /// Both engines' databases for a StoreActor test: SQLite in `dir`, and a fresh
+    /// PostgreSQL database when the server binaries are installed.
+    fn databases(dir: &std::path::Path, test: &str) -> Vec<Database> {
+        let mut dbs = vec![Database::Sqlite(dir.join("t.db"))];
+        dbs.extend(crate::store::test_pg::fresh_database(test).map(Database::Postgres));
+        dbs
+    }
+
+    #[actix_web::test]
+    async fn a_failing_write_does_not_undo_its_neighbours_in_a_batch() {
+        let dir = tempfile::tempdir().expect("dir");
+        for db in databases(dir.path(), "a_failing_write_does_not_undo_its_neighbours") {
+            let metrics = Arc::new(Metrics::new().expect("metrics"));
+            let store = StoreActor::open(&db, 1, 64, metrics).expect("open").start();
+            let first = pending();
+            store
+                .send(insert(&first))
+                .await
+                .expect("send")
+                .expect("insert");
+            // One batch: a good write, a duplicate id (the database refuses it), a
+            // refused transition, another good write.
+            let hold = store.send(HoldWriter(Duration::from_millis(300)));
+            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+            let (a, b) = (pending(), pending());
+            let good = store.send(insert(&a));
+            let dup = store.send(insert(&first));
+            let refused = store.send(ChangeStatus {
+                id: first.id,
+                change: StatusChange::to(crate::model::Status::Completed),
+            });
+            let last = store.send(insert(&b));
+            hold.await.expect("send").expect("held");
+            good.await
+                .expect("send")
+                .expect("{db}: the write before commits");
+            let dup = dup.await.expect("send");
+            assert!(matches!(dup, Err(StoreError::Database(_))), "{db}: {dup:?}");
+            let refused = refused.await.expect("send");
+            assert!(
+                matches!(refused, Err(StoreError::InvalidTransition(_))),
+                "{db}: {refused:?}"
+            );
+            last.await
+                .expect("send")
+                .expect("{db}: the write after commits");
+            for w in [&first, &a, &b] {
+                let got = store.send(GetWorkload(w.id)).await.expect("send");
+                assert_eq!(
+                    got.expect("stored").status,
+                    crate::model::Status::Pending,
+                    "{db}"
+                );
+            }
+        }
+    }
+
+    #[actix_web::test]
+    async fn a_lost_postgres_connection_is_reopened_and_writes_resume() {
+        use diesel::{Connection, RunQueryDsl};
+        let Some(url) = crate::store::test_pg::fresh_database("a_lost_postgres_connection") else {
+            return;
+        };
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let actor =
+            StoreActor::open(&Database::Postgres(url.clone()), 2, 64, metrics).expect("open");
+        let health = actor.health();
+        let store = actor.start();
+        let before = pending();
+        store
+            .send(insert(&before))
+            .await
+            .expect("send")
+            .expect("insert");
+        // The server drops every connection of the store (as a restart or a network
+        // cut does).
+        let mut admin = diesel::PgConnection::establish(&url).expect("admin");
+        diesel::sql_query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .execute(&mut admin)
+        .expect("terminate");
+        let lost = pending();
+        let res = store.send(insert(&lost)).await.expect("send");
+        assert!(
+            matches!(&res, Err(e) if e.is_storage_fault()),
+            "the write fails as a storage fault: {res:?}"
+        );
+        assert!(!health.writable());
+        // The probe reopens the connection; writes succeed again (liveness bound only).
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !health.writable() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "store stays unwritable"
+            );
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        }
+        store
+            .send(insert(&lost))
+            .await
+            .expect("send")
+            .expect("insert again");
+        for w in [&before, &lost] {
+            store
+                .send(GetWorkload(w.id))
+                .await
+                .expect("send")
+                .expect("readable");
+        }
+    }
 }

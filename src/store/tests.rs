@@ -714,3 +714,49 @@ fn every_migration_has_a_sqlite_and_a_postgres_twin() {
     assert!(!sqlite.is_empty());
     assert_eq!(sqlite, names(&root.join("postgres")));
 }
+
+/// One `schema.rs` serves both engines: after their migrations, SQLite and PostgreSQL
+/// hold the same tables with the same columns, in the same order, of the types Diesel
+/// maps alike (TEXT, INTEGER, BIGINT, BLOB = BYTEA) and the same nullability.
+#[test]
+fn both_engines_end_with_the_same_columns() {
+    use diesel::prelude::*;
+    #[derive(QueryableByName, Debug, PartialEq)]
+    struct Column {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        table_name: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        column_name: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        data_type: String,
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        nullable: bool,
+    }
+    let Some(url) = crate::store::test_pg::fresh_database("both_engines_end_with_the_same_columns")
+    else {
+        return;
+    };
+    let mut pg = open_writer(&Database::Postgres(url)).expect("open pg");
+    let dir = tempfile::tempdir().expect("dir");
+    let mut sqlite = open_writer(&Database::Sqlite(dir.path().join("t.db"))).expect("open");
+    let on_pg: Vec<Column> = diesel::sql_query(
+        "SELECT CAST(table_name AS TEXT) AS table_name, CAST(column_name AS TEXT) AS column_name, \
+         CASE data_type WHEN 'bytea' THEN 'BLOB' ELSE upper(CAST(data_type AS TEXT)) END \
+         AS data_type, is_nullable = 'YES' AS nullable FROM information_schema.columns \
+         WHERE table_schema = 'public' AND table_name <> '__diesel_schema_migrations' \
+         ORDER BY table_name, ordinal_position",
+    )
+    .load(&mut pg)
+    .expect("pg columns");
+    let on_sqlite: Vec<Column> = diesel::sql_query(
+        "SELECT m.name AS table_name, p.name AS column_name, upper(p.type) AS data_type, \
+         (p.\"notnull\" = 0 AND p.pk = 0) AS nullable \
+         FROM sqlite_master m JOIN pragma_table_info(m.name) p \
+         WHERE m.type = 'table' AND m.name <> '__diesel_schema_migrations' \
+         ORDER BY m.name, p.cid",
+    )
+    .load(&mut sqlite)
+    .expect("sqlite columns");
+    assert!(on_sqlite.len() > 30, "{on_sqlite:?}");
+    assert_eq!(on_pg, on_sqlite);
+}
