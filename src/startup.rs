@@ -147,8 +147,11 @@ impl Application {
             metrics.register_all(store.metrics().collectors())?;
         }
         let images = ImagesActor::new(image_store).start();
+        let database = config.database()?;
+        // The URL's password never shows (see `Database`'s Display).
+        log::info!("store: {database}");
         let store = StoreActor::open(
-            &config.database()?,
+            &database,
             config.store.read_pool_size,
             config.store.max_batch,
             metrics.clone(),

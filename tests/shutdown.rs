@@ -25,6 +25,7 @@ async fn sigterm_stops_running_work_ends_streams_with_done_and_exits_0() {
         .arg("serve")
         .env("VULCAN_LISTEN_ADDR", format!("127.0.0.1:{port}"))
         .env("VULCAN_DB_PATH", &db)
+        .envs(common::store::db_url(&db).map(|url| ("VULCAN_DB_URL", url)))
         .env("VULCAN_BACKENDS__GVISOR__ENABLED", "false")
         .env("VULCAN_BACKENDS__MICROVM__ENABLED", "false")
         .env("VULCAN_BACKENDS__ISOLATE__MAX_CONCURRENCY", "1")

@@ -22,6 +22,9 @@ async fn ready(app: &common::TestApp) -> u16 {
 
 #[tokio::test]
 async fn a_full_disk_answers_507_keeps_serving_reads_and_recovers_when_space_returns() {
+    if !common::store::sqlite_only("a_full_disk_answers_507") {
+        return;
+    }
     let Some(fs) = Tmpfs::mount("8m", "full disk") else {
         return;
     };
@@ -182,18 +185,13 @@ async fn a_full_disk_answers_507_keeps_serving_reads_and_recovers_when_space_ret
 /// Set `finished_at` of `ids` in the database at `db` to long ago (as if they had
 /// finished then), behind the server's back.
 fn finished_long_ago(db: &std::path::Path, ids: &[String]) {
-    use diesel::connection::SimpleConnection;
-    use diesel::Connection;
-    let mut conn =
-        diesel::sqlite::SqliteConnection::establish(&db.to_string_lossy()).expect("open db");
-    // The stopped server's writer thread may still be closing its connection.
-    conn.batch_execute("PRAGMA busy_timeout = 10000;")
-        .expect("busy timeout");
     for id in ids {
-        conn.batch_execute(&format!(
-            "UPDATE workloads SET finished_at = '2026-01-01T00:00:00.000Z' WHERE id = '{id}'"
-        ))
-        .expect("update");
+        common::store::execute(
+            db,
+            &format!(
+                "UPDATE workloads SET finished_at = '2026-01-01T00:00:00.000Z' WHERE id = '{id}'"
+            ),
+        );
     }
 }
 

@@ -474,6 +474,7 @@ fn serve(db: &std::path::Path, port: u16, retry_base_ms: u64) -> std::process::C
         .arg("serve")
         .env("VULCAN_LISTEN_ADDR", format!("127.0.0.1:{port}"))
         .env("VULCAN_DB_PATH", db)
+        .envs(common::store::db_url(db).map(|url| ("VULCAN_DB_URL", url)))
         .env("VULCAN_BACKENDS__GVISOR__ENABLED", "false")
         .env("VULCAN_BACKENDS__MICROVM__ENABLED", "false")
         .env("VULCAN_WEBHOOKS__ALLOWED_HOSTS", "127.0.0.1")

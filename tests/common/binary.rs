@@ -44,13 +44,17 @@ impl Binary {
     /// `vulcan serve` with `env` on a fresh database and a loopback port chosen by
     /// the OS (unless `env` names a listen address); waits until it listens.
     pub async fn serve(dir: &std::path::Path, env: &[(&str, &str)]) -> Self {
-        let db = dir.join("vulcan.db");
-        let db = db.to_str().expect("utf8");
+        let db_path = dir.join("vulcan.db");
+        let db = db_path.to_str().expect("utf8");
         let mut all: Vec<(&str, &str)> = vec![
             ("VULCAN_DB_PATH", db),
             ("VULCAN_BACKENDS__GVISOR__ENABLED", "false"),
             ("VULCAN_BACKENDS__MICROVM__ENABLED", "false"),
         ];
+        let url = super::store::db_url(&db_path);
+        if let Some(url) = &url {
+            all.push(("VULCAN_DB_URL", url));
+        }
         if !env.iter().any(|(k, _)| *k == "VULCAN_LISTEN_ADDR") {
             all.push(("VULCAN_LISTEN_ADDR", "127.0.0.1:0"));
         }

@@ -1,5 +1,6 @@
 //! Test harness: boots the real application (its own thread and actix System, port 0,
-//! a temporary SQLite file) and talks to it over HTTP.
+//! a temporary SQLite file, or a fresh PostgreSQL database with
+//! `VULCAN_TEST_STORE=postgres`: see [`store`]) and talks to it over HTTP.
 #![allow(dead_code)]
 
 pub mod binary;
@@ -10,6 +11,7 @@ pub mod oci;
 pub mod receiver;
 pub mod scripted;
 pub mod sse;
+pub mod store;
 pub mod tmpfs;
 
 use std::collections::HashMap;
@@ -27,7 +29,7 @@ pub struct TestApp {
     pub address: String,
     /// A client with no default auth header.
     pub client: reqwest::Client,
-    /// The SQLite file.
+    /// The SQLite file (on PostgreSQL: the name of the app's database, see [`store`]).
     pub db_path: PathBuf,
     dir: Option<tempfile::TempDir>,
     handle: actix_web::dev::ServerHandle,
@@ -86,6 +88,9 @@ impl TestAppBuilder {
             "VULCAN_DB_PATH".into(),
             db_path.to_string_lossy().into_owned(),
         );
+        if let Some(url) = store::db_url(&db_path) {
+            env.entry("VULCAN_DB_URL".into()).or_insert(url);
+        }
         env.entry("VULCAN_NODE_ID".into())
             .or_insert("test-node".into());
         env.entry("VULCAN_SHUTDOWN_TIMEOUT_S".into())
@@ -239,7 +244,7 @@ impl TestApp {
         }
     }
 
-    /// Number of rows in `table`, read straight from the SQLite file.
+    /// Number of rows in `table`, read straight from the database.
     pub fn count_rows(&self, table: &str) -> i64 {
         count_rows(&self.db_path, table)
     }
@@ -270,21 +275,9 @@ impl TestApp {
     }
 }
 
-/// Count rows of `table` in the database at `path` with the sqlite3 bundled via Diesel.
+/// Count rows of `table` in the database of the app on `path`.
 pub fn count_rows(path: &std::path::Path, table: &str) -> i64 {
-    use diesel::prelude::*;
-    use diesel::sql_types::BigInt;
-    #[derive(QueryableByName)]
-    struct N {
-        #[diesel(sql_type = BigInt)]
-        n: i64,
-    }
-    let mut conn =
-        diesel::sqlite::SqliteConnection::establish(&path.to_string_lossy()).expect("open db");
-    diesel::sql_query(format!("SELECT COUNT(*) AS n FROM {table}"))
-        .get_result::<N>(&mut conn)
-        .expect("count")
-        .n
+    store::count_rows(path, table)
 }
 
 /// A node workload body (for the scripted backend the code is its script).
@@ -296,21 +289,20 @@ pub fn body(runtime: &str, code: &str) -> Value {
 /// server's back: it exists for every query but was never admitted (as while start-up
 /// re-admits a backlog). Returns its id.
 pub fn insert_unadmitted(db: &std::path::Path, backend: &str) -> String {
-    use diesel::connection::SimpleConnection;
     let id = vulcan::model::WorkloadId::new();
-    // Opened as the server opens it (migrations, PRAGMAs), written as it writes a
-    // pending node workload with the code `{}` and the input `null`.
-    let mut conn = vulcan::store::open_writer(db).expect("open db");
-    conn.batch_execute("PRAGMA busy_timeout = 10000;")
-        .expect("busy timeout");
-    conn.batch_execute(&format!(
-        "INSERT INTO workloads (id, status, isolation, requested_isolation, backend, \
-         runtime, node_id, input_hash, cpu_limit, mem_limit, timeout_s, created_at, \
-         code, input) VALUES ('{id}', 'pending', 'isolate', 'auto', '{backend}', 'node', \
-         'elsewhere', 'sha256:00', 1, 128, 30, '{}', '{{}}', X'6E756C6C')",
-        vulcan::model::format_time(&id.created_at())
-    ))
-    .expect("insert");
+    // Written as the server writes a pending node workload with the code `{}` and the
+    // input `null`.
+    store::execute(
+        db,
+        &format!(
+            "INSERT INTO workloads (id, status, isolation, requested_isolation, backend, \
+             runtime, node_id, input_hash, cpu_limit, mem_limit, timeout_s, created_at, \
+             code, input) VALUES ('{id}', 'pending', 'isolate', 'auto', '{backend}', 'node', \
+             'elsewhere', 'sha256:00', 1, 128, 30, '{}', '{{}}', {})",
+            vulcan::model::format_time(&id.created_at()),
+            store::blob_literal(b"null"),
+        ),
+    );
     id.to_string()
 }
 
