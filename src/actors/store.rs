@@ -1064,6 +1064,28 @@ mod tests {
     }
 
     #[actix_web::test]
+    async fn a_second_server_on_one_postgres_database_is_refused() {
+        let Some(url) = crate::store::test_pg::fresh_database("a_second_server") else {
+            return;
+        };
+        let db = Database::Postgres(url);
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let first = StoreActor::open(&db, 1, 64, metrics.clone()).expect("open");
+        let second = StoreActor::open(&db, 1, 64, metrics.clone());
+        let err = second.err().expect("refused while the first one writes");
+        assert!(err.to_string().contains("another Vulcan server"), "{err}");
+        // Once the first one is gone, the database is free again.
+        drop(first);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match StoreActor::open(&db, 1, 64, metrics.clone()) {
+                Ok(_) => break,
+                Err(e) => assert!(std::time::Instant::now() < deadline, "{e}"),
+            }
+        }
+    }
+
+    #[actix_web::test]
     async fn a_lost_postgres_connection_is_reopened_and_writes_resume() {
         use diesel::{Connection, RunQueryDsl};
         let Some(url) = crate::store::test_pg::fresh_database("a_lost_postgres_connection") else {

@@ -254,6 +254,11 @@ impl ManageConnection for Manager {
 }
 
 /// Open the writer connection and run pending migrations (idempotent).
+///
+/// On PostgreSQL the writer also holds [`WRITER_LOCK`] for as long as its connection
+/// lives: one Vulcan server per database until several nodes share one queue (each would
+/// re-admit and run the same pending work). A second server waits [`WRITER_LOCK_WAIT`]
+/// for it (a restarting server's old connection may still be closing), then fails.
 pub fn open_writer(db: &Database) -> Result<DbConnection, StoreError> {
     let mut conn = db.connect()?;
     let ran = match &mut conn {
@@ -261,7 +266,35 @@ pub fn open_writer(db: &Database) -> Result<DbConnection, StoreError> {
         DbConnection::Pg(c) => c.run_pending_migrations(PG_MIGRATIONS).map(drop),
     };
     ran.map_err(|e| StoreError::Connection(format!("migrations failed: {e}")))?;
+    if let DbConnection::Pg(c) = &mut conn {
+        take_writer_lock(c)?;
+    }
     Ok(conn)
+}
+
+/// The session advisory lock the writer of a PostgreSQL database holds ("vulcan" in
+/// ASCII).
+pub const WRITER_LOCK: i64 = 0x76_75_6c_63_61_6e;
+
+/// How long a writer waits for [`WRITER_LOCK`] before it gives up.
+pub const WRITER_LOCK_WAIT: Duration = Duration::from_secs(10);
+
+fn take_writer_lock(conn: &mut PgConnection) -> Result<(), StoreError> {
+    use diesel::RunQueryDsl;
+    conn.batch_execute(&format!(
+        "SET lock_timeout = {}",
+        WRITER_LOCK_WAIT.as_millis()
+    ))?;
+    let taken = diesel::sql_query("SELECT pg_advisory_lock($1)")
+        .bind::<diesel::sql_types::BigInt, _>(WRITER_LOCK)
+        .execute(conn);
+    conn.batch_execute("SET lock_timeout = 0")?;
+    taken.map(drop).map_err(|e| {
+        StoreError::Connection(format!(
+            "another Vulcan server writes to this database (several servers on one \
+             database are not supported yet): {e}"
+        ))
+    })
 }
 
 /// Open the read pool (call after [`open_writer`] so the schema exists).

@@ -57,10 +57,11 @@ pub fn database(db_path: &Path) -> Database {
     }
 }
 
-/// A connection to the database of the app on `db_path`, opened as the server opens
-/// it (migrations, PRAGMAs), patient with a writer that is still closing.
+/// A connection to the database of the app on `db_path` (which created its tables),
+/// opened as the server opens its readers (PRAGMAs), patient with a writer that is
+/// still closing. Not a writer: the app may be running.
 pub fn connect(db_path: &Path) -> DbConnection {
-    let mut conn = vulcan::store::open_writer(&database(db_path)).expect("open db");
+    let mut conn = database(db_path).connect().expect("open db");
     if !conn.is_pg() {
         conn.batch_execute("PRAGMA busy_timeout = 10000;")
             .expect("busy timeout");
