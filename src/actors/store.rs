@@ -1140,4 +1140,66 @@ mod tests {
                 .expect("readable");
         }
     }
+
+    /// Not a test: a measurement of the store's write path (insert, running,
+    /// completed, 100 workloads in flight so writes batch), on each engine.
+    /// `cargo test --release --lib store_write_throughput -- --ignored --nocapture`.
+    #[ignore]
+    #[actix_web::test]
+    async fn store_write_throughput() {
+        use crate::model::Status;
+        const N: usize = 3000;
+        const IN_FLIGHT: usize = 100;
+        let dir = tempfile::tempdir().expect("dir");
+        for db in databases(dir.path(), "store_write_throughput") {
+            let metrics = Arc::new(Metrics::new().expect("metrics"));
+            let store = StoreActor::open(&db, 4, 64, metrics).expect("open").start();
+            let start = std::time::Instant::now();
+            let cpu_start = cpu_time();
+            for _ in 0..N / IN_FLIGHT {
+                let wave: Vec<Workload> = (0..IN_FLIGHT).map(|_| pending()).collect();
+                let inserts = wave.iter().map(|w| store.send(insert(w)));
+                for r in futures_util::future::join_all(inserts).await {
+                    r.expect("send").expect("insert");
+                }
+                for to in [Status::Running, Status::Completed] {
+                    let changes = wave.iter().map(|w| {
+                        store.send(ChangeStatus {
+                            id: w.id,
+                            change: StatusChange::to(to),
+                        })
+                    });
+                    for r in futures_util::future::join_all(changes).await {
+                        r.expect("send").expect("change");
+                    }
+                }
+            }
+            let secs = start.elapsed().as_secs_f64();
+            let cpu = cpu_time() - cpu_start;
+            println!("BENCH cpu {:.3} s of this process", cpu);
+            let kind = if matches!(db, Database::Sqlite(_)) {
+                "sqlite"
+            } else {
+                "postgres"
+            };
+            println!(
+                "BENCH store_write_throughput {kind}: {N} workloads x 3 writes in {secs:.2} s = {:.0} writes/s",
+                (3 * N) as f64 / secs
+            );
+        }
+    }
+
+    /// CPU time (user + system) of this process so far, in seconds.
+    fn cpu_time() -> f64 {
+        let stat = std::fs::read_to_string("/proc/self/stat").expect("stat");
+        let (_, rest) = stat.rsplit_once(") ").expect("stat format");
+        // utime and stime are fields 14 and 15; `rest` starts at field 3.
+        let f: Vec<f64> = rest
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .map(|v| v.parse().expect("ticks"))
+            .collect();
+        (f[0] + f[1]) / rustix::param::clock_ticks_per_second() as f64
+    }
 }

@@ -137,9 +137,12 @@ pub fn insert_workload(
     payload: &Payload,
     input: &[u8],
 ) -> Result<(), StoreError> {
-    diesel::insert_into(workloads::table)
-        .values(NewWorkloadRow::new(w, payload, input))
-        .execute(conn)?;
+    let row = NewWorkloadRow::new(w, payload, input);
+    // On the engine's own connection: a hot path, and `MultiConnection` rebuilds the SQL
+    // text of every statement it runs.
+    per_engine!(conn, |c| diesel::insert_into(workloads::table)
+        .values(&row)
+        .execute(c)?);
     Ok(())
 }
 
@@ -334,13 +337,15 @@ pub fn incremental_vacuum(conn: &mut DbConnection, pages: u32) -> Result<(), Sto
 
 /// One workload.
 pub fn get_workload(conn: &mut DbConnection, id: WorkloadId) -> Result<Workload, StoreError> {
-    workloads::table
-        .find(id.to_string())
+    let key = id.to_string();
+    // On the engine's own connection: the most frequent read (clients poll it).
+    per_engine!(conn, |c| workloads::table
+        .find(&key)
         .select(WorkloadRow::as_select())
-        .first(conn)
-        .optional()?
-        .ok_or(StoreError::NotFound)?
-        .try_into()
+        .first(c)
+        .optional()?)
+    .ok_or(StoreError::NotFound)?
+    .try_into()
 }
 
 /// Validate `change` against the stored status with the state machine and apply it.
