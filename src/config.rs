@@ -368,7 +368,12 @@ impl Config {
         }
         self.webhooks.validate().map_err(ConfigError)?;
         self.cors.validate().map_err(ConfigError)?;
-        self.database().map_err(|e| ConfigError(e.to_string()))?;
+        self.database().map_err(|e| {
+            ConfigError(match e {
+                crate::store::StoreError::Connection(why) => why,
+                other => other.to_string(),
+            })
+        })?;
         Ok(())
     }
 

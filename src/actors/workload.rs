@@ -175,6 +175,35 @@ impl WorkloadActor {
                     return;
                 }
             }
+            // Still pending where it ran: its running write was lost to a storage fault
+            // while the execution went on (they start together). Record running as it
+            // happened, then the outcome, instead of leaving it pending for ever.
+            if let Ok(Err(StoreError::InvalidTransition(t))) = &res {
+                if t.from == Status::Pending && act.started.is_some() {
+                    log::warn!(
+                        "workload {id}: its running write was lost; recording it before {to}"
+                    );
+                    let ran_for = act.started.map(|s| s.elapsed()).unwrap_or_default();
+                    let running = StatusChange {
+                        at: chrono::Utc::now()
+                            - chrono::Duration::from_std(ran_for).unwrap_or_default(),
+                        ..StatusChange::to(Status::Running)
+                    };
+                    let store = act.store.clone();
+                    async move {
+                        store
+                            .send(ChangeStatus {
+                                id,
+                                change: running,
+                            })
+                            .await
+                    }
+                    .into_actor(act)
+                    .map(move |_, act, ctx| act.record_terminal(retry, ctx))
+                    .spawn(ctx);
+                    return;
+                }
+            }
             let record = match res {
                 Ok(Ok(record)) => {
                     log::info!(

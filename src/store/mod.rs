@@ -201,6 +201,12 @@ impl StoreError {
 
 impl From<diesel::result::Error> for StoreError {
     fn from(e: diesel::result::Error) -> Self {
+        // A connection whose transaction could not be rolled back (the server went away
+        // in the middle of it) cannot be used again: a fault of the storage, so the
+        // writer reopens its connection.
+        if matches!(e, diesel::result::Error::BrokenTransactionManager) {
+            return StoreError::WriteFailed("connection lost mid-transaction".into());
+        }
         if let diesel::result::Error::DatabaseError(kind, info) = &e {
             // Diesel has no kind for these; SQLite's messages for SQLITE_FULL and
             // SQLITE_IOERR are fixed text, as is the OS's ENOSPC text PostgreSQL passes on.

@@ -26,6 +26,8 @@ use diesel::{Connection, PgConnection, RunQueryDsl};
 pub struct PgCluster {
     port: u16,
     dir: PathBuf,
+    pg_ctl: PathBuf,
+    user: Option<String>,
 }
 
 static CLUSTER: OnceLock<Result<PgCluster, String>> = OnceLock::new();
@@ -35,15 +37,7 @@ static NEXT_DB: AtomicU32 = AtomicU32::new(0);
 /// or `None` after printing `SKIPPED: <why>` when PostgreSQL is not installed. Panics
 /// when it is installed but cannot be started: that is a failure, not a skip.
 pub fn fresh_database(test: &str) -> Option<String> {
-    let cluster = match CLUSTER.get_or_init(PgCluster::start) {
-        Ok(c) => c,
-        Err(why) if why.starts_with("not installed") => {
-            println!("SKIPPED: {test} on PostgreSQL: {why}");
-            eprintln!("SKIPPED: {test} on PostgreSQL: {why}");
-            return None;
-        }
-        Err(why) => panic!("cannot start the test PostgreSQL cluster: {why}"),
-    };
+    let cluster = cluster(test)?;
     let name = format!(
         "vulcan_{}_{}",
         std::process::id(),
@@ -55,6 +49,19 @@ pub fn fresh_database(test: &str) -> Option<String> {
         .execute(&mut admin)
         .unwrap_or_else(|e| panic!("create database {name}: {e}"));
     Some(cluster.url(&name))
+}
+
+/// This process's cluster, started on first use (see [`fresh_database`]).
+pub fn cluster(test: &str) -> Option<&'static PgCluster> {
+    match CLUSTER.get_or_init(PgCluster::start) {
+        Ok(c) => Some(c),
+        Err(why) if why.starts_with("not installed") => {
+            println!("SKIPPED: {test} on PostgreSQL: {why}");
+            eprintln!("SKIPPED: {test} on PostgreSQL: {why}");
+            None
+        }
+        Err(why) => panic!("cannot start the test PostgreSQL cluster: {why}"),
+    }
 }
 
 /// The directory holding `initdb` and `pg_ctl`: on PATH, or Debian's
@@ -192,7 +199,14 @@ impl PgCluster {
                 ))
                 .arg("start");
             match run(start, "pg_ctl start") {
-                Ok(()) => return Ok(PgCluster { port, dir }),
+                Ok(()) => {
+                    return Ok(PgCluster {
+                        port,
+                        dir,
+                        pg_ctl,
+                        user: user.map(|u| u.name),
+                    })
+                }
                 Err(e) => last = e,
             }
         }
@@ -207,5 +221,21 @@ impl PgCluster {
     /// The cluster's directory (data, socket, server log).
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Restart the server (`pg_ctl restart -m fast`: every connection is dropped, as in
+    /// a real restart) and wait until it accepts connections again.
+    pub fn restart(&self) {
+        let user = self
+            .user
+            .as_deref()
+            .and_then(|name| nix::unistd::User::from_name(name).ok().flatten());
+        let mut cmd = as_server_user(user.as_ref(), &self.pg_ctl);
+        cmd.arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-l")
+            .arg(self.dir.join("server.log"))
+            .args(["-w", "-t", "60", "-m", "fast", "restart"]);
+        run(cmd, "pg_ctl restart").unwrap_or_else(|e| panic!("{e}"));
     }
 }
