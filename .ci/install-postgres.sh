@@ -1,9 +1,7 @@
 #!/bin/sh
-# Install what the PostgreSQL store needs on a fresh Debian (12+) machine: libpq-dev to
-# build (diesel's postgres feature links libpq; the binary then needs only the small
-# libpq5 at run time, never a server), and the postgresql server binaries the tests
-# start throw-away clusters with (initdb + pg_ctl from /usr/lib/postgresql/*/bin, as the
-# unprivileged postgres user the package creates). The package's own cluster is not
+# Install what the PostgreSQL store's tests need on a fresh Debian (12+) machine: the
+# postgresql server binaries the tests start throw-away clusters with (initdb + pg_ctl
+# from /usr/lib/postgresql/*/bin, as the unprivileged postgres user the package creates). The package's own cluster is not
 # needed: it is stopped where an init system started it.
 # Idempotent and non-interactive; run as root.
 set -eu
@@ -15,7 +13,7 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 missing=""
-for pkg in libpq-dev postgresql; do
+for pkg in postgresql; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
         missing="$missing $pkg"
     fi
