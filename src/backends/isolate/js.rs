@@ -763,7 +763,28 @@ pub fn bench_js_workload(n: usize) -> Result<Vec<Duration>, BackendError> {
 
 #[cfg(test)]
 mod tests {
-    use super::looks_like_module;
+    use super::{looks_like_module, BytecodeCache};
+
+    #[test]
+    fn the_bytecode_cache_stays_within_its_bytes_dropping_the_oldest() {
+        let mut c = BytecodeCache::new(1000);
+        for k in 0..10u8 {
+            c.insert([k; 32], vec![k; 200]);
+            assert!(c.used <= 1000, "{} bytes kept", c.used);
+            assert_eq!(c.used, c.entries.values().map(|b| b.len()).sum::<usize>());
+        }
+        assert!(c.get(&[0; 32]).is_none(), "oldest dropped");
+        assert_eq!(c.get(&[9; 32]).as_deref(), Some(&[9u8; 200][..]));
+        // Larger than a quarter of the cache: not kept, nothing flushed for it.
+        let before = c.entries.len();
+        c.insert([42; 32], vec![0; 251]);
+        assert!(c.get(&[42; 32]).is_none());
+        assert_eq!(c.entries.len(), before);
+        // Disabled.
+        let mut off = BytecodeCache::new(0);
+        off.insert([1; 32], vec![1]);
+        assert!(off.get(&[1; 32]).is_none());
+    }
 
     #[test]
     fn module_detection_follows_statement_syntax() {
