@@ -24,6 +24,7 @@ macro_rules! per_engine {
     };
 }
 
+pub(crate) mod counters;
 pub(crate) mod deliveries;
 mod models;
 pub(crate) mod queries;
