@@ -154,6 +154,9 @@ pub struct LogsConfig {
     pub subscriber_buffer: usize,
     /// Seconds between keep-alive comments on idle streams.
     pub keepalive_s: u64,
+    /// Threads that read and render pages of logs (history, SSE replay), at a lower CPU
+    /// priority than the rest of the server; more concurrent reads wait for one.
+    pub read_threads: usize,
 }
 
 /// `[store]`: the SQLite writer and readers.
@@ -350,11 +353,12 @@ impl Config {
             || self.max_output_bytes == 0
             || self.store.max_batch == 0
             || self.logs.subscriber_buffer == 0
+            || self.logs.read_threads == 0
             || self.idempotency_ttl_s == 0
         {
             return Err(ConfigError(
-                "max_body_bytes, max_output_bytes, store.max_batch, logs.subscriber_buffer and \
-                 idempotency_ttl_s must be positive"
+                "max_body_bytes, max_output_bytes, store.max_batch, logs.subscriber_buffer, \
+                 logs.read_threads and idempotency_ttl_s must be positive"
                     .into(),
             ));
         }

@@ -6,12 +6,14 @@
 //! re-exported below, through the StoreActor's messages.
 
 pub(crate) mod deliveries;
+mod log_reads;
 mod models;
 pub(crate) mod queries;
 mod schema;
 #[cfg(test)]
 mod tests;
 
+pub use log_reads::LogReads;
 pub use queries::{
     BackendStats, KeyedInsert, ListQuery, PendingWork, Recovered, Stats, StatusChange, INTERRUPTED,
 };
