@@ -149,8 +149,9 @@ pub struct LogsConfig {
     /// Bytes of log text kept per workload; past it one marker line says the log was
     /// truncated. Lines past either cap are dropped at the sink.
     pub max_bytes: u64,
-    /// Events buffered per SSE subscriber; a subscriber that falls further behind is
-    /// disconnected (it can resume with `Last-Event-ID`).
+    /// Live events kept per workload for its SSE subscribers (one buffer shared by all
+    /// of them); a subscriber that falls further behind is disconnected (it can resume
+    /// with `Last-Event-ID`).
     pub subscriber_buffer: usize,
     /// Seconds between keep-alive comments on idle streams.
     pub keepalive_s: u64,

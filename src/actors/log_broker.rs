@@ -21,7 +21,7 @@
 //! Ordering guarantee used by SSE: before answering [`Subscribe`], the broker hands every
 //! line it has numbered to the store, so once a write barrier sent after the answer
 //! ([`crate::actors::store::Flush`]) resolves, every line below the subscriber's
-//! `live_from` is committed and readable from the read pool; the live channel carries
+//! `live_from` is committed and readable by every reader; the live channel carries
 //! every line from `live_from` on. Likewise [`Seal`] hands a workload's lines to the
 //! store before its terminal status is written, so a terminal record implies a complete
 //! log.

@@ -76,8 +76,9 @@ pub struct LogReads {
 
 impl LogReads {
     /// Start `threads` (at least one) reader threads on the database at `path` (opened
-    /// by the writer first, so the schema exists). Connections are opened by each
-    /// thread when it first reads, and again after a failure.
+    /// by the writer first, so the schema exists). Their connections are opened here,
+    /// at start-up: a reader must not need to open one while the disk is full (reads
+    /// go on then); a thread opens a new one only after a job panicked.
     pub fn start(path: &Path, threads: usize) -> Result<Self, StoreError> {
         let threads = threads.max(1);
         let gauge = |name: &str, help: &str| {
@@ -99,10 +100,10 @@ impl LogReads {
         let (tx, rx) = mpsc::unbounded_channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..threads {
-            let (rx, path) = (rx.clone(), path.to_path_buf());
+            let (rx, path, conn) = (rx.clone(), path.to_path_buf(), open(path)?);
             std::thread::Builder::new()
                 .name(format!("vulcan-log-read-{i}"))
-                .spawn(move || reader(rx, path))
+                .spawn(move || reader(rx, path, conn))
                 .map_err(|e| {
                     StoreError::Connection(format!("cannot start a log-read thread: {e}"))
                 })?;
@@ -156,11 +157,11 @@ impl LogReads {
 }
 
 /// One log-read thread: lowers its own priority, then runs jobs until the pool is gone.
-fn reader(jobs: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>, path: PathBuf) {
+fn reader(jobs: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>, path: PathBuf, conn: SqliteConnection) {
     if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), NICE) {
         log::warn!("log-read thread: cannot lower its priority: {e}");
     }
-    let mut conn: Option<SqliteConnection> = None;
+    let mut conn = Some(conn);
     loop {
         // One thread waits in `blocking_recv`, the others for the lock: jobs go to
         // whichever is free, in order.
