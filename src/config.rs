@@ -152,11 +152,15 @@ pub struct LogsConfig {
     /// Bytes of log text kept per workload; past it one marker line says the log was
     /// truncated. Lines past either cap are dropped at the sink.
     pub max_bytes: u64,
-    /// Events buffered per SSE subscriber; a subscriber that falls further behind is
-    /// disconnected (it can resume with `Last-Event-ID`).
+    /// Live events kept per workload for its SSE subscribers (one buffer shared by all
+    /// of them); a subscriber that falls further behind is disconnected (it can resume
+    /// with `Last-Event-ID`).
     pub subscriber_buffer: usize,
     /// Seconds between keep-alive comments on idle streams.
     pub keepalive_s: u64,
+    /// Threads that read and render pages of logs (history, SSE replay), at a lower CPU
+    /// priority than the rest of the server; more concurrent reads wait for one.
+    pub read_threads: usize,
 }
 
 /// `[store]`: the SQLite writer and readers.
@@ -353,11 +357,12 @@ impl Config {
             || self.max_output_bytes == 0
             || self.store.max_batch == 0
             || self.logs.subscriber_buffer == 0
+            || self.logs.read_threads == 0
             || self.idempotency_ttl_s == 0
         {
             return Err(ConfigError(
-                "max_body_bytes, max_output_bytes, store.max_batch, logs.subscriber_buffer and \
-                 idempotency_ttl_s must be positive"
+                "max_body_bytes, max_output_bytes, store.max_batch, logs.subscriber_buffer, \
+                 logs.read_threads and idempotency_ttl_s must be positive"
                     .into(),
             ));
         }

@@ -57,6 +57,9 @@ struct BenchArgs {
     /// Also measure python hello under gVisor vs bare `runsc run` (root and runsc needed).
     #[arg(long)]
     gvisor: bool,
+    /// Run only this section (on its own fresh server) and print its report.
+    #[arg(long, value_enum)]
+    only: Option<bench::Section>,
 }
 
 fn main() -> ExitCode {
@@ -114,6 +117,18 @@ fn run_bench(args: BenchArgs) -> ExitCode {
         .map(|(i, a)| if i == 0 { "vulcan".to_string() } else { a })
         .collect::<Vec<_>>()
         .join(" ");
+    if let Some(section) = args.only {
+        return match bench::run_section(&opts, section) {
+            Ok(markdown) => {
+                println!("{markdown}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("vulcan bench: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let report = match bench::run(&opts) {
         Ok(r) => r,
         Err(e) => {

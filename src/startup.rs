@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::images::ImageStore;
 use crate::metrics::Metrics;
 use crate::model::{Isolation, Runtime};
+use crate::store::LogReads;
 use crate::webhooks::policy::CallbackPolicy;
 
 /// Start-up failed.
@@ -157,6 +158,9 @@ impl Application {
             metrics.clone(),
         )?
         .sweep_idempotency_keys(Duration::from_secs(config.idempotency_ttl_s));
+        let log_reads = LogReads::start(&database, config.logs.read_threads)?;
+        metrics.register_all(log_reads.collectors())?;
+        let store = store.log_reads(log_reads);
         let store = match config.retention.max_age_s {
             0 => store,
             age => store.retention(

@@ -1040,3 +1040,90 @@ async fn history_reads_of_a_large_log_run_beside_submissions() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A counter or gauge of `/metrics`.
+fn metric(text: &str, name: &str) -> i64 {
+    text.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as i64)
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+#[tokio::test]
+async fn concurrent_history_readers_get_complete_pages_while_at_most_read_threads_reads_run() {
+    let (f, _) = scripted::factory(Options::default());
+    let app = common::app()
+        .env("VULCAN_LOGS__READ_THREADS", "2")
+        .backend(f)
+        .spawn()
+        .await;
+    let w: Value = app
+        .post(
+            "/v1/workloads",
+            &job(
+                "node",
+                json!({"logs": ["x".repeat(90)], "log_repeat": 30_000}),
+            ),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(w["status"], "completed", "{w}");
+    let history = app.url(&format!("/v1/workloads/{}/logs/history", id(&w)));
+    // Eight clients at once, each paging through the whole log twice.
+    let readers: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, url) = (app.client.clone(), history.clone());
+            tokio::spawn(async move {
+                for _ in 0..2 {
+                    let mut next_seq = 0u64;
+                    let mut after: Option<u64> = None;
+                    loop {
+                        let q = match after {
+                            None => format!("{url}?limit=5000"),
+                            Some(a) => format!("{url}?limit=5000&after={a}"),
+                        };
+                        let res = client.get(q).send().await.expect("get");
+                        assert_eq!(res.status(), 200);
+                        let page: Value = res.json().await.expect("json");
+                        for (seq, line) in page_lines(&page) {
+                            assert_eq!(seq, next_seq, "in order, none missing or repeated");
+                            assert_eq!(line.len(), 90);
+                            next_seq += 1;
+                        }
+                        match page["next_after"].as_u64() {
+                            Some(n) => after = Some(n),
+                            None => break,
+                        }
+                    }
+                    assert_eq!(next_seq, 30_000, "every read sees the whole log");
+                }
+            })
+        })
+        .collect();
+    for r in readers {
+        r.await.expect("reader");
+    }
+    let text = app.get("/metrics").await.text().await.expect("metrics");
+    let peak = metric(&text, "vulcan_log_reads_peak");
+    assert!(
+        (1..=2).contains(&peak),
+        "at most logs.read_threads pages were read at once, got {peak}"
+    );
+    assert!(
+        metric(&text, "vulcan_log_reads_queued_total") > 0,
+        "with 8 clients and 2 threads, some reads waited their turn (none refused)"
+    );
+    assert_eq!(metric(&text, "vulcan_log_reads_running"), 0);
+    // The server is fine: the next workload runs at once.
+    let next: Value = app
+        .post("/v1/workloads", &job("node", json!({"output": 1})))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(next["status"], "completed", "{next}");
+}

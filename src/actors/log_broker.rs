@@ -9,10 +9,19 @@
 //! most one message in the broker's mailbox and its buffer never holds more than the
 //! caps allow: a flooding guest grows no mailbox.
 //!
+//! Fan-out: a line is framed once, as the SSE event its subscribers send
+//! ([`line_frame`]), and only when the topic has subscribers; every subscriber gets the
+//! same [`Bytes`] through the topic's one broadcast channel (a reference count, no copy
+//! and no allocation per subscriber). The channel holds the last
+//! `logs.subscriber_buffer` events of the topic, whatever the number of subscribers; a
+//! subscriber that falls further behind misses events, ends its stream (counted in
+//! `log_lines_dropped_total`) and resumes with Last-Event-ID, losing nothing: it never
+//! slows the others nor grows memory.
+//!
 //! Ordering guarantee used by SSE: before answering [`Subscribe`], the broker hands every
 //! line it has numbered to the store, so once a write barrier sent after the answer
 //! ([`crate::actors::store::Flush`]) resolves, every line below the subscriber's
-//! `live_from` is committed and readable from the read pool; the live channel carries
+//! `live_from` is committed and readable by every reader; the live channel carries
 //! every line from `live_from` on. Likewise [`Seal`] hands a workload's lines to the
 //! store before its terminal status is written, so a terminal record implies a complete
 //! log.
@@ -32,15 +41,17 @@
 //! when a subscriber finds the workload terminal right after subscribing, so none is
 //! left behind.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
+use bytes::{Bytes, BytesMut};
 use chrono::Utc;
-use tokio::sync::mpsc;
+use tokio::sync::broadcast;
+use tokio_util::codec::Encoder as _;
 
 use crate::actors::store::{AppendLogs, StoreActor};
 use crate::actors::Restarts;
@@ -49,11 +60,58 @@ use crate::config::LogsConfig;
 use crate::metrics::Metrics;
 use crate::model::{cap_line, LogLine, Status, WorkloadId};
 
+/// A log line as the SSE event that carries it, framed once and shared by every
+/// subscriber (cloning it is a reference count).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// The line's seq (the event's id).
+    pub seq: u64,
+    /// `id: <seq>`, one `data:` field per line of the text, and the blank line.
+    pub bytes: Bytes,
+}
+
+/// Append the SSE event of line `seq` to `dst`: `id: <seq>` and the text as `data:`
+/// fields (a CR or LF in it starts a new field, so a line cannot forge an event).
+pub fn encode_line(dst: &mut BytesMut, seq: u64, text: &str) -> Result<(), russe::Error> {
+    russe::Encoder::default().encode(
+        russe::Event::Message(russe::Message {
+            data: text.into(),
+            event: None,
+            retry: None,
+            id: Some(seq.to_string().into()),
+        }),
+        dst,
+    )
+}
+
+/// The SSE event of line `seq`, on its own.
+pub fn line_frame(seq: u64, text: &str) -> Result<Bytes, russe::Error> {
+    let mut dst = BytesMut::with_capacity(text.len() + 32);
+    encode_line(&mut dst, seq, text)?;
+    Ok(dst.freeze())
+}
+
+/// The `done` event: the terminal status as data, the seq after the last line as id (a
+/// client resuming from it gets 204).
+pub fn done_frame(status: Status, next_seq: u64) -> Result<Bytes, russe::Error> {
+    let mut dst = BytesMut::with_capacity(48);
+    russe::Encoder::default().encode(
+        russe::Event::Message(russe::Message {
+            data: status.as_str().into(),
+            event: Some("done".into()),
+            retry: None,
+            id: Some(next_seq.to_string().into()),
+        }),
+        &mut dst,
+    )?;
+    Ok(dst.freeze())
+}
+
 /// What a live subscriber receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogEvent {
-    /// A log line.
-    Line(LogLine),
+    /// A log line, framed.
+    Line(Frame),
     /// The workload reached this terminal status; nothing follows.
     Done {
         /// The final status.
@@ -63,16 +121,14 @@ pub enum LogEvent {
     },
 }
 
-struct Subscriber {
-    key: u64,
-    tx: mpsc::Sender<LogEvent>,
-}
-
 struct Topic {
     next_seq: u64,
     /// Opened by admission (false: opened by an early subscriber, see the module docs).
     admitted: bool,
-    subscribers: Vec<Subscriber>,
+    /// The live events, while the topic has subscribers (their receivers).
+    live: Option<broadcast::Sender<LogEvent>>,
+    /// The keys of its subscribers (for the gauge and provisional topics).
+    subscribers: HashSet<u64>,
 }
 
 impl Topic {
@@ -80,8 +136,16 @@ impl Topic {
         Self {
             next_seq: 0,
             admitted,
-            subscribers: Vec::new(),
+            live: None,
+            subscribers: HashSet::new(),
         }
+    }
+
+    /// Disconnect every subscriber: each stream ends after the events it has not read
+    /// yet; the clients resume with Last-Event-ID. Answers how many there were.
+    fn disconnect(&mut self) -> usize {
+        self.live = None;
+        std::mem::take(&mut self.subscribers).len()
     }
 }
 
@@ -125,8 +189,7 @@ impl LogBroker {
         self.restarts.record(why);
         let mut disconnected = 0;
         for topic in self.topics.values_mut() {
-            disconnected += topic.subscribers.len();
-            topic.subscribers.clear();
+            disconnected += topic.disconnect();
         }
         self.metrics.sse_subscribers.sub(disconnected as i64);
         self.topics.retain(|_, t| t.admitted);
@@ -155,14 +218,16 @@ impl LogBroker {
 
     /// End `id`'s topic: subscribers get `Done` after every line, then their stream ends.
     fn close(&mut self, id: WorkloadId, status: Status) {
-        if let Some(topic) = self.topics.remove(&id) {
-            for s in topic.subscribers {
-                let _ = s.tx.try_send(LogEvent::Done {
+        if let Some(mut topic) = self.topics.remove(&id) {
+            if let Some(live) = &topic.live {
+                // Fails only without receivers left (nobody to tell).
+                let _ = live.send(LogEvent::Done {
                     status,
                     next_seq: topic.next_seq,
                 });
-                self.metrics.sse_subscribers.dec();
             }
+            let gone = topic.disconnect();
+            self.metrics.sse_subscribers.sub(gone as i64);
         }
         self.update_gauge();
     }
@@ -182,25 +247,32 @@ impl LogBroker {
             return;
         };
         for text in lines {
-            let entry = LogLine {
-                seq: topic.next_seq,
-                line: text,
-                created_at: Utc::now(),
-            };
+            let seq = topic.next_seq;
             topic.next_seq += 1;
-            let metrics = &self.metrics;
-            topic
-                .subscribers
-                .retain(|s| match s.tx.try_send(LogEvent::Line(entry.clone())) {
-                    Ok(()) => true,
-                    Err(_) => {
-                        // Full or gone: disconnect; the client resumes with Last-Event-ID.
-                        metrics.log_lines_dropped.inc();
-                        metrics.sse_subscribers.dec();
-                        false
+            if let Some(live) = &topic.live {
+                // Framed once for every subscriber (see the module docs).
+                match line_frame(seq, &text) {
+                    Ok(bytes) => {
+                        // Fails only without receivers left: their Unsubscribe is coming.
+                        let _ = live.send(LogEvent::Line(Frame { seq, bytes }));
                     }
-                });
-            self.unflushed.push((id, entry));
+                    Err(e) => {
+                        // Not for a u64 id; were it to happen, the subscribers resume
+                        // from the store rather than miss the line.
+                        log::error!("workload {id}: cannot frame log line {seq}: {e}");
+                        let gone = topic.disconnect();
+                        self.metrics.sse_subscribers.sub(gone as i64);
+                    }
+                }
+            }
+            self.unflushed.push((
+                id,
+                LogLine {
+                    seq,
+                    line: text,
+                    created_at: Utc::now(),
+                },
+            ));
         }
         if !self.flush_scheduled && !self.unflushed.is_empty() {
             self.flush_scheduled = true;
@@ -417,8 +489,10 @@ pub struct Subscribe(pub WorkloadId);
 pub struct Subscription {
     /// First seq delivered live; everything below is in the store already.
     pub live_from: u64,
-    /// The live events (bounded; the broker drops this subscriber if it is full).
-    pub events: mpsc::Receiver<LogEvent>,
+    /// The live events. A receiver more than `logs.subscriber_buffer` events behind
+    /// gets `Lagged` (it ends its stream); `Closed` after the last event once the
+    /// broker disconnects it.
+    pub events: broadcast::Receiver<LogEvent>,
     /// Identifies the subscription for [`Unsubscribe`].
     pub key: u64,
 }
@@ -431,6 +505,8 @@ pub struct Unsubscribe {
     pub id: WorkloadId,
     /// Which subscription.
     pub key: u64,
+    /// Events it missed by falling behind (then it ended; 0 otherwise).
+    pub missed: u64,
 }
 
 impl Handler<OpenTopic> for LogBroker {
@@ -510,8 +586,15 @@ impl Handler<Subscribe> for LogBroker {
             let key = me.next_key;
             me.next_key += 1;
             let topic = me.topics.entry(msg.0).or_insert_with(|| Topic::new(false));
-            let (tx, rx) = mpsc::channel(buffer);
-            topic.subscribers.push(Subscriber { key, tx });
+            let rx = match &topic.live {
+                Some(live) => live.subscribe(),
+                None => {
+                    let (live, rx) = broadcast::channel(buffer.max(1));
+                    topic.live = Some(live);
+                    rx
+                }
+            };
+            topic.subscribers.insert(key);
             let live_from = topic.next_seq;
             me.metrics.sse_subscribers.inc();
             me.update_gauge();
@@ -524,7 +607,7 @@ impl Handler<Subscribe> for LogBroker {
         // After a restart: a stream that ends at once; the client resumes.
         MessageResult(sub.unwrap_or_else(|| Subscription {
             live_from: 0,
-            events: mpsc::channel(1).1,
+            events: broadcast::channel(1).1,
             key: u64::MAX,
         }))
     }
@@ -534,11 +617,14 @@ impl Handler<Unsubscribe> for LogBroker {
     type Result = ();
 
     fn handle(&mut self, msg: Unsubscribe, _: &mut Self::Context) {
+        self.metrics.log_lines_dropped.inc_by(msg.missed);
         if let Some(topic) = self.topics.get_mut(&msg.id) {
-            let before = topic.subscribers.len();
-            topic.subscribers.retain(|s| s.key != msg.key);
-            if topic.subscribers.len() < before {
+            if topic.subscribers.remove(&msg.key) {
                 self.metrics.sse_subscribers.dec();
+            }
+            if topic.subscribers.is_empty() {
+                // Nobody to frame lines for.
+                topic.live = None;
             }
             // A provisional topic exists only for its subscribers.
             if !topic.admitted && topic.subscribers.is_empty() {
@@ -629,8 +715,8 @@ mod tests {
         }
         assert_eq!(got.len(), 1001, "the cap, then the marker");
         assert!(got.iter().enumerate().all(|(i, l)| l.seq == i as u64));
-        assert_eq!(got[999].line, "line 999");
-        assert!(got[1000].line.contains("only the first 1000 lines"));
+        assert_eq!(got[999].bytes, "id: 999\ndata: line 999\n\n");
+        assert!(String::from_utf8_lossy(&got[1000].bytes).contains("only the first 1000 lines"));
         // Later lines are dropped at the sink without a message.
         sink.line("late".to_string());
         assert_eq!(metrics.log_lines_truncated.get(), 200_000 - 1000 + 1);
@@ -666,7 +752,7 @@ mod tests {
             .is_some_and(|e| e.contains("injected fault")));
         // The subscriber got what came before, then its stream ended.
         let mut got = Vec::new();
-        while let Some(LogEvent::Line(l)) = before.events.recv().await {
+        while let Ok(LogEvent::Line(l)) = before.events.recv().await {
             got.push(l.seq);
         }
         assert_eq!(got, vec![0, 1, 2]);
@@ -676,7 +762,9 @@ mod tests {
         sink.line("line 3".to_string());
         let mut events = after.events;
         match events.recv().await {
-            Some(LogEvent::Line(l)) => assert_eq!((l.seq, l.line.as_str()), (3, "line 3")),
+            Ok(LogEvent::Line(l)) => {
+                assert_eq!((l.seq, &l.bytes[..]), (3, &b"id: 3\ndata: line 3\n\n"[..]))
+            }
             other => panic!("{other:?}"),
         }
     }

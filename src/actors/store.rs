@@ -34,8 +34,8 @@ use crate::store::queries::{
     self, KeyedInsert, ListQuery, Recovered, Stats, StatusChange, SweepBatch, Swept,
 };
 use crate::store::{
-    isolated, open_read_pool, open_writer, write_transaction, Database, DbConnection, ReadPool,
-    StoreError,
+    isolated, open_read_pool, open_writer, write_transaction, Database, DbConnection, LogReads,
+    ReadPool, StoreError,
 };
 
 /// How a batch ended, as each of its writes is told (cloneable, unlike `StoreError`).
@@ -317,6 +317,9 @@ pub struct StoreActor {
     sweeping: bool,
     /// Told after a committed terminal status enqueued a webhook delivery.
     deliveries: Option<Recipient<DeliveriesEnqueued>>,
+    /// Where log pages are read ([`StoreActor::log_reads`]); without one (an actor
+    /// built for a unit test) on the general read pool.
+    log_reads: Option<LogReads>,
     /// `GET /v1/stats`, moved by the writer as writes commit.
     counters: Arc<Mutex<StatsCounters>>,
 }
@@ -368,8 +371,15 @@ impl StoreActor {
             retention: None,
             sweeping: false,
             deliveries: None,
+            log_reads: None,
             counters,
         })
+    }
+
+    /// Read log pages ([`GetLogs`]) on `pool`'s threads, apart from every other read.
+    pub fn log_reads(mut self, pool: LogReads) -> Self {
+        self.log_reads = Some(pool);
+        self
     }
 
     /// Delete finished work whose `finished_at` is older than `max_age`: swept at start
@@ -784,13 +794,13 @@ pub struct GetWorkload(pub WorkloadId);
 #[rtype(result = "Result<(Vec<Workload>, u64), StoreError>")]
 pub struct ListWorkloads(pub ListQuery);
 
-/// One page of a workload's log lines in `seq` order, read from the read pool (never
-/// through the writer): those after `after` and below `before` when set, at most
-/// `limit`, and no more once their text reaches `max_bytes`. Memory is bounded by the
-/// page. Answers the lines and whether the page is full (more may follow).
-#[derive(Message)]
-#[rtype(result = "Result<(Vec<LogLine>, bool), StoreError>")]
-pub struct GetLogs {
+/// One page of a workload's log lines in `seq` order, read on a log-read thread (see
+/// [`crate::store::LogReads`]; never through the writer): those after `after` and below
+/// `before` when set, at most `limit`, and no more once their text reaches
+/// `max_bytes`. Memory is bounded by the page. Answers what `render` makes of the lines
+/// and whether the page is full (more may follow); it runs on the log-read thread too,
+/// so a large page is serialised there, not on an HTTP worker.
+pub struct GetLogs<R> {
     /// Which workload.
     pub id: WorkloadId,
     /// Only lines with a larger seq.
@@ -801,6 +811,12 @@ pub struct GetLogs {
     pub limit: i64,
     /// No more lines once their text holds this many bytes.
     pub max_bytes: usize,
+    /// What the caller wants of the page: the lines and whether it is full.
+    pub render: Box<dyn FnOnce(Vec<LogLine>, bool) -> R + Send>,
+}
+
+impl<R: Send + 'static> Message for GetLogs<R> {
+    type Result = Result<R, StoreError>;
 }
 
 /// The payload and input of a workload, from the read pool (a recovered workload
@@ -994,18 +1010,29 @@ impl Handler<ListWorkloads> for StoreActor {
     }
 }
 
-impl Handler<GetLogs> for StoreActor {
-    type Result = ResponseFuture<Result<(Vec<LogLine>, bool), StoreError>>;
+impl<R: Send + 'static> Handler<GetLogs<R>> for StoreActor {
+    type Result = ResponseFuture<Result<R, StoreError>>;
 
-    fn handle(&mut self, msg: GetLogs, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: GetLogs<R>, _: &mut Self::Context) -> Self::Result {
         let GetLogs {
             id,
             after,
             before,
             limit,
             max_bytes,
+            render,
         } = msg;
-        Box::pin(self.read(move |c| queries::log_page(c, id, after, before, limit, max_bytes)))
+        let op = move |c: &mut DbConnection| {
+            queries::log_page(c, id, after, before, limit, max_bytes)
+                .map(|(lines, full)| render(lines, full))
+        };
+        match &self.log_reads {
+            Some(pool) => {
+                let pool = pool.clone();
+                Box::pin(async move { pool.run(op).await })
+            }
+            None => Box::pin(self.read(op)),
+        }
     }
 }
 

@@ -1,20 +1,31 @@
 //! `/v1/workloads/{id}/logs` (SSE: replay, then live, then `done`) and `/logs/history`.
+//!
+//! Pages of recorded lines (history and replay) are read *and rendered* (JSON, SSE
+//! frames) on the store's log-read threads, so an actix worker only writes bytes;
+//! live lines arrive framed by the broker, once for all subscribers.
 
 use std::cell::Cell;
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 
 use actix::Addr;
-use actix_web::http::{header, Method};
-use actix_web::{web, HttpRequest, HttpResponse, Responder};
-use actix_web_lab::sse;
+use actix_web::body::{BodySize, MessageBody};
+use actix_web::http::header::{self, CacheControl, CacheDirective, ContentEncoding};
+use actix_web::http::Method;
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::{Bytes, BytesMut};
 use futures_util::stream::{self, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::Receiver;
 
 use super::error::ErrorBody;
-use super::{ok_json, parse_id, ApiError, AppState, Endpoint};
-use crate::actors::log_broker::{CloseProvisional, LogBroker, LogEvent, Subscribe, Unsubscribe};
+use super::{parse_id, ApiError, AppState, Endpoint};
+use crate::actors::log_broker::{
+    done_frame, encode_line, CloseProvisional, LogBroker, LogEvent, Subscribe, Unsubscribe,
+};
 use crate::actors::store::{Flush, GetLogs, GetWorkload, StoreActor};
 use crate::model::{LogLine, Status, Workload, WorkloadId};
 
@@ -110,63 +121,113 @@ async fn history(
             })?,
     };
     state.store.send(GetWorkload(id)).await??;
-    let (lines, full) = page(&state.store, id, after, None, limit).await?;
-    let next_after = full.then(|| lines.last().map(|l| l.seq)).flatten();
-    Ok(ok_json(&History {
-        workload_id: id,
-        lines,
-        next_after,
-    }))
+    // Serialised where it is read: a page can be megabytes of JSON.
+    let render = Box::new(move |lines: Vec<LogLine>, full: bool| {
+        let next_after = full.then(|| lines.last().map(|l| l.seq)).flatten();
+        serde_json::to_vec(&History {
+            workload_id: id,
+            lines,
+            next_after,
+        })
+        .map(Bytes::from)
+    });
+    let body = state
+        .store
+        .send(GetLogs {
+            id,
+            after,
+            before: None,
+            limit,
+            max_bytes: PAGE_BYTES,
+            render,
+        })
+        .await??
+        .map_err(|e| ApiError::Internal(format!("history page: {e}")))?;
+    Ok(HttpResponse::Ok()
+        .insert_header(header::ContentType::json())
+        .body(body))
 }
 
 /// Most bytes of line text in one page (history or replay): a page of long lines
 /// ends early, with `next_after` set, so one read never holds more.
 const PAGE_BYTES: usize = 4 * 1024 * 1024;
 
-/// One page of recorded lines (after `after`, below `before`), from the read pool, and
-/// whether it is full (more may follow).
-async fn page(
+/// Lines per page of an SSE replay: with [`PAGE_BYTES`], the most a subscriber's
+/// replay holds in memory.
+const REPLAY_PAGE: i64 = 256;
+
+/// A page of an SSE replay, rendered on a log-read thread: its lines' events in one
+/// chunk (written in one go).
+struct ReplayPage {
+    frames: Bytes,
+    /// The seq of its last line (`None`: no line).
+    last: Option<u64>,
+    /// More may follow.
+    full: bool,
+}
+
+impl ReplayPage {
+    const END: Self = Self {
+        frames: Bytes::new(),
+        last: None,
+        full: false,
+    };
+}
+
+/// One replay page: the lines after `after` (below `before`), framed as events.
+async fn replay_page(
     store: &Addr<StoreActor>,
     id: WorkloadId,
     after: Option<i64>,
     before: Option<i64>,
-    limit: i64,
-) -> Result<(Vec<LogLine>, bool), ApiError> {
-    Ok(store
+) -> Result<ReplayPage, ApiError> {
+    let render = Box::new(|lines: Vec<LogLine>, full: bool| {
+        let last = lines.last().map(|l| l.seq);
+        let size: usize = lines.iter().map(|l| l.line.len() + 32).sum();
+        let mut frames = BytesMut::with_capacity(size);
+        for l in &lines {
+            encode_line(&mut frames, l.seq, &l.line)?;
+        }
+        Ok::<_, russe::Error>(ReplayPage {
+            frames: frames.freeze(),
+            last,
+            full,
+        })
+    });
+    store
         .send(GetLogs {
             id,
             after,
             before,
-            limit,
+            limit: REPLAY_PAGE,
             max_bytes: PAGE_BYTES,
+            render,
         })
-        .await??)
+        .await??
+        .map_err(|e| ApiError::Internal(format!("log replay page: {e}")))
 }
 
-/// Lines per page of an SSE replay: the most a subscriber's replay holds in memory.
-const REPLAY_PAGE: i64 = 256;
-
-/// The recorded lines after `after` (and below `before`), as events, page by page:
-/// the next page is read from the read pool when the previous one is sent, so memory
-/// per subscriber stays one page whatever the log's size. `first` is a page read
-/// already. `last` is set to each line's seq as it is sent. A failed read ends the
-/// stream (the client resumes with Last-Event-ID).
+/// The recorded lines after `after` (and below `before`), as events, one chunk per
+/// page: the next page is read when the previous one is sent, so memory per subscriber
+/// stays one page whatever the log's size. `first` is a page read already. `last` is
+/// set to the seq of each page's last line as it is sent. A failed read ends the stream
+/// (the client resumes with Last-Event-ID).
 fn replay(
     store: Addr<StoreActor>,
     id: WorkloadId,
-    first: (Vec<LogLine>, bool),
+    first: ReplayPage,
     before: Option<i64>,
     last: Rc<Cell<Option<u64>>>,
-) -> impl Stream<Item = sse::Event> {
+) -> impl Stream<Item = Bytes> {
     stream::unfold(Some(first), move |next| {
         let store = store.clone();
         let last = last.clone();
         async move {
-            let (lines, more) = match next {
+            let page = match next {
                 Some(p) => p,
                 None => {
                     let after = last.get().map(|s| s as i64);
-                    match page(&store, id, after, before, REPLAY_PAGE).await {
+                    match replay_page(&store, id, after, before).await {
                         Ok(p) => p,
                         Err(e) => {
                             log::warn!("workload {id}: log replay read failed: {e}");
@@ -175,36 +236,20 @@ fn replay(
                     }
                 }
             };
-            if lines.is_empty() {
-                return None;
-            }
-            if let Some(l) = lines.last() {
-                last.set(Some(l.seq));
-            }
+            last.set(Some(page.last?));
             // `None` reads the next page when this one is sent; an empty one ends.
-            let next = if more {
-                None
-            } else {
-                Some((Vec::new(), false))
-            };
-            Some((stream::iter(lines.into_iter().map(line_event)), next))
+            let next = (!page.full).then_some(ReplayPage::END);
+            Some((page.frames, next))
         }
     })
-    .flatten()
 }
 
-fn line_event(l: LogLine) -> sse::Event {
-    sse::Event::Data(sse::Data::new(l.line).id(l.seq.to_string()))
-}
-
-/// `done` carries the id after the last line, so a client that resumes from it (a
-/// browser's EventSource reconnecting after missing or ignoring `done`) gets 204.
-fn done_event(status: Status, next_seq: u64) -> sse::Event {
-    sse::Event::Data(
-        sse::Data::new(status.as_str())
-            .event("done")
-            .id(next_seq.to_string()),
-    )
+/// The `done` event, or the end of the stream should it not encode (the client
+/// resumes and gets 204).
+fn done(status: Status, next_seq: u64) -> Option<Bytes> {
+    done_frame(status, next_seq)
+        .map_err(|e| log::error!("cannot frame the done event: {e}"))
+        .ok()
 }
 
 /// Unsubscribes when the response stream is dropped (client gone or stream over).
@@ -212,7 +257,9 @@ struct Subscribed {
     broker: Addr<LogBroker>,
     id: WorkloadId,
     key: u64,
-    events: mpsc::Receiver<LogEvent>,
+    events: Receiver<LogEvent>,
+    /// Events missed by falling behind.
+    missed: u64,
 }
 
 impl Drop for Subscribed {
@@ -220,29 +267,80 @@ impl Drop for Subscribed {
         self.broker.do_send(Unsubscribe {
             id: self.id,
             key: self.key,
+            missed: self.missed,
         });
     }
 }
 
-fn live(sub: Subscribed, after: Option<i64>) -> impl Stream<Item = sse::Event> {
+/// The live events: the frames the broker made, as they are (no copy).
+fn live(sub: Subscribed, after: Option<i64>) -> impl Stream<Item = Bytes> {
     let after = after.map(|a| a as u64);
     stream::unfold(Some(sub), move |state| async move {
         let mut sub = state?;
         loop {
             match sub.events.recv().await {
-                Some(LogEvent::Line(l)) if after.is_some_and(|a| l.seq <= a) => continue,
-                Some(LogEvent::Line(l)) => return Some((line_event(l), Some(sub))),
-                Some(LogEvent::Done { status, next_seq }) => {
-                    return Some((done_event(status, next_seq), None))
+                Ok(LogEvent::Line(f)) if after.is_some_and(|a| f.seq <= a) => continue,
+                Ok(LogEvent::Line(f)) => return Some((f.bytes, Some(sub))),
+                Ok(LogEvent::Done { status, next_seq }) => {
+                    return done(status, next_seq).map(|d| (d, None))
                 }
-                // Dropped by the broker for falling behind: end; the client resumes.
-                None => return None,
+                // Fell behind: end; the client resumes with Last-Event-ID.
+                Err(RecvError::Lagged(n)) => {
+                    sub.missed = n;
+                    return None;
+                }
+                // Disconnected by the broker (a restart): the client resumes.
+                Err(RecvError::Closed) => return None,
             }
         }
     })
 }
 
-type Events = Box<dyn Stream<Item = sse::Event> + Unpin>;
+type Events = Box<dyn Stream<Item = Bytes> + Unpin>;
+
+/// The `text/event-stream` body: frames encoded already, written as they come (the
+/// HTTP/1 dispatcher puts every frame ready at one wake-up into one write), and a
+/// `: keep-alive` comment when a tick of `keep_alive` finds nothing to send.
+struct EventStream {
+    frames: Events,
+    keep_alive: tokio::time::Interval,
+}
+
+const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
+
+impl EventStream {
+    fn respond(frames: Events, keep_alive: std::time::Duration) -> HttpResponse {
+        let mut keep_alive = tokio::time::interval(keep_alive);
+        keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        HttpResponse::Ok()
+            .content_type("text/event-stream")
+            .insert_header(ContentEncoding::Identity)
+            .insert_header(CacheControl(vec![CacheDirective::NoCache]))
+            .body(EventStream { frames, keep_alive })
+    }
+}
+
+impl MessageBody for EventStream {
+    type Error = Infallible;
+
+    fn size(&self) -> BodySize {
+        BodySize::Stream
+    }
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = this.frames.poll_next_unpin(cx) {
+            return Poll::Ready(frame.map(Ok));
+        }
+        if this.keep_alive.poll_tick(cx).is_ready() {
+            return Poll::Ready(Some(Ok(Bytes::from_static(KEEP_ALIVE))));
+        }
+        Poll::Pending
+    }
+}
 
 /// What a log stream request gets.
 enum Plan {
@@ -255,16 +353,17 @@ enum Plan {
 
 /// A terminal workload: replay after `after`, then `done` (or nothing left at all).
 async fn finished(state: &AppState, w: &Workload, after: Option<i64>) -> Result<Plan, ApiError> {
-    let first = page(&state.store, w.id, after, None, REPLAY_PAGE).await?;
-    if after.is_some() && first.0.is_empty() {
+    let first = replay_page(&state.store, w.id, after, None).await?;
+    if after.is_some() && first.last.is_none() {
         return Ok(Plan::NothingLeft);
     }
     let status = w.status;
     let last = Rc::new(Cell::new(after.map(|a| a as u64)));
     let seen = last.clone();
-    let done = stream::once(async move { done_event(status, seen.get().map_or(0, |s| s + 1)) });
+    let end = stream::once(async move { done(status, seen.get().map_or(0, |s| s + 1)) })
+        .filter_map(std::future::ready);
     Ok(Plan::Stream(Box::new(Box::pin(
-        replay(state.store.clone(), w.id, first, None, last).chain(done),
+        replay(state.store.clone(), w.id, first, None, last).chain(end),
     ))))
 }
 
@@ -282,6 +381,7 @@ async fn plan(state: &AppState, id: WorkloadId, after: Option<i64>) -> Result<Pl
         id,
         key: sub.key,
         events: sub.events,
+        missed: 0,
     };
     // It may have ended between the read and the subscription, without a topic to
     // close: then the record is terminal now, and any provisional topic is ours.
@@ -300,9 +400,9 @@ async fn plan(state: &AppState, id: WorkloadId, after: Option<i64>) -> Result<Pl
     state.store.send(Flush).await??;
     let live_from = i64::try_from(sub.live_from).unwrap_or(i64::MAX);
     let first = if after.is_some_and(|a| a + 1 >= live_from) {
-        (Vec::new(), false)
+        ReplayPage::END
     } else {
-        page(&state.store, id, after, Some(live_from), REPLAY_PAGE).await?
+        replay_page(&state.store, id, after, Some(live_from)).await?
     };
     let last = Rc::new(Cell::new(after.map(|a| a as u64)));
     Ok(Plan::Stream(Box::new(Box::pin(
@@ -359,9 +459,6 @@ async fn stream_logs(
     }
     match plan(&state, id, after).await? {
         Plan::NothingLeft => Ok(HttpResponse::NoContent().finish()),
-        Plan::Stream(events) => Ok(sse::Sse::from_stream(events.map(Ok::<_, Infallible>))
-            .with_keep_alive(state.keepalive)
-            .respond_to(&req)
-            .map_into_boxed_body()),
+        Plan::Stream(events) => Ok(EventStream::respond(events, state.keepalive)),
     }
 }

@@ -205,42 +205,28 @@ async fn section(base: String, opts: LogsOptions) -> Result<LogsFigures, BenchEr
     let submit_idle = submits(&client, &base, opts.submits).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let pages = Arc::new(AtomicU64::new(0));
-    let mut readers = Vec::new();
-    for _ in 0..opts.readers {
-        let (client, history, stop, pages) =
-            (client.clone(), history.clone(), stop.clone(), pages.clone());
-        readers.push(tokio::spawn(async move {
-            while !stop.load(Ordering::SeqCst) {
-                let mut after: Option<u64> = None;
-                loop {
-                    let url = match after {
-                        None => format!("{history}?limit=10000"),
-                        Some(a) => format!("{history}?limit=10000&after={a}"),
-                    };
-                    let Ok(res) = client.get(url).send().await else {
-                        return;
-                    };
-                    let Ok(page) = res.json::<Value>().await else {
-                        return;
-                    };
-                    pages.fetch_add(1, Ordering::SeqCst);
-                    match page["next_after"].as_u64() {
-                        Some(n) if !stop.load(Ordering::SeqCst) => after = Some(n),
-                        _ => break,
-                    }
-                }
-            }
-        }));
-    }
+    // The readers are other clients: on a thread and runtime of their own, so the time
+    // they spend receiving megabytes of JSON is not counted in the submitter's round
+    // trips (on one runtime, a submit's answer waited for a reader's page to be parsed).
+    let readers = {
+        let (history, stop, pages, n) =
+            (history.clone(), stop.clone(), pages.clone(), opts.readers);
+        std::thread::Builder::new()
+            .name("bench-log-readers".into())
+            .spawn(move || read_loop(history, n, stop, pages))
+            .map_err(|e| BenchError::Io("spawning the log readers".into(), e))?
+    };
     // Let every reader be in the middle of its pages.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = pages.load(Ordering::SeqCst);
-    let submit_loaded = submits(&client, &base, opts.submits).await?;
+    let submit_loaded = submits(&client, &base, opts.submits).await;
     let pages_read = pages.load(Ordering::SeqCst) - before;
     stop.store(true, Ordering::SeqCst);
-    for r in readers {
-        let _ = r.await;
-    }
+    let read = readers
+        .join()
+        .map_err(|_| BenchError::Setup("the log readers panicked".into()))?;
+    let submit_loaded = submit_loaded?;
+    read?;
     Ok(LogsFigures {
         lines,
         bytes,
@@ -254,6 +240,66 @@ async fn section(base: String, opts: LogsOptions) -> Result<LogsFigures, BenchEr
         submit_loaded,
         readers: opts.readers,
         pages_read,
+    })
+}
+
+/// The end of a history page: what a re-reading client needs (`lines` is skipped by
+/// the parser, not built).
+#[derive(serde::Deserialize)]
+struct PageEnd {
+    next_after: Option<u64>,
+}
+
+/// `n` clients paging through `history` again and again until `stop`, each page
+/// counted in `pages`; on this thread's own runtime.
+fn read_loop(
+    history: String,
+    n: usize,
+    stop: Arc<AtomicBool>,
+    pages: Arc<AtomicU64>,
+) -> Result<(), BenchError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| BenchError::Io("log readers runtime".into(), e))?;
+    rt.block_on(async move {
+        let client = reqwest::Client::new();
+        let readers: Vec<_> = (0..n)
+            .map(|_| {
+                let (client, history, stop, pages) =
+                    (client.clone(), history.clone(), stop.clone(), pages.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::SeqCst) {
+                        let mut after: Option<u64> = None;
+                        loop {
+                            let url = match after {
+                                None => format!("{history}?limit=10000"),
+                                Some(a) => format!("{history}?limit=10000&after={a}"),
+                            };
+                            let res = client.get(url).send().await.map_err(http)?;
+                            if !res.status().is_success() {
+                                return Err(BenchError::Http(format!(
+                                    "history page answered {}",
+                                    res.status()
+                                )));
+                            }
+                            let page: PageEnd = res.json().await.map_err(http)?;
+                            pages.fetch_add(1, Ordering::SeqCst);
+                            match page.next_after {
+                                Some(n) if !stop.load(Ordering::SeqCst) => after = Some(n),
+                                _ => break,
+                            }
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for r in readers {
+            r.await
+                .map_err(|e| BenchError::Setup(format!("log reader: {e}")))??;
+        }
+        Ok(())
     })
 }
 

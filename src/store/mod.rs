@@ -26,6 +26,7 @@ macro_rules! per_engine {
 
 pub(crate) mod counters;
 pub(crate) mod deliveries;
+mod log_reads;
 mod models;
 pub(crate) mod queries;
 mod schema;
@@ -34,6 +35,7 @@ pub(crate) mod test_pg;
 #[cfg(test)]
 mod tests;
 
+pub use log_reads::LogReads;
 pub use queries::{
     BackendStats, KeyedInsert, ListQuery, PendingWork, Recovered, Stats, StatusChange, INTERRUPTED,
 };
