@@ -249,8 +249,14 @@ pub struct SseFigures {
 /// The gVisor section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GvisorFigures {
-    /// Python hello, sync over HTTP on the gvisor backend.
-    Measured(Percentiles),
+    /// Python hello, sync over HTTP on the gvisor backend, and bare `runsc do` of the
+    /// same program (host root file system, no network) as the floor.
+    Measured {
+        /// Sync `POST /v1/workloads` round trip.
+        backend: Percentiles,
+        /// `runsc do python3`, or why it could not run.
+        bare: Result<Percentiles, String>,
+    },
     /// Not measured, and why.
     Skipped(String),
 }
@@ -564,15 +570,32 @@ impl BenchReport {
         if let Some(g) = &self.gvisor {
             let _ = writeln!(s, "\n## gVisor: python hello\n");
             match g {
-                GvisorFigures::Measured(p) => {
+                GvisorFigures::Measured { backend, bare } => {
                     let _ = writeln!(s, "| what | runs | p50 ms | p99 ms |\n|---|---|---|---|");
                     let _ = writeln!(
                         s,
                         "| sync `POST /v1/workloads`, python hello on gvisor | {} | {} | {} |",
-                        p.samples,
-                        ms(p.p50),
-                        ms(p.p99)
+                        backend.samples,
+                        ms(backend.p50),
+                        ms(backend.p99)
                     );
+                    match bare {
+                        Ok(p) => {
+                            let _ = writeln!(
+                                s,
+                                "| bare `runsc --network=none do python3 -c …` | {} | {} | {} |",
+                                p.samples,
+                                ms(p.p50),
+                                ms(p.p99)
+                            );
+                            let ratio = backend.p50.as_secs_f64() / p.p50.as_secs_f64().max(1e-9);
+                            let _ =
+                                writeln!(s, "\nbackend over HTTP p50 / bare p50 = **{ratio:.2}×**");
+                        }
+                        Err(why) => {
+                            let _ = writeln!(s, "| bare `runsc do` — skipped: {why} | | | |");
+                        }
+                    }
                 }
                 GvisorFigures::Skipped(why) => {
                     let _ = writeln!(s, "Skipped: {why}");
@@ -1434,8 +1457,12 @@ fn gvisor_section(opts: &BenchOptions) -> Result<GvisorFigures, BenchError> {
     })?;
     let figures = match health {
         Ok(v) if gvisor_runs_python(&v) => {
-            sync_latency(addr, PYTHON_HELLO_BODY, check_hello, 1, opts.gvisor_runs)
-                .map(GvisorFigures::Measured)
+            sync_latency(addr, PYTHON_HELLO_BODY, check_hello, 1, opts.gvisor_runs).map(|backend| {
+                GvisorFigures::Measured {
+                    backend,
+                    bare: bare_runsc(opts.gvisor_runs),
+                }
+            })
         }
         Ok(v) => Ok(GvisorFigures::Skipped(format!(
             "the gvisor backend cannot run python here: {v}"
@@ -1444,6 +1471,36 @@ fn gvisor_section(opts: &BenchOptions) -> Result<GvisorFigures, BenchError> {
     };
     server.stop();
     figures
+}
+
+/// `runs` × python hello under a bare `runsc do` (no network, no cgroup set-up): the
+/// floor the gvisor backend's figure is compared with.
+fn bare_runsc(runs: usize) -> Result<Percentiles, String> {
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let start = Instant::now();
+        let out = std::process::Command::new("runsc")
+            .args([
+                "--network=none",
+                "--ignore-cgroups",
+                "do",
+                "/usr/bin/python3",
+                "-c",
+                "print('hello')",
+            ])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run runsc: {e}"))?;
+        times.push(start.elapsed());
+        if out.stdout != b"hello\n" {
+            return Err(format!(
+                "runsc do answered {:?}: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    Percentiles::of(times).ok_or_else(|| "no samples".into())
 }
 
 /// Whether `/v1/backends` lists a healthy gvisor backend offering python.
