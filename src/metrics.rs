@@ -39,6 +39,9 @@ pub struct Metrics {
     pub retention_swept: IntCounterVec,
     /// Writes committed per store transaction.
     pub store_batch_size: Histogram,
+    /// Running + terminal status changes of one workload written as one statement
+    /// (a run that ended before its running write was committed).
+    pub store_status_writes_coalesced: IntCounter,
     /// Backend actor restarts, by backend.
     pub backend_restarts: IntCounterVec,
     /// Backend worker processes replaced (crashed, or killed after a missed cancel).
@@ -123,6 +126,10 @@ impl Metrics {
             HistogramOpts::new("store_batch_size", "Writes committed per store transaction")
                 .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 256.0, 1024.0, 4096.0]),
         )?;
+        let store_status_writes_coalesced = IntCounter::new(
+            "store_status_writes_coalesced_total",
+            "Running and terminal status changes written as one statement",
+        )?;
         let backend_restarts = IntCounterVec::new(
             Opts::new("backend_restarts_total", "Backend actor restarts"),
             &["backend"],
@@ -165,6 +172,7 @@ impl Metrics {
         registry.register(Box::new(log_lines_lost.clone()))?;
         registry.register(Box::new(retention_swept.clone()))?;
         registry.register(Box::new(store_batch_size.clone()))?;
+        registry.register(Box::new(store_status_writes_coalesced.clone()))?;
         registry.register(Box::new(backend_restarts.clone()))?;
         registry.register(Box::new(worker_restarts.clone()))?;
         registry.register(Box::new(webhook_deliveries.clone()))?;
@@ -188,6 +196,7 @@ impl Metrics {
             log_lines_lost,
             retention_swept,
             store_batch_size,
+            store_status_writes_coalesced,
             backend_restarts,
             worker_restarts,
             webhook_deliveries,

@@ -35,6 +35,13 @@ fn backend(max_concurrency: usize) -> IsolateBackend {
     IsolateBackend::new(&config(max_concurrency)).expect("backend starts")
 }
 
+/// One worker with the JavaScript bytecode cache set to `bytes`.
+fn backend_with_js_cache(bytes: usize) -> IsolateBackend {
+    let mut cfg = config(1);
+    cfg.backends.isolate.js_bytecode_cache_bytes = bytes;
+    IsolateBackend::new(&cfg).expect("backend starts")
+}
+
 fn spec(runtime: Runtime, payload: Payload, input: Value, mem_mb: u32) -> WorkloadSpec {
     WorkloadSpec {
         id: WorkloadId::new(),
@@ -120,6 +127,76 @@ async fn async_default_export_is_awaited_including_timers() {
     let r = run_ok(&b, js(code, json!({"n": 21}))).await;
     assert_eq!(r.error, None);
     assert_eq!(output_json(&r), json!({"v": 42}));
+}
+
+/// Mutates everything a workload can reach (module state, globals, built-in
+/// prototypes, pending timers) and answers what it found when it started.
+const MUTATOR: &str = r#"
+let calls = 0;
+export default (input) => {
+  calls += 1;
+  const seen = {
+    calls,
+    marker: globalThis.marker ?? null,
+    polluted: ({}).polluted ?? null,
+    push: [1].push(2),
+    json: JSON.stringify({ a: 1 }),
+  };
+  console.log("run " + input.tag);
+  globalThis.marker = input.tag;
+  Object.prototype.polluted = input.tag;
+  Array.prototype.push = () => -1;
+  JSON.stringify = () => "tampered";
+  setTimeout(() => console.log("late timer of " + input.tag), 0);
+  return { calls: seen.calls, marker: seen.marker, polluted: seen.polluted,
+           push: seen.push, json: seen.json };
+};
+"#;
+
+#[tokio::test]
+async fn identical_code_from_the_bytecode_cache_never_sees_a_previous_workloads_state() {
+    // One worker: the second and third runs load the first one's cached bytecode.
+    let b = backend_with_js_cache(1 << 20);
+    for tag in ["A", "B", "C"] {
+        let (sink, lines) = recording_sink();
+        let r = b
+            .execute(
+                js(MUTATOR, json!({ "tag": tag })),
+                ExecContext::new(sink, Duration::from_secs(10)),
+            )
+            .await
+            .expect("backend answers");
+        assert_eq!(r.error, None, "run {tag}");
+        assert_eq!(
+            output_json(&r),
+            json!({"calls": 1, "marker": null, "polluted": null, "push": 2, "json": "{\"a\":1}"}),
+            "run {tag} started from a fresh context"
+        );
+        assert_eq!(
+            *lines.lock().expect("lock"),
+            vec![format!("run {tag}"), format!("late timer of {tag}")],
+            "run {tag} logs only its own lines"
+        );
+    }
+}
+
+#[tokio::test]
+async fn cached_and_uncached_modules_give_the_same_results_and_errors() {
+    let code = "export default (i) => { if (i.fail) { throw new TypeError(\"bad \" + i.n); } return i.n * 2; }";
+    for cache in [0, 1 << 20] {
+        let b = backend_with_js_cache(cache);
+        for n in 1..=3 {
+            let r = run_ok(&b, js(code, json!({"n": n, "fail": false}))).await;
+            assert_eq!(output_json(&r), json!(n * 2), "cache {cache}");
+            let r = run_ok(&b, js(code, json!({"n": n, "fail": true}))).await;
+            assert_eq!(r.exit_code, Some(1));
+            let err = r.error.expect("failed");
+            assert!(
+                err.starts_with(&format!("TypeError: bad {n}")) && err.contains("main.js"),
+                "cache {cache}: {err}"
+            );
+        }
+    }
 }
 
 #[tokio::test]

@@ -28,8 +28,9 @@ use crate::metrics::Metrics;
 use chrono::{DateTime, Utc};
 
 use crate::model::{
-    Deliveries, IdempotencyKey, IdempotencyRecord, LogLine, Payload, Workload, WorkloadId,
+    Deliveries, IdempotencyKey, IdempotencyRecord, LogLine, Payload, Status, Workload, WorkloadId,
 };
+use crate::store::counters::{Delta, StatsCounters, Tally};
 use crate::store::deliveries::{self, AttemptRecord, DeliveryQueue};
 use crate::store::queries::{
     self, KeyedInsert, ListQuery, Recovered, Stats, StatusChange, SweepBatch, Swept,
@@ -68,13 +69,186 @@ type Reply = Box<dyn FnOnce(Result<(), BatchFault>) + Send>;
 enum ToWriter {
     /// A write, batched with its neighbours.
     Job(Job),
+    /// A status change: batched like a job, and folded into one statement with the
+    /// same workload's next change when a running change and a terminal one meet in
+    /// one batch (see [`plan`]).
+    Change(ChangeReq),
     /// Drop the connection and open a fresh one (an operator's restart), then answer.
     Restart(String, oneshot::Sender<()>),
 }
+
+/// A status change waiting in the writer's queue.
+struct ChangeReq {
+    id: WorkloadId,
+    change: StatusChange,
+    tx: oneshot::Sender<Result<Workload, StoreError>>,
+}
+
+/// What a write did when it ran: its reply (told the batch's outcome), the storage
+/// fault it hit (the batch is then rolled back), and how it moves the statistics once
+/// committed.
+type Ran = (Reply, Option<BatchFault>, Vec<Delta>);
+
 /// A queued write: run on the connection (`Some`), or skipped (`None`) because its
-/// batch failed before its turn. Answers its reply and, when the write hit a storage
-/// fault, that fault (the batch is then rolled back).
-type Job = Box<dyn FnOnce(Option<&mut SqliteConnection>) -> (Reply, Option<BatchFault>) + Send>;
+/// batch failed before its turn.
+type Job = Box<dyn FnOnce(Option<&mut SqliteConnection>) -> Ran + Send>;
+
+/// How a committed status change moves the statistics: out of the status it left,
+/// into the one it reached.
+fn change_deltas(w: &Workload) -> Vec<Delta> {
+    let now = Tally::of(w);
+    vec![
+        Delta::Remove(now.before_change(queries::moved_from(w))),
+        Delta::Add(now),
+    ]
+}
+
+/// Turn a closure over the connection into a job answering `tx`; `deltas` tells how a
+/// successful result moves the statistics.
+fn job_of<T: Send + 'static>(
+    op: impl FnOnce(&mut SqliteConnection) -> Result<T, StoreError> + Send + 'static,
+    deltas: impl FnOnce(&T) -> Vec<Delta> + Send + 'static,
+    tx: oneshot::Sender<Result<T, StoreError>>,
+) -> Job {
+    Box::new(move |conn| {
+        // No savepoint per write: every write op either is a single mutating
+        // statement (SQLite undoes a failed statement by itself) or opens its own
+        // savepoint, so a failed write never leaves anything behind in the batch.
+        // A storage fault rolls back the whole batch instead (see the module docs).
+        let res = match conn {
+            Some(c) => op(c),
+            None => Err(StoreError::Unavailable),
+        };
+        let fault = match &res {
+            Err(e) if e.is_storage_fault() => Some(BatchFault::of(e)),
+            _ => None,
+        };
+        let moved = res.as_ref().map(deltas).unwrap_or_default();
+        let reply: Reply = Box::new(move |commit: Result<(), BatchFault>| {
+            let _ = tx.send(commit.map_err(BatchFault::into_error).and(res));
+        });
+        (reply, fault, moved)
+    })
+}
+
+/// The job of one status change.
+fn change_job(req: ChangeReq) -> Job {
+    let ChangeReq { id, change, tx } = req;
+    job_of(
+        move |c| queries::apply_change(c, id, &change),
+        change_deltas,
+        tx,
+    )
+}
+
+/// The job of a running change and the terminal change that followed it in the same
+/// batch: one statement when the state machine allows both in turn (the running reply
+/// gets the row as the running change alone would have left it), otherwise the two
+/// changes one after the other, each answered as if alone.
+fn merged_job(running: ChangeReq, end: ChangeReq, coalesced: prometheus::IntCounter) -> Job {
+    Box::new(move |conn| {
+        let res = match conn {
+            None => Ok((Err(StoreError::Unavailable), Err(StoreError::Unavailable))),
+            Some(c) => {
+                match queries::apply_start_and_end(c, end.id, &running.change, &end.change) {
+                    Ok(Some(done)) => {
+                        coalesced.inc();
+                        let mut started = done.clone();
+                        started.status = Status::Running;
+                        started.finished_at = None;
+                        started.output = None;
+                        started.exit_code = None;
+                        started.error = None;
+                        started.duration_ms = None;
+                        Ok((Ok(started), Ok(done)))
+                    }
+                    Ok(None) => {
+                        let first = queries::apply_change(c, running.id, &running.change);
+                        match &first {
+                            Err(e) if e.is_storage_fault() => Err(BatchFault::of(e)),
+                            _ => {
+                                let second = queries::apply_change(c, end.id, &end.change);
+                                Ok((first, second))
+                            }
+                        }
+                    }
+                    Err(e) => Err(BatchFault::of(&e)),
+                }
+            }
+        };
+        let (first, second, fault) = match res {
+            Ok((first, second)) => {
+                let fault = match &second {
+                    Err(e) if e.is_storage_fault() => Some(BatchFault::of(e)),
+                    _ => None,
+                };
+                (first, second, fault)
+            }
+            Err(fault) => (
+                Err(fault.clone().into_error()),
+                Err(fault.clone().into_error()),
+                Some(fault),
+            ),
+        };
+        // Net move: out of the status before the running change, into the last one.
+        let mut moved = first.as_ref().map(change_deltas).unwrap_or_default();
+        if let Ok(w) = &second {
+            moved.extend(change_deltas(w));
+        }
+        let (tx_run, tx_end) = (running.tx, end.tx);
+        let reply: Reply = Box::new(move |commit: Result<(), BatchFault>| {
+            let _ = tx_run.send(commit.clone().map_err(BatchFault::into_error).and(first));
+            let _ = tx_end.send(commit.map_err(BatchFault::into_error).and(second));
+        });
+        (reply, fault, moved)
+    })
+}
+
+/// One queued item of a batch, before [`plan`] turns the batch into jobs.
+enum Item {
+    Job(Job),
+    Change(ChangeReq),
+}
+
+/// The jobs of a batch, in order, with each running change that is followed in the
+/// batch by a terminal change of the same workload folded into that terminal change's
+/// place (nothing in between reads or writes that workload's status).
+fn plan(items: Vec<Item>, coalesced: &prometheus::IntCounter) -> Vec<Job> {
+    let mut open: HashMap<WorkloadId, usize> = HashMap::new();
+    // terminal change's index -> index of the running change it absorbs
+    let mut absorbs: HashMap<usize, usize> = HashMap::new();
+    for (i, item) in items.iter().enumerate() {
+        if let Item::Change(c) = item {
+            if c.change.to == Status::Running {
+                open.insert(c.id, i);
+            } else if let Some(r) = open.remove(&c.id) {
+                if c.change.to.is_terminal() {
+                    absorbs.insert(i, r);
+                }
+            }
+        }
+    }
+    let absorbed: std::collections::HashSet<usize> = absorbs.values().copied().collect();
+    let mut slots: Vec<Option<Item>> = items.into_iter().map(Some).collect();
+    let mut jobs = Vec::with_capacity(slots.len());
+    for i in 0..slots.len() {
+        if absorbed.contains(&i) {
+            continue;
+        }
+        let Some(item) = slots[i].take() else {
+            continue;
+        };
+        let job = match item {
+            Item::Job(job) => job,
+            Item::Change(end) => match absorbs.get(&i).and_then(|r| slots[*r].take()) {
+                Some(Item::Change(running)) => merged_job(running, end, coalesced.clone()),
+                _ => change_job(end),
+            },
+        };
+        jobs.push(job);
+    }
+    jobs
+}
 
 /// Whether the store can write, shared with `/readyz`.
 #[derive(Debug, Default)]
@@ -143,6 +317,8 @@ pub struct StoreActor {
     sweeping: bool,
     /// Told after a committed terminal status enqueued a webhook delivery.
     deliveries: Option<Recipient<DeliveriesEnqueued>>,
+    /// `GET /v1/stats`, moved by the writer as writes commit.
+    counters: Arc<Mutex<StatsCounters>>,
 }
 
 /// How often a store that cannot write tries a probe write.
@@ -162,8 +338,11 @@ impl StoreActor {
         max_batch: usize,
         metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
-        let conn = open_writer(path)?;
+        let mut conn = open_writer(path)?;
         let reads = open_read_pool(path, read_pool_size)?;
+        let counters = Arc::new(Mutex::new(StatsCounters::seeded(queries::stat_groups(
+            &mut conn,
+        )?)));
         let (tx, rx) = mpsc::channel::<ToWriter>();
         let health = Arc::new(StoreHealth::default());
         let writer = Writer {
@@ -172,6 +351,7 @@ impl StoreActor {
             metrics: metrics.clone(),
             health: health.clone(),
             restarts: health.restarts.clone(),
+            counters: counters.clone(),
         };
         std::thread::Builder::new()
             .name("vulcan-store-writer".into())
@@ -188,6 +368,7 @@ impl StoreActor {
             retention: None,
             sweeping: false,
             deliveries: None,
+            counters,
         })
     }
 
@@ -215,13 +396,16 @@ impl StoreActor {
     }
 
     fn sweep_step(&mut self, before: DateTime<Utc>, total: Swept, ctx: &mut Context<Self>) {
-        let rx = self.write(move |c| {
-            let swept = queries::sweep_step(c, before, SweepBatch::STORE)?;
-            if swept.workloads + swept.log_lines > 0 {
-                queries::incremental_vacuum(c, VACUUM_PAGES)?;
-            }
-            Ok(swept)
-        });
+        let rx = self.write_counted(
+            move |c| {
+                let swept = queries::sweep_step(c, before, SweepBatch::STORE)?;
+                if swept.workloads + swept.log_lines > 0 {
+                    queries::incremental_vacuum(c, VACUUM_PAGES)?;
+                }
+                Ok(swept)
+            },
+            |s: &Swept| s.deleted.iter().cloned().map(Delta::Remove).collect(),
+        );
         async move { answer(rx).await }
             .into_actor(self)
             .map(move |res, act, ctx| match res {
@@ -238,6 +422,7 @@ impl StoreActor {
                         workloads: total.workloads + s.workloads,
                         log_lines: total.log_lines + s.log_lines,
                         more: s.more,
+                        deleted: Vec::new(),
                     };
                     if s.more {
                         act.sweep_step(before, total, ctx);
@@ -356,28 +541,20 @@ impl StoreActor {
         &self,
         op: impl FnOnce(&mut SqliteConnection) -> Result<T, StoreError> + Send + 'static,
     ) -> oneshot::Receiver<Result<T, StoreError>> {
+        self.write_counted(op, |_| Vec::new())
+    }
+
+    /// A write whose successful result moves the statistics by `deltas` (applied by
+    /// the writer once the batch has committed).
+    fn write_counted<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&mut SqliteConnection) -> Result<T, StoreError> + Send + 'static,
+        deltas: impl FnOnce(&T) -> Vec<Delta> + Send + 'static,
+    ) -> oneshot::Receiver<Result<T, StoreError>> {
         let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            // No savepoint per write: every write op either is a single mutating
-            // statement (SQLite undoes a failed statement by itself) or opens its own
-            // savepoint, so a failed write never leaves anything behind in the batch.
-            // A storage fault rolls back the whole batch instead (see the module docs).
-            let res = match conn {
-                Some(c) => op(c),
-                None => Err(StoreError::Unavailable),
-            };
-            let fault = match &res {
-                Err(e) if e.is_storage_fault() => Some(BatchFault::of(e)),
-                _ => None,
-            };
-            let reply: Reply = Box::new(move |commit: Result<(), BatchFault>| {
-                let _ = tx.send(commit.map_err(BatchFault::into_error).and(res));
-            });
-            (reply, fault)
-        });
         // If the writer is gone the job (and its reply sender) is dropped here, so the
         // caller is answered `Unavailable` at once instead of waiting forever.
-        let _ = self.writer.send(ToWriter::Job(job));
+        let _ = self.writer.send(ToWriter::Job(job_of(op, deltas, tx)));
         rx
     }
 
@@ -410,6 +587,7 @@ struct Writer {
     metrics: Arc<Metrics>,
     health: Arc<StoreHealth>,
     restarts: Arc<Restarts>,
+    counters: Arc<Mutex<StatsCounters>>,
 }
 
 impl Writer {
@@ -417,7 +595,8 @@ impl Writer {
         let mut next = rx.recv().ok();
         while let Some(msg) = next.take() {
             let first = match msg {
-                ToWriter::Job(job) => job,
+                ToWriter::Job(job) => Item::Job(job),
+                ToWriter::Change(req) => Item::Change(req),
                 ToWriter::Restart(why, ack) => {
                     self.restart(&mut conn, why);
                     let _ = ack.send(());
@@ -425,10 +604,11 @@ impl Writer {
                     continue;
                 }
             };
-            let mut batch = vec![first];
-            while batch.len() < self.max_batch {
+            let mut items = vec![first];
+            while items.len() < self.max_batch {
                 match rx.try_recv() {
-                    Ok(ToWriter::Job(job)) => batch.push(job),
+                    Ok(ToWriter::Job(job)) => items.push(Item::Job(job)),
+                    Ok(ToWriter::Change(req)) => items.push(Item::Change(req)),
                     // Handled after this batch, in order.
                     Ok(restart) => {
                         next = Some(restart);
@@ -437,14 +617,17 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.metrics.store_batch_size.observe(batch.len() as f64);
+            self.metrics.store_batch_size.observe(items.len() as f64);
+            let batch = plan(items, &self.metrics.store_status_writes_coalesced);
+            let mut moved: Vec<Delta> = Vec::new();
             let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
             let mut jobs = batch.into_iter();
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 conn.immediate_transaction(|c| {
                     for job in jobs.by_ref() {
-                        let (reply, fault) = job(Some(c));
+                        let (reply, fault, deltas) = job(Some(c));
                         replies.push(reply);
+                        moved.extend(deltas);
                         if let Some(fault) = fault {
                             return Err(fault.into_error());
                         }
@@ -469,6 +652,12 @@ impl Writer {
             };
             // Skipped after a fault: answered with it, never run.
             replies.extend(jobs.map(|job| job(None).0));
+            if commit.is_ok() && !moved.is_empty() {
+                let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+                for d in &moved {
+                    counters.apply(d);
+                }
+            }
             if let Err(fault) = &commit {
                 log::error!(
                     "store: batch of {} write(s) failed: {fault:?}",
@@ -679,19 +868,27 @@ impl Handler<InsertWorkload> for StoreActor {
     type Result = ResponseFuture<Result<KeyedInsert, StoreError>>;
 
     fn handle(&mut self, msg: InsertWorkload, _: &mut Self::Context) -> Self::Result {
-        let rx = self.write(move |c| match &msg.key {
-            None => queries::insert_workload(c, &msg.workload, &msg.payload, &msg.input)
-                .map(|()| KeyedInsert::Inserted),
-            Some(k) => queries::insert_keyed_workload(
-                c,
-                &msg.workload,
-                &msg.payload,
-                &msg.input,
-                &k.key,
-                &k.record,
-                k.not_before,
-            ),
-        });
+        let added = Tally::of(&msg.workload);
+        let counted = move |r: &KeyedInsert| match r {
+            KeyedInsert::Inserted => vec![Delta::Add(added)],
+            KeyedInsert::Existing(_) => Vec::new(),
+        };
+        let rx = self.write_counted(
+            move |c| match &msg.key {
+                None => queries::insert_workload(c, &msg.workload, &msg.payload, &msg.input)
+                    .map(|()| KeyedInsert::Inserted),
+                Some(k) => queries::insert_keyed_workload(
+                    c,
+                    &msg.workload,
+                    &msg.payload,
+                    &msg.input,
+                    &k.key,
+                    &k.record,
+                    k.not_before,
+                ),
+            },
+            counted,
+        );
         Box::pin(answer(rx))
     }
 }
@@ -708,7 +905,12 @@ impl Handler<ChangeStatus> for StoreActor {
     type Result = ResponseFuture<Result<Workload, StoreError>>;
 
     fn handle(&mut self, msg: ChangeStatus, _: &mut Self::Context) -> Self::Result {
-        let rx = self.write(move |c| queries::apply_change(c, msg.id, &msg.change));
+        let (tx, rx) = oneshot::channel();
+        let _ = self.writer.send(ToWriter::Change(ChangeReq {
+            id: msg.id,
+            change: msg.change,
+            tx,
+        }));
         let watcher = self.deliveries.clone();
         Box::pin(async move {
             let res = answer(rx).await;
@@ -819,7 +1021,11 @@ impl Handler<GetStats> for StoreActor {
     type Result = ResponseFuture<Result<Stats, StoreError>>;
 
     fn handle(&mut self, _: GetStats, _: &mut Self::Context) -> Self::Result {
-        Box::pin(self.read(queries::stats))
+        let counters = self.counters.clone();
+        Box::pin(async move {
+            let c = counters.lock().unwrap_or_else(|p| p.into_inner());
+            Ok(c.snapshot())
+        })
     }
 }
 
@@ -827,7 +1033,9 @@ impl Handler<Recover> for StoreActor {
     type Result = ResponseFuture<Result<Recovered, StoreError>>;
 
     fn handle(&mut self, _: Recover, _: &mut Self::Context) -> Self::Result {
-        Box::pin(answer(self.write(queries::recover)))
+        Box::pin(answer(self.write_counted(queries::recover, |r| {
+            r.interrupted.iter().flat_map(change_deltas).collect()
+        })))
     }
 }
 
@@ -1002,5 +1210,202 @@ mod tests {
             .await
             .expect("send")
             .expect("insert after restart");
+    }
+
+    fn finished(to: Status, ms: u64) -> StatusChange {
+        StatusChange {
+            output: crate::model::output_value(b"42"),
+            exit_code: Some(0),
+            duration_ms: Some(ms),
+            ..StatusChange::to(to)
+        }
+    }
+
+    /// What a scan of the committed table says, for comparison with the counters.
+    fn scanned(path: &Path) -> Stats {
+        let mut conn = open_writer(path).expect("scan connection");
+        queries::stats(&mut conn).expect("scan")
+    }
+
+    fn open_actor(path: &Path) -> (Addr<StoreActor>, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let actor = StoreActor::open(path, 1, 64, metrics.clone()).expect("open");
+        (actor.start(), metrics)
+    }
+
+    #[actix_web::test]
+    async fn running_and_terminal_changes_in_one_batch_are_one_statement_answering_both() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("t.db");
+        let (store, metrics) = open_actor(&path);
+        let w = pending();
+        store.send(insert(&w)).await.expect("send").expect("insert");
+        let hold = store.send(HoldWriter(Duration::from_millis(400)));
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+        let running = StatusChange::to(Status::Running);
+        let started_at = running.at;
+        let run = store.send(ChangeStatus {
+            id: w.id,
+            change: running,
+        });
+        let end = store.send(ChangeStatus {
+            id: w.id,
+            change: finished(Status::Completed, 7),
+        });
+        hold.await.expect("send").expect("held");
+        let run = run.await.expect("send").expect("running answered");
+        let end = end.await.expect("send").expect("completed answered");
+        assert_eq!(metrics.store_status_writes_coalesced.get(), 1);
+        assert_eq!(run.status, Status::Running);
+        let ms = |t: Option<DateTime<Utc>>| t.map(|t| crate::model::format_time(&t));
+        assert_eq!(ms(run.started_at), ms(Some(started_at)));
+        assert!(run.finished_at.is_none() && run.output.is_none() && run.duration_ms.is_none());
+        assert_eq!(end.status, Status::Completed);
+        assert_eq!(ms(end.started_at), ms(Some(started_at)));
+        assert_eq!(end.duration_ms, Some(7));
+        let stored = store
+            .send(GetWorkload(w.id))
+            .await
+            .expect("send")
+            .expect("get");
+        assert_eq!(stored, end);
+        let counted = store.send(GetStats).await.expect("send").expect("stats");
+        assert_eq!(counted, scanned(&path));
+        assert_eq!(counted.by_status["completed"], 1);
+        assert_eq!(counted.by_status["pending"], 0);
+        assert_eq!(counted.by_status["running"], 0);
+    }
+
+    #[actix_web::test]
+    async fn a_merged_pair_the_state_machine_refuses_is_answered_change_by_change() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("t.db");
+        let (store, metrics) = open_actor(&path);
+        let w = pending();
+        store.send(insert(&w)).await.expect("send").expect("insert");
+        store
+            .send(ChangeStatus {
+                id: w.id,
+                change: StatusChange::to(Status::Killed),
+            })
+            .await
+            .expect("send")
+            .expect("killed while pending");
+        let unknown = pending();
+        let hold = store.send(HoldWriter(Duration::from_millis(400)));
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+        let mut answers = Vec::new();
+        for id in [w.id, unknown.id] {
+            answers.push(store.send(ChangeStatus {
+                id,
+                change: StatusChange::to(Status::Running),
+            }));
+            answers.push(store.send(ChangeStatus {
+                id,
+                change: finished(Status::Completed, 3),
+            }));
+        }
+        hold.await.expect("send").expect("held");
+        let mut got = Vec::new();
+        for a in answers {
+            got.push(a.await.expect("send"));
+        }
+        assert!(
+            matches!(got[0], Err(StoreError::InvalidTransition(_))),
+            "{got:?}"
+        );
+        assert!(
+            matches!(got[1], Err(StoreError::InvalidTransition(_))),
+            "{got:?}"
+        );
+        assert!(matches!(got[2], Err(StoreError::NotFound)), "{got:?}");
+        assert!(matches!(got[3], Err(StoreError::NotFound)), "{got:?}");
+        assert_eq!(metrics.store_status_writes_coalesced.get(), 0);
+        let stored = store
+            .send(GetWorkload(w.id))
+            .await
+            .expect("send")
+            .expect("get");
+        assert_eq!(stored.status, Status::Killed);
+        assert_eq!(
+            store.send(GetStats).await.expect("send").expect("stats"),
+            scanned(&path)
+        );
+    }
+
+    #[actix_web::test]
+    async fn stats_counters_equal_a_table_scan_across_writes_retention_and_reopening() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("t.db");
+        let (store, _) = open_actor(&path);
+        let mut ids = Vec::new();
+        for i in 0..6u64 {
+            let mut w = pending();
+            if i % 2 == 1 {
+                w.backend = "other".into();
+            }
+            store.send(insert(&w)).await.expect("send").expect("insert");
+            ids.push(w.id);
+        }
+        let change = |id, change| ChangeStatus { id, change };
+        for (n, id) in ids.iter().enumerate().take(4) {
+            store
+                .send(change(*id, StatusChange::to(Status::Running)))
+                .await
+                .expect("send")
+                .expect("running");
+            if n < 3 {
+                let to = if n == 2 {
+                    Status::Failed
+                } else {
+                    Status::Completed
+                };
+                store
+                    .send(change(*id, finished(to, 10 * (n as u64 + 1))))
+                    .await
+                    .expect("send")
+                    .expect("terminal");
+            }
+        }
+        store
+            .send(change(ids[4], StatusChange::to(Status::Killed)))
+            .await
+            .expect("send")
+            .expect("killed");
+        // Refused changes move nothing.
+        let refused = store
+            .send(change(ids[0], StatusChange::to(Status::Running)))
+            .await
+            .expect("send");
+        assert!(refused.is_err());
+        let counted = store.send(GetStats).await.expect("send").expect("stats");
+        assert_eq!(counted, scanned(&path));
+        assert_eq!(counted.total, 6);
+        assert_eq!(counted.by_status["running"], 1);
+        assert_eq!(counted.by_status["pending"], 1);
+        assert_eq!(counted.by_backend["other"].count, 3);
+        drop(store);
+
+        // Reopened: seeded from the table; an immediate retention sweep deletes the
+        // finished work and the counters follow.
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let actor = StoreActor::open(&path, 1, 64, metrics)
+            .expect("reopen")
+            .retention(Duration::ZERO, Duration::from_secs(3600));
+        let counters = actor.counters.clone();
+        let seeded = counters.lock().expect("lock").snapshot();
+        assert_eq!(seeded, counted, "seeded from one query at start-up");
+        let store = actor.start();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let now = store.send(GetStats).await.expect("send").expect("stats");
+            if now.total == 2 {
+                assert_eq!(now, scanned(&path));
+                assert_eq!(now.by_status["pending"] + now.by_status["running"], 2);
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "not swept: {now:?}");
+            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }

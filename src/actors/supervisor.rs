@@ -716,7 +716,7 @@ impl Handler<Submit> for Supervisor {
                     act.recording.remove(&id);
                     match res.map_err(|_| StoreError::Unavailable).and_then(|r| r) {
                         Ok(KeyedInsert::Inserted) => {
-                            log::info!(
+                            log::debug!(
                                 "workload {}: accepted ({} on {}, backend {})",
                                 record.id,
                                 record.runtime,

@@ -199,7 +199,7 @@ impl WorkloadActor {
             }
             let record = match res {
                 Ok(Ok(record)) => {
-                    log::info!(
+                    log::debug!(
                         "workload {id}: {from} -> {to} (backend {}{})",
                         act.record.backend,
                         error
@@ -438,7 +438,7 @@ impl WorkloadActor {
             .into_actor(self)
             .map(move |res, act, ctx| match res {
                 Ok(Ok(record)) => {
-                    log::info!(
+                    log::debug!(
                         "workload {id}: pending -> running (backend {})",
                         record.backend
                     );

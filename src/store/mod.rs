@@ -5,6 +5,7 @@
 //! to the crate (the StoreActor runs them); everyone else speaks the domain types
 //! re-exported below, through the StoreActor's messages.
 
+pub(crate) mod counters;
 pub(crate) mod deliveries;
 mod models;
 pub(crate) mod queries;

@@ -10,6 +10,7 @@ use diesel::prelude::*;
 use diesel::sqlite::SqliteConnection;
 use serde::Serialize;
 
+use super::counters::Tally;
 use super::models::{IdempotencyKeyRow, LogLineRow, NewWorkloadRow, PayloadRow, WorkloadRow};
 use super::schema::{idempotency_keys, log_lines, workloads};
 use super::StoreError;
@@ -124,6 +125,7 @@ pub struct PendingWork {
 pub const INTERRUPTED: &str = "interrupted by server restart";
 
 /// `AVG(duration_ms)` as a double (Diesel types SQLite's AVG as Numeric).
+#[cfg(test)]
 fn avg_duration(
 ) -> diesel::expression::SqlLiteral<diesel::sql_types::Nullable<diesel::sql_types::Double>> {
     diesel::dsl::sql("AVG(duration_ms)")
@@ -230,10 +232,12 @@ pub fn probe_write(conn: &mut SqliteConnection) -> Result<(), StoreError> {
 }
 
 /// What one [`sweep_step`] deleted.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Swept {
     /// Workloads deleted (their Idempotency-Keys and webhook attempts cascade).
     pub workloads: usize,
+    /// What the statistics knew of each deleted workload.
+    pub deleted: Vec<Tally>,
     /// Log lines deleted.
     pub log_lines: usize,
     /// Expired work may remain: run another step.
@@ -310,8 +314,17 @@ pub fn sweep_step(
         }
         done.push(id);
     }
-    out.workloads =
-        diesel::delete(workloads::table.filter(workloads::id.eq_any(&done))).execute(conn)?;
+    let deleted: Vec<(String, String, String, Option<i64>)> =
+        diesel::delete(workloads::table.filter(workloads::id.eq_any(&done)))
+            .returning((
+                workloads::status,
+                workloads::isolation,
+                workloads::backend,
+                workloads::duration_ms,
+            ))
+            .get_results(conn)?;
+    out.workloads = deleted.len();
+    out.deleted = deleted.into_iter().map(tally).collect();
     Ok(out)
 }
 
@@ -403,6 +416,56 @@ pub fn apply_change(
     Err(StoreError::Corrupt(format!(
         "{from} -> {to} is allowed but the update matched nothing"
     )))
+}
+
+/// The running and the terminal change of one workload in one statement, for a run
+/// that ended before its running write was committed: `started_at` from `running`, the
+/// rest as [`apply_change`] writes it for `end`. Matches only rows from which the state
+/// machine allows both moves in turn (the same guard as two updates); `None` when none
+/// matched (the caller then applies the two changes one by one, for their exact
+/// errors).
+pub fn apply_start_and_end(
+    conn: &mut SqliteConnection,
+    id: WorkloadId,
+    running: &StatusChange,
+    end: &StatusChange,
+) -> Result<Option<Workload>, StoreError> {
+    let allowed_from: Vec<&str> = Status::ALL
+        .into_iter()
+        .filter(|from| {
+            transition(*from, Status::Running)
+                .and_then(|r| transition(r, end.to))
+                .is_ok()
+        })
+        .map(Status::as_str)
+        .collect();
+    if running.to != Status::Running || allowed_from.is_empty() {
+        return Ok(None);
+    }
+    let at = format_time(&end.at);
+    let output = end.output.as_ref().map(Output::as_str);
+    let row = diesel::update(
+        workloads::table
+            .find(id.to_string())
+            .filter(workloads::status.eq_any(allowed_from)),
+    )
+    .set((
+        workloads::status.eq(end.to.as_str()),
+        workloads::started_at.eq(format_time(&running.at)),
+        workloads::finished_at.eq(&at),
+        workloads::output.eq(output),
+        workloads::exit_code.eq(end.exit_code),
+        workloads::error.eq(&end.error),
+        workloads::duration_ms.eq(end.duration_ms.map(|d| d as i64)),
+        workloads::delivery_due_at.eq(case_when::<_, _, diesel::sql_types::Text>(
+            workloads::callback_url.is_not_null(),
+            &at,
+        )),
+    ))
+    .returning(WorkloadRow::as_returning())
+    .get_result(conn)
+    .optional()?;
+    row.map(Workload::try_from).transpose()
 }
 
 /// Append log lines, each with its workload (their `seq` is assigned by the log
@@ -519,7 +582,56 @@ pub fn list_workloads(
     Ok((list, total.max(0) as u64))
 }
 
-/// Aggregate statistics.
+fn tally(
+    (status, isolation, backend, duration_ms): (String, String, String, Option<i64>),
+) -> Tally {
+    Tally {
+        status,
+        isolation,
+        backend,
+        duration_ms: duration_ms.map(|d| d.max(0) as u64),
+    }
+}
+
+/// The rows of the table grouped by everything the statistics count, with their
+/// number: one scan, run once when the store opens to seed its counters.
+pub fn stat_groups(conn: &mut SqliteConnection) -> Result<Vec<(Tally, u64)>, StoreError> {
+    let groups: Vec<(String, String, String, Option<i64>, i64)> = workloads::table
+        .group_by((
+            workloads::status,
+            workloads::isolation,
+            workloads::backend,
+            workloads::duration_ms,
+        ))
+        .select((
+            workloads::status,
+            workloads::isolation,
+            workloads::backend,
+            workloads::duration_ms,
+            count_star(),
+        ))
+        .load(conn)?;
+    Ok(groups
+        .into_iter()
+        .map(|(s, i, b, d, n)| (tally((s, i, b, d)), n.max(0) as u64))
+        .collect())
+}
+
+/// The status a workload left by its latest change to `w.status`, read off the row
+/// (the state machine's edges): a terminal workload that has a `started_at` was
+/// running, one without was still pending.
+pub fn moved_from(w: &Workload) -> Status {
+    match w.status {
+        Status::Pending | Status::Running => Status::Pending,
+        Status::Completed => Status::Running,
+        Status::Failed | Status::Killed if w.started_at.is_some() => Status::Running,
+        Status::Failed | Status::Killed => Status::Pending,
+    }
+}
+
+/// Aggregate statistics by scanning the table (the server answers from counters
+/// seeded by [`stat_groups`]; this is the reference they are tested against).
+#[cfg(test)]
 pub fn stats(conn: &mut SqliteConnection) -> Result<Stats, StoreError> {
     let mut s = Stats::default();
     for st in Status::ALL {

@@ -618,6 +618,23 @@ fn a_database_of_the_previous_version_opens_with_its_data_and_recovers() {
         0,
         "old workloads have no callback_url, so no delivery"
     );
+    // Only the indexes the queries use are left; the statistics are seeded from the
+    // migrated rows by one grouped query.
+    assert_eq!(
+        count(
+            &mut conn,
+            "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'index' \
+             AND name = 'workloads_backend_duration'"
+        ),
+        0
+    );
+    let seeded = crate::store::counters::StatsCounters::seeded(
+        queries::stat_groups(&mut conn).expect("groups"),
+    )
+    .snapshot();
+    assert_eq!(seeded, queries::stats(&mut conn).expect("scan"));
+    assert_eq!(seeded.total, 3);
+    assert_eq!(seeded.by_status["failed"], 1, "the interrupted one");
 }
 
 #[test]

@@ -1,5 +1,12 @@
 //! JavaScript on QuickJS (rquickjs): a fresh runtime and context per workload.
 //!
+//! A worker's [`JsEngine`] keeps the prelude compiled to bytecode once, a bounded cache
+//! of compiled workload modules keyed by the sha256 of their source, and the runtime and
+//! context of the next job, created (with the prelude installed) while the worker waits
+//! for it. A context serves one job and is dropped with its runtime; bytecode is copied
+//! into the context that loads it (QuickJS-ng reads it without keeping the buffer), so
+//! nothing of one job's state reaches the next.
+//!
 //! Everything here runs on the job thread of a worker process (QuickJS values are
 //! `!Send`), never in the server. The only host
 //! surface a workload sees is `console.*`, `setTimeout` and `clearTimeout`; there is no
@@ -7,15 +14,17 @@
 //! refused by the module resolver.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use rquickjs::loader::{ImportAttributes, Loader, Resolver};
-use rquickjs::module::Declared;
+use rquickjs::module::{Declared, WriteOptions};
 use rquickjs::{
-    CatchResultExt, CaughtError, Context, Ctx, Exception, Function, Module, Runtime, Value,
+    CatchResultExt, CaughtError, Context, Ctx, Exception, Function, Module, Persistent, Runtime,
+    Value,
 };
+use sha2::{Digest, Sha256};
 
 use super::StopSignal;
 use crate::backends::{output_exceeds, BackendError, LogSink, WorkloadResult};
@@ -39,12 +48,14 @@ const UNCAUGHT_NULL: &str = "uncaught null";
 /// Name of the workload's module or script in stack traces.
 const MAIN_NAME: &str = "main.js";
 
-/// Installed before the workload runs. Receives the host functions as arguments and
-/// keeps them in a closure, so the workload cannot reach or replace them; returns the
-/// function the event loop calls when a timer is due.
+/// Module name of the prelude.
+const PRELUDE_NAME: &str = "vulcan:prelude";
+
+/// Installed before the workload runs. Its default export receives the host functions
+/// as arguments and keeps them in a closure, so the workload cannot reach or replace
+/// them; it returns the function the event loop calls when a timer is due.
 const PRELUDE: &str = r#"
-(function (emit, schedule, unschedule) {
-  "use strict";
+export default function (emit, schedule, unschedule) {
   const fmt = (v) => {
     try {
       if (typeof v === "string") return v;
@@ -83,14 +94,188 @@ const PRELUDE: &str = r#"
       f();
     }
   };
-})
+}
 "#;
 
-/// Run one JavaScript workload to completion on the calling thread.
-///
-/// `Ok` with `error` set when the code threw (or ran out of memory);
-/// `Err(Cancelled)` when `stop` fired (kill or deadline).
-pub(super) fn run(
+/// Where a job's `console.*` lines go: set when the job starts (the prelude was
+/// installed before the job, and its sink, arrived).
+type SinkSlot = Rc<RefCell<LogSink>>;
+
+/// A runtime and a context with the prelude installed, made before the job it serves
+/// arrives; used by exactly one job. Fields drop in order: the saved function before
+/// the context, the context before the runtime.
+struct Prepared {
+    fire: Persistent<Function<'static>>,
+    context: Context,
+    rt: Runtime,
+    sink: SinkSlot,
+    timers: Rc<RefCell<Timers>>,
+}
+
+impl Prepared {
+    /// A fresh runtime and context, the prelude loaded from `prelude` (bytecode made by
+    /// [`compile_prelude`]). No memory limit or interrupt handler yet: the job sets them.
+    fn new(prelude: &[u8]) -> Result<Self, BackendError> {
+        let rt = Runtime::new()
+            .map_err(|e| BackendError::Internal(format!("cannot create a QuickJS runtime: {e}")))?;
+        rt.set_max_stack_size(JS_MAX_STACK_BYTES);
+        rt.set_loader(DenyImports, DenyImports);
+        let context = Context::full(&rt).map_err(|e| {
+            BackendError::Internal(format!("cannot create a JavaScript context: {e}"))
+        })?;
+        let sink: SinkSlot = Rc::new(RefCell::new(LogSink::discard()));
+        let timers = Rc::new(RefCell::new(Timers::default()));
+        let fire = context
+            .with(|ctx| {
+                install_globals(&ctx, prelude, &sink, &timers)
+                    .catch(&ctx)
+                    .map(|fire| Persistent::save(&ctx, fire))
+                    .map_err(|e| describe(&ctx, e))
+            })
+            .map_err(|e| BackendError::Internal(format!("cannot install the prelude: {e}")))?;
+        Ok(Self {
+            fire,
+            context,
+            rt,
+            sink,
+            timers,
+        })
+    }
+}
+
+/// Compiled workload modules by the sha256 of their source, at most `capacity` bytes
+/// of bytecode in all; the oldest entry goes first when full.
+struct BytecodeCache {
+    capacity: usize,
+    used: usize,
+    entries: HashMap<[u8; 32], Rc<[u8]>>,
+    order: VecDeque<[u8; 32]>,
+}
+
+impl BytecodeCache {
+    fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            used: 0,
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    fn get(&self, key: &[u8; 32]) -> Option<Rc<[u8]>> {
+        self.entries.get(key).cloned()
+    }
+
+    fn insert(&mut self, key: [u8; 32], bytecode: Vec<u8>) {
+        // An entry larger than a quarter of the cache would flush most of it.
+        if bytecode.len() > self.capacity / 4 || self.entries.contains_key(&key) {
+            return;
+        }
+        while self.used + bytecode.len() > self.capacity {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(b) = self.entries.remove(&old) {
+                self.used -= b.len();
+            }
+        }
+        self.used += bytecode.len();
+        self.entries.insert(key, bytecode.into());
+        self.order.push_back(key);
+    }
+}
+
+/// The JavaScript engine of one worker (its job thread): see the module docs.
+pub(super) struct JsEngine {
+    prelude: Vec<u8>,
+    cache: BytecodeCache,
+    next: Option<Prepared>,
+}
+
+impl JsEngine {
+    /// Compile the prelude; keep at most `cache_bytes` of compiled workload modules
+    /// (0 disables the cache).
+    pub(super) fn new(cache_bytes: usize) -> Result<Self, BackendError> {
+        Ok(Self {
+            prelude: compile_prelude()?,
+            cache: BytecodeCache::new(cache_bytes),
+            next: None,
+        })
+    }
+
+    /// Make the runtime and context of the next job now (between jobs, off the request
+    /// path). A failure is left for the job to meet and report.
+    pub(super) fn prepare(&mut self) {
+        if self.next.is_none() {
+            self.next = Prepared::new(&self.prelude).ok();
+        }
+    }
+
+    /// Run one JavaScript workload to completion on the calling thread, in the
+    /// prepared context (made now if there is none).
+    ///
+    /// `Ok` with `error` set when the code threw (or ran out of memory);
+    /// `Err(Cancelled)` when `stop` fired (kill or deadline).
+    pub(super) fn run(
+        &mut self,
+        code: &str,
+        input: &[u8],
+        mem_mb: u32,
+        max_output_bytes: usize,
+        log: &LogSink,
+        stop: &StopSignal,
+    ) -> Result<WorkloadResult, BackendError> {
+        if stop.should_stop() {
+            return Err(BackendError::Cancelled);
+        }
+        let prepared = match self.next.take() {
+            Some(p) => p,
+            None => Prepared::new(&self.prelude)?,
+        };
+        let result = run_in(
+            prepared,
+            &mut self.cache,
+            code,
+            input,
+            mem_mb,
+            max_output_bytes,
+            log,
+            stop,
+        );
+        if stop.should_stop() {
+            return Err(BackendError::Cancelled);
+        }
+        result
+    }
+}
+
+/// The prelude as module bytecode, compiled once per worker in a throwaway context.
+fn compile_prelude() -> Result<Vec<u8>, BackendError> {
+    let fail = |e: String| BackendError::Internal(format!("cannot compile the prelude: {e}"));
+    let rt = Runtime::new().map_err(|e| fail(e.to_string()))?;
+    let context = Context::full(&rt).map_err(|e| fail(e.to_string()))?;
+    context.with(|ctx| {
+        Module::declare(ctx.clone(), PRELUDE_NAME, PRELUDE)
+            .and_then(|m| m.write(WriteOptions::default()))
+            .catch(&ctx)
+            .map_err(|e| fail(describe(&ctx, e)))
+    })
+}
+
+/// A module from bytecode this worker compiled itself.
+#[allow(unsafe_code)]
+fn load_module<'js>(ctx: &Ctx<'js>, bytecode: &[u8]) -> rquickjs::Result<Module<'js, Declared>> {
+    // SAFETY: `bytecode` was written by `Module::write` of this same QuickJS build in
+    // this process (the prelude, or a workload's module in the worker's own cache); it
+    // never comes from outside the worker. QuickJS-ng copies what it reads
+    // (`JS_READ_OBJ_ROM_DATA` is 0), so the module does not borrow the buffer.
+    unsafe { Module::load(ctx.clone(), bytecode) }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_in(
+    prepared: Prepared,
+    cache: &mut BytecodeCache,
     code: &str,
     input: &[u8],
     mem_mb: u32,
@@ -98,41 +283,43 @@ pub(super) fn run(
     log: &LogSink,
     stop: &StopSignal,
 ) -> Result<WorkloadResult, BackendError> {
-    if stop.should_stop() {
-        return Err(BackendError::Cancelled);
-    }
-    let rt = Runtime::new()
-        .map_err(|e| BackendError::Internal(format!("cannot create a QuickJS runtime: {e}")))?;
+    let Prepared {
+        fire,
+        context,
+        rt,
+        sink,
+        timers,
+    } = prepared;
     let limit = usize::try_from(mem_mb)
         .unwrap_or(usize::MAX)
         .saturating_mul(1024 * 1024);
     rt.set_memory_limit(limit);
-    rt.set_max_stack_size(JS_MAX_STACK_BYTES);
     let interrupt = stop.clone();
     // QuickJS calls this every few thousand instructions; once it says yes it keeps
     // saying yes, so a `catch` that resumes looping is interrupted again at once.
     rt.set_interrupt_handler(Some(Box::new(move || interrupt.should_stop())));
-    rt.set_loader(DenyImports, DenyImports);
+    *sink.borrow_mut() = log.clone();
 
-    let (outcome, heap_full) = match Context::full(&rt) {
-        Ok(context) => {
-            let outcome = context.with(|ctx| evaluate(&ctx, code, input, log, stop));
-            // Measured while the context (and whatever the workload left reachable)
-            // still exists: when QuickJS runs out of memory it may throw without even
-            // an error object, and this is how such a failure is told apart. Only on
-            // failure: computing it walks the whole heap.
-            let heap_full = matches!(outcome, Outcome::Failed(_))
-                && usize::try_from(rt.memory_usage().malloc_size).unwrap_or(0) >= limit / 4 * 3;
-            (outcome, heap_full)
+    let outcome = context.with(|ctx| {
+        let job = Job {
+            code,
+            input,
+            cache,
+            timers,
+        };
+        match fire.restore(&ctx) {
+            Ok(fire) => evaluate(&ctx, job, fire, stop),
+            Err(e) => Outcome::Failed(format!("cannot restore the prelude: {e}")),
         }
-        Err(e) => (
-            Outcome::Failed(format!("cannot create a JavaScript context: {e}")),
-            true,
-        ),
-    };
-    if stop.should_stop() {
-        return Err(BackendError::Cancelled);
-    }
+    });
+    // Measured while the context (and whatever the workload left reachable) still
+    // exists: when QuickJS runs out of memory it may throw without even an error
+    // object, and this is how such a failure is told apart. Only on failure: computing
+    // it walks the whole heap.
+    let heap_full = matches!(outcome, Outcome::Failed(_))
+        && usize::try_from(rt.memory_usage().malloc_size).unwrap_or(0) >= limit / 4 * 3;
+    drop(context);
+    drop(rt);
     Ok(match outcome {
         Outcome::Done(Some(output)) if output.len() > max_output_bytes => WorkloadResult {
             exit_code: Some(1),
@@ -167,6 +354,14 @@ pub(super) fn run(
     })
 }
 
+/// One job's code and what it needs besides the context.
+struct Job<'a> {
+    code: &'a str,
+    input: &'a [u8],
+    cache: &'a mut BytecodeCache,
+    timers: Rc<RefCell<Timers>>,
+}
+
 /// How a workload ended when it was not stopped.
 enum Outcome {
     /// The result, JSON-serialised (`None` for `undefined` and other non-JSON values).
@@ -175,24 +370,46 @@ enum Outcome {
     Failed(String),
 }
 
-fn evaluate(ctx: &Ctx<'_>, code: &str, input: &[u8], log: &LogSink, stop: &StopSignal) -> Outcome {
-    match evaluate_inner(ctx, code, input, log, stop) {
+fn evaluate<'js>(ctx: &Ctx<'js>, job: Job<'_>, fire: Function<'js>, stop: &StopSignal) -> Outcome {
+    match evaluate_inner(ctx, job, fire, stop) {
         Ok(output) => Outcome::Done(output),
         Err(message) => Outcome::Failed(message),
     }
 }
 
-fn evaluate_inner<'js>(
+/// The workload's module: from the cache when the same source ran before in this
+/// worker, else compiled (and its bytecode cached).
+fn declare_module<'js>(
     ctx: &Ctx<'js>,
     code: &str,
-    input: &[u8],
-    log: &LogSink,
+    cache: &mut BytecodeCache,
+) -> rquickjs::Result<Module<'js, Declared>> {
+    if cache.capacity == 0 {
+        return Module::declare(ctx.clone(), MAIN_NAME, code);
+    }
+    let key: [u8; 32] = Sha256::digest(code.as_bytes()).into();
+    if let Some(bytecode) = cache.get(&key) {
+        return load_module(ctx, &bytecode);
+    }
+    let module = Module::declare(ctx.clone(), MAIN_NAME, code)?;
+    if let Ok(bytecode) = module.write(WriteOptions::default()) {
+        cache.insert(key, bytecode);
+    }
+    Ok(module)
+}
+
+fn evaluate_inner<'js>(
+    ctx: &Ctx<'js>,
+    job: Job<'_>,
+    fire: Function<'js>,
     stop: &StopSignal,
 ) -> Result<Option<String>, String> {
-    let timers = Rc::new(RefCell::new(Timers::default()));
-    let fire = install_globals(ctx, log, &timers)
-        .catch(ctx)
-        .map_err(|e| describe(ctx, e))?;
+    let Job {
+        code,
+        input,
+        cache,
+        timers,
+    } = job;
     let event_loop = EventLoop {
         ctx,
         fire,
@@ -209,7 +426,7 @@ fn evaluate_inner<'js>(
 
     let value =
         if looks_like_module(code) {
-            let module: Module<'js, Declared> = Module::declare(ctx.clone(), MAIN_NAME, code)
+            let module = declare_module(ctx, code, cache)
                 .catch(ctx)
                 .map_err(|e| describe(ctx, e))?;
             let (module, evaluated) = module.eval().catch(ctx).map_err(|e| describe(ctx, e))?;
@@ -252,14 +469,18 @@ fn evaluate_inner<'js>(
     }
 }
 
-/// Define `console`, `setTimeout` and `clearTimeout`; return the timer-firing function.
+/// Define `console`, `setTimeout` and `clearTimeout` by running the prelude (module
+/// bytecode); return the timer-firing function. Lines go to whatever sink `sink` holds
+/// when they are printed.
 fn install_globals<'js>(
     ctx: &Ctx<'js>,
-    log: &LogSink,
+    prelude: &[u8],
+    sink: &SinkSlot,
     timers: &Rc<RefCell<Timers>>,
 ) -> rquickjs::Result<Function<'js>> {
-    let sink = log.clone();
+    let sink = Rc::clone(sink);
     let emit = Function::new(ctx.clone(), move |text: String| {
+        let sink = sink.borrow();
         for line in text.split('\n') {
             sink.line(line);
         }
@@ -288,7 +509,8 @@ fn install_globals<'js>(
     let unschedule = Function::new(ctx.clone(), move |id: u32| {
         unscheduled.borrow_mut().remove(id);
     })?;
-    let prelude: Function<'js> = ctx.eval(PRELUDE)?;
+    let (module, _) = load_module(ctx, prelude)?.eval()?;
+    let prelude: Function<'js> = module.get("default")?;
     prelude.call((emit, schedule, unschedule))
 }
 
@@ -484,7 +706,28 @@ impl Loader for DenyImports {
 
 #[cfg(test)]
 mod tests {
-    use super::looks_like_module;
+    use super::{looks_like_module, BytecodeCache};
+
+    #[test]
+    fn the_bytecode_cache_stays_within_its_bytes_dropping_the_oldest() {
+        let mut c = BytecodeCache::new(1000);
+        for k in 0..10u8 {
+            c.insert([k; 32], vec![k; 200]);
+            assert!(c.used <= 1000, "{} bytes kept", c.used);
+            assert_eq!(c.used, c.entries.values().map(|b| b.len()).sum::<usize>());
+        }
+        assert!(c.get(&[0; 32]).is_none(), "oldest dropped");
+        assert_eq!(c.get(&[9; 32]).as_deref(), Some(&[9u8; 200][..]));
+        // Larger than a quarter of the cache: not kept, nothing flushed for it.
+        let before = c.entries.len();
+        c.insert([42; 32], vec![0; 251]);
+        assert!(c.get(&[42; 32]).is_none());
+        assert_eq!(c.entries.len(), before);
+        // Disabled.
+        let mut off = BytecodeCache::new(0);
+        off.insert([1; 32], vec![1]);
+        assert!(off.get(&[1; 32]).is_none());
+    }
 
     #[test]
     fn module_detection_follows_statement_syntax() {

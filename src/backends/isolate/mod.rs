@@ -55,6 +55,9 @@ pub struct IsolateConfig {
     /// Compiled Wasm modules each worker keeps, keyed by the sha256 of their bytes; the
     /// oldest is dropped when full. 0 disables the cache.
     pub wasm_module_cache: usize,
+    /// Bytes of compiled JavaScript module bytecode each worker keeps, keyed by the
+    /// sha256 of the source; the oldest is dropped when full. 0 disables the cache.
+    pub js_bytecode_cache_bytes: usize,
     /// The `vulcan` executable workers are started from; empty = this executable.
     pub worker_path: String,
     /// Unprivileged user the workers run as (when the server is root).
@@ -137,6 +140,7 @@ impl IsolateBackend {
                 uid: cfg.worker_uid,
                 gid: cfg.worker_gid,
                 wasm_module_cache: cfg.wasm_module_cache,
+                js_bytecode_cache_bytes: cfg.js_bytecode_cache_bytes,
                 max_line_bytes: config.logs.max_line_bytes,
                 max_lines: config.logs.max_lines,
                 address_space_bytes: None,

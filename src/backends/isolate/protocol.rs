@@ -38,6 +38,8 @@ pub struct WorkerInit {
     pub gid: u32,
     /// Compiled Wasm modules the worker keeps (0 disables its cache).
     pub wasm_module_cache: usize,
+    /// Bytes of compiled JavaScript bytecode the worker keeps (0 disables its cache).
+    pub js_bytecode_cache_bytes: usize,
     /// Longest log line forwarded; longer lines are cut with a marker.
     pub max_line_bytes: usize,
     /// Lines forwarded per job; the worker sends one more (the log broker turns it into

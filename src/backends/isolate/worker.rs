@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::confine::{self, Report};
-use super::js;
+use super::js::JsEngine;
 use super::protocol::{
     self, FromWorker, Outcome, Probe, Program, RunRequest, ToWorker, WorkerInit, MAX_ERROR_BYTES,
     MAX_TO_WORKER_FRAME,
@@ -89,6 +89,9 @@ fn serve() -> Result<(), String> {
         .map_err(|e| format!("tokio runtime: {e}"))?;
     let _runtime = runtime.enter();
 
+    let mut js = JsEngine::new(init.js_bytecode_cache_bytes)
+        .map_err(|e| format!("JavaScript engine: {e}"))?;
+
     let mut report = Report::default();
     confine::die_with_parent(&mut report);
     if confine::enter_namespaces(&mut report) {
@@ -126,7 +129,7 @@ fn serve() -> Result<(), String> {
     // Everything the engines initialise lazily on first use happens now, on trusted
     // code, before the filter: a JavaScript job and a WASI command that touches every
     // stream, the clocks, randomness and poll_oneoff.
-    warm_up(&wasm)?;
+    warm_up(&mut js, &wasm)?;
     confine::forbid_new_processes(&mut report);
     confine::install_seccomp()?;
 
@@ -137,11 +140,16 @@ fn serve() -> Result<(), String> {
         })
         .map_err(|e| format!("sending Ready: {e}"))?;
 
-    while let Ok(task) = tasks_rx.recv() {
+    loop {
+        // The next job's runtime and context are made while no job is waiting.
+        js.prepare();
+        let Ok(task) = tasks_rx.recv() else {
+            break;
+        };
         let answer = match task {
             Task::Run(req) => {
                 let job = req.job;
-                let outcome = run_job(req, &init, &wasm, &writer, &current);
+                let outcome = run_job(req, &init, &mut js, &wasm, &writer, &current);
                 FromWorker::Done { job, outcome }
             }
             Task::Probe(probe) => FromWorker::ProbeResult(run_probe(&probe)),
@@ -207,6 +215,7 @@ fn job_sink(job: u64, init: &WorkerInit, writer: &Writer) -> LogSink {
 fn run_job(
     req: RunRequest,
     init: &WorkerInit,
+    js: &mut JsEngine,
     wasm: &WasmEngine,
     writer: &Writer,
     current: &Current,
@@ -218,7 +227,7 @@ fn run_job(
     let log = job_sink(req.job, init, writer);
     let max_output = req.max_output_bytes;
     let result = match &req.program {
-        Program::Js(code) => js::run(code, &req.input, req.mem_mb, max_output, &log, &stop),
+        Program::Js(code) => js.run(code, &req.input, req.mem_mb, max_output, &log, &stop),
         Program::Wasm(bytes) => wasm.run(bytes, &req.input, req.mem_mb, max_output, &log, &stop),
     };
     *current.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -269,22 +278,23 @@ const WARM_UP_WAT: &str = r#"(module
 
 /// Run one trusted JavaScript and one trusted Wasm job, so every lazily initialised
 /// part of the engines exists before the seccomp filter is installed.
-fn warm_up(wasm: &WasmEngine) -> Result<(), String> {
+fn warm_up(js_engine: &mut JsEngine, wasm: &WasmEngine) -> Result<(), String> {
     let log = LogSink::discard();
     let stop = StopSignal::new(
         CancellationToken::new(),
         Instant::now() + Duration::from_secs(60),
     );
-    let js = js::run(
-        "export default (i) => { console.log(new Date().toISOString(), Math.random()); \
+    let js = js_engine
+        .run(
+            "export default (i) => { console.log(new Date().toISOString(), Math.random()); \
          return i.n + 1; }",
-        br#"{"n":1}"#,
-        16,
-        1024,
-        &log,
-        &stop,
-    )
-    .map_err(|e| format!("JavaScript warm-up: {e}"))?;
+            br#"{"n":1}"#,
+            16,
+            1024,
+            &log,
+            &stop,
+        )
+        .map_err(|e| format!("JavaScript warm-up: {e}"))?;
     if js.output != b"2" {
         return Err(format!("JavaScript warm-up returned {js:?}"));
     }
