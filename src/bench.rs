@@ -735,7 +735,12 @@ pub fn run_section(opts: &BenchOptions, section: Section) -> Result<String, Benc
             }) as Arc<dyn Backend>
         })
     };
-    let server = BenchServer::start(opts, sse_backend)?;
+    // The logs section runs a real node workload: the isolate backend is on.
+    let server = BenchServer::start(
+        opts,
+        &[("VULCAN_BACKENDS__ISOLATE__ENABLED", "true".into())],
+        vec![sse_backend],
+    )?;
     let mut s = String::new();
     machine.markdown(&mut s);
     let result = match section {
