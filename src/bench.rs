@@ -1,39 +1,52 @@
 //! `vulcan bench`: one run, one machine, every headline figure side by side with its
 //! baseline.
 //!
-//! Sections: cold engine instances (QuickJS, wasmtime); the real application booted
-//! in-process on a loopback port and driven over HTTP (sync latency, async throughput);
-//! a process-per-workload `node` baseline; SSE fan-out latency to many subscribers of
-//! one workload, using a purpose-built backend that stamps each log line with its send
-//! time. Set-up failures are returned as [`BenchError`], never panics.
+//! Part of the `vulcan` binary, not the library: it reaches the server only through the
+//! library's public boot API ([`vulcan::startup::AppThread`], the harness the tests use
+//! too) and HTTP, with the client crates the tests and the CLI use (reqwest,
+//! eventsource-stream).
+//!
+//! Sections: memory and admission (RSS idle and with work queued behind a backend that
+//! holds its one slot, accepted submissions/s); the real application booted in-process
+//! on a loopback port and driven over HTTP (sync JS and Wasm latency, async
+//! throughput); a process-per-workload `node` baseline; SSE fan-out latency to many
+//! subscribers of one workload, using a purpose-built backend that stamps each log line
+//! with its send time. Set-up failures are returned as [`BenchError`], never panics.
 
 pub mod logs;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use eventsource_stream::Eventsource;
 use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-use crate::backends::isolate::{bench_cold_js, bench_cold_wasm, bench_js_workload};
-use crate::backends::{
+use vulcan::backends::{
     Backend, BackendCapabilities, BackendError, BackendFactory, BackendHealth, ExecContext,
     WorkloadResult, WorkloadSpec,
 };
-use crate::config::Config;
-use crate::model::{Isolation, Runtime, WorkloadId};
-use crate::startup::{builtin_backends, Application};
+use vulcan::config::Config;
+use vulcan::model::{Isolation, Runtime, WorkloadId};
+use vulcan::startup::{builtin_backends, AppThread};
 
 /// The trivial workload every HTTP section submits.
 const TRIVIAL_BODY: &str =
     r#"{"runtime":"node","code":"export default (i) => ({sum: i.a + i.b})","input":{"a":1,"b":2}}"#;
+
+/// A trivial WASI command (WAT text): one page of memory, `_start` returns at once.
+const TRIVIAL_WASM_BODY: &str = r#"{"runtime":"wasm","code":"(module (memory (export \"memory\") 1) (func (export \"_start\")))"}"#;
+
+/// Python hello, for the gVisor section.
+const PYTHON_HELLO_BODY: &str = r#"{"runtime":"python","isolation":"gvisor","code":"print('hello')\n","resources":{"timeout_s":120}}"#;
 
 /// The same function as [`TRIVIAL_BODY`], as a script for `node -e`.
 const NODE_SCRIPT: &str =
@@ -45,15 +58,22 @@ const TARGET_SYNC_P50: Duration = Duration::from_millis(1);
 const TARGET_NODE_FACTOR: f64 = 50.0;
 /// Target: at least this many trivial workloads per second end to end.
 const TARGET_THROUGHPUT: f64 = 5_000.0;
+/// Target: at least this many async submissions accepted (202, recorded) per second.
+const TARGET_ACCEPTED: f64 = 20_000.0;
+/// Target: resident memory of the idle process at most this (KiB).
+const TARGET_RSS_IDLE_KIB: u64 = 30 * 1024;
+/// Target: resident memory with [`BenchOptions::queued`] workloads queued at most this
+/// (KiB).
+const TARGET_RSS_QUEUED_KIB: u64 = 150 * 1024;
 
 /// How much work each section does.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
-    /// Cold JS and cold Wasm instances measured (each).
-    pub cold_samples: usize,
+    /// Workloads queued (and so accepted) for the memory and admission section.
+    pub queued: usize,
     /// Sync requests sent before measuring.
     pub sync_warmup: usize,
-    /// Sync requests measured.
+    /// Sync requests measured (each of JS and Wasm).
     pub sync_samples: usize,
     /// Async workloads submitted for the throughput figure.
     pub async_workloads: usize,
@@ -69,7 +89,7 @@ pub struct BenchOptions {
     pub sse_interval: Duration,
     /// Whether to run the gVisor section (needs root and `runsc`).
     pub gvisor: bool,
-    /// gVisor runs measured (each of backend and bare `runsc run`).
+    /// gVisor python hello runs measured.
     pub gvisor_runs: usize,
     /// The vulcan binary isolate workers start from; `None` = this executable.
     pub worker_path: Option<std::path::PathBuf>,
@@ -81,7 +101,7 @@ impl BenchOptions {
     /// The full benchmark (minutes on a small machine).
     pub fn full() -> Self {
         Self {
-            cold_samples: 2_000,
+            queued: 10_000,
             sync_warmup: 200,
             sync_samples: 2_000,
             async_workloads: 5_000,
@@ -104,7 +124,7 @@ impl BenchOptions {
     /// Tiny sample counts: a smoke run that finishes in seconds.
     pub fn quick() -> Self {
         Self {
-            cold_samples: 20,
+            queued: 200,
             sync_warmup: 5,
             sync_samples: 20,
             async_workloads: 50,
@@ -128,9 +148,6 @@ impl BenchOptions {
 /// A benchmark could not be set up or run to the end.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
-    /// An engine failed while measuring cold starts.
-    #[error("{0}: {1}")]
-    Backend(&'static str, BackendError),
     /// An I/O operation failed.
     #[error("{0}: {1}")]
     Io(String, io::Error),
@@ -148,6 +165,11 @@ pub enum BenchError {
 fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> BenchError {
     let context = context.into();
     move |e| BenchError::Io(context, e)
+}
+
+fn http_err(context: impl Into<String>) -> impl FnOnce(reqwest::Error) -> BenchError {
+    let context = context.into();
+    move |e| BenchError::Http(format!("{context}: {e}"))
 }
 
 /// Median and 99th percentile of a set of samples.
@@ -257,15 +279,37 @@ impl SseFigures {
 /// The gVisor section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GvisorFigures {
-    /// Python hello through the backend, and the same bundle under bare `runsc run`.
+    /// Python hello, sync over HTTP on the gvisor backend, and bare `runsc do` of the
+    /// same program (host root file system, no network) as the floor.
     Measured {
-        /// Through [`crate::backends::gvisor::GvisorBackend`].
+        /// Sync `POST /v1/workloads` round trip.
         backend: Percentiles,
-        /// Bare `runsc run` of the prepared bundle.
-        bare: Percentiles,
+        /// `runsc do python3`, or why it could not run.
+        bare: Result<Percentiles, String>,
     },
     /// Not measured, and why.
     Skipped(String),
+}
+
+/// Resident memory and admission: the process's RSS idle and with work queued, and how
+/// fast submissions are accepted while nothing drains.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MemoryFigures {
+    /// `VmRSS` of the process (server in-process) after start-up, before any request.
+    pub idle_kib: u64,
+    /// `VmRSS` with [`MemoryFigures::accepted`]'s workloads accepted, one holding the
+    /// backend's only slot and the rest queued.
+    pub queued_kib: u64,
+    /// Async submissions answered 202; afterwards every one is a committed `pending` row
+    /// but the one running.
+    pub accepted: Throughput,
+}
+
+impl MemoryFigures {
+    /// Accepted submissions per second.
+    pub fn accepted_per_second(&self) -> f64 {
+        self.accepted.per_second()
+    }
 }
 
 /// The machine the figures come from.
@@ -343,14 +387,12 @@ impl Machine {
 pub struct BenchReport {
     /// Where it ran.
     pub machine: Machine,
-    /// Fresh QuickJS runtime + context + trivial eval.
-    pub cold_js: Percentiles,
-    /// The whole per-workload JavaScript path on the worker thread.
-    pub js_workload: Percentiles,
-    /// Fresh wasmtime store + instantiation + `_start` of a cached module.
-    pub cold_wasm: Percentiles,
-    /// `POST /v1/workloads` (sync) round trip, one keep-alive connection.
+    /// RSS idle and queued, accepted submissions/s.
+    pub memory: MemoryFigures,
+    /// `POST /v1/workloads` (sync) round trip of trivial JS, one keep-alive connection.
     pub sync: Percentiles,
+    /// The same for a trivial Wasm module.
+    pub sync_wasm: Percentiles,
     /// Async submissions until all completed.
     pub throughput: Throughput,
     /// `node -e` per workload.
@@ -376,12 +418,12 @@ pub struct Target {
     pub met: Option<bool>,
 }
 
-fn us(d: Duration) -> String {
-    format!("{:.1}", d.as_secs_f64() * 1e6)
-}
-
 fn ms(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64() * 1e3)
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1}", kib as f64 / 1024.0)
 }
 
 impl BenchReport {
@@ -399,6 +441,8 @@ impl BenchReport {
     pub fn targets(&self) -> Vec<Target> {
         let factor = self.node_factor();
         let tput = self.throughput.per_second();
+        let mem = &self.memory;
+        let accepted = mem.accepted_per_second();
         vec![
             Target {
                 name: "sync trivial JS p50",
@@ -417,6 +461,28 @@ impl BenchReport {
                 goal: format!("≥ {TARGET_THROUGHPUT:.0} /s"),
                 actual: format!("{tput:.0} /s"),
                 met: Some(tput >= TARGET_THROUGHPUT),
+            },
+            Target {
+                name: "async submissions accepted (202, recorded)",
+                goal: format!("≥ {TARGET_ACCEPTED:.0} /s"),
+                actual: format!("{accepted:.0} /s"),
+                met: Some(accepted >= TARGET_ACCEPTED),
+            },
+            Target {
+                name: "RSS idle",
+                goal: format!("≤ {} MiB", mib(TARGET_RSS_IDLE_KIB)),
+                actual: format!("{} MiB", mib(mem.idle_kib)),
+                met: Some(mem.idle_kib <= TARGET_RSS_IDLE_KIB),
+            },
+            Target {
+                name: "RSS with work queued",
+                goal: format!(
+                    "≤ {} MiB with {} queued",
+                    mib(TARGET_RSS_QUEUED_KIB),
+                    mem.accepted.workloads
+                ),
+                actual: format!("{} MiB", mib(mem.queued_kib)),
+                met: Some(mem.queued_kib <= TARGET_RSS_QUEUED_KIB),
             },
             {
                 let (goal, actual) = self.logs.target();
@@ -437,27 +503,34 @@ impl BenchReport {
         let _ = writeln!(s, "Generated by `{command}`.\n");
         self.machine.markdown(&mut s);
 
-        let _ = writeln!(s, "## Cold instances (in-process, no HTTP)\n");
-        let _ = writeln!(s, "| what | samples | p50 µs | p99 µs |\n|---|---|---|---|");
-        for (name, p) in [
-            ("JS: QuickJS runtime + context + eval", &self.cold_js),
-            (
-                "JS workload: the above + prelude + api.md module + call + JSON",
-                &self.js_workload,
-            ),
-            (
-                "Wasm: store + instantiate + `_start` (cached module)",
-                &self.cold_wasm,
-            ),
-        ] {
-            let _ = writeln!(
-                s,
-                "| {name} | {} | {} | {} |",
-                p.samples,
-                us(p.p50),
-                us(p.p99)
-            );
-        }
+        let mem = &self.memory;
+        let _ = writeln!(s, "## Memory and admission\n");
+        let _ = writeln!(
+            s,
+            "The server runs in the bench's process (booted in-process with one backend that \
+             holds its only slot until killed): RSS is `VmRSS` of that process, first right \
+             after start-up, then with {} async submissions accepted ({} queued, 1 holding \
+             the slot). Accepted = answered 202, each a committed row (checked through \
+             `/v1/workloads?status=pending` afterwards), over {} connections.\n",
+            mem.accepted.workloads,
+            mem.accepted.workloads.saturating_sub(1),
+            mem.accepted.clients
+        );
+        let _ = writeln!(s, "| what | value |\n|---|---|");
+        let _ = writeln!(s, "| RSS idle | {} MiB |", mib(mem.idle_kib));
+        let _ = writeln!(
+            s,
+            "| RSS with {} accepted | {} MiB |",
+            mem.accepted.workloads,
+            mib(mem.queued_kib)
+        );
+        let _ = writeln!(
+            s,
+            "| accepted submissions/s | **{:.0}** ({} in {:.3} s) |",
+            mem.accepted_per_second(),
+            mem.accepted.workloads,
+            mem.accepted.elapsed.as_secs_f64()
+        );
 
         let _ = writeln!(s, "\n## HTTP, real app in-process (isolate backend)\n");
         let _ = writeln!(s, "| what | samples | p50 ms | p99 ms |\n|---|---|---|---|");
@@ -467,6 +540,13 @@ impl BenchReport {
             self.sync.samples,
             ms(self.sync.p50),
             ms(self.sync.p99)
+        );
+        let _ = writeln!(
+            s,
+            "| sync `POST /v1/workloads`, trivial Wasm (WAT), one keep-alive connection | {} | {} | {} |",
+            self.sync_wasm.samples,
+            ms(self.sync_wasm.p50),
+            ms(self.sync_wasm.p99)
         );
         match &self.node {
             NodeBaseline::Measured(n) => {
@@ -503,17 +583,30 @@ impl BenchReport {
             match g {
                 GvisorFigures::Measured { backend, bare } => {
                     let _ = writeln!(s, "| what | runs | p50 ms | p99 ms |\n|---|---|---|---|");
-                    for (name, p) in [("gvisor backend", backend), ("bare `runsc run`", bare)] {
-                        let _ = writeln!(
-                            s,
-                            "| {name} | {} | {} | {} |",
-                            p.samples,
-                            ms(p.p50),
-                            ms(p.p99)
-                        );
+                    let _ = writeln!(
+                        s,
+                        "| sync `POST /v1/workloads`, python hello on gvisor | {} | {} | {} |",
+                        backend.samples,
+                        ms(backend.p50),
+                        ms(backend.p99)
+                    );
+                    match bare {
+                        Ok(p) => {
+                            let _ = writeln!(
+                                s,
+                                "| bare `runsc --network=none do python3 -c …` | {} | {} | {} |",
+                                p.samples,
+                                ms(p.p50),
+                                ms(p.p99)
+                            );
+                            let ratio = backend.p50.as_secs_f64() / p.p50.as_secs_f64().max(1e-9);
+                            let _ =
+                                writeln!(s, "\nbackend over HTTP p50 / bare p50 = **{ratio:.2}×**");
+                        }
+                        Err(why) => {
+                            let _ = writeln!(s, "| bare `runsc do` — skipped: {why} | | | |");
+                        }
                     }
-                    let ratio = backend.p50.as_secs_f64() / bare.p50.as_secs_f64().max(1e-9);
-                    let _ = writeln!(s, "\nbackend p50 / bare p50 = **{ratio:.2}×**");
                 }
                 GvisorFigures::Skipped(why) => {
                     let _ = writeln!(s, "Skipped: {why}");
@@ -540,23 +633,9 @@ impl BenchReport {
 /// Run every section with `opts`. Progress goes to the `log` crate at info level.
 pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     let machine = Machine::detect();
-    log::info!("cold JS instances ({})", opts.cold_samples);
-    let cold_js = percentiles(
-        "cold JS",
-        bench_cold_js(opts.cold_samples.max(1)).map_err(|e| BenchError::Backend("cold JS", e))?,
-    )?;
-    log::info!("JS workloads on the calling thread ({})", opts.cold_samples);
-    let js_workload = percentiles(
-        "JS workload",
-        bench_js_workload(opts.cold_samples.max(1))
-            .map_err(|e| BenchError::Backend("JS workload", e))?,
-    )?;
-    log::info!("cold Wasm instances ({})", opts.cold_samples);
-    let cold_wasm = percentiles(
-        "cold Wasm",
-        bench_cold_wasm(opts.cold_samples.max(1))
-            .map_err(|e| BenchError::Backend("cold Wasm", e))?,
-    )?;
+    // First, while the process has done nothing else: its idle RSS is the server's.
+    log::info!("memory and admission ({} queued)", opts.queued);
+    let memory = memory_section(opts)?;
     log::info!("node baseline ({} runs)", opts.node_runs);
     let node = node_baseline(opts.node_runs);
 
@@ -579,7 +658,17 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             }) as Arc<dyn Backend>
         })
     };
-    let server = BenchServer::start(opts, sse_backend)?;
+    let server = BenchServer::start(
+        opts,
+        &[
+            ("VULCAN_BACKENDS__ISOLATE__ENABLED", "true".into()),
+            (
+                "VULCAN_MAX_QUEUE",
+                (opts.async_workloads + 1_000).to_string(),
+            ),
+        ],
+        vec![sse_backend],
+    )?;
     let result = http_sections(opts, &server, base, &go_tx);
     // Let a waiting SSE workload finish whatever happened, then stop the server.
     let _ = go_tx.send(true);
@@ -593,15 +682,19 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         Ok((figures, logs::run(server.addr, opts.logs)?))
     });
     server.stop();
-    let ((sync, throughput, sse), logs) = logs?;
+    let ((sync, sync_wasm, throughput, sse), logs) = logs?;
 
-    let gvisor = opts.gvisor.then(|| gvisor_section(opts.gvisor_runs));
+    let gvisor = if opts.gvisor {
+        log::info!("gVisor python hello ({} runs)", opts.gvisor_runs);
+        Some(gvisor_section(opts)?)
+    } else {
+        None
+    };
     Ok(BenchReport {
         machine,
-        cold_js,
-        js_workload,
-        cold_wasm,
+        memory,
         sync,
+        sync_wasm,
         throughput,
         node,
         sse,
@@ -642,7 +735,12 @@ pub fn run_section(opts: &BenchOptions, section: Section) -> Result<String, Benc
             }) as Arc<dyn Backend>
         })
     };
-    let server = BenchServer::start(opts, sse_backend)?;
+    // The logs section runs a real node workload: the isolate backend is on.
+    let server = BenchServer::start(
+        opts,
+        &[("VULCAN_BACKENDS__ISOLATE__ENABLED", "true".into())],
+        vec![sse_backend],
+    )?;
     let mut s = String::new();
     machine.markdown(&mut s);
     let result = match section {
@@ -663,13 +761,26 @@ fn http_sections(
     server: &BenchServer,
     base: Instant,
     go: &watch::Sender<bool>,
-) -> Result<(Percentiles, Throughput, SseFigures), BenchError> {
+) -> Result<(Percentiles, Percentiles, Throughput, SseFigures), BenchError> {
     log::info!(
-        "sync latency ({} warm-up, {} measured)",
+        "sync latency ({} warm-up, {} measured, JS then Wasm)",
         opts.sync_warmup,
         opts.sync_samples
     );
-    let sync = sync_latency(server.addr, opts.sync_warmup, opts.sync_samples)?;
+    let sync = sync_latency(
+        server.addr,
+        TRIVIAL_BODY,
+        check_trivial,
+        opts.sync_warmup,
+        opts.sync_samples,
+    )?;
+    let sync_wasm = sync_latency(
+        server.addr,
+        TRIVIAL_WASM_BODY,
+        check_completed,
+        opts.sync_warmup,
+        opts.sync_samples,
+    )?;
     log::info!(
         "async throughput ({} workloads, {} clients)",
         opts.async_workloads,
@@ -682,36 +793,37 @@ fn http_sections(
         opts.sse_lines
     );
     let sse = sse_latency(opts, server.addr, base, go)?;
-    Ok((sync, throughput, sse))
+    Ok((sync, sync_wasm, throughput, sse))
 }
 
 // ---------------------------------------------------------------------------------------
 // The application under test.
 
-/// The real application on its own thread and actix `System`, on a loopback port.
+/// The real application ([`AppThread`]: its own thread and actix `System`) on a
+/// loopback port, with a temporary database.
 struct BenchServer {
     addr: SocketAddr,
-    handle: actix_web::dev::ServerHandle,
-    system: actix::System,
-    thread: Option<std::thread::JoinHandle<()>>,
+    app: AppThread,
     _dir: tempfile::TempDir,
 }
 
 impl BenchServer {
-    fn start(opts: &BenchOptions, extra: BackendFactory) -> Result<Self, BenchError> {
+    /// Boot with the embedded defaults, the built-in backends `env` enables (isolate,
+    /// gvisor and microvm are off unless `env` says otherwise) and `extra`.
+    fn start(
+        opts: &BenchOptions,
+        env: &[(&str, String)],
+        extra: Vec<BackendFactory>,
+    ) -> Result<Self, BenchError> {
         let dir = tempfile::tempdir().map_err(io_err("temporary directory"))?;
         let db = dir.path().join("bench.db");
-        let mut env: HashMap<String, String> = HashMap::new();
+        let mut vars: HashMap<String, String> = HashMap::new();
         for (k, v) in [
             ("VULCAN_LISTEN_ADDR", "127.0.0.1:0".to_string()),
             ("VULCAN_DB_PATH", db.to_string_lossy().into_owned()),
             ("VULCAN_NODE_ID", "bench".into()),
             ("VULCAN_SHUTDOWN_TIMEOUT_S", "5".into()),
-            (
-                "VULCAN_MAX_QUEUE",
-                (opts.async_workloads + 1_000).to_string(),
-            ),
-            ("VULCAN_BACKENDS__ISOLATE__ENABLED", "true".into()),
+            ("VULCAN_BACKENDS__ISOLATE__ENABLED", "false".into()),
             (
                 "VULCAN_BACKENDS__ISOLATE__WORKER_PATH",
                 opts.worker_path
@@ -722,181 +834,93 @@ impl BenchServer {
             ("VULCAN_BACKENDS__GVISOR__ENABLED", "false".into()),
             ("VULCAN_BACKENDS__MICROVM__ENABLED", "false".into()),
         ] {
-            env.insert(k.into(), v);
+            vars.insert(k.into(), v);
         }
-        let config = Config::load_from(env).map_err(|e| BenchError::Setup(e.to_string()))?;
+        for (k, v) in env {
+            vars.insert((*k).into(), v.clone());
+        }
+        let config = Config::load_from(vars).map_err(|e| BenchError::Setup(e.to_string()))?;
         let mut backends = builtin_backends(&config);
-        backends.push(extra);
-        let (tx, rx) = std::sync::mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("bench-server".into())
-            .spawn(move || {
-                let sys = actix_web::rt::System::new();
-                let started = sys.block_on(async move {
-                    match Application::build_with(config, backends).await {
-                        Ok(app) => {
-                            let _ =
-                                tx.send(Ok((app.port(), app.handle(), actix::System::current())));
-                            actix_web::rt::spawn(async move {
-                                if let Err(e) = app.run_until_stopped().await {
-                                    log::error!("bench server: {e}");
-                                }
-                                actix::System::current().stop();
-                            });
-                            true
-                        }
-                        Err(e) => {
-                            let _ = tx.send(Err(e.to_string()));
-                            false
-                        }
-                    }
-                });
-                if started {
-                    let _ = sys.run();
-                }
-            })
-            .map_err(io_err("spawning the server thread"))?;
-        let (port, handle, system) = rx
-            .recv()
-            .map_err(|_| BenchError::Setup("the server thread exited during start-up".into()))?
-            .map_err(BenchError::Setup)?;
+        backends.extend(extra);
+        let app =
+            AppThread::spawn(config, backends).map_err(|e| BenchError::Setup(e.to_string()))?;
         Ok(Self {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            handle,
-            system,
-            thread: Some(thread),
+            addr: SocketAddr::from(([127, 0, 0, 1], app.port())),
+            app,
             _dir: dir,
         })
     }
 
+    /// `http://<addr>`.
+    fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
     /// Graceful stop (store flushed), waiting for the server thread.
-    fn stop(mut self) {
-        let handle = self.handle.clone();
-        self.system.arbiter().spawn(async move {
-            handle.stop(true).await;
-        });
-        if let Some(t) = self.thread.take() {
-            if t.join().is_err() {
-                log::error!("bench server thread panicked");
-            }
+    fn stop(self) {
+        if self.app.stop().is_err() {
+            log::error!("bench server thread panicked");
         }
     }
 }
 
 // ---------------------------------------------------------------------------------------
-// A minimal blocking keep-alive HTTP/1.1 client (no extra dependencies, no pooling
-// surprises: one request in flight per connection).
+// HTTP: reqwest, each client on its own current-thread runtime (the server has its own).
 
-struct HttpConn {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+/// Run `fut` to completion on a fresh current-thread runtime on this thread.
+fn block_on<F: Future>(fut: F) -> Result<F::Output, BenchError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io_err("bench client runtime"))?;
+    Ok(rt.block_on(fut))
 }
 
-impl HttpConn {
-    fn connect(addr: SocketAddr) -> Result<Self, BenchError> {
-        let stream = TcpStream::connect(addr).map_err(io_err(format!("connect {addr}")))?;
-        stream.set_nodelay(true).map_err(io_err("TCP_NODELAY"))?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(120)))
-            .map_err(io_err("read timeout"))?;
-        let writer = stream.try_clone().map_err(io_err("clone socket"))?;
-        Ok(Self {
-            reader: BufReader::new(stream),
-            writer,
-        })
-    }
+/// A client that keeps one connection: requests from one task go one at a time over the
+/// same keep-alive connection.
+fn one_connection() -> Result<reqwest::Client, BenchError> {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .tcp_nodelay(true)
+        .build()
+        .map_err(http_err("HTTP client"))
+}
 
-    /// Send one request and read the whole response: (status, body).
-    fn request(
-        &mut self,
-        method: &str,
-        path: &str,
-        body: Option<&[u8]>,
-    ) -> Result<(u16, Vec<u8>), BenchError> {
-        let what = || format!("{method} {path}");
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n");
-        if let Some(b) = body {
-            let _ = write!(
-                req,
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
-                b.len()
-            );
-        }
-        req.push_str("\r\n");
-        let mut bytes = req.into_bytes();
-        bytes.extend_from_slice(body.unwrap_or_default());
-        self.writer.write_all(&bytes).map_err(io_err(what()))?;
+/// POST `body` (JSON text) to `url`: (status, body bytes).
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    body: &'static str,
+) -> Result<(u16, bytes::Bytes), BenchError> {
+    let res = client
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(http_err(format!("POST {url}")))?;
+    let status = res.status().as_u16();
+    let bytes = res.bytes().await.map_err(http_err(format!("POST {url}")))?;
+    Ok((status, bytes))
+}
 
-        let mut line = String::new();
-        self.reader.read_line(&mut line).map_err(io_err(what()))?;
-        let status = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse::<u16>().ok())
-            .ok_or_else(|| BenchError::Http(format!("{}: bad status line {line:?}", what())))?;
-        let mut length = None;
-        let mut chunked = false;
-        loop {
-            line.clear();
-            let n = self.reader.read_line(&mut line).map_err(io_err(what()))?;
-            if n == 0 {
-                return Err(BenchError::Http(format!("{}: connection closed", what())));
-            }
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = l.split_once(':') {
-                let k = k.trim().to_ascii_lowercase();
-                if k == "content-length" {
-                    length = v.trim().parse::<usize>().ok();
-                } else if k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked") {
-                    chunked = true;
-                }
-            }
-        }
-        let mut out = Vec::new();
-        if chunked {
-            loop {
-                line.clear();
-                self.reader.read_line(&mut line).map_err(io_err(what()))?;
-                let size =
-                    usize::from_str_radix(line.trim().split(';').next().unwrap_or_default(), 16)
-                        .map_err(|_| {
-                            BenchError::Http(format!("{}: bad chunk size {line:?}", what()))
-                        })?;
-                let mut chunk = vec![0; size + 2];
-                self.reader.read_exact(&mut chunk).map_err(io_err(what()))?;
-                if size == 0 {
-                    break;
-                }
-                out.extend_from_slice(&chunk[..size]);
-            }
-        } else if let Some(n) = length {
-            out.resize(n, 0);
-            self.reader.read_exact(&mut out).map_err(io_err(what()))?;
-        }
-        Ok((status, out))
+/// Request `url` and parse a JSON answer with the `expected` status.
+async fn json(
+    req: reqwest::RequestBuilder,
+    what: &str,
+    expected: u16,
+) -> Result<Value, BenchError> {
+    let res = req.send().await.map_err(http_err(what))?;
+    let status = res.status().as_u16();
+    let bytes = res.bytes().await.map_err(http_err(what))?;
+    if status != expected {
+        return Err(BenchError::Http(format!(
+            "{what}: status {status} (expected {expected}): {}",
+            String::from_utf8_lossy(&bytes)
+        )));
     }
-
-    /// Request and parse a JSON answer with the `expected` status.
-    fn json(
-        &mut self,
-        method: &str,
-        path: &str,
-        body: Option<&[u8]>,
-        expected: u16,
-    ) -> Result<Value, BenchError> {
-        let (status, bytes) = self.request(method, path, body)?;
-        if status != expected {
-            return Err(BenchError::Http(format!(
-                "{method} {path}: status {status} (expected {expected}): {}",
-                String::from_utf8_lossy(&bytes)
-            )));
-        }
-        serde_json::from_slice(&bytes)
-            .map_err(|e| BenchError::Http(format!("{method} {path}: invalid JSON: {e}")))
-    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| BenchError::Http(format!("{what}: invalid JSON: {e}")))
 }
 
 fn check_trivial(v: &Value) -> Result<(), BenchError> {
@@ -909,34 +933,61 @@ fn check_trivial(v: &Value) -> Result<(), BenchError> {
     }
 }
 
+fn check_completed(v: &Value) -> Result<(), BenchError> {
+    if v["status"] == "completed" {
+        Ok(())
+    } else {
+        Err(BenchError::Http(format!(
+            "the workload did not complete: {v}"
+        )))
+    }
+}
+
+/// Sync round trips of `body` on one keep-alive connection; every answer must pass
+/// `check`.
 fn sync_latency(
     addr: SocketAddr,
+    body: &'static str,
+    check: fn(&Value) -> Result<(), BenchError>,
     warmup: usize,
     samples: usize,
 ) -> Result<Percentiles, BenchError> {
-    let mut conn = HttpConn::connect(addr)?;
-    let body = TRIVIAL_BODY.as_bytes();
-    for _ in 0..warmup.max(1) {
-        let v = conn.json("POST", "/v1/workloads", Some(body), 200)?;
-        check_trivial(&v)?;
-    }
-    let mut times = Vec::with_capacity(samples);
-    for _ in 0..samples.max(1) {
-        let start = Instant::now();
-        let (status, bytes) = conn.request("POST", "/v1/workloads", Some(body))?;
-        times.push(start.elapsed());
-        if status != 200 {
-            return Err(BenchError::Http(format!(
-                "sync submit: status {status}: {}",
-                String::from_utf8_lossy(&bytes)
-            )));
+    block_on(async move {
+        let client = one_connection()?;
+        let url = format!("http://{addr}/v1/workloads");
+        for _ in 0..warmup.max(1) {
+            let v = json(
+                client
+                    .post(&url)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body),
+                "sync submit",
+                200,
+            )
+            .await?;
+            check(&v)?;
         }
-    }
-    percentiles("sync latency", times)
+        let mut times = Vec::with_capacity(samples);
+        for _ in 0..samples.max(1) {
+            let start = Instant::now();
+            let (status, bytes) = post(&client, &url, body).await?;
+            times.push(start.elapsed());
+            if status != 200 {
+                return Err(BenchError::Http(format!(
+                    "sync submit: status {status}: {}",
+                    String::from_utf8_lossy(&bytes)
+                )));
+            }
+            let v: Value = serde_json::from_slice(&bytes)
+                .map_err(|e| BenchError::Http(format!("sync submit: invalid JSON: {e}")))?;
+            check(&v)?;
+        }
+        percentiles("sync latency", times)
+    })?
 }
 
-fn completed_count(conn: &mut HttpConn) -> Result<(u64, u64), BenchError> {
-    let v = conn.json("GET", "/v1/stats", None, 200)?;
+async fn completed_count(client: &reqwest::Client, base: &str) -> Result<(u64, u64), BenchError> {
+    let v = json(client.get(format!("{base}/v1/stats")), "GET /v1/stats", 200).await?;
     let get = |k: &str| v["by_status"][k].as_u64();
     match (get("completed"), get("failed"), get("killed")) {
         (Some(c), Some(f), Some(k)) => Ok((c, f + k)),
@@ -946,58 +997,54 @@ fn completed_count(conn: &mut HttpConn) -> Result<(u64, u64), BenchError> {
     }
 }
 
-/// Workloads not yet terminal. Cheap at any history size: two index range counts
-/// (`/v1/stats` scans the whole table and would steal CPU from the work measured).
-fn unfinished_count(conn: &mut HttpConn) -> Result<u64, BenchError> {
-    let mut n = 0;
-    for status in ["pending", "running"] {
-        let v = conn.json(
-            "GET",
-            &format!("/v1/workloads?status={status}&limit=1"),
-            None,
-            200,
-        )?;
-        n += v["total"]
-            .as_u64()
-            .ok_or_else(|| BenchError::Http(format!("listing without total: {v}")))?;
-    }
-    Ok(n)
+/// Workloads with `status`, from a listing's `total` (an index range count, cheap at any
+/// history size).
+async fn count_with(client: &reqwest::Client, base: &str, status: &str) -> Result<u64, BenchError> {
+    let v = json(
+        client.get(format!("{base}/v1/workloads?status={status}&limit=1")),
+        "GET /v1/workloads",
+        200,
+    )
+    .await?;
+    v["total"]
+        .as_u64()
+        .ok_or_else(|| BenchError::Http(format!("listing without total: {v}")))
 }
 
-fn async_throughput(
+/// Workloads not yet terminal.
+async fn unfinished_count(client: &reqwest::Client, base: &str) -> Result<u64, BenchError> {
+    Ok(count_with(client, base, "pending").await? + count_with(client, base, "running").await?)
+}
+
+/// Submit `workloads` × `body` async over `clients` connections (one thread each), each
+/// answer must be 202. Returns the time from the first submission to the last answer.
+fn submit_async(
     addr: SocketAddr,
+    body: &'static str,
     workloads: usize,
     clients: usize,
-) -> Result<Throughput, BenchError> {
-    let workloads = workloads.max(1);
-    let clients = clients.clamp(1, workloads);
-    let mut stats = HttpConn::connect(addr)?;
-    let (before, bad_before) = completed_count(&mut stats)?;
-    let mut conns = (0..clients)
-        .map(|_| HttpConn::connect(addr))
-        .collect::<Result<Vec<_>, _>>()?;
+) -> Result<Duration, BenchError> {
+    let url = format!("http://{addr}/v1/workloads/async");
     let start = Instant::now();
     let results: Vec<Result<(), BenchError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = conns
-            .iter_mut()
-            .enumerate()
-            .map(|(i, conn)| {
+        let handles: Vec<_> = (0..clients)
+            .map(|i| {
                 let share = workloads / clients + usize::from(i < workloads % clients);
+                let url = url.as_str();
                 s.spawn(move || {
-                    for _ in 0..share {
-                        let (status, bytes) = conn.request(
-                            "POST",
-                            "/v1/workloads/async",
-                            Some(TRIVIAL_BODY.as_bytes()),
-                        )?;
-                        if status != 202 {
-                            return Err(BenchError::Http(format!(
-                                "async submit: status {status}: {}",
-                                String::from_utf8_lossy(&bytes)
-                            )));
+                    block_on(async move {
+                        let client = one_connection()?;
+                        for _ in 0..share {
+                            let (status, bytes) = post(&client, url, body).await?;
+                            if status != 202 {
+                                return Err(BenchError::Http(format!(
+                                    "async submit: status {status}: {}",
+                                    String::from_utf8_lossy(&bytes)
+                                )));
+                            }
                         }
-                    }
-                    Ok(())
+                        Ok(())
+                    })?
                 })
             })
             .collect();
@@ -1010,21 +1057,40 @@ fn async_throughput(
             })
             .collect()
     });
+    let elapsed = start.elapsed();
     for r in results {
         r?;
     }
+    Ok(elapsed)
+}
+
+fn async_throughput(
+    addr: SocketAddr,
+    workloads: usize,
+    clients: usize,
+) -> Result<Throughput, BenchError> {
+    let workloads = workloads.max(1);
+    let clients = clients.clamp(1, workloads);
+    let base = format!("http://{addr}");
+    let stats = one_connection()?;
+    let (before, bad_before) = block_on(completed_count(&stats, &base))??;
+    let start = Instant::now();
+    submit_async(addr, TRIVIAL_BODY, workloads, clients)?;
     let deadline = start + Duration::from_secs(600);
-    while unfinished_count(&mut stats)? > 0 {
-        if Instant::now() > deadline {
-            return Err(BenchError::Timeout(format!(
-                "async workloads still unfinished after {:?}",
-                deadline - start
-            )));
+    block_on(async {
+        while unfinished_count(&stats, &base).await? > 0 {
+            if Instant::now() > deadline {
+                return Err(BenchError::Timeout(format!(
+                    "async workloads still unfinished after {:?}",
+                    deadline - start
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+        Ok(())
+    })??;
     let elapsed = start.elapsed();
-    let (done, bad) = completed_count(&mut stats)?;
+    let (done, bad) = block_on(completed_count(&stats, &base))??;
     if bad > bad_before || done - before < workloads as u64 {
         return Err(BenchError::Http(format!(
             "of {workloads} trivial workloads {} completed and {} failed or were killed",
@@ -1037,6 +1103,99 @@ fn async_throughput(
         clients,
         elapsed,
     })
+}
+
+// ---------------------------------------------------------------------------------------
+// Memory and admission.
+
+/// `VmRSS` of this process (which runs the server), in KiB.
+fn rss_kib() -> Result<u64, BenchError> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").map_err(io_err("/proc/self/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| BenchError::Setup("no VmRSS in /proc/self/status".into()))
+}
+
+/// A backend that takes node workloads on `isolate` and never finishes one until it is
+/// cancelled: with its one slot held, every further submission queues.
+struct HoldBackend;
+
+impl Backend for HoldBackend {
+    fn capabilities(&self) -> BackendCapabilities {
+        BackendCapabilities {
+            name: "bench-hold".into(),
+            supported_runtimes: vec![Runtime::Node],
+            supported_isolations: vec![Isolation::Isolate],
+            max_concurrency: 1,
+        }
+    }
+
+    fn health(&self) -> BackendHealth {
+        BackendHealth::Healthy
+    }
+
+    fn execute(
+        &self,
+        _spec: WorkloadSpec,
+        ctx: ExecContext,
+    ) -> BoxFuture<'static, Result<WorkloadResult, BackendError>> {
+        Box::pin(async move {
+            ctx.cancel.cancelled().await;
+            Err(BackendError::Cancelled)
+        })
+    }
+
+    fn cleanup(&self, _id: WorkloadId) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// Boot a server whose only backend holds its slot; RSS idle; accept `opts.queued`
+/// submissions over `opts.async_clients` connections; check they are all recorded; RSS.
+fn memory_section(opts: &BenchOptions) -> Result<MemoryFigures, BenchError> {
+    let queued = opts.queued.max(1);
+    let clients = opts.async_clients.clamp(1, queued);
+    let hold: BackendFactory = Arc::new(|| Arc::new(HoldBackend) as Arc<dyn Backend>);
+    let server = BenchServer::start(
+        opts,
+        &[("VULCAN_MAX_QUEUE", (queued + 1_000).to_string())],
+        vec![hold],
+    )?;
+    let figures = (|| {
+        // Let start-up work (recovery, first sweeps) settle before reading the idle RSS.
+        std::thread::sleep(Duration::from_millis(500));
+        let idle_kib = rss_kib()?;
+        let elapsed = submit_async(server.addr, TRIVIAL_BODY, queued, clients)?;
+        let base = server.base();
+        let client = one_connection()?;
+        let (pending, running) = block_on(async {
+            Ok::<_, BenchError>((
+                count_with(&client, &base, "pending").await?,
+                count_with(&client, &base, "running").await?,
+            ))
+        })??;
+        if pending + running != queued as u64 || running > 1 {
+            return Err(BenchError::Http(format!(
+                "{queued} accepted but {pending} pending and {running} running recorded"
+            )));
+        }
+        let queued_kib = rss_kib()?;
+        Ok(MemoryFigures {
+            idle_kib,
+            queued_kib,
+            accepted: Throughput {
+                workloads: queued,
+                clients,
+                elapsed,
+            },
+        })
+    })();
+    server.stop();
+    figures
 }
 
 fn node_baseline(runs: usize) -> NodeBaseline {
@@ -1185,9 +1344,19 @@ fn sse_latency(
     go: &watch::Sender<bool>,
 ) -> Result<SseFigures, BenchError> {
     let n = opts.sse_subscribers.max(1);
-    let mut conn = HttpConn::connect(addr)?;
-    let body = br#"{"runtime":"python","isolation":"microvm","code":"bench","resources":{"timeout_s":900}}"#;
-    let w = conn.json("POST", "/v1/workloads/async", Some(body), 202)?;
+    let body = r#"{"runtime":"python","isolation":"microvm","code":"bench","resources":{"timeout_s":900}}"#;
+    let w = block_on(async move {
+        let client = one_connection()?;
+        json(
+            client
+                .post(format!("http://{addr}/v1/workloads/async"))
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body),
+            "async submit",
+            202,
+        )
+        .await
+    })??;
     let id = w["id"]
         .as_str()
         .ok_or_else(|| BenchError::Http(format!("async submit without id: {w}")))?
@@ -1247,14 +1416,23 @@ fn sse_clients(
     failed: Arc<AtomicUsize>,
     budget: Duration,
 ) -> Result<Vec<Subscriber>, BenchError> {
+    let client = reqwest::Client::builder()
+        .build()
+        .map_err(http_err("SSE client"))?;
+    let url = format!("http://{addr}{path}");
     actix_web::rt::System::new().block_on(async move {
         let handles: Vec<_> = (0..n)
             .map(|_| {
-                let (path, connected, failed) = (path.clone(), connected.clone(), failed.clone());
+                let (client, url, connected, failed) = (
+                    client.clone(),
+                    url.clone(),
+                    connected.clone(),
+                    failed.clone(),
+                );
                 actix_web::rt::spawn(async move {
                     let r = actix_web::rt::time::timeout(
                         budget,
-                        subscribe(addr, &path, base, &connected),
+                        subscribe(&client, &url, base, &connected),
                     )
                     .await
                     .unwrap_or_else(|_| Err("SSE subscriber timed out".into()));
@@ -1278,144 +1456,130 @@ fn sse_clients(
 }
 
 /// One SSE subscriber: connect, wait for the headers (then the broker has subscribed
-/// it), then parse `data: t=<ns>` lines until the stream ends.
+/// it), then read `t=<ns>` data lines until the `done` event or the end of the stream.
 async fn subscribe(
-    addr: SocketAddr,
-    path: &str,
+    client: &reqwest::Client,
+    url: &str,
     base: Instant,
     connected: &AtomicUsize,
 ) -> Result<Subscriber, String> {
-    let mut stream = actix_web::rt::net::TcpStream::connect(addr)
+    let res = client
+        .get(url)
+        .header(reqwest::header::ACCEPT, "text/event-stream")
+        .send()
         .await
         .map_err(|e| format!("SSE connect: {e}"))?;
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n"
-    );
-    stream
-        .write_all(req.as_bytes())
-        .await
-        .map_err(|e| format!("SSE request: {e}"))?;
-    let mut raw = Vec::new();
-    let mut buf = vec![0u8; 16 * 1024];
-    let header_end = loop {
-        let n = stream
-            .read(&mut buf)
-            .await
-            .map_err(|e| format!("SSE read: {e}"))?;
-        if n == 0 {
-            return Err("SSE stream closed before the headers".into());
-        }
-        raw.extend_from_slice(&buf[..n]);
-        if let Some(pos) = find(&raw, b"\r\n\r\n") {
-            break pos + 4;
-        }
-    };
-    let head = String::from_utf8_lossy(&raw[..header_end]).to_ascii_lowercase();
-    if !head.starts_with("http/1.1 200") {
-        return Err(format!("SSE answer: {}", head.lines().next().unwrap_or("")));
+    if res.status() != reqwest::StatusCode::OK {
+        return Err(format!("SSE answer: {}", res.status()));
     }
     connected.fetch_add(1, Ordering::SeqCst);
-    let mut body = Body::new(head.contains("transfer-encoding: chunked"));
-    body.feed(&raw[header_end..])?;
+    let mut events = res.bytes_stream().eventsource();
     let mut sub = Subscriber {
         latencies: Vec::new(),
     };
-    let mut saw_done = false;
-    loop {
+    while let Some(event) = events.next().await {
+        let event = event.map_err(|e| format!("SSE read: {e}"))?;
         let now = base.elapsed();
-        while let Some(line) = body.next_line() {
-            if let Some(ts) = line.strip_prefix("data: t=") {
-                let sent = ts
-                    .trim()
-                    .parse::<u64>()
-                    .map_err(|_| format!("bad SSE timestamp {ts:?}"))?;
-                sub.latencies
-                    .push(now.saturating_sub(Duration::from_nanos(sent)));
-            } else if line == "event: done" {
-                saw_done = true;
-            } else if line.is_empty() && saw_done {
-                return Ok(sub);
-            }
+        if event.event == "done" {
+            break;
         }
-        if body.ended {
-            return Ok(sub);
-        }
-        let n = stream
-            .read(&mut buf)
-            .await
-            .map_err(|e| format!("SSE read: {e}"))?;
-        if n == 0 {
-            return Ok(sub);
-        }
-        body.feed(&buf[..n])?;
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// An incremental HTTP/1.1 body decoder (chunked or close-delimited) that yields lines.
-struct Body {
-    chunked: bool,
-    raw: Vec<u8>,
-    text: Vec<u8>,
-    ended: bool,
-}
-
-impl Body {
-    fn new(chunked: bool) -> Self {
-        Self {
-            chunked,
-            raw: Vec::new(),
-            text: Vec::new(),
-            ended: false,
+        if let Some(ts) = event.data.strip_prefix("t=") {
+            let sent = ts
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| format!("bad SSE timestamp {ts:?}"))?;
+            sub.latencies
+                .push(now.saturating_sub(Duration::from_nanos(sent)));
         }
     }
-
-    fn feed(&mut self, data: &[u8]) -> Result<(), String> {
-        if !self.chunked {
-            self.text.extend_from_slice(data);
-            return Ok(());
-        }
-        self.raw.extend_from_slice(data);
-        while let Some(pos) = find(&self.raw, b"\r\n") {
-            let size_line = String::from_utf8_lossy(&self.raw[..pos]);
-            let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
-                .map_err(|_| format!("bad chunk size {size_line:?}"))?;
-            if size == 0 {
-                self.ended = true;
-                self.raw.clear();
-                return Ok(());
-            }
-            let need = pos + 2 + size + 2;
-            if self.raw.len() < need {
-                return Ok(());
-            }
-            self.text
-                .extend_from_slice(&self.raw[pos + 2..pos + 2 + size]);
-            self.raw.drain(..need);
-        }
-        Ok(())
-    }
-
-    fn next_line(&mut self) -> Option<String> {
-        let pos = self.text.iter().position(|&b| b == b'\n')?;
-        let line: Vec<u8> = self.text.drain(..=pos).collect();
-        let line = String::from_utf8_lossy(&line[..pos]);
-        Some(line.trim_end_matches('\r').to_string())
-    }
+    Ok(sub)
 }
 
 // ---------------------------------------------------------------------------------------
 // gVisor.
 
-fn gvisor_section(runs: usize) -> GvisorFigures {
-    match crate::backends::gvisor::bench_python_hello(runs) {
-        Ok((backend, bare)) => match (Percentiles::of(backend), Percentiles::of(bare)) {
-            (Some(backend), Some(bare)) => GvisorFigures::Measured { backend, bare },
-            _ => GvisorFigures::Skipped("no samples".into()),
-        },
-        Err(why) => GvisorFigures::Skipped(why),
+/// Python hello, sync over HTTP, on a server whose only backend is gvisor.
+fn gvisor_section(opts: &BenchOptions) -> Result<GvisorFigures, BenchError> {
+    let server = BenchServer::start(
+        opts,
+        &[("VULCAN_BACKENDS__GVISOR__ENABLED", "true".into())],
+        Vec::new(),
+    )?;
+    let addr = server.addr;
+    let health = block_on(async move {
+        let client = one_connection()?;
+        json(
+            client.get(format!("http://{addr}/v1/backends")),
+            "GET /v1/backends",
+            200,
+        )
+        .await
+    })?;
+    let figures = match health {
+        Ok(v) if gvisor_runs_python(&v) => {
+            sync_latency(addr, PYTHON_HELLO_BODY, check_hello, 1, opts.gvisor_runs).map(|backend| {
+                GvisorFigures::Measured {
+                    backend,
+                    bare: bare_runsc(opts.gvisor_runs),
+                }
+            })
+        }
+        Ok(v) => Ok(GvisorFigures::Skipped(format!(
+            "the gvisor backend cannot run python here: {v}"
+        ))),
+        Err(e) => Err(e),
+    };
+    server.stop();
+    figures
+}
+
+/// `runs` × python hello under a bare `runsc do` (no network, no cgroup set-up): the
+/// floor the gvisor backend's figure is compared with.
+fn bare_runsc(runs: usize) -> Result<Percentiles, String> {
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let start = Instant::now();
+        let out = std::process::Command::new("runsc")
+            .args([
+                "--network=none",
+                "--ignore-cgroups",
+                "do",
+                "/usr/bin/python3",
+                "-c",
+                "print('hello')",
+            ])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run runsc: {e}"))?;
+        times.push(start.elapsed());
+        if out.stdout != b"hello\n" {
+            return Err(format!(
+                "runsc do answered {:?}: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    Percentiles::of(times).ok_or_else(|| "no samples".into())
+}
+
+/// Whether `/v1/backends` lists a healthy gvisor backend offering python.
+fn gvisor_runs_python(backends: &Value) -> bool {
+    backends.as_array().into_iter().flatten().any(|b| {
+        b["name"] == "gvisor"
+            && b["status"] == "healthy"
+            && b["capabilities"]["supported_runtimes"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|r| r == "python"))
+    })
+}
+
+fn check_hello(v: &Value) -> Result<(), BenchError> {
+    if v["status"] == "completed" && v["output"] == "hello\n" {
+        Ok(())
+    } else {
+        Err(BenchError::Http(format!(
+            "python hello did not complete with \"hello\\n\": {v}"
+        )))
     }
 }

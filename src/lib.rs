@@ -3,15 +3,16 @@
 //! Layout: [`model`] (domain types and the state machine), [`backends`] (the
 //! [`backends::Backend`] contract and one module per technology), [`actors`] (supervisor,
 //! workload, backend, log broker, store), [`store`] (Diesel/SQLite), [`api`] (HTTP
-//! handlers), [`startup`] (wiring), [`config`], [`metrics`], [`bench`] (`vulcan bench`),
-//! [`webhooks`] (completion webhook rules: URL policy, signature, backoff, HTTP sender).
+//! handlers), [`startup`] (wiring, and [`startup::AppThread`], the one way to boot the
+//! app beside other work), [`config`], [`metrics`], [`webhooks`] (completion webhook
+//! rules: URL policy, signature, backoff, HTTP sender). `vulcan bench` is part of the
+//! executable, not of this library.
 //! Client side: [`client`] (a typed HTTP/SSE client of the API) and [`cli`] (the `vulcan`
 //! client subcommands built on it); the server never depends on either.
 
 pub mod actors;
 pub mod api;
 pub mod backends;
-pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;

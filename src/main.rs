@@ -1,10 +1,16 @@
+//! The `vulcan` executable: server, client subcommands, isolate worker, and `vulcan
+//! bench` (which lives here, outside the library, and reaches the server only through
+//! the library's boot API and HTTP).
+
+mod bench;
+
 use std::process::ExitCode;
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use vulcan::bench::{self, BenchOptions};
+use bench::BenchOptions;
 use vulcan::cli::{self, ClientCommand};
 use vulcan::config::Config;
 use vulcan::startup::Application;
@@ -24,8 +30,9 @@ enum Command {
     Serve,
     /// Load and validate the configuration, print it (secrets redacted) and exit.
     CheckConfig,
-    /// Measure cold starts, HTTP latency and throughput, a node baseline and SSE fan-out
-    /// in one run (boots its own in-process server on a loopback port; no config used).
+    /// Measure memory and admission, HTTP latency and throughput, a node baseline, SSE
+    /// fan-out and large logs in one run (boots its own in-process server on a loopback
+    /// port; no config used).
     Bench(BenchArgs),
     /// An isolate worker process; started by the server only (its stdin is a socket).
     #[command(hide = true)]
@@ -54,7 +61,10 @@ struct BenchArgs {
     /// Override the SSE subscriber count.
     #[arg(long)]
     sse_subscribers: Option<usize>,
-    /// Also measure python hello under gVisor vs bare `runsc run` (root and runsc needed).
+    /// Override the number of workloads queued for the memory and admission figures.
+    #[arg(long)]
+    queued: Option<usize>,
+    /// Also measure python hello on the gvisor backend over HTTP (root and runsc needed).
     #[arg(long)]
     gvisor: bool,
     /// Run only this section (on its own fresh server) and print its report.
@@ -111,6 +121,7 @@ fn run_bench(args: BenchArgs) -> ExitCode {
     opts.async_workloads = args.async_workloads.unwrap_or(opts.async_workloads);
     opts.async_clients = args.async_clients.unwrap_or(opts.async_clients);
     opts.sse_subscribers = args.sse_subscribers.unwrap_or(opts.sse_subscribers);
+    opts.queued = args.queued.unwrap_or(opts.queued);
     opts.gvisor = args.gvisor;
     let command = std::env::args()
         .enumerate()

@@ -1,5 +1,6 @@
 //! Wiring: open the store, start the actors, recover interrupted work, bind the HTTP
-//! server. Tests use [`Application::build_with`] to boot the real app on port 0.
+//! server. [`AppThread`] is the one way to boot the real app beside other work (the
+//! tests' harness and `vulcan bench` both use it): its own thread and actix `System`.
 
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,6 +49,10 @@ pub enum StartupError {
     /// The webhook policy or HTTP client could not be set up.
     #[error("webhooks: {0}")]
     Webhooks(String),
+    /// The thread that runs the application could not be started, or ended during
+    /// start-up.
+    #[error("application thread: {0}")]
+    Thread(String),
 }
 
 /// A built, bound, not yet awaited server.
@@ -386,4 +391,98 @@ async fn stop_running_workloads(supervisor: &Addr<Supervisor>, deadline: Instant
 
 fn listener_host(addr: &str) -> &str {
     addr.rsplit_once(':').map_or(addr, |(h, _)| h)
+}
+
+/// The application running on its own thread and actix `System` (so a caller on a plain
+/// thread or another runtime can talk to it over HTTP). Dropping it leaves the server
+/// running until the process ends; [`AppThread::stop`] and [`AppThread::crash`] end it.
+pub struct AppThread {
+    port: u16,
+    handle: actix_web::dev::ServerHandle,
+    system: actix::System,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AppThread {
+    /// Build the application with exactly `backends` on a new thread and return once it
+    /// listens (on `config.listen_addr`; port 0 picks a free port). Blocks the caller for
+    /// the start-up: from async code, call it through `spawn_blocking`.
+    pub fn spawn(config: Config, backends: Vec<BackendFactory>) -> Result<Self, StartupError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("vulcan-app".into())
+            .spawn(move || {
+                let sys = actix_web::rt::System::new();
+                let started = sys.block_on(async move {
+                    match Application::build_with(config, backends).await {
+                        Ok(app) => {
+                            let _ =
+                                tx.send(Ok((app.port(), app.handle(), actix::System::current())));
+                            // Graceful path: when the server stops, shutdown work runs,
+                            // then the system ends. `crash` stops the system without it.
+                            actix_web::rt::spawn(async move {
+                                if let Err(e) = app.run_until_stopped().await {
+                                    log::error!("application: {e}");
+                                }
+                                actix::System::current().stop();
+                            });
+                            true
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            false
+                        }
+                    }
+                });
+                if started {
+                    let _ = sys.run();
+                }
+            })
+            .map_err(|e| StartupError::Thread(e.to_string()))?;
+        let (port, handle, system) = rx
+            .recv()
+            .map_err(|_| StartupError::Thread("it exited during start-up".into()))??;
+        Ok(Self {
+            port,
+            handle,
+            system,
+            thread: Some(thread),
+        })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A handle to stop the server (graceful: as on SIGTERM).
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.handle.clone()
+    }
+
+    /// Graceful stop (running work interrupted, the store flushed), waiting for the
+    /// thread to end. Blocks: from async code, call it through `spawn_blocking`.
+    pub fn stop(mut self) -> std::thread::Result<()> {
+        let handle = self.handle.clone();
+        self.system.arbiter().spawn(async move {
+            handle.stop(true).await;
+        });
+        self.join()
+    }
+
+    /// Abrupt stop: the actor system is torn down without any shutdown work, as in a
+    /// crash. Blocks until the thread ended.
+    pub fn crash(mut self) -> std::thread::Result<()> {
+        self.system.stop();
+        self.join()
+    }
+
+    /// Wait for the thread to end (after the server was stopped through
+    /// [`AppThread::handle`]).
+    pub fn join(&mut self) -> std::thread::Result<()> {
+        match self.thread.take() {
+            Some(t) => t.join(),
+            None => Ok(()),
+        }
+    }
 }

@@ -1,60 +1,95 @@
-//! `vulcan bench` in quick mode produces sane figures (no timing assertions: this only
-//! proves every section runs end to end and measures something).
+//! `vulcan bench` in quick mode produces every figure (no timing assertions: this only
+//! proves every section runs end to end through the real executable and measures
+//! something, and that the SSE section's subscribers each received every line).
 
-use std::time::Duration;
+use std::process::Command;
 
-use vulcan::bench::{self, BenchOptions, NodeBaseline};
+/// The Markdown table row of `md` that starts with `prefix`.
+fn row<'a>(md: &'a str, prefix: &str) -> &'a str {
+    md.lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no row starting with {prefix:?} in:\n{md}"))
+}
+
+/// The cells of a Markdown table row.
+fn cells(row: &str) -> Vec<&str> {
+    row.trim_matches('|').split('|').map(str::trim).collect()
+}
 
 #[test]
 fn quick_bench_produces_every_figure() {
-    let mut opts = BenchOptions::quick();
-    opts.cold_samples = 5;
-    opts.sync_samples = 5;
-    opts.async_workloads = 20;
-    opts.node_runs = 1;
-    opts.sse_subscribers = 10;
-    opts.sse_lines = 5;
-    opts.worker_path = Some(env!("CARGO_BIN_EXE_vulcan").into());
-    let report = bench::run(&opts).expect("bench runs");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("bench.md");
+    let run = Command::new(env!("CARGO_BIN_EXE_vulcan"))
+        .args([
+            "bench",
+            "--quick",
+            "--sync-samples",
+            "5",
+            "--async-workloads",
+            "20",
+            "--sse-subscribers",
+            "10",
+            "--queued",
+            "50",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .expect("run vulcan bench");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "vulcan bench failed: {stderr}");
+    let md = std::fs::read_to_string(&out).expect("report written");
+    assert_eq!(
+        md.trim(),
+        String::from_utf8_lossy(&run.stdout).trim(),
+        "--out holds what was printed"
+    );
 
-    for (name, p) in [
-        ("cold js", report.cold_js),
-        ("cold wasm", report.cold_wasm),
-        ("sync", report.sync),
-        ("sse", report.sse.latency),
+    for section in [
+        "## Memory and admission",
+        "## HTTP, real app in-process",
+        "## SSE fan-out",
+        "## Large logs",
+        "## Targets",
     ] {
-        assert!(p.samples > 0, "{name}: no samples");
-        assert!(p.p50 > Duration::ZERO, "{name}: p50 is zero");
-        assert!(p.p99 >= p.p50, "{name}: p99 below p50");
-    }
-    assert_eq!(report.cold_js.samples, 5);
-    assert_eq!(report.sync.samples, 5);
-
-    assert_eq!(report.throughput.workloads, 20);
-    assert!(report.throughput.elapsed > Duration::ZERO);
-    assert!(report.throughput.per_second() > 0.0);
-
-    // Every subscriber received every line.
-    assert_eq!(report.sse.subscribers, 10);
-    assert_eq!(report.sse.min_received, 5);
-    assert_eq!(report.sse.max_received, 5);
-    assert_eq!(report.sse.latency.samples, 10 * 5);
-
-    match &report.node {
-        NodeBaseline::Measured(p) => assert!(p.p50 > Duration::ZERO),
-        NodeBaseline::Skipped(why) => assert!(!why.is_empty()),
+        assert!(md.contains(section), "no {section:?} in:\n{md}");
     }
 
-    // The large-log section read every line, twice (history and replay).
-    assert_eq!(report.logs.lines, opts.logs.lines as u64);
-    assert!(report.logs.history_ttfb > Duration::ZERO);
-    assert!(report.logs.history_all >= report.logs.history_ttfb);
-    assert!(report.logs.replay_all >= report.logs.replay_ttfb);
-    assert_eq!(report.logs.submit_idle.samples, opts.logs.submits);
-    assert_eq!(report.logs.submit_loaded.samples, opts.logs.submits);
+    // Memory: both RSS figures and a rate, over the 50 accepted submissions.
+    for prefix in ["| RSS idle |", "| RSS with 50 accepted |"] {
+        let mib: f64 = cells(row(&md, prefix))[1]
+            .trim_end_matches(" MiB")
+            .parse()
+            .expect("MiB figure");
+        assert!(mib > 0.0, "{prefix} {mib}");
+    }
+    let accepted = cells(row(&md, "| accepted submissions/s |"))[1].to_string();
+    assert!(accepted.contains("(50 in "), "{accepted}");
 
-    let md = report.to_markdown("vulcan bench --quick");
-    assert!(md.contains("## Targets"), "{md}");
-    assert!(md.contains("## Large logs"), "{md}");
-    assert_eq!(report.targets().len(), 4);
+    // Sync JS and Wasm: 5 samples each, p99 ≥ p50 > 0.
+    for prefix in [
+        "| sync `POST /v1/workloads`, trivial JS",
+        "| sync `POST /v1/workloads`, trivial Wasm",
+    ] {
+        let c = cells(row(&md, prefix));
+        assert_eq!(c[1], "5", "{prefix}");
+        let (p50, p99): (f64, f64) = (c[2].parse().expect("p50"), c[3].parse().expect("p99"));
+        assert!(p50 > 0.0 && p99 >= p50, "{prefix}: {p50} {p99}");
+    }
+    assert!(
+        md.contains("Async throughput: 20 workloads submitted"),
+        "{md}"
+    );
+
+    // SSE: 10 subscribers × the quick preset's 10 lines, every one received by each.
+    let sse = cells(row(&md, "| 100 |"));
+    assert_eq!(sse[3], "10 / 10 / 10", "{md}");
+
+    // One row per target.
+    let targets = md.split("## Targets").nth(1).expect("targets");
+    assert_eq!(
+        targets.lines().filter(|l| l.starts_with("| ")).count(),
+        1 + 7
+    );
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use vulcan::backends::isolate::{bench_cold_js, bench_cold_wasm, IsolateBackend};
+use vulcan::backends::isolate::IsolateBackend;
 use vulcan::backends::{
     Backend, BackendError, BackendHealth, ExecContext, LogSink, WorkloadResult, WorkloadSpec,
 };
@@ -771,23 +771,6 @@ async fn capabilities_and_health() {
     assert_eq!(caps.max_concurrency, 3);
     assert_eq!(b.health(), BackendHealth::Healthy);
     assert!(backend(0).capabilities().max_concurrency >= 1);
-}
-
-#[test]
-fn cold_start_benchmarks_produce_samples() {
-    let median = |mut v: Vec<Duration>| {
-        v.sort();
-        v[v.len() / 2]
-    };
-    let js = bench_cold_js(20).expect("js bench");
-    assert_eq!(js.len(), 20);
-    let wasm = bench_cold_wasm(20).expect("wasm bench");
-    assert_eq!(wasm.len(), 20);
-    eprintln!(
-        "cold start medians: js {:?}, wasm {:?}",
-        median(js),
-        median(wasm)
-    );
 }
 
 #[tokio::test]

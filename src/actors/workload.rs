@@ -1,6 +1,10 @@
 //! WorkloadActor: one per accepted workload. It waits for a backend slot, drives
 //! pending → running → terminal through the StoreActor, enforces the deadline, handles
-//! kill, discards late results, and stops once the execution has really ended.
+//! kill, discards late results, and stops once the execution has really ended. Its
+//! life is one [`Phase`]; the allowed moves are [`Phase::next`], applied only by
+//! [`WorkloadActor::advance`].
+
+mod phase;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -15,13 +19,15 @@ use crate::actors::log_broker::{CloseTopic, LogSinks, Seal};
 use crate::actors::store::{ChangeStatus, GetPayload, StoreActor, PROBE_EVERY};
 use crate::actors::supervisor::{Supervisor, WorkloadEnded, WorkloadReady};
 use crate::backends::{
-    output_exceeds, BackendError, CancellationToken, ExecContext, Preparation, Prepared,
-    WorkloadResult, WorkloadSpec,
+    output_exceeds, BackendError, CancellationToken, ExecContext, Preparation, WorkloadResult,
+    WorkloadSpec,
 };
 use crate::metrics::Metrics;
 use crate::model::{output_value, Status, Workload};
 use crate::store::StatusChange;
 use crate::store::StoreError;
+
+use self::phase::{Event, Move, Phase};
 
 /// Why a kill was refused.
 #[derive(Debug, thiserror::Error)]
@@ -46,22 +52,9 @@ pub struct WorkloadActor {
     supervisor: Addr<Supervisor>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
-    /// Set once a slot was granted (the supervisor counts it as running).
-    started: Option<Instant>,
-    /// The execution's deadline, once it was handed to the backend.
-    deadline: Option<Instant>,
-    /// The terminal status decided so far; later outcomes are discarded.
-    decided: Option<Status>,
-    /// The execution future has finished (cleanup done).
-    execution_over: bool,
-    /// The terminal record, once written.
-    final_record: Option<Workload>,
+    /// Where the workload is in its life; changed only by [`WorkloadActor::advance`].
+    phase: Phase,
     waiters: Vec<oneshot::Sender<Workload>>,
-    /// The backend's preparation, awaited (while pending) before the workload queues.
-    preparation: Option<Preparation>,
-    /// What the preparation made ready; held until the actor stops, which is after the
-    /// execution has ended.
-    prepared: Option<Prepared>,
     /// The spec's payload and input are still in the store (a workload recovered at
     /// start-up): read when the slot is granted.
     payload_deferred: bool,
@@ -85,14 +78,8 @@ impl WorkloadActor {
             supervisor,
             metrics,
             cancel: CancellationToken::new(),
-            started: None,
-            deadline: None,
-            decided: None,
-            execution_over: false,
-            final_record: None,
+            phase: Phase::Queued { prepared: None },
             waiters: Vec::new(),
-            preparation: None,
-            prepared: None,
             payload_deferred: false,
         }
     }
@@ -112,7 +99,43 @@ impl WorkloadActor {
     /// is ready to queue ([`WorkloadReady`]). Without one, the supervisor queues it at
     /// admission.
     pub fn set_preparation(&mut self, preparation: Preparation) {
-        self.preparation = Some(preparation);
+        let phase = std::mem::replace(
+            &mut self.phase,
+            Phase::Preparing {
+                preparation: Some(preparation),
+            },
+        );
+        if !matches!(phase, Phase::Queued { .. }) {
+            log::error!(
+                "bug: workload {}: a preparation was set in phase {phase:?}",
+                self.record.id
+            );
+        }
+    }
+
+    /// Offer `event` to the phase ([`Phase::next`]): `true` when it moved. A stale event
+    /// (one that lost a race with the decision) is ignored; an invalid one is a bug,
+    /// logged, and the phase stays as it was.
+    fn advance(&mut self, event: Event) -> bool {
+        let name = event.name();
+        // A placeholder for the instant `next` owns the phase; it is always replaced.
+        let phase = std::mem::replace(&mut self.phase, Phase::Queued { prepared: None });
+        let (phase, moved) = match phase.next(event) {
+            Move::To(next) => (next, true),
+            Move::Stale(same) => {
+                log::debug!("workload {}: stale {name} in {same:?}", self.record.id);
+                (same, false)
+            }
+            Move::Invalid(same) => {
+                log::error!(
+                    "bug: workload {}: {name} cannot happen in {same:?}; ignored",
+                    self.record.id
+                );
+                (same, false)
+            }
+        };
+        self.phase = phase;
+        moved
     }
 
     /// A receiver for the terminal record (registered before the actor starts).
@@ -133,15 +156,14 @@ impl WorkloadActor {
     }
 
     fn elapsed_ms(&self) -> Option<u64> {
-        self.started.map(|s| s.elapsed().as_millis() as u64)
+        self.phase.started().map(|s| s.elapsed().as_millis() as u64)
     }
 
     /// Decide the terminal status (once) and write it.
     fn finish(&mut self, mut change: StatusChange, ctx: &mut Context<Self>) {
-        if self.decided.is_some() {
+        if !self.advance(Event::Decided(change.to)) {
             return;
         }
-        self.decided = Some(change.to);
         self.cancel.cancel();
         if change.duration_ms.is_none() {
             change.duration_ms = self.elapsed_ms();
@@ -239,7 +261,7 @@ impl WorkloadActor {
             for w in act.waiters.drain(..) {
                 let _ = w.send(record.clone());
             }
-            act.final_record = Some(record);
+            act.advance(Event::Written(Box::new(record)));
             act.maybe_stop(ctx);
         })
         .spawn(ctx);
@@ -247,23 +269,22 @@ impl WorkloadActor {
 
     /// Stop once the terminal status is written and no execution is left running.
     fn maybe_stop(&mut self, ctx: &mut Context<Self>) {
-        let execution_settled = self.started.is_none() || self.execution_over;
-        if self.final_record.is_some() && execution_settled {
+        if let Phase::Finished { ran, .. } = self.phase {
             self.supervisor.do_send(WorkloadEnded {
                 id: self.record.id,
                 backend: self.record.backend.clone(),
-                ran: self.started.is_some(),
+                ran,
             });
             ctx.stop();
         }
     }
 
     fn on_result(&mut self, result: Result<WorkloadResult, BackendError>, ctx: &mut Context<Self>) {
-        self.execution_over = true;
-        if self.decided.is_some() {
+        if self.phase.decided().is_some() {
             if result.is_ok() {
                 log::debug!("workload {}: late result discarded", self.record.id);
             }
+            self.advance(Event::ExecutionEnded);
             self.maybe_stop(ctx);
             return;
         }
@@ -294,7 +315,9 @@ impl WorkloadActor {
             }
             // Backends may stop on their own at the deadline, and their answer can
             // arrive before our own `Timeout`: that is the timeout all the same.
-            Err(BackendError::Cancelled) if self.deadline.is_some_and(|d| Instant::now() >= d) => {
+            Err(BackendError::Cancelled)
+                if self.phase.deadline().is_some_and(|d| Instant::now() >= d) =>
+            {
                 StatusChange::to(Status::Failed).with_error(self.timeout_message())
             }
             Err(BackendError::Cancelled) => {
@@ -303,6 +326,7 @@ impl WorkloadActor {
             Err(e) => StatusChange::to(Status::Failed).with_error(e.to_string()),
         };
         self.finish(change, ctx);
+        self.advance(Event::ExecutionEnded);
     }
 }
 
@@ -310,7 +334,10 @@ impl Actor for WorkloadActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let Some(preparation) = self.preparation.take() else {
+        let Phase::Preparing { preparation } = &mut self.phase else {
+            return;
+        };
+        let Some(preparation) = preparation.take() else {
             return;
         };
         // A panic in the backend's preparation fails this workload, not the engine.
@@ -325,9 +352,9 @@ impl Actor for WorkloadActor {
                     )))
                 });
                 match outcome {
+                    // Stale when killed meanwhile: nothing will run and the hold goes.
                     Ok(prepared) => {
-                        act.prepared = Some(prepared);
-                        if act.decided.is_none() {
+                        if act.advance(Event::Prepared(prepared)) {
                             act.supervisor.do_send(WorkloadReady {
                                 id: act.record.id,
                                 backend: act.record.backend.clone(),
@@ -335,7 +362,7 @@ impl Actor for WorkloadActor {
                         }
                     }
                     // Killed meanwhile: the kill already decided the outcome.
-                    Err(BackendError::Cancelled) if act.decided.is_some() => {}
+                    Err(BackendError::Cancelled) if act.phase.decided().is_some() => {}
                     Err(e) => act.finish(
                         StatusChange::to(Status::Failed).with_error(e.to_string()),
                         ctx,
@@ -375,10 +402,11 @@ impl Handler<Start> for WorkloadActor {
     type Result = ();
 
     fn handle(&mut self, msg: Start, ctx: &mut Self::Context) {
-        self.started = Some(Instant::now());
-        if self.decided.is_some() {
+        if !self.advance(Event::SlotGranted(Instant::now())) {
+            return;
+        }
+        if self.phase.decided().is_some() {
             // Killed while the slot was on its way: nothing runs.
-            self.execution_over = true;
             self.maybe_stop(ctx);
             return;
         }
@@ -389,7 +417,7 @@ impl Handler<Start> for WorkloadActor {
                 .into_actor(self)
                 .map(move |res, act, ctx| {
                     match res.map_err(|_| StoreError::Unavailable).and_then(|r| r) {
-                        Ok((payload, input)) if act.decided.is_none() => {
+                        Ok((payload, input)) if act.phase.decided().is_none() => {
                             act.payload_deferred = false;
                             act.spec.payload = payload;
                             act.spec.input = input;
@@ -397,17 +425,18 @@ impl Handler<Start> for WorkloadActor {
                         }
                         // Killed (or timed out) while it was read: nothing runs.
                         Ok(_) => {
-                            act.execution_over = true;
+                            act.advance(Event::Abandoned);
                             act.maybe_stop(ctx);
                         }
                         Err(e) => {
                             log::error!("workload {id}: could not read its payload: {e}");
-                            act.execution_over = true;
                             act.finish(
                                 StatusChange::to(Status::Failed)
                                     .with_error("could not start: store error"),
                                 ctx,
                             );
+                            act.advance(Event::Abandoned);
+                            act.maybe_stop(ctx);
                         }
                     }
                 })
@@ -422,6 +451,11 @@ impl WorkloadActor {
     /// Record running and hand the execution to `backend`.
     fn run(&mut self, backend: Addr<BackendActor>, ctx: &mut Context<Self>) {
         let id = self.record.id;
+        let timeout = self.spec.timeout;
+        let deadline = Instant::now() + timeout;
+        if !self.advance(Event::Launched(deadline)) {
+            return;
+        }
         // The running write and the execution start together: the store applies writes
         // in the order they were sent, so the terminal write always lands after this
         // one, and the execution does not wait a store round trip to begin.
@@ -437,7 +471,7 @@ impl WorkloadActor {
                         "workload {id}: pending -> running (backend {})",
                         record.backend
                     );
-                    if act.final_record.is_none() {
+                    if act.phase.final_record().is_none() {
                         act.record = record;
                     }
                 }
@@ -446,10 +480,7 @@ impl WorkloadActor {
             })
             .spawn(ctx);
 
-        let timeout = self.spec.timeout;
         let sink = self.logs.sink(id);
-        let deadline = Instant::now() + timeout;
-        self.deadline = Some(deadline);
         let exec = ExecContext {
             log: sink,
             cancel: self.cancel.clone(),
@@ -504,7 +535,7 @@ impl Handler<Kill> for WorkloadActor {
     type Result = Result<oneshot::Receiver<Workload>, KillError>;
 
     fn handle(&mut self, _: Kill, ctx: &mut Self::Context) -> Self::Result {
-        if let Some(status) = self.decided {
+        if let Some(status) = self.phase.decided() {
             return Err(KillError::Terminal(status));
         }
         let (tx, rx) = oneshot::channel();
@@ -522,7 +553,7 @@ impl Handler<AwaitTerminal> for WorkloadActor {
 
     fn handle(&mut self, _: AwaitTerminal, _: &mut Self::Context) -> Self::Result {
         let (tx, rx) = oneshot::channel();
-        match &self.final_record {
+        match self.phase.final_record() {
             Some(record) => {
                 let _ = tx.send(record.clone());
             }
@@ -536,7 +567,7 @@ impl Handler<Interrupt> for WorkloadActor {
     type Result = ();
 
     fn handle(&mut self, msg: Interrupt, ctx: &mut Self::Context) {
-        if self.started.is_some() {
+        if self.phase.ran() {
             self.finish(StatusChange::to(Status::Failed).with_error(msg.0), ctx);
         }
     }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use vulcan::backends::BackendFactory;
 use vulcan::config::Config;
-use vulcan::startup::{builtin_backends, Application};
+use vulcan::startup::{builtin_backends, AppThread};
 
 /// A running application.
 pub struct TestApp {
@@ -32,9 +32,8 @@ pub struct TestApp {
     /// The SQLite file (on PostgreSQL: the name of the app's database, see [`store`]).
     pub db_path: PathBuf,
     dir: Option<tempfile::TempDir>,
-    handle: actix_web::dev::ServerHandle,
-    system: actix::System,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// `None` once stopped.
+    app: Option<AppThread>,
 }
 
 /// Configures a [`TestApp`].
@@ -105,44 +104,16 @@ impl TestAppBuilder {
             Vec::new()
         };
         backends.extend(self.backends);
-        let (tx, rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let sys = actix_web::rt::System::new();
-            let started = sys.block_on(async move {
-                match Application::build_with(config, backends).await {
-                    Ok(app) => {
-                        let _ = tx.send(Ok((app.port(), app.handle(), actix::System::current())));
-                        // Graceful path: when the server stops, shutdown work runs, then
-                        // the system ends. `crash` stops the system without any of it.
-                        actix::spawn(async move {
-                            let _ = app.run_until_stopped().await;
-                            actix::System::current().stop();
-                        });
-                        true
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e.to_string()));
-                        false
-                    }
-                }
-            });
-            if started {
-                let _ = sys.run();
-            }
-        });
-        let (port, handle, system) = tokio::task::spawn_blocking(move || rx.recv())
+        let app = tokio::task::spawn_blocking(move || AppThread::spawn(config, backends))
             .await
             .expect("join")
-            .expect("app thread answered")
             .expect("app started");
         TestApp {
-            address: format!("http://127.0.0.1:{port}"),
+            address: format!("http://127.0.0.1:{}", app.port()),
             client: reqwest::Client::new(),
             db_path,
             dir,
-            handle,
-            system,
-            thread: Some(thread),
+            app: Some(app),
         }
     }
 }
@@ -251,9 +222,9 @@ impl TestApp {
 
     /// Graceful stop (as on SIGTERM), waiting for the app thread to finish.
     pub async fn stop(mut self) -> Option<tempfile::TempDir> {
-        self.handle.stop(true).await;
-        if let Some(t) = self.thread.take() {
-            tokio::task::spawn_blocking(move || t.join())
+        if let Some(mut app) = self.app.take() {
+            app.handle().stop(true).await;
+            tokio::task::spawn_blocking(move || app.join())
                 .await
                 .expect("join")
                 .expect("app thread");
@@ -264,9 +235,8 @@ impl TestApp {
     /// Abrupt stop: the actor system is torn down without any shutdown work, as in a
     /// crash. Returns the temp dir so the database survives for a restart.
     pub async fn crash(mut self) -> Option<tempfile::TempDir> {
-        self.system.stop();
-        if let Some(t) = self.thread.take() {
-            tokio::task::spawn_blocking(move || t.join())
+        if let Some(app) = self.app.take() {
+            tokio::task::spawn_blocking(move || app.crash())
                 .await
                 .expect("join")
                 .expect("app thread");

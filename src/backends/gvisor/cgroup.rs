@@ -86,8 +86,9 @@ pub fn remove_all(parent: &str) -> io::Result<()> {
     first_error.map_or(Ok(()), Err)
 }
 
-/// Remove the `parent` directories themselves where they are empty. Used by tests and
-/// `vulcan bench`, which create throw-away parents; a server keeps its parent between runs.
+/// Remove the `parent` directories themselves where they are empty. Used by tests,
+/// which create throw-away parents; a server keeps its parent between runs.
+#[cfg(test)]
 pub fn remove_parent_if_empty(parent: &str) {
     for root in hierarchy_roots() {
         let _ = fs::remove_dir(root.join(parent));

@@ -13,15 +13,12 @@
 //! run may have left behind. The state directory and cgroup parent belong to one
 //! server: two servers must not share them.
 
-mod bench;
 mod bundle;
 pub(crate) mod cgroup;
 mod go;
 pub mod go_cache;
 mod image;
 pub(crate) mod runsc;
-
-pub use bench::bench_python_hello;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -59,14 +59,10 @@ impl Runsc {
 
     /// `runsc run --bundle <bundle> <id>` with all three stdio streams piped. The
     /// runsc process is killed if the handle is dropped (the sandbox itself is then
-    /// removed by [`Runsc::kill`] + [`Runsc::delete`] in cleanup).
-    pub fn run_command(&self, bundle: &Path, id: &str) -> Command {
-        self.run_command_with(bundle, id, false)
-    }
-
-    /// [`Runsc::run_command`], with `root_overlay`: the root file system gets a
-    /// writable layer in sandbox memory (`--overlay2=root:memory`), so the run may
-    /// write anywhere while the directory on the host stays as it was.
+    /// removed by [`Runsc::kill`] + [`Runsc::delete`] in cleanup). With `root_overlay`
+    /// the root file system gets a writable layer in sandbox memory
+    /// (`--overlay2=root:memory`), so the run may write anywhere while the directory on
+    /// the host stays as it was.
     pub fn run_command_with(&self, bundle: &Path, id: &str, root_overlay: bool) -> Command {
         let mut cmd = self.command();
         if root_overlay {

@@ -704,63 +704,6 @@ impl Loader for DenyImports {
     }
 }
 
-/// Cold-start cost of the JavaScript engine: `n` times, on the calling thread, create a
-/// fresh runtime and context (as every workload gets) and evaluate a trivial function
-/// call. Returns one duration per iteration.
-///
-/// For `vulcan bench`; runs outside the worker pool, so call it from a plain thread.
-pub fn bench_cold_js(n: usize) -> Result<Vec<Duration>, BackendError> {
-    let mut samples = Vec::with_capacity(n);
-    for _ in 0..n {
-        let start = Instant::now();
-        let rt = Runtime::new()
-            .map_err(|e| BackendError::Internal(format!("cannot create a QuickJS runtime: {e}")))?;
-        rt.set_memory_limit(64 * 1024 * 1024);
-        rt.set_max_stack_size(JS_MAX_STACK_BYTES);
-        let context = Context::full(&rt)
-            .map_err(|e| BackendError::Internal(format!("cannot create a context: {e}")))?;
-        let value = context.with(|ctx| ctx.eval::<i32, _>("((x) => x + 1)(41)"));
-        match value {
-            Ok(42) => {}
-            other => {
-                return Err(BackendError::Internal(format!(
-                    "benchmark script returned {other:?}"
-                )))
-            }
-        }
-        drop(context);
-        drop(rt);
-        samples.push(start.elapsed());
-    }
-    Ok(samples)
-}
-
-/// Benchmark helper: `n` timings of what every JavaScript workload pays on its worker
-/// thread: a fresh runtime and context, the prelude (console, timers), the api.md
-/// example module, its call with `{"a":1,"b":2}`, and JSON serialisation of the result.
-pub fn bench_js_workload(n: usize) -> Result<Vec<Duration>, BackendError> {
-    const CODE: &str = "export default (input) => ({ sum: input.a + input.b });";
-    let log = LogSink::discard();
-    let stop = StopSignal::new(
-        tokio_util::sync::CancellationToken::new(),
-        Instant::now() + Duration::from_secs(3600),
-    );
-    // No cache and nothing prepared ahead: the whole cost, as a cold worker pays it.
-    let mut engine = JsEngine::new(0)?;
-    let mut samples = Vec::with_capacity(n);
-    for _ in 0..n {
-        let start = Instant::now();
-        let res = engine.run(CODE, br#"{"a":1,"b":2}"#, 128, 1024, &log, &stop)?;
-        if res.output != br#"{"sum":3}"# {
-            return Err(BackendError::Internal(format!(
-                "benchmark workload returned {res:?}"
-            )));
-        }
-        samples.push(start.elapsed());
-    }
-    Ok(samples)
-}
-
 #[cfg(test)]
 mod tests {
     use super::{looks_like_module, BytecodeCache};

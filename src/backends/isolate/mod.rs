@@ -33,8 +33,6 @@ mod wasm;
 pub mod worker;
 
 pub(crate) use js::looks_like_module;
-pub use js::{bench_cold_js, bench_js_workload};
-pub use wasm::bench_cold_wasm;
 
 use pool::{Settings, WorkerPool};
 use protocol::{Program, WorkerInit};

@@ -732,40 +732,6 @@ impl tokio::io::AsyncWrite for LinePipe {
     }
 }
 
-/// A trivial WASI command: one page of memory, `_start` returns at once.
-const BENCH_MODULE: &str = r#"(module (memory (export "memory") 1) (func (export "_start")))"#;
-
-/// Cold-start cost of a Wasm workload: `n` times, on the calling thread, run a trivial
-/// (already compiled and cached) WASI module the way a workload runs: a fresh `Store`
-/// with its WASI context and limits, instantiation and the `_start` call. Returns one
-/// duration per iteration. Engine creation and the one compilation are not measured.
-///
-/// For `vulcan bench`: runs the engine in the calling process (trusted benchmark code,
-/// not a workload), so call it from a plain thread.
-pub fn bench_cold_wasm(n: usize) -> Result<Vec<Duration>, BackendError> {
-    let engine = WasmEngine::new(1)?;
-    engine.start_ticker()?;
-    let stop = StopSignal::new(
-        crate::backends::CancellationToken::new(),
-        Instant::now() + Duration::from_secs(3600),
-    );
-    let log = LogSink::discard();
-    // Warm the cache so only per-workload work is measured.
-    engine.module(BENCH_MODULE.as_bytes())?;
-    let mut samples = Vec::with_capacity(n);
-    for _ in 0..n {
-        let start = Instant::now();
-        let result = engine.run(BENCH_MODULE.as_bytes(), b"null", 16, 1024, &log, &stop)?;
-        if let Some(error) = result.error {
-            return Err(BackendError::Internal(format!(
-                "benchmark module failed: {error}"
-            )));
-        }
-        samples.push(start.elapsed());
-    }
-    Ok(samples)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
