@@ -201,11 +201,11 @@ impl WorkloadActor {
             // while the execution went on (they start together). Record running as it
             // happened, then the outcome, instead of leaving it pending for ever.
             if let Ok(Err(StoreError::InvalidTransition(t))) = &res {
-                if t.from == Status::Pending && act.started.is_some() {
+                if t.from == Status::Pending && act.phase.started().is_some() {
                     log::warn!(
                         "workload {id}: its running write was lost; recording it before {to}"
                     );
-                    let ran_for = act.started.map(|s| s.elapsed()).unwrap_or_default();
+                    let ran_for = act.phase.started().map(|s| s.elapsed()).unwrap_or_default();
                     let running = StatusChange {
                         at: chrono::Utc::now()
                             - chrono::Duration::from_std(ran_for).unwrap_or_default(),
