@@ -1257,8 +1257,13 @@ mod tests {
 
     fn open_actor(path: &std::path::Path) -> (Addr<StoreActor>, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::new().expect("metrics"));
-        let actor = StoreActor::open(&Database::Sqlite(path.to_path_buf()), 1, 64, metrics.clone())
-            .expect("open");
+        let actor = StoreActor::open(
+            &Database::Sqlite(path.to_path_buf()),
+            1,
+            64,
+            metrics.clone(),
+        )
+        .expect("open");
         (actor.start(), metrics)
     }
 

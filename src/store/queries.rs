@@ -464,22 +464,22 @@ pub fn apply_start_and_end(
         .find(&key)
         .filter(workloads::status.eq_any(allowed_from));
     let row = per_engine!(&mut *conn, |c| diesel::update(target)
-    .set((
-        workloads::status.eq(end.to.as_str()),
-        workloads::started_at.eq(format_time(&running.at)),
-        workloads::finished_at.eq(&at),
-        workloads::output.eq(output),
-        workloads::exit_code.eq(end.exit_code),
-        workloads::error.eq(&end.error),
-        workloads::duration_ms.eq(end.duration_ms.map(|d| d as i64)),
-        workloads::delivery_due_at.eq(case_when::<_, _, diesel::sql_types::Text>(
-            workloads::callback_url.is_not_null(),
-            &at,
-        )),
-    ))
-    .returning(WorkloadRow::as_returning())
-    .get_result(c)
-    .optional()?);
+        .set((
+            workloads::status.eq(end.to.as_str()),
+            workloads::started_at.eq(format_time(&running.at)),
+            workloads::finished_at.eq(&at),
+            workloads::output.eq(output),
+            workloads::exit_code.eq(end.exit_code),
+            workloads::error.eq(&end.error),
+            workloads::duration_ms.eq(end.duration_ms.map(|d| d as i64)),
+            workloads::delivery_due_at.eq(case_when::<_, _, diesel::sql_types::Text>(
+                workloads::callback_url.is_not_null(),
+                &at,
+            )),
+        ))
+        .returning(WorkloadRow::as_returning())
+        .get_result(c)
+        .optional()?);
     row.map(Workload::try_from).transpose()
 }
 
