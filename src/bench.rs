@@ -639,25 +639,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     log::info!("node baseline ({} runs)", opts.node_runs);
     let node = node_baseline(opts.node_runs);
 
-    let fd_want = (opts.sse_subscribers as u64) * 2 + 256;
-    if let Err(e) = raise_fd_limit(fd_want) {
-        log::warn!("could not raise the open-file limit to {fd_want}: {e}");
-    }
-
-    let base = Instant::now();
-    let (go_tx, go_rx) = watch::channel(false);
-    let sse_backend: BackendFactory = {
-        let lines = opts.sse_lines;
-        let interval = opts.sse_interval;
-        Arc::new(move || {
-            Arc::new(SseBenchBackend {
-                lines,
-                interval,
-                base,
-                go: go_rx.clone(),
-            }) as Arc<dyn Backend>
-        })
-    };
+    let (base, go_tx, sse_backend) = sse_setup(opts);
     let server = BenchServer::start(
         opts,
         &[
@@ -717,6 +699,28 @@ pub enum Section {
 /// (the machine table, then the section).
 pub fn run_section(opts: &BenchOptions, section: Section) -> Result<String, BenchError> {
     let machine = Machine::detect();
+    let (base, go_tx, sse_backend) = sse_setup(opts);
+    // The logs section runs a real node workload: the isolate backend is on.
+    let server = BenchServer::start(
+        opts,
+        &[("VULCAN_BACKENDS__ISOLATE__ENABLED", "true".into())],
+        vec![sse_backend],
+    )?;
+    let mut s = String::new();
+    machine.markdown(&mut s);
+    let result = match section {
+        Section::Sse => sse_latency(opts, server.addr, base, &go_tx).map(|e| e.markdown(&mut s)),
+        Section::Logs => logs::run(server.addr, opts.logs).map(|l| l.markdown(&mut s)),
+    };
+    let _ = go_tx.send(true);
+    server.stop();
+    result.map(|()| s)
+}
+
+/// What the SSE section needs, for a whole run and for the section alone: an open-file
+/// limit for its subscribers, the time base of its line stamps, and its backend, whose
+/// workloads wait for `true` on the returned sender before they print.
+fn sse_setup(opts: &BenchOptions) -> (Instant, watch::Sender<bool>, BackendFactory) {
     let fd_want = (opts.sse_subscribers as u64) * 2 + 256;
     if let Err(e) = raise_fd_limit(fd_want) {
         log::warn!("could not raise the open-file limit to {fd_want}: {e}");
@@ -735,21 +739,7 @@ pub fn run_section(opts: &BenchOptions, section: Section) -> Result<String, Benc
             }) as Arc<dyn Backend>
         })
     };
-    // The logs section runs a real node workload: the isolate backend is on.
-    let server = BenchServer::start(
-        opts,
-        &[("VULCAN_BACKENDS__ISOLATE__ENABLED", "true".into())],
-        vec![sse_backend],
-    )?;
-    let mut s = String::new();
-    machine.markdown(&mut s);
-    let result = match section {
-        Section::Sse => sse_latency(opts, server.addr, base, &go_tx).map(|e| e.markdown(&mut s)),
-        Section::Logs => logs::run(server.addr, opts.logs).map(|l| l.markdown(&mut s)),
-    };
-    let _ = go_tx.send(true);
-    server.stop();
-    result.map(|()| s)
+    (base, go_tx, sse_backend)
 }
 
 fn percentiles(what: &str, samples: Vec<Duration>) -> Result<Percentiles, BenchError> {
