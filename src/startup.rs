@@ -202,7 +202,8 @@ impl Application {
         )
         .start();
 
-        let recovered = store.send(Recover).await??;
+        let only_node = database.is_shared().then(|| config.node_id());
+        let recovered = store.send(Recover(only_node)).await??;
         for w in &recovered.interrupted {
             log::warn!(
                 "workload {}: running -> failed (interrupted by server restart)",
