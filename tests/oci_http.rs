@@ -898,20 +898,21 @@ async fn slow_proxy(target: Arc<Mutex<String>>, delay: Duration) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pull_keeps_the_workload_pending_outside_its_timeout() {
     let target = Arc::new(Mutex::new(String::new()));
-    let proxy = slow_proxy(target.clone(), Duration::from_millis(2500)).await;
+    let proxy = slow_proxy(target.clone(), Duration::from_millis(4000)).await;
     let Some(t) = oci_app_with("slowpull", "", &[&proxy]).await else {
         return;
     };
     *target.lock().expect("target") = t.registry.host.clone();
     let image = t.image("slow", cat_image()).await;
     let through_proxy = image.replace(&t.registry.host, &proxy);
-    // Every registry connection waits 2.5 s: the pull takes longer than the
-    // workload's 1 s timeout, which does not run yet.
+    // Every registry connection waits 4 s: the pull takes longer than the workload's
+    // 3 s timeout, which does not run yet (3 s, not less: the run itself must fit in
+    // it on a loaded machine).
     let mut body = oci_job(&through_proxy, Some(&["/bin/echo", "ran"]));
-    body["resources"]["timeout_s"] = json!(1);
+    body["resources"]["timeout_s"] = json!(3);
     let w = t.app.submit_async(&body).await;
     let id = w["id"].as_str().expect("id").to_string();
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(Duration::from_millis(3200)).await;
     let now = t.app.get_json(&format!("/v1/workloads/{id}"), 200).await;
     assert_eq!(now["status"], "pending", "{now}");
     let list = t.images().await;
