@@ -112,14 +112,14 @@ impl SseFigures {
         let _ = writeln!(
             s,
             "| samples | p50 ms | p99 ms | lines per subscriber (min / max / sent) | \
-             server CPU (cores) | clients CPU (cores) | clients' share |\n\
-             |---|---|---|---|---|---|---|"
+             server CPU (cores) | clients CPU (cores) | clients' share | server CPU per event µs |\n\
+             |---|---|---|---|---|---|---|---|"
         );
         let window = e.window.as_secs_f64().max(f64::EPSILON);
         let (server, client) = (e.server_cpu.as_secs_f64(), e.client_cpu.as_secs_f64());
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} / {} / {} | {:.2} | {:.2} | {:.0} % |",
+            "| {} | {} | {} | {} / {} / {} | {:.2} | {:.2} | {:.0} % | {:.1} |",
             e.latency.samples,
             ms(e.latency.p50),
             ms(e.latency.p99),
@@ -128,7 +128,8 @@ impl SseFigures {
             e.lines_sent,
             server / window,
             client / window,
-            100.0 * client / (server + client).max(f64::EPSILON)
+            100.0 * client / (server + client).max(f64::EPSILON),
+            1e6 * server / (e.latency.samples.max(1) as f64)
         );
     }
 }
