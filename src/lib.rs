@@ -15,6 +15,7 @@ pub mod api;
 pub mod backends;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod images;
 pub mod metrics;
