@@ -24,7 +24,7 @@ use crate::backends::gvisor::GvisorBackend;
 use crate::backends::isolate::IsolateBackend;
 use crate::backends::microvm::MicrovmBackend;
 use crate::backends::{Backend, BackendCapabilities, BackendFactory, UnavailableBackend};
-use crate::cluster::Membership;
+use crate::cluster::{Leave, Membership};
 use crate::config::Config;
 use crate::images::ImageStore;
 use crate::metrics::Metrics;
@@ -64,6 +64,8 @@ pub struct Application {
     supervisor: Addr<Supervisor>,
     shutdown_timeout: Duration,
     draining: Arc<AtomicBool>,
+    /// On a cluster node: its membership, to leave the cluster at shutdown.
+    membership: Option<Addr<Membership>>,
 }
 
 fn factory<B: Backend>(
@@ -248,9 +250,7 @@ impl Application {
             );
         }
 
-        if let Some(m) = membership {
-            m.start();
-        }
+        let membership = membership.map(Actor::start);
 
         let draining = Arc::new(AtomicBool::new(false));
         let readiness = Readiness {
@@ -327,6 +327,7 @@ impl Application {
             supervisor,
             shutdown_timeout,
             draining,
+            membership,
         })
     }
 
@@ -364,6 +365,13 @@ impl Application {
                 // The server future drives its own shutdown: poll it while stopping.
                 let (_, res) = tokio::join!(handle.stop(true), &mut server);
                 res?;
+            }
+        }
+        if let Some(m) = &self.membership {
+            // Running work is recorded by now (under this node's generation).
+            match actix_web::rt::time::timeout(Duration::from_secs(5), m.send(Leave)).await {
+                Ok(Ok(Ok(n))) => log::info!("cluster: left; {n} unstarted workload(s) re-queued"),
+                _ => log::warn!("cluster: could not leave; survivors will declare this node lost"),
             }
         }
         match actix_web::rt::time::timeout(

@@ -364,3 +364,78 @@ async fn a_crashed_nodes_running_work_fails_node_lost_and_its_queue_runs_on_a_su
         "nothing of the old work ran again"
     );
 }
+
+#[tokio::test]
+async fn a_node_stopped_gracefully_leaves_and_starts_again_at_once_under_its_id() {
+    let Some(url) = shared_database("graceful_leave") else {
+        return;
+    };
+    let a = node(&url, "a").backend(scripted(1).0).spawn().await;
+    let (fb, _) = scripted(1);
+    let b = node(&url, "b").backend(fb).spawn().await;
+    a.stop().await;
+    let list = b.get_json("/v1/nodes", 200).await;
+    let a_row = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|n| n["node_id"] == "a")
+        .expect("a listed")
+        .clone();
+    assert_eq!(a_row["state"], "lost", "left the cluster: {a_row}");
+    let (fa, seen) = scripted(1);
+    let a = node(&url, "a")
+        .backend(fa)
+        .try_spawn()
+        .await
+        .expect("not refused: the node left, it is not live");
+    let w = a.submit_async(&job("node", json!({"output": 7}))).await;
+    let done = a.wait_terminal(w["id"].as_str().expect("id"), SOON).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let ran = runs(&seen).len() + usize::from(done["node_id"] == "b");
+    assert_eq!(ran, 1, "{done}");
+}
+
+#[tokio::test]
+async fn a_nodes_admission_bound_holds_for_work_waiting_in_the_shared_queue() {
+    let Some(url) = shared_database("admission_bound_per_node") else {
+        return;
+    };
+    let a = node(&url, "a")
+        .env("VULCAN_MAX_QUEUE", "3")
+        .backend(scripted(1).0)
+        .spawn()
+        .await;
+    let busy = script::occupy_slot(&a).await;
+    // No node has a free slot: these wait unclaimed, counted against a's bound.
+    for _ in 0..3 {
+        a.submit_async(&job("node", json!({"output": 1}))).await;
+    }
+    let res = a
+        .post("/v1/workloads/async", &job("node", json!({"output": 1})))
+        .await;
+    assert_eq!(res.status(), 429);
+    assert!(res.headers().contains_key("retry-after"));
+    let v: Value = res.json().await.expect("json");
+    assert!(
+        v["error"]
+            .as_str()
+            .expect("error")
+            .contains("pending workloads"),
+        "{v}"
+    );
+    // Another node with room takes them; a's bound frees and it accepts again.
+    let b = node(&url, "b").backend(scripted(4).0).spawn().await;
+    eventually(SOON, "a accepts again once b took its queue", || {
+        let a = &a;
+        async move {
+            a.post("/v1/workloads/async", &job("node", json!({"output": 2})))
+                .await
+                .status()
+                == 202
+        }
+    })
+    .await;
+    let _ = a.delete(&format!("/v1/workloads/{busy}")).await;
+    let _ = b;
+}

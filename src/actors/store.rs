@@ -339,7 +339,9 @@ pub struct StoreActor {
 }
 
 mod cluster;
-pub use cluster::{ClaimWork, Heartbeat, ListNodes, ReapLostNodes, RegisterNode, StillUnclaimed};
+pub use cluster::{
+    ClaimWork, Heartbeat, LeaveCluster, ListNodes, ReapLostNodes, RegisterNode, StillUnclaimed,
+};
 
 /// How often a store that cannot write tries a probe write.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);

@@ -11,12 +11,14 @@
 //! Supervisor's (src/actors/supervisor/shared.rs); this module only keeps the node in
 //! the cluster.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use chrono::Utc;
 
-use crate::actors::store::{Heartbeat, ReapLostNodes, RegisterNode, StoreActor};
+use crate::actors::store::{Heartbeat, LeaveCluster, ReapLostNodes, RegisterNode, StoreActor};
 use crate::actors::supervisor::{BackendInfo, ClaimNow, Fenced, ListBackends, Supervisor};
 use crate::config::ClusterConfig;
 use crate::model::BackendCapacity;
@@ -47,6 +49,9 @@ pub struct Membership {
     beating: bool,
     /// A reaping pass is on its way.
     reaping: bool,
+    /// Leaving the cluster ([`Leave`]): a heartbeat on its way that finds the node
+    /// fenced must not register it again.
+    leaving: Arc<AtomicBool>,
 }
 
 impl Membership {
@@ -67,20 +72,22 @@ impl Membership {
                 node_timeout,
                 beating: false,
                 reaping: false,
+                leaving: Arc::default(),
             },
             generation,
         ))
     }
 
     fn beat(&mut self, ctx: &mut Context<Self>) {
-        if self.beating {
+        if self.beating || self.leaving.load(Ordering::SeqCst) {
             return;
         }
         self.beating = true;
-        let (store, supervisor, timeout) = (
+        let (store, supervisor, timeout, leaving) = (
             self.store.clone(),
             self.supervisor.clone(),
             self.node_timeout,
+            self.leaving.clone(),
         );
         async move {
             let backends = supervisor
@@ -88,7 +95,7 @@ impl Membership {
                 .await
                 .map_err(|_| StoreError::Unavailable)?;
             match store.send(Heartbeat(capacity(&backends))).await {
-                Ok(Err(StoreError::Fenced)) => {}
+                Ok(Err(StoreError::Fenced)) if !leaving.load(Ordering::SeqCst) => {}
                 Ok(other) => return other,
                 Err(_) => return Err(StoreError::Unavailable),
             }
@@ -114,7 +121,7 @@ impl Membership {
     }
 
     fn reap(&mut self, ctx: &mut Context<Self>) {
-        if self.reaping {
+        if self.reaping || self.leaving.load(Ordering::SeqCst) {
             return;
         }
         self.reaping = true;
@@ -169,6 +176,32 @@ async fn register(
         })
         .await
         .map_err(|_| StoreError::Unavailable)?
+}
+
+/// Graceful shutdown, once running work is recorded: stop heartbeating and leave the
+/// cluster ([`LeaveCluster`]), so a restart under the same `node_id` is not refused
+/// and survivors take over its unstarted work at once. Answers how many workloads went
+/// back to the queue.
+#[derive(Message)]
+#[rtype(result = "Result<usize, StoreError>")]
+pub struct Leave;
+
+impl Handler<Leave> for Membership {
+    type Result = ResponseActFuture<Self, Result<usize, StoreError>>;
+
+    fn handle(&mut self, _: Leave, _: &mut Self::Context) -> Self::Result {
+        // No heartbeat may find the node fenced after this and register it again.
+        self.leaving.store(true, Ordering::SeqCst);
+        Box::pin(
+            self.store
+                .send(LeaveCluster)
+                .into_actor(self)
+                .map(|res, _, ctx| {
+                    ctx.stop();
+                    res.map_err(|_| StoreError::Unavailable)?
+                }),
+        )
+    }
 }
 
 impl Actor for Membership {

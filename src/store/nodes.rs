@@ -201,6 +201,37 @@ pub fn heartbeat(
     Ok(())
 }
 
+/// `fence`'s node leaves the cluster (graceful shutdown, after its running work was
+/// recorded): marked lost with its generation bumped, so its id can register again at
+/// once, and the work it claimed and did not start goes back to the queue. Answers
+/// how many workloads were re-queued; nothing happens for a node fenced already.
+pub fn leave(conn: &mut DbConnection, fence: &Fence) -> Result<usize, StoreError> {
+    let left = diesel::update(
+        nodes::table
+            .filter(nodes::node_id.eq(&fence.node_id))
+            .filter(nodes::generation.eq(fence.generation))
+            .filter(nodes::state.eq(NodeState::Alive.as_str())),
+    )
+    .set((
+        nodes::state.eq(NodeState::Lost.as_str()),
+        nodes::generation.eq(nodes::generation + 1),
+    ))
+    .execute(pg(conn)?)?;
+    if left == 0 {
+        return Ok(0);
+    }
+    Ok(diesel::update(
+        workloads::table
+            .filter(workloads::node_id.eq(&fence.node_id))
+            .filter(workloads::status.eq(Status::Pending.as_str())),
+    )
+    .set((
+        workloads::node_id.eq(UNCLAIMED),
+        workloads::node_generation.eq(0i64),
+    ))
+    .execute(pg(conn)?)?)
+}
+
 /// Every node, by id.
 pub fn list(conn: &mut DbConnection) -> Result<Vec<NodeInfo>, StoreError> {
     nodes::table

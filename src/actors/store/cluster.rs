@@ -50,6 +50,24 @@ pub struct StillUnclaimed(pub Vec<WorkloadId>);
 #[rtype(result = "Result<Reaped, StoreError>")]
 pub struct ReapLostNodes(pub DateTime<Utc>);
 
+/// This node leaves the cluster ([`nodes::leave`]); answers how many claimed,
+/// unstarted workloads went back to the queue.
+#[derive(Message)]
+#[rtype(result = "Result<usize, StoreError>")]
+pub struct LeaveCluster;
+
+impl Handler<LeaveCluster> for StoreActor {
+    type Result = ResponseFuture<Result<usize, StoreError>>;
+
+    fn handle(&mut self, _: LeaveCluster, _: &mut Self::Context) -> Self::Result {
+        let fence = match self.cluster_fence() {
+            Ok(f) => f,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        Box::pin(answer(self.write(move |c| nodes::leave(c, &fence))))
+    }
+}
+
 impl StoreActor {
     /// The fence of a cluster node, or the error for a store that is not one.
     fn cluster_fence(&self) -> Result<Fence, StoreError> {
