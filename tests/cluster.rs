@@ -439,3 +439,120 @@ async fn a_nodes_admission_bound_holds_for_work_waiting_in_the_shared_queue() {
     let _ = a.delete(&format!("/v1/workloads/{busy}")).await;
     let _ = b;
 }
+
+#[tokio::test]
+async fn work_waiting_in_the_shared_queue_is_killed_where_it_waits_and_never_runs() {
+    let Some(url) = shared_database("kill_unclaimed") else {
+        return;
+    };
+    let (f, seen) = scripted(1);
+    let a = node(&url, "a").backend(f).spawn().await;
+    let busy = script::occupy_slot(&a).await;
+    let w = a.submit_async(&job("node", json!({"output": 1}))).await;
+    let id = w["id"].as_str().expect("id").to_string();
+    let waiting = a.get_json(&format!("/v1/workloads/{id}"), 200).await;
+    assert_eq!(waiting["status"], "pending", "{waiting}");
+    assert_eq!(waiting["node_id"], "", "claimed by no node yet: {waiting}");
+    let res = a.delete(&format!("/v1/workloads/{id}")).await;
+    assert_eq!(res.status(), 200);
+    let killed: Value = res.json().await.expect("json");
+    assert_eq!(killed["status"], "killed", "{killed}");
+    // The slot frees: the killed one is not claimed, the next submission runs.
+    let res = a.delete(&format!("/v1/workloads/{busy}")).await;
+    assert_eq!(res.status(), 200);
+    let next = a.submit_async(&job("node", json!({"output": 2}))).await;
+    let next = a
+        .wait_terminal(next["id"].as_str().expect("id"), SOON)
+        .await;
+    assert_eq!(next["status"], "completed", "{next}");
+    assert_eq!(runs(&seen).get(&id), None, "the killed workload never ran");
+}
+
+#[tokio::test]
+async fn a_sigkilled_vulcan_serve_nodes_running_work_fails_node_lost_and_its_queue_runs_elsewhere()
+{
+    let Some(url) = shared_database("sigkilled_node") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    let quick = [
+        ("VULCAN_DB_URL", url.as_str()),
+        ("VULCAN_CLUSTER__ENABLED", "true"),
+        ("VULCAN_CLUSTER__HEARTBEAT_MS", "200"),
+        ("VULCAN_CLUSTER__NODE_TIMEOUT_S", "2"),
+        ("VULCAN_BACKENDS__ISOLATE__MAX_CONCURRENCY", "2"),
+    ];
+    let mut env = quick.to_vec();
+    env.push(("VULCAN_NODE_ID", "a"));
+    let a = common::binary::Binary::serve(dir.path(), &env).await;
+    let client = reqwest::Client::new();
+    let submit = |code: &str, timeout_s: u32| {
+        let client = client.clone();
+        let url = format!("{}/v1/workloads/async", a.base);
+        let body = json!({"runtime": "node", "code": code, "resources": {"timeout_s": timeout_s}});
+        async move {
+            let res = client.post(url).json(&body).send().await.expect("submit");
+            assert_eq!(res.status(), 202);
+            let w: Value = res.json().await.expect("json");
+            w["id"].as_str().expect("id").to_string()
+        }
+    };
+    let read = |id: String| {
+        let client = client.clone();
+        let url = format!("{}/v1/workloads/{id}", a.base);
+        async move {
+            let w: Value = client
+                .get(url)
+                .send()
+                .await
+                .expect("get")
+                .json()
+                .await
+                .expect("json");
+            w
+        }
+    };
+    let long = "export default async () => { await new Promise((r) => setTimeout(r, 600000)); return 1; };";
+    let mut doomed = Vec::new();
+    for _ in 0..2 {
+        let id = submit(long, 900).await;
+        eventually(SOON, "running on a", || {
+            let w = read(id.clone());
+            async move { w.await["status"] == "running" }
+        })
+        .await;
+        doomed.push(id);
+    }
+    // a's two slots are taken: these wait in the shared queue.
+    let mut queued = Vec::new();
+    for _ in 0..2 {
+        queued.push(submit("export default () => 2;", 30).await);
+    }
+    drop(a); // SIGKILL, then reaped by wait(): no shutdown work at all.
+
+    let b = quick
+        .iter()
+        .fold(node(&url, "b"), |n, (k, v)| n.env(k, v))
+        .env("VULCAN_BACKENDS__GVISOR__ENABLED", "false")
+        .env("VULCAN_BACKENDS__MICROVM__ENABLED", "false")
+        .builtin()
+        .spawn()
+        .await;
+    for id in &queued {
+        let w = b.wait_terminal(id, SOON).await;
+        assert_eq!(w["status"], "completed", "{w}");
+        assert_eq!(w["output"], 2, "{w}");
+        assert_eq!(w["node_id"], "b", "{w}");
+    }
+    for id in &doomed {
+        let w = b.wait_terminal(id, Duration::from_secs(30)).await;
+        assert_eq!(w["status"], "failed", "{w}");
+        assert_eq!(w["error"], "node lost", "{w}");
+        assert_eq!(w["node_id"], "a", "{w}");
+        assert!(w["output"].is_null(), "{w}");
+    }
+    let stats = b.get_json("/v1/stats", 200).await;
+    assert_eq!(stats["total"], 4, "nothing lost, nothing added: {stats}");
+    assert_eq!(stats["by_status"]["completed"], 2, "{stats}");
+    assert_eq!(stats["by_status"]["failed"], 2, "{stats}");
+}

@@ -231,7 +231,10 @@ pub enum StoreError {
     /// A cluster node's write refused by its fence: a survivor declared the node lost
     /// (or the work was claimed by another node) and decided about the workload; the
     /// node must not overwrite that.
-    #[error("this node was declared lost; its write was refused (fenced)")]
+    #[error(
+        "the write was refused: the workload is held by another node, or this node was \
+         declared lost (fenced)"
+    )]
     Fenced,
     /// A cluster node could not register: a live node already has its `node_id`.
     #[error("{0}")]
