@@ -556,3 +556,53 @@ async fn a_sigkilled_vulcan_serve_nodes_running_work_fails_node_lost_and_its_que
     assert_eq!(stats["by_status"]["completed"], 2, "{stats}");
     assert_eq!(stats["by_status"]["failed"], 2, "{stats}");
 }
+
+#[tokio::test]
+async fn a_node_declared_lost_stops_its_work_without_overwriting_it_and_registers_again() {
+    let Some(url) = shared_database("fenced_node_rejoins") else {
+        return;
+    };
+    let (f, seen) = scripted(2);
+    let a = quick_node(&url, "a").backend(f).spawn().await;
+    let w = a
+        .submit_async(&job("node", json!({"delay_ms": 600000})))
+        .await;
+    let id = w["id"].as_str().expect("id").to_string();
+    a.wait_status(&id, "running", SOON).await;
+    // While a was cut off, a survivor declared it lost (the statements of the reaping
+    // pass): generation bumped, its running work failed.
+    common::cluster::execute(
+        &url,
+        "UPDATE nodes SET state = 'lost', generation = generation + 1 WHERE node_id = 'a';
+         UPDATE workloads SET status = 'failed', error = 'node lost',
+             finished_at = '2026-01-01T00:00:00.000Z' WHERE node_id = 'a' AND status = 'running';",
+    );
+    // a's next heartbeat finds it fenced: it stops the execution and registers again.
+    eventually(SOON, "the execution is stopped", || {
+        let seen = seen.clone();
+        let id = id.clone();
+        async move { seen.saw_cancel(&id) }
+    })
+    .await;
+    eventually(SOON, "a is back under a new generation", || {
+        let a = &a;
+        async move {
+            let list = a.get_json("/v1/nodes", 200).await;
+            list[0]["state"] == "alive" && list[0]["generation"] == 3
+        }
+    })
+    .await;
+    let w = a.get_json(&format!("/v1/workloads/{id}"), 200).await;
+    assert_eq!(w["status"], "failed", "{w}");
+    assert_eq!(
+        w["error"], "node lost",
+        "the survivor's decision stands: {w}"
+    );
+    assert_eq!(w["finished_at"], "2026-01-01T00:00:00.000Z", "{w}");
+    let next = a.submit_async(&job("node", json!({"output": 5}))).await;
+    let next = a
+        .wait_terminal(next["id"].as_str().expect("id"), SOON)
+        .await;
+    assert_eq!(next["status"], "completed", "{next}");
+    assert_eq!(next["node_id"], "a", "{next}");
+}

@@ -38,3 +38,12 @@ pub fn scripted(slots: usize) -> (vulcan::backends::BackendFactory, Arc<Observed
         ..Options::default()
     })
 }
+
+/// Run `sql` on the cluster's database, as another party would (an operator, or a
+/// survivor's decision made while this node was cut off).
+pub fn execute(db_url: &str, sql: &str) {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+    let mut conn = diesel::PgConnection::establish(db_url).expect("connect");
+    conn.batch_execute(sql).expect("sql");
+}
