@@ -200,6 +200,8 @@ struct SharedQueue {
     /// backend's `pending` and in `pending_bytes` like queued work (the admission
     /// bounds hold per node), with their payload kept for when this node claims them.
     unclaimed: HashMap<WorkloadId, Unclaimed>,
+    /// How many of `unclaimed` each backend has (kept with it by `hold` and `take`).
+    unclaimed_per_backend: HashMap<String, usize>,
     /// A claim is on its way to the store.
     claiming: bool,
     /// Asked to claim while one was on its way: claim again when it returns.
@@ -252,6 +254,7 @@ impl Supervisor {
         self.shared = Some(SharedQueue {
             poll: poll.max(std::time::Duration::from_millis(1)),
             unclaimed: HashMap::new(),
+            unclaimed_per_backend: HashMap::new(),
             claiming: false,
             again: false,
             refreshing: false,

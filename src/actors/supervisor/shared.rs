@@ -11,7 +11,7 @@
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use super::{Supervisor, Unclaimed};
+use super::{SharedQueue, Supervisor, Unclaimed};
 use crate::actors::store::{ClaimWork, GetWorkload, StillUnclaimed};
 use crate::actors::workload::Interrupt;
 use crate::model::{Payload, Workload, WorkloadId};
@@ -32,6 +32,26 @@ pub struct ClaimNow;
 #[rtype(result = "usize")]
 pub struct Fenced;
 
+impl SharedQueue {
+    /// Keep `u` until a node claims `id`.
+    fn hold(&mut self, id: WorkloadId, u: Unclaimed) {
+        *self
+            .unclaimed_per_backend
+            .entry(u.backend.clone())
+            .or_default() += 1;
+        self.unclaimed.insert(id, u);
+    }
+
+    /// `id` was claimed (or ended): no longer held.
+    fn take(&mut self, id: WorkloadId) -> Option<Unclaimed> {
+        let u = self.unclaimed.remove(&id)?;
+        if let Some(n) = self.unclaimed_per_backend.get_mut(&u.backend) {
+            *n = n.saturating_sub(1);
+        }
+        Some(u)
+    }
+}
+
 impl Supervisor {
     /// Hold an accepted submission until a node claims it: its reservation (made by
     /// `reserve`) stays counted, its payload is kept for when this node claims it.
@@ -45,7 +65,7 @@ impl Supervisor {
         ctx: &mut Context<Self>,
     ) -> Option<oneshot::Receiver<Workload>> {
         let q = self.shared.as_mut()?;
-        q.unclaimed.insert(
+        q.hold(
             record.id,
             Unclaimed {
                 backend: record.backend.clone(),
@@ -73,7 +93,7 @@ impl Supervisor {
             .iter()
             .filter(|(_, e)| e.status().0 == "healthy")
             .map(|(name, e)| {
-                let unclaimed = q.unclaimed.values().filter(|u| &u.backend == name).count();
+                let unclaimed = q.unclaimed_per_backend.get(name).copied().unwrap_or(0);
                 let waiting_here = e.pending.saturating_sub(unclaimed);
                 let free = e
                     .caps
@@ -146,10 +166,7 @@ impl Supervisor {
             workload.id,
             workload.backend
         );
-        let mine = self
-            .shared
-            .as_mut()
-            .and_then(|q| q.unclaimed.remove(&workload.id));
+        let mine = self.shared.as_mut().and_then(|q| q.take(workload.id));
         match mine {
             Some(u) => {
                 self.admit(workload, Some(u.payload), u.bytes, false, ctx);
@@ -193,7 +210,7 @@ impl Supervisor {
                         }
                     };
                 for id in ids.into_iter().filter(|id| !still.contains(id)) {
-                    let gone = act.shared.as_mut().and_then(|q| q.unclaimed.remove(&id));
+                    let gone = act.shared.as_mut().and_then(|q| q.take(id));
                     if let Some(u) = gone {
                         act.release(&u.backend, u.bytes);
                         if act.awaiting.contains_key(&id) {
