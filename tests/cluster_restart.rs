@@ -95,7 +95,10 @@ async fn a_postgres_restart_under_a_clusters_load_loses_no_work_and_both_nodes_r
             *runs.entry(id.to_string()).or_default() += n;
         }
     }
-    assert!(runs.values().all(|n| *n == 1), "nothing ran twice: {runs:?}");
+    assert!(
+        runs.values().all(|n| *n == 1),
+        "nothing ran twice: {runs:?}"
+    );
     // Heartbeats resumed: both alive under their first generation.
     let list = nodes[1].get_json("/v1/nodes", 200).await;
     for n in list.as_array().expect("array") {
@@ -103,7 +106,12 @@ async fn a_postgres_restart_under_a_clusters_load_loses_no_work_and_both_nodes_r
         assert_eq!(n["generation"], 1, "{n}");
     }
     for n in &nodes {
-        let w: Value = n.post("/v1/workloads", &script).await.json().await.expect("json");
+        let w: Value = n
+            .post("/v1/workloads", &script)
+            .await
+            .json()
+            .await
+            .expect("json");
         assert_eq!(w["status"], "completed", "{w}");
     }
     println!(

@@ -340,7 +340,8 @@ pub struct StoreActor {
 
 mod cluster;
 pub use cluster::{
-    ClaimWork, Heartbeat, LeaveCluster, ListNodes, ReapLostNodes, RegisterNode, StillUnclaimed,
+    ClaimWork, Heartbeat, LeaveCluster, ListNodes, ReapLostNodes, RegisterNode, RequeueOrphans,
+    StillUnclaimed,
 };
 
 /// How often a store that cannot write tries a probe write.

@@ -208,6 +208,11 @@ struct SharedQueue {
     again: bool,
     /// A look for which of `unclaimed` other nodes took is on its way.
     refreshing: bool,
+    /// Polls since the last look for orphaned claims.
+    polls: u32,
+    /// A look for orphaned claims is on its way: no claim is sent meanwhile (it would
+    /// look orphaned until its answer arrives).
+    adopting: bool,
 }
 
 /// One of [`SharedQueue::unclaimed`].
@@ -258,6 +263,8 @@ impl Supervisor {
             claiming: false,
             again: false,
             refreshing: false,
+            polls: 0,
+            adopting: false,
         });
         self
     }
@@ -625,6 +632,7 @@ impl Actor for Supervisor {
             ctx.run_interval(q.poll, |act, ctx| {
                 act.claim(ctx);
                 act.refresh_unclaimed(ctx);
+                act.requeue_orphans(ctx);
             });
         }
     }

@@ -306,6 +306,32 @@ pub fn claim(
     Ok(out)
 }
 
+/// Put back in the queue the work `fence`'s node has claimed (under its generation)
+/// and not started, except `held` (what the node holds locally). Such an orphan exists
+/// when a claim committed but its answer never reached the node (the connection broke
+/// at the commit). Answers the ids re-queued.
+pub fn requeue_orphans(
+    conn: &mut DbConnection,
+    fence: &Fence,
+    held: &[WorkloadId],
+) -> Result<Vec<WorkloadId>, StoreError> {
+    let held: Vec<String> = held.iter().map(ToString::to_string).collect();
+    let ids: Vec<String> = diesel::update(
+        workloads::table
+            .filter(workloads::node_id.eq(&fence.node_id))
+            .filter(workloads::node_generation.eq(fence.generation))
+            .filter(workloads::status.eq(Status::Pending.as_str()))
+            .filter(not(workloads::id.eq_any(held))),
+    )
+    .set((
+        workloads::node_id.eq(UNCLAIMED),
+        workloads::node_generation.eq(0i64),
+    ))
+    .returning(workloads::id)
+    .get_results(pg(conn)?)?;
+    ids.iter().map(|id| parse("id", id)).collect()
+}
+
 /// Of `ids`, those still pending and claimed by no node.
 pub fn still_unclaimed(
     conn: &mut DbConnection,

@@ -45,6 +45,26 @@ pub struct ClaimWork(pub Vec<(String, usize)>);
 #[rtype(result = "Result<Vec<WorkloadId>, StoreError>")]
 pub struct StillUnclaimed(pub Vec<WorkloadId>);
 
+/// Re-queue this node's claimed, unstarted work it does not hold
+/// ([`nodes::requeue_orphans`]); `0` is what it holds.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<WorkloadId>, StoreError>")]
+pub struct RequeueOrphans(pub Vec<WorkloadId>);
+
+impl Handler<RequeueOrphans> for StoreActor {
+    type Result = ResponseFuture<Result<Vec<WorkloadId>, StoreError>>;
+
+    fn handle(&mut self, msg: RequeueOrphans, _: &mut Self::Context) -> Self::Result {
+        let fence = match self.cluster_fence() {
+            Ok(f) => f,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        Box::pin(answer(
+            self.write(move |c| nodes::requeue_orphans(c, &fence, &msg.0)),
+        ))
+    }
+}
+
 /// Declare lost the nodes silent since `0` ([`nodes::reap`]).
 #[derive(Message)]
 #[rtype(result = "Result<Reaped, StoreError>")]
@@ -309,6 +329,38 @@ mod tests {
         change(&a, got_a[0], Status::Running)
             .await
             .expect("a writes its own claimed work");
+    }
+
+    #[actix_web::test]
+    async fn claimed_work_a_node_does_not_hold_goes_back_to_the_queue() {
+        let Some(url) = crate::store::test_pg::fresh_database("orphaned_claims") else {
+            return;
+        };
+        let db = Database::SharedPostgres(url);
+        let (a, b) = (node(&db, "a"), node(&db, "b"));
+        register(&a).await.expect("a");
+        register(&b).await.expect("b");
+        let (held, lost, started) = (
+            submit(&a).await.id,
+            submit(&a).await.id,
+            submit(&a).await.id,
+        );
+        assert_eq!(claim(&a, 3).await, vec![held, lost, started]);
+        change(&a, started, Status::Running).await.expect("running");
+        // a holds `held` and runs `started`; the answer naming `lost` never arrived.
+        let requeued = a
+            .send(RequeueOrphans(vec![held]))
+            .await
+            .expect("send")
+            .expect("requeue");
+        assert_eq!(requeued, vec![lost]);
+        assert_eq!(claim(&b, 5).await, vec![lost], "another node runs it");
+        let w = b
+            .send(GetWorkload(started))
+            .await
+            .expect("send")
+            .expect("read");
+        assert_eq!((w.status, w.node_id.as_str()), (Status::Running, "a"));
     }
 
     #[actix_web::test]

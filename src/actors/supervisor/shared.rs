@@ -12,7 +12,10 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use super::{SharedQueue, Supervisor, Unclaimed};
-use crate::actors::store::{ClaimWork, GetWorkload, StillUnclaimed};
+use crate::actors::store::{ClaimWork, GetWorkload, RequeueOrphans, StillUnclaimed};
+
+/// Polls between two looks for orphaned claims (about 5 s at the default `poll_ms`).
+const ORPHAN_CHECK_POLLS: u32 = 25;
 use crate::actors::workload::Interrupt;
 use crate::model::{Payload, Workload, WorkloadId};
 use crate::store::{PendingWork, StoreError};
@@ -116,7 +119,7 @@ impl Supervisor {
         let Some(q) = self.shared.as_mut() else {
             return;
         };
-        if q.claiming {
+        if q.claiming || q.adopting {
             q.again = true;
             return;
         }
@@ -217,6 +220,46 @@ impl Supervisor {
                             act.follow_elsewhere(id, ctx);
                         }
                     }
+                }
+            })
+            .spawn(ctx);
+    }
+
+    /// Every [`ORPHAN_CHECK_POLLS`] polls, with no claim on its way: put back in the
+    /// queue what the table says this node claimed and has not started but the node
+    /// does not hold (a claim whose commit succeeded but whose answer was lost).
+    pub(super) fn requeue_orphans(&mut self, ctx: &mut Context<Self>) {
+        let Some(q) = self.shared.as_mut() else {
+            return;
+        };
+        q.polls = q.polls.saturating_add(1);
+        if q.polls < ORPHAN_CHECK_POLLS || q.claiming || q.adopting || self.draining {
+            return;
+        }
+        q.polls = 0;
+        q.adopting = true;
+        let held: Vec<WorkloadId> = self.workloads.keys().copied().collect();
+        self.store
+            .send(RequeueOrphans(held))
+            .into_actor(self)
+            .map(|res, act, ctx| {
+                let again = match act.shared.as_mut() {
+                    Some(q) => {
+                        q.adopting = false;
+                        std::mem::take(&mut q.again)
+                    }
+                    None => false,
+                };
+                match res.map_err(|_| StoreError::Unavailable).and_then(|r| r) {
+                    Ok(ids) if !ids.is_empty() => log::warn!(
+                        "cluster: {} claimed workload(s) this node never received went back                          to the queue",
+                        ids.len()
+                    ),
+                    Ok(_) => {}
+                    Err(e) => log::debug!("cluster: looking for orphaned claims failed: {e}"),
+                }
+                if again {
+                    act.claim(ctx);
                 }
             })
             .spawn(ctx);
