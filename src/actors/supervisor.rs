@@ -208,6 +208,10 @@ struct SharedQueue {
     again: bool,
     /// A look for which of `unclaimed` other nodes took is on its way.
     refreshing: bool,
+    /// Ended unadmitted (killed) while a claim was on its way: if that claim took it
+    /// (committed just before the end), it is not admitted. Cleared at each claim's
+    /// answer, so it holds at most what ended during one claim.
+    ended_during_claim: HashSet<WorkloadId>,
     /// Polls since the last look for orphaned claims.
     polls: u32,
     /// A look for orphaned claims is on its way: no claim is sent meanwhile (it would
@@ -265,6 +269,7 @@ impl Supervisor {
             refreshing: false,
             polls: 0,
             adopting: false,
+            ended_during_claim: HashSet::new(),
         });
         self
     }
@@ -431,6 +436,7 @@ impl Supervisor {
                                 status: record.status,
                             });
                             act.resolve_awaiting(record);
+                            act.ended_while_claimed(id);
                         }
                         Err(e) => {
                             log::error!("workload {id}: could not record {status}: {e}");

@@ -16,7 +16,7 @@ use crate::actors::store::{ClaimWork, GetWorkload, RequeueOrphans, StillUnclaime
 
 /// Polls between two looks for orphaned claims (about 5 s at the default `poll_ms`).
 const ORPHAN_CHECK_POLLS: u32 = 25;
-use crate::actors::workload::Interrupt;
+use crate::actors::workload::{Interrupt, Kill};
 use crate::model::{Payload, Workload, WorkloadId};
 use crate::store::{PendingWork, StoreError};
 
@@ -138,7 +138,18 @@ impl Supervisor {
                         again = wants.iter().any(|(b, n)| {
                             work.iter().filter(|w| &w.workload.backend == b).count() >= *n
                         });
+                        let ended = act
+                            .shared
+                            .as_mut()
+                            .map(|q| std::mem::take(&mut q.ended_during_claim))
+                            .unwrap_or_default();
                         for w in work {
+                            if ended.contains(&w.workload.id) {
+                                // Claimed, then killed before this answer: nothing to run
+                                // (a held submission's reservation goes at the next
+                                // refresh, which finds it no longer waiting).
+                                continue;
+                            }
                             act.take_claimed(w, ctx);
                         }
                     }
@@ -223,6 +234,25 @@ impl Supervisor {
                 }
             })
             .spawn(ctx);
+    }
+
+    /// `id` was recorded terminal without an actor here (killed where it waited). A
+    /// claim of this node may have taken it just before: if that claim is on its way,
+    /// its answer must not admit it; if it was admitted already, the actor is killed
+    /// (its execution is cancelled; its writes are refused, the record is terminal).
+    pub(super) fn ended_while_claimed(&mut self, id: WorkloadId) {
+        if self.shared.is_none() {
+            return;
+        }
+        if let Some(addr) = self.workloads.get(&id) {
+            addr.do_send(Kill);
+            return;
+        }
+        if let Some(q) = self.shared.as_mut() {
+            if q.claiming {
+                q.ended_during_claim.insert(id);
+            }
+        }
     }
 
     /// Every [`ORPHAN_CHECK_POLLS`] polls, with no claim on its way: put back in the
