@@ -6,8 +6,8 @@
 //! handlers), [`startup`] (wiring, and [`startup::AppThread`], the one way to boot the
 //! app beside other work), [`config`], [`metrics`], [`webhooks`] (completion webhook
 //! rules: URL policy, signature, backoff, HTTP sender), [`cluster`] (a node's membership
-//! of a cluster sharing one PostgreSQL database: registration, heartbeat, fencing). `vulcan bench` is part of the
-//! executable, not of this library.
+//! of a cluster sharing one PostgreSQL database: registration, heartbeat, fencing).
+//! `vulcan bench` is part of the executable, not of this library.
 //! Client side: [`client`] (a typed HTTP/SSE client of the API) and [`cli`] (the `vulcan`
 //! client subcommands built on it); the server never depends on either.
 
