@@ -606,3 +606,50 @@ async fn a_node_declared_lost_stops_its_work_without_overwriting_it_and_register
     assert_eq!(next["status"], "completed", "{next}");
     assert_eq!(next["node_id"], "a", "{next}");
 }
+
+#[tokio::test]
+async fn a_node_declared_lost_before_it_starts_a_claimed_workload_never_runs_it() {
+    let Some(url) = shared_database("declared_lost_before_start") else {
+        return;
+    };
+    // Node a claims the work and prepares it for 6 s (as an image pull would), and
+    // stays silent meanwhile: it heartbeats and polls once a minute.
+    let (slow, seen_a) = script::factory(Options {
+        prepare_ms: 6000,
+        ..Options::default()
+    });
+    let a = node(&url, "a")
+        .env("VULCAN_CLUSTER__HEARTBEAT_MS", "60000")
+        .env("VULCAN_CLUSTER__POLL_MS", "60000")
+        .env("VULCAN_CLUSTER__NODE_TIMEOUT_S", "130")
+        .backend(slow)
+        .spawn()
+        .await;
+    let w = a
+        .submit_async(&job("node", json!({"output": "once"})))
+        .await;
+    let id = w["id"].as_str().expect("id").to_string();
+    eventually(SOON, "a claims it", || async {
+        a.get_json(&format!("/v1/workloads/{id}"), 200).await["node_id"] == "a"
+    })
+    .await;
+    // Node b finds a silent past its 2 s timeout, declares it lost, takes the work back
+    // from the queue and runs it.
+    let (fast, seen_b) = scripted(4);
+    let b = quick_node(&url, "b").backend(fast).spawn().await;
+    let done = b.wait_terminal(&id, SOON).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["node_id"], "b", "{done}");
+    assert_eq!(runs(&seen_b).get(&id), Some(&1), "the survivor ran it once");
+    // a's preparation ends after b's run: its running write is refused (a's generation
+    // is fenced), so a never starts it, and b's record stands.
+    tokio::time::sleep(Duration::from_millis(6500)).await;
+    assert_eq!(
+        runs(&seen_a).get(&id),
+        None,
+        "the lost node never started it"
+    );
+    let after = b.get_json(&format!("/v1/workloads/{id}"), 200).await;
+    assert_eq!(after, done, "nothing of a's overwrote b's record");
+    b.get_json("/healthz", 200).await;
+}
