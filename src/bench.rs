@@ -105,7 +105,9 @@ impl BenchOptions {
             sync_warmup: 200,
             sync_samples: 2_000,
             async_workloads: 5_000,
-            async_clients: 4,
+            // Enough requests in flight to keep every stage busy (the store commits what
+            // queued while it wrote); fewer measure round-trip latency, not throughput.
+            async_clients: 32,
             node_runs: 30,
             sse_subscribers: 1_000,
             sse_lines: 200,

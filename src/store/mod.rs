@@ -28,6 +28,7 @@ pub(crate) mod counters;
 pub(crate) mod deliveries;
 mod log_reads;
 mod models;
+mod prepared;
 pub(crate) mod queries;
 mod schema;
 #[cfg(test)]
