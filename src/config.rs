@@ -107,6 +107,18 @@ pub struct Config {
     pub ignored_env: Vec<String>,
     /// Completion webhooks.
     pub webhooks: WebhooksConfig,
+    /// Several nodes sharing one PostgreSQL database.
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`: several nodes sharing one PostgreSQL database and its queue.
+///
+/// Invariant (checked at load): enabled only with `db_url` set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This server is one node of several sharing `db_url`.
+    pub enabled: bool,
 }
 
 /// `[cors]`: which other origins' pages may call the API.
@@ -372,6 +384,7 @@ impl Config {
             )));
         }
         self.webhooks.validate().map_err(ConfigError)?;
+        crate::images::policy::RegistryPolicy::new(&self.images).map_err(ConfigError)?;
         self.cors.validate().map_err(ConfigError)?;
         self.database().map_err(|e| {
             ConfigError(match e {
@@ -385,7 +398,11 @@ impl Config {
     /// The database the store opens: PostgreSQL at `db_url` when it is set, the SQLite
     /// file `db_path` otherwise.
     pub fn database(&self) -> Result<crate::store::Database, crate::store::StoreError> {
-        crate::store::Database::from_config(&self.db_path, self.db_url.expose())
+        crate::store::Database::from_config(
+            &self.db_path,
+            self.db_url.expose(),
+            self.cluster.enabled,
+        )
     }
 
     /// The request limits derived from this configuration.
@@ -469,6 +486,21 @@ mod tests {
         let url = "postgres://vulcan:s3cret@db.example:5432/vulcan";
         let c = Config::load_from(env(&[("VULCAN_DB_URL", url)])).expect("pg");
         assert_eq!(c.database().expect("db"), Database::Postgres(url.into()));
+        let c = Config::load_from(env(&[
+            ("VULCAN_DB_URL", url),
+            ("VULCAN_CLUSTER__ENABLED", "true"),
+        ]))
+        .expect("a cluster node");
+        assert_eq!(
+            c.database().expect("db"),
+            Database::SharedPostgres(url.into())
+        );
+        let err = Config::load_from(env(&[("VULCAN_CLUSTER__ENABLED", "true")]))
+            .expect_err("a cluster without a shared database");
+        assert!(
+            err.to_string().contains("cluster.enabled needs db_url"),
+            "{err}"
+        );
         assert!(
             !format!("{c:?}").contains("s3cret"),
             "password leaked in Debug"

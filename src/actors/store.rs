@@ -830,10 +830,11 @@ pub struct GetPayload(pub WorkloadId);
 #[rtype(result = "Result<Stats, StoreError>")]
 pub struct GetStats;
 
-/// Start-up recovery (see [`queries::recover`]).
+/// Start-up recovery (see [`queries::recover`]): of every workload, or on a database
+/// shared by a cluster only of those recorded with this node's `node_id` (the field).
 #[derive(Message)]
 #[rtype(result = "Result<Recovered, StoreError>")]
-pub struct Recover;
+pub struct Recover(pub Option<String>);
 
 /// Restart the writer: it reopens its connection once the writes queued before this
 /// are done (an operator's request; a panic does the same by itself).
@@ -1059,8 +1060,10 @@ impl Handler<GetStats> for StoreActor {
 impl Handler<Recover> for StoreActor {
     type Result = ResponseFuture<Result<Recovered, StoreError>>;
 
-    fn handle(&mut self, _: Recover, _: &mut Self::Context) -> Self::Result {
-        Box::pin(answer(self.write_counted(queries::recover, |r| {
+    fn handle(&mut self, msg: Recover, _: &mut Self::Context) -> Self::Result {
+        let only_node = msg.0;
+        let recover = move |conn: &mut DbConnection| queries::recover(conn, only_node.as_deref());
+        Box::pin(answer(self.write_counted(recover, |r| {
             r.interrupted.iter().flat_map(change_deltas).collect()
         })))
     }
@@ -1520,6 +1523,67 @@ mod tests {
                 Err(e) => assert!(std::time::Instant::now() < deadline, "{e}"),
             }
         }
+    }
+
+    #[actix_web::test]
+    async fn nodes_of_a_cluster_share_one_postgres_database_and_recover_only_their_own_work() {
+        let Some(url) = crate::store::test_pg::fresh_database("nodes_share_one_database") else {
+            return;
+        };
+        let db = Database::SharedPostgres(url);
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let a = StoreActor::open(&db, 1, 64, metrics.clone())
+            .expect("node a")
+            .start();
+        let b = StoreActor::open(&db, 1, 64, metrics.clone())
+            .expect("node b opens the same database while a writes")
+            .start();
+        let mut mine = pending();
+        mine.node_id = "a".into();
+        let mut theirs = pending();
+        theirs.node_id = "b".into();
+        let mut running_on_a = pending();
+        running_on_a.node_id = "a".into();
+        for w in [&mine, &theirs, &running_on_a] {
+            a.send(insert(w)).await.expect("send").expect("insert");
+        }
+        a.send(ChangeStatus {
+            id: running_on_a.id,
+            change: StatusChange::to(Status::Running),
+        })
+        .await
+        .expect("send")
+        .expect("running on a");
+        let rec = b
+            .send(Recover(Some("b".into())))
+            .await
+            .expect("send")
+            .expect("recover");
+        let ids: Vec<_> = rec.pending.iter().map(|p| p.workload.id).collect();
+        assert_eq!(ids, vec![theirs.id], "node b re-admits only its own work");
+        assert!(
+            rec.interrupted.is_empty(),
+            "node b fails none of a's running work"
+        );
+        let still = b
+            .send(GetWorkload(running_on_a.id))
+            .await
+            .expect("send")
+            .expect("read");
+        assert_eq!(still.status, Status::Running);
+        let rec = a
+            .send(Recover(Some("a".into())))
+            .await
+            .expect("send")
+            .expect("recover");
+        let ids: Vec<_> = rec.pending.iter().map(|p| p.workload.id).collect();
+        assert_eq!(ids, vec![mine.id], "node a re-admits only its own work");
+        let failed: Vec<_> = rec.interrupted.iter().map(|w| w.id).collect();
+        assert_eq!(
+            failed,
+            vec![running_on_a.id],
+            "its own running work is failed"
+        );
     }
 
     #[actix_web::test]

@@ -86,25 +86,59 @@ impl DbConnection {
 pub enum Database {
     /// A SQLite file, created if missing.
     Sqlite(PathBuf),
-    /// A PostgreSQL server, by libpq connection URL. The database must exist; its
-    /// tables are created by the migrations.
+    /// A PostgreSQL server, by libpq connection URL, owned by this server (its writer
+    /// holds [`WRITER_LOCK`]). The database must exist; its tables are created by the
+    /// migrations.
     Postgres(String),
+    /// A PostgreSQL server shared by the nodes of a cluster (`cluster.enabled`): no
+    /// writer lock; each node recovers only the workloads recorded with its `node_id`.
+    SharedPostgres(String),
 }
 
 impl Database {
-    /// `db_url` when set (it must be a `postgres://` or `postgresql://` URL), the SQLite
-    /// file `db_path` otherwise.
-    pub fn from_config(db_path: &std::path::Path, db_url: &str) -> Result<Self, StoreError> {
+    /// `db_url` when set (it must be a `postgres://` or `postgresql://` URL; shared with
+    /// other nodes when `cluster` is on), the SQLite file `db_path` otherwise. A cluster
+    /// needs `db_url`.
+    pub fn from_config(
+        db_path: &std::path::Path,
+        db_url: &str,
+        cluster: bool,
+    ) -> Result<Self, StoreError> {
         if db_url.is_empty() {
+            if cluster {
+                return Err(StoreError::Connection(
+                    "cluster.enabled needs db_url: the nodes of a cluster share one PostgreSQL \
+                     database"
+                        .into(),
+                ));
+            }
             return Ok(Database::Sqlite(db_path.to_path_buf()));
         }
         if db_url.starts_with("postgres://") || db_url.starts_with("postgresql://") {
-            return Ok(Database::Postgres(db_url.to_string()));
+            let url = db_url.to_string();
+            return Ok(if cluster {
+                Database::SharedPostgres(url)
+            } else {
+                Database::Postgres(url)
+            });
         }
         Err(StoreError::Connection(
             "db_url must start with postgres:// or postgresql:// (leave it empty for SQLite at db_path)"
                 .into(),
         ))
+    }
+
+    /// The PostgreSQL URL, owned or shared; `None` for SQLite.
+    pub fn postgres_url(&self) -> Option<&str> {
+        match self {
+            Database::Sqlite(_) => None,
+            Database::Postgres(url) | Database::SharedPostgres(url) => Some(url),
+        }
+    }
+
+    /// Shared with other nodes: recovery and dispatch must only take this node's work.
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Database::SharedPostgres(_))
     }
 
     /// Open one connection, set up as every connection of the store is (SQLite: the
@@ -117,7 +151,7 @@ impl Database {
                 conn.batch_execute(PRAGMAS)?;
                 Ok(DbConnection::Sqlite(conn))
             }
-            Database::Postgres(url) => PgConnection::establish(url)
+            Database::Postgres(url) | Database::SharedPostgres(url) => PgConnection::establish(url)
                 .map(DbConnection::Pg)
                 // libpq's messages name host and port, never the password.
                 .map_err(|e| StoreError::Connection(e.to_string())),
@@ -130,7 +164,7 @@ impl fmt::Debug for Database {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Database::Sqlite(p) => write!(f, "sqlite:{}", p.display()),
-            Database::Postgres(u) => match url::Url::parse(u) {
+            Database::Postgres(u) | Database::SharedPostgres(u) => match url::Url::parse(u) {
                 Ok(mut url) => {
                     if url.password().is_some() {
                         let _ = url.set_password(Some("***"));
@@ -265,9 +299,10 @@ impl ManageConnection for Manager {
 
 /// Open the writer connection and run pending migrations (idempotent).
 ///
-/// On PostgreSQL the writer also holds [`WRITER_LOCK`] for as long as its connection
-/// lives: one Vulcan server per database until several nodes share one queue (each would
-/// re-admit and run the same pending work). A second server waits [`WRITER_LOCK_WAIT`]
+/// On an owned PostgreSQL database ([`Database::Postgres`]) the writer also holds
+/// [`WRITER_LOCK`] for as long as its connection lives: one Vulcan server per database
+/// unless the nodes say they share it ([`Database::SharedPostgres`]), since each would
+/// re-admit and run the same pending work. A second server waits [`WRITER_LOCK_WAIT`]
 /// for it (a restarting server's old connection may still be closing), then fails.
 pub fn open_writer(db: &Database) -> Result<DbConnection, StoreError> {
     let mut conn = db.connect()?;
@@ -276,7 +311,7 @@ pub fn open_writer(db: &Database) -> Result<DbConnection, StoreError> {
         DbConnection::Pg(c) => c.run_pending_migrations(PG_MIGRATIONS).map(drop),
     };
     ran.map_err(|e| StoreError::Connection(format!("migrations failed: {e}")))?;
-    if let DbConnection::Pg(c) = &mut conn {
+    if let (DbConnection::Pg(c), Database::Postgres(_)) = (&mut conn, db) {
         take_writer_lock(c)?;
     }
     Ok(conn)

@@ -722,16 +722,25 @@ pub fn stats(conn: &mut DbConnection) -> Result<Stats, StoreError> {
 
 /// Start-up recovery: running workloads become failed ("interrupted by server
 /// restart"), through the state machine; pending ones are returned oldest first.
-pub fn recover(conn: &mut DbConnection) -> Result<Recovered, StoreError> {
-    conn.transaction(recover_inner)
+/// `only_node`: on a database shared by the nodes of a cluster, only the workloads
+/// recorded with that `node_id` (the others are their own nodes' business).
+pub fn recover(conn: &mut DbConnection, only_node: Option<&str>) -> Result<Recovered, StoreError> {
+    conn.transaction(|conn| recover_inner(conn, only_node))
 }
 
-fn recover_inner(conn: &mut DbConnection) -> Result<Recovered, StoreError> {
+fn recover_inner(
+    conn: &mut DbConnection,
+    only_node: Option<&str>,
+) -> Result<Recovered, StoreError> {
     let mut out = Recovered::default();
-    let running: Vec<String> = workloads::table
+    let mut running = workloads::table
         .filter(workloads::status.eq(Status::Running.as_str()))
         .select(workloads::id)
-        .load(conn)?;
+        .into_boxed();
+    if let Some(node) = only_node {
+        running = running.filter(workloads::node_id.eq(node));
+    }
+    let running: Vec<String> = running.load(conn)?;
     for id in running {
         let id: WorkloadId = id
             .parse()
@@ -739,11 +748,15 @@ fn recover_inner(conn: &mut DbConnection) -> Result<Recovered, StoreError> {
         let change = StatusChange::to(Status::Failed).with_error(INTERRUPTED);
         out.interrupted.push(apply_change(conn, id, &change)?);
     }
-    let pending: Vec<(WorkloadRow, i64)> = workloads::table
+    let mut pending = workloads::table
         .filter(workloads::status.eq(Status::Pending.as_str()))
         .order((workloads::created_at.asc(), workloads::id.asc()))
         .select((WorkloadRow::as_select(), payload_bytes(conn.is_pg())))
-        .load(conn)?;
+        .into_boxed();
+    if let Some(node) = only_node {
+        pending = pending.filter(workloads::node_id.eq(node));
+    }
+    let pending: Vec<(WorkloadRow, i64)> = pending.load(conn)?;
     for (row, bytes) in pending {
         let workload = Workload::try_from(row)?;
         let payload = if workload.runtime == Runtime::Oci {

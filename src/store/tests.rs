@@ -125,7 +125,7 @@ fn payload_survives_for_recovery(mut conn: DbConnection) {
     )
     .expect("insert");
     queries::apply_change(&mut conn, running.id, &StatusChange::to(Status::Running)).expect("run");
-    let rec = queries::recover(&mut conn).expect("recover");
+    let rec = queries::recover(&mut conn, None).expect("recover");
     assert_eq!(rec.interrupted.len(), 1);
     assert_eq!(rec.interrupted[0].status, Status::Failed);
     assert_eq!(
@@ -208,7 +208,7 @@ fn a_database_of_the_previous_version_opens_and_keeps_its_data() {
     let lines = queries::log_lines(&mut conn, w.id, None, None, None).expect("lines");
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0].line, "kept");
-    let rec = queries::recover(&mut conn).expect("recover");
+    let rec = queries::recover(&mut conn, None).expect("recover");
     assert_eq!(rec.pending.len(), 1);
     // Code stays in the database until the workload is dispatched.
     assert!(rec.pending[0].payload.is_none());
@@ -637,7 +637,7 @@ fn a_database_of_the_previous_version_opens_with_its_data_and_recovers() {
     let lines = queries::log_lines(&mut conn, done.id, None, None, None).expect("lines");
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0].line, "hello");
-    let rec = queries::recover(&mut conn).expect("recover");
+    let rec = queries::recover(&mut conn, None).expect("recover");
     assert_eq!(rec.interrupted.len(), 1);
     assert_eq!(rec.pending.len(), 1);
     assert!(rec.pending[0].payload.is_none(), "read when dispatched");

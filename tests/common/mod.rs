@@ -6,6 +6,7 @@
 pub mod binary;
 pub mod browser;
 pub mod cli;
+pub mod cluster;
 pub mod gvisor;
 pub mod oci;
 pub mod receiver;
