@@ -64,11 +64,13 @@ mod tests {
         )
         .set(workloads::status.eq("completed"));
         // Diesel alone never keeps an UPDATE (nor an IN list of binds).
-        assert!(!QueryFragment::<Sqlite>::is_safe_to_cache_prepared(&update, &Sqlite).unwrap());
-        assert!(!QueryFragment::<Pg>::is_safe_to_cache_prepared(&update, &Pg).unwrap());
+        assert!(
+            !QueryFragment::<Sqlite>::is_safe_to_cache_prepared(&update, &Sqlite).expect("walk")
+        );
+        assert!(!QueryFragment::<Pg>::is_safe_to_cache_prepared(&update, &Pg).expect("walk"));
         let kept = Prepared(update);
-        assert!(QueryFragment::<Sqlite>::is_safe_to_cache_prepared(&kept, &Sqlite).unwrap());
-        assert!(QueryFragment::<Pg>::is_safe_to_cache_prepared(&kept, &Pg).unwrap());
+        assert!(QueryFragment::<Sqlite>::is_safe_to_cache_prepared(&kept, &Sqlite).expect("walk"));
+        assert!(QueryFragment::<Pg>::is_safe_to_cache_prepared(&kept, &Pg).expect("walk"));
         assert_eq!(
             diesel::debug_query::<Sqlite, _>(&kept).to_string(),
             diesel::debug_query::<Sqlite, _>(&kept.0).to_string()
