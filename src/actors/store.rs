@@ -34,8 +34,8 @@ use crate::store::queries::{
     self, KeyedInsert, ListQuery, Recovered, Stats, StatusChange, SweepBatch, Swept,
 };
 use crate::store::{
-    isolated, open_read_pool, open_writer, write_transaction, Database, DbConnection, LogReads,
-    ReadPool, StoreError,
+    isolated, open_read_pool, open_writer, write_transaction, Database, DbConnection, Fence,
+    LogReads, ReadPool, StoreError,
 };
 
 /// How a batch ended, as each of its writes is told (cloneable, unlike `StoreError`).
@@ -82,6 +82,8 @@ enum ToWriter {
 struct ChangeReq {
     id: WorkloadId,
     change: StatusChange,
+    /// A cluster node's fence (see [`crate::store::Fence`]); `None` on a single node.
+    fence: Option<Fence>,
     tx: oneshot::Sender<Result<Workload, StoreError>>,
 }
 
@@ -133,9 +135,14 @@ fn job_of<T: Send + 'static>(
 
 /// The job of one status change.
 fn change_job(req: ChangeReq) -> Job {
-    let ChangeReq { id, change, tx } = req;
+    let ChangeReq {
+        id,
+        change,
+        fence,
+        tx,
+    } = req;
     job_of(
-        move |c| queries::apply_change(c, id, &change),
+        move |c| queries::apply_fenced_change(c, id, &change, fence.as_ref()),
         change_deltas,
         tx,
     )
@@ -219,6 +226,10 @@ fn plan(items: Vec<Item>, coalesced: &prometheus::IntCounter) -> Vec<Job> {
     let mut absorbs: HashMap<usize, usize> = HashMap::new();
     for (i, item) in items.iter().enumerate() {
         if let Item::Change(c) = item {
+            // A fenced change is guarded one by one (the merged statement has no fence).
+            if c.fence.is_some() {
+                continue;
+            }
             if c.change.to == Status::Running {
                 open.insert(c.id, i);
             } else if let Some(r) = open.remove(&c.id) {
@@ -320,9 +331,18 @@ pub struct StoreActor {
     /// Where log pages are read ([`StoreActor::log_reads`]); without one (an actor
     /// built for a unit test) on the general read pool.
     log_reads: Option<LogReads>,
-    /// `GET /v1/stats`, moved by the writer as writes commit.
+    /// `GET /v1/stats`, moved by the writer as writes commit (a single node's only).
     counters: Arc<Mutex<StatsCounters>>,
+    /// On a cluster node ([`StoreActor::cluster_node`]): whose status writes these are,
+    /// with the generation the node registered with (0 until it has).
+    fence: Option<Arc<Mutex<Fence>>>,
 }
+
+mod cluster;
+pub use cluster::{
+    ClaimWork, Heartbeat, LeaveCluster, ListNodes, ReapLostNodes, RegisterNode, RequeueOrphans,
+    StillUnclaimed,
+};
 
 /// How often a store that cannot write tries a probe write.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -373,7 +393,26 @@ impl StoreActor {
             deliveries: None,
             log_reads: None,
             counters,
+            fence: None,
         })
+    }
+
+    /// This store serves node `node_id` of a cluster: its status writes are fenced by
+    /// the generation [`cluster::RegisterNode`] answers, and the statistics are read
+    /// from the shared table (the counters only see this node's writes).
+    pub fn cluster_node(mut self, node_id: String) -> Self {
+        self.fence = Some(Arc::new(Mutex::new(Fence {
+            node_id,
+            generation: 0,
+        })));
+        self
+    }
+
+    /// The current fence, on a cluster node.
+    fn fence(&self) -> Option<Fence> {
+        self.fence
+            .as_ref()
+            .map(|f| f.lock().unwrap_or_else(|p| p.into_inner()).clone())
     }
 
     /// Read log pages ([`GetLogs`]) on `pool`'s threads, apart from every other read.
@@ -923,9 +962,11 @@ impl Handler<ChangeStatus> for StoreActor {
 
     fn handle(&mut self, msg: ChangeStatus, _: &mut Self::Context) -> Self::Result {
         let (tx, rx) = oneshot::channel();
+        let fence = self.fence();
         let _ = self.writer.send(ToWriter::Change(ChangeReq {
             id: msg.id,
             change: msg.change,
+            fence,
             tx,
         }));
         let watcher = self.deliveries.clone();
@@ -1049,6 +1090,12 @@ impl Handler<GetStats> for StoreActor {
     type Result = ResponseFuture<Result<Stats, StoreError>>;
 
     fn handle(&mut self, _: GetStats, _: &mut Self::Context) -> Self::Result {
+        if self.fence.is_some() {
+            // Every node writes the shared table: one grouped scan per request.
+            return Box::pin(
+                self.read(|c| Ok(StatsCounters::seeded(queries::stat_groups(c)?).snapshot())),
+            );
+        }
         let counters = self.counters.clone();
         Box::pin(async move {
             let c = counters.lock().unwrap_or_else(|p| p.into_inner());

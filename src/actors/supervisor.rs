@@ -24,6 +24,9 @@ use crate::model::{
 use crate::store::StoreError;
 use crate::store::{KeyedInsert, PendingWork, StatusChange};
 
+mod shared;
+pub use shared::{ClaimNow, Fenced};
+
 /// Why a submission was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
@@ -183,6 +186,44 @@ pub struct Supervisor {
     /// Shutting down: no new work is accepted and no queued work is started (it stays
     /// pending in the store for the next start).
     draining: bool,
+    /// On a cluster node: the shared queue this node claims its work from; `None` on a
+    /// single node, which runs what it accepts.
+    shared: Option<SharedQueue>,
+}
+
+/// A cluster node's side of the shared queue (issue 17): submissions are recorded
+/// unclaimed, and the node claims what its free slots can run.
+struct SharedQueue {
+    /// How often to look for work recorded by other nodes.
+    poll: std::time::Duration,
+    /// Submissions this node accepted that no node has claimed yet: counted in their
+    /// backend's `pending` and in `pending_bytes` like queued work (the admission
+    /// bounds hold per node), with their payload kept for when this node claims them.
+    unclaimed: HashMap<WorkloadId, Unclaimed>,
+    /// How many of `unclaimed` each backend has (kept with it by `hold` and `take`).
+    unclaimed_per_backend: HashMap<String, usize>,
+    /// A claim is on its way to the store.
+    claiming: bool,
+    /// Asked to claim while one was on its way: claim again when it returns.
+    again: bool,
+    /// A look for which of `unclaimed` other nodes took is on its way.
+    refreshing: bool,
+    /// Ended unadmitted (killed) while a claim was on its way: if that claim took it
+    /// (committed just before the end), it is not admitted. Cleared at each claim's
+    /// answer, so it holds at most what ended during one claim.
+    ended_during_claim: HashSet<WorkloadId>,
+    /// Polls since the last look for orphaned claims.
+    polls: u32,
+    /// A look for orphaned claims is on its way: no claim is sent meanwhile (it would
+    /// look orphaned until its answer arrives).
+    adopting: bool,
+}
+
+/// One of [`SharedQueue::unclaimed`].
+struct Unclaimed {
+    backend: String,
+    bytes: usize,
+    payload: (Payload, Vec<u8>),
 }
 
 impl Supervisor {
@@ -211,7 +252,26 @@ impl Supervisor {
             awaiting: HashMap::new(),
             factories,
             draining: false,
+            shared: None,
         }
+    }
+
+    /// Make this supervisor a cluster node's: submissions go to the shared queue and
+    /// the node claims work for its free slots, after each local submission, whenever
+    /// a slot frees, on [`ClaimNow`], and every `poll`.
+    pub fn shared_queue(mut self, poll: std::time::Duration) -> Self {
+        self.shared = Some(SharedQueue {
+            poll: poll.max(std::time::Duration::from_millis(1)),
+            unclaimed: HashMap::new(),
+            unclaimed_per_backend: HashMap::new(),
+            claiming: false,
+            again: false,
+            refreshing: false,
+            polls: 0,
+            adopting: false,
+            ended_during_claim: HashSet::new(),
+        });
+        self
     }
 
     /// Accepted (or being recorded) and not yet granted a slot, all backends together.
@@ -376,6 +436,7 @@ impl Supervisor {
                                 status: record.status,
                             });
                             act.resolve_awaiting(record);
+                            act.ended_while_claimed(id);
                         }
                         Err(e) => {
                             log::error!("workload {id}: could not record {status}: {e}");
@@ -429,6 +490,10 @@ impl Supervisor {
         );
         if deferred {
             actor.defer_payload();
+        }
+        if self.shared.is_some() {
+            // A node declared lost must not start work a survivor re-queued.
+            actor.launch_after_running_write();
         }
         let done = wait.then(|| actor.waiter());
         for tx in self.awaiting.remove(&id).into_iter().flatten() {
@@ -572,6 +637,14 @@ impl Actor for Supervisor {
         }
         // Worker crashes also happen between requests; keep the metric current.
         ctx.run_interval(WORKER_METRICS_EVERY, |act, _| act.count_worker_restarts());
+        if let Some(q) = &self.shared {
+            // Work recorded by other nodes, and this node's submissions they took.
+            ctx.run_interval(q.poll, |act, ctx| {
+                act.claim(ctx);
+                act.refresh_unclaimed(ctx);
+                act.requeue_orphans(ctx);
+            });
+        }
     }
 }
 
@@ -678,7 +751,11 @@ impl Handler<Submit> for Supervisor {
             requested_isolation: req.isolation,
             backend,
             runtime: req.runtime,
-            node_id: self.node_id.clone(),
+            node_id: if self.shared.is_some() {
+                crate::store::nodes::UNCLAIMED.to_string()
+            } else {
+                self.node_id.clone()
+            },
             input_hash: req.input_hash(),
             output: None,
             exit_code: None,
@@ -724,13 +801,23 @@ impl Handler<Submit> for Supervisor {
                                 record.backend
                             );
                             let wait = kind == SubmitKind::Sync;
-                            let done = act.admit(
-                                record.clone(),
-                                Some((req.payload, req.input)),
-                                bytes,
-                                wait,
-                                ctx,
-                            );
+                            let done = if act.shared.is_some() {
+                                act.hold_unclaimed(
+                                    &record,
+                                    (req.payload, req.input),
+                                    bytes,
+                                    wait,
+                                    ctx,
+                                )
+                            } else {
+                                act.admit(
+                                    record.clone(),
+                                    Some((req.payload, req.input)),
+                                    bytes,
+                                    wait,
+                                    ctx,
+                                )
+                            };
                             Ok(SubmitOutcome::Accepted(Box::new(Submitted {
                                 workload: record,
                                 done,
@@ -908,7 +995,7 @@ impl Supervisor {
 impl Handler<WorkloadEnded> for Supervisor {
     type Result = ();
 
-    fn handle(&mut self, msg: WorkloadEnded, _: &mut Self::Context) {
+    fn handle(&mut self, msg: WorkloadEnded, ctx: &mut Self::Context) {
         self.workloads.remove(&msg.id);
         self.count_worker_restarts();
         self.unqueue_bytes(msg.id);
@@ -931,6 +1018,7 @@ impl Handler<WorkloadEnded> for Supervisor {
             }
         }
         self.dispatch(&msg.backend);
+        self.claim(ctx);
     }
 }
 
@@ -939,8 +1027,13 @@ impl Handler<WorkloadReady> for Supervisor {
 
     fn handle(&mut self, msg: WorkloadReady, _: &mut Self::Context) {
         // Gone already (it ended while preparing): nothing to queue.
-        if self.preparing.remove(&msg.id) && self.workloads.contains_key(&msg.id) {
-            self.enqueue(msg.id, &msg.backend);
+        if self.preparing.remove(&msg.id) {
+            if self.workloads.contains_key(&msg.id) {
+                self.enqueue(msg.id, &msg.backend);
+            } else if let Some(entry) = self.backends.get_mut(&msg.backend) {
+                // Dropped while preparing (the node was fenced): no longer pending here.
+                entry.pending = entry.pending.saturating_sub(1);
+            }
         }
     }
 }

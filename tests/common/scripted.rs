@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use vulcan::backends::{
-    Backend, BackendCapabilities, BackendError, BackendFactory, BackendHealth, ExecContext,
-    WorkloadResult, WorkloadSpec,
+    Backend, BackendCapabilities, BackendError, BackendFactory, BackendHealth, CancellationToken,
+    ExecContext, Preparation, Prepared, WorkloadResult, WorkloadSpec,
 };
 use vulcan::model::{Isolation, Payload, Runtime, WorkloadId};
 
@@ -61,6 +61,8 @@ pub struct Observed {
     pub cleaned: Mutex<HashSet<WorkloadId>>,
     /// Instances built (1 + restarts).
     pub instances: AtomicUsize,
+    /// Executions started, per workload.
+    pub runs: Mutex<std::collections::HashMap<WorkloadId, usize>>,
 }
 
 impl Observed {
@@ -82,6 +84,7 @@ pub struct Scripted {
     caps: BackendCapabilities,
     health: BackendHealth,
     seen: Arc<Observed>,
+    prepare: Duration,
 }
 
 /// Options for [`factory`].
@@ -97,6 +100,9 @@ pub struct Options {
     pub max_concurrency: usize,
     /// `None` = healthy.
     pub unavailable: Option<String>,
+    /// Each admitted workload is prepared (as an image pull would be) for this long
+    /// before it may get a slot; 0 = no preparation.
+    pub prepare_ms: u64,
 }
 
 impl Default for Options {
@@ -107,6 +113,7 @@ impl Default for Options {
             runtimes: vec![Runtime::Node, Runtime::Wasm, Runtime::Python, Runtime::Go],
             max_concurrency: 64,
             unavailable: None,
+            prepare_ms: 0,
         }
     }
 }
@@ -129,6 +136,7 @@ pub fn factory(opts: Options) -> (BackendFactory, Arc<Observed>) {
                 Some(r) => BackendHealth::unavailable(r.clone(), format!("{r} (detail)")),
             },
             seen: s.clone(),
+            prepare: Duration::from_millis(opts.prepare_ms),
         }) as Arc<dyn Backend>
     });
     (f, seen)
@@ -151,6 +159,19 @@ impl Backend for Scripted {
         self.health.clone()
     }
 
+    fn prepare(&self, _: &WorkloadSpec, cancel: CancellationToken) -> Option<Preparation> {
+        if self.prepare.is_zero() {
+            return None;
+        }
+        let wait = self.prepare;
+        Some(Box::pin(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => Ok(Prepared::new(())),
+                _ = cancel.cancelled() => Err(BackendError::Cancelled),
+            }
+        }))
+    }
+
     fn execute(
         &self,
         spec: WorkloadSpec,
@@ -164,6 +185,7 @@ impl Backend for Scripted {
                 _ => return Err(BackendError::InvalidPayload("scripts are code".into())),
             };
             seen.started.fetch_add(1, Ordering::SeqCst);
+            *seen.runs.lock().expect("lock").entry(spec.id).or_default() += 1;
             let now = seen.running.fetch_add(1, Ordering::SeqCst) + 1;
             seen.max_running.fetch_max(now, Ordering::SeqCst);
             let _guard = RunningGuard(seen.clone());
