@@ -102,3 +102,47 @@ fn quick_bench_produces_every_figure() {
         1 + 8
     );
 }
+
+/// `vulcan bench --quick --only <section>` with `extra` arguments: its Markdown report.
+fn only(section: &str, extra: &[&str]) -> String {
+    let run = Command::new(env!("CARGO_BIN_EXE_vulcan"))
+        .args(["bench", "--quick", "--only", section])
+        .args(extra)
+        .output()
+        .expect("run vulcan bench");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "vulcan bench --only {section} failed: {stderr}"
+    );
+    String::from_utf8_lossy(&run.stdout).into_owned()
+}
+
+#[test]
+fn the_accepted_and_async_sections_run_alone_over_the_connections_asked_for() {
+    // More connections than two client threads: each thread drives several, and every
+    // submission is still answered 202 and found committed (the section checks both).
+    let md = only("accepted", &["--queued", "40", "--async-clients", "7"]);
+    assert!(md.contains("## Memory and admission"), "{md}");
+    assert!(md.contains("over 7 connections"), "{md}");
+    let accepted = cells(row(&md, "| accepted submissions/s |"))[1].to_string();
+    assert!(accepted.contains("(40 in "), "{accepted}");
+    assert!(!md.contains("## SSE fan-out"), "only the one section: {md}");
+
+    let md = only(
+        "async",
+        &["--async-workloads", "30", "--async-clients", "7"],
+    );
+    let line = md
+        .lines()
+        .find(|l| l.starts_with("Async throughput:"))
+        .unwrap_or_else(|| panic!("no async figure in:\n{md}"));
+    assert!(
+        line.contains("30 workloads submitted over 7 connections, all completed"),
+        "{line}"
+    );
+    assert!(
+        !md.contains("## Memory and admission"),
+        "only the one section: {md}"
+    );
+}

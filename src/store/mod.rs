@@ -29,6 +29,7 @@ pub(crate) mod deliveries;
 mod log_reads;
 mod models;
 pub(crate) mod nodes;
+mod prepared;
 pub(crate) mod queries;
 mod schema;
 #[cfg(test)]

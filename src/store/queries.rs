@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::counters::Tally;
 use super::models::{IdempotencyKeyRow, LogLineRow, NewWorkloadRow, PayloadRow, WorkloadRow};
+use super::prepared::Prepared;
 use super::schema::{idempotency_keys, log_lines, workloads};
 use super::StoreError;
 use crate::model::{
@@ -399,39 +400,46 @@ pub fn apply_fenced_change(
     let target = workloads::table
         .find(&key)
         .filter(workloads::status.eq_any(allowed_from));
-    // Written once for both targets (with and without the fence's guard).
+    // Written once for both targets (with and without the fence's guard). Kept
+    // prepared: one SQL shape per target status and fence (see `Prepared`).
     macro_rules! update {
         ($target:expr) => {
             if to == Status::Running {
-                per_engine!(&mut *conn, |c| diesel::update($target)
-                    .set((
-                        workloads::status.eq(to.as_str()),
-                        workloads::started_at.eq(&at),
-                    ))
-                    .returning(WorkloadRow::as_returning())
-                    .get_result(c)
-                    .optional()?)
+                per_engine!(&mut *conn, |c| Prepared(
+                    diesel::update($target)
+                        .set((
+                            workloads::status.eq(to.as_str()),
+                            workloads::started_at.eq(&at),
+                        ))
+                        .returning(WorkloadRow::as_returning())
+                )
+                .get_result(c)
+                .optional()?)
             } else {
                 let output = change.output.as_ref().map(Output::as_str);
-                per_engine!(&mut *conn, |c| diesel::update($target)
-                    .set((
-                        workloads::status.eq(to.as_str()),
-                        workloads::finished_at.eq(&at),
-                        workloads::output.eq(output),
-                        workloads::exit_code.eq(change.exit_code),
-                        workloads::error.eq(&change.error),
-                        workloads::duration_ms.eq(change.duration_ms.map(|d| d as i64)),
-                        // Enqueue the completion webhook in this same statement: due at
-                        // once for a workload with a callback_url, NULL (nothing)
-                        // otherwise.
-                        workloads::delivery_due_at.eq(case_when::<_, _, diesel::sql_types::Text>(
-                            workloads::callback_url.is_not_null(),
-                            &at,
-                        )),
-                    ))
-                    .returning(WorkloadRow::as_returning())
-                    .get_result(c)
-                    .optional()?)
+                per_engine!(&mut *conn, |c| Prepared(
+                    diesel::update($target)
+                        .set((
+                            workloads::status.eq(to.as_str()),
+                            workloads::finished_at.eq(&at),
+                            workloads::output.eq(output),
+                            workloads::exit_code.eq(change.exit_code),
+                            workloads::error.eq(&change.error),
+                            workloads::duration_ms.eq(change.duration_ms.map(|d| d as i64)),
+                            // Enqueue the completion webhook in this same statement: due at
+                            // once for a workload with a callback_url, NULL (nothing)
+                            // otherwise.
+                            workloads::delivery_due_at.eq(
+                                case_when::<_, _, diesel::sql_types::Text>(
+                                    workloads::callback_url.is_not_null(),
+                                    &at,
+                                )
+                            ),
+                        ))
+                        .returning(WorkloadRow::as_returning())
+                )
+                .get_result(c)
+                .optional()?)
             }
         };
     }
@@ -501,23 +509,25 @@ pub fn apply_start_and_end(
     let target = workloads::table
         .find(&key)
         .filter(workloads::status.eq_any(allowed_from));
-    let row = per_engine!(&mut *conn, |c| diesel::update(target)
-        .set((
-            workloads::status.eq(end.to.as_str()),
-            workloads::started_at.eq(format_time(&running.at)),
-            workloads::finished_at.eq(&at),
-            workloads::output.eq(output),
-            workloads::exit_code.eq(end.exit_code),
-            workloads::error.eq(&end.error),
-            workloads::duration_ms.eq(end.duration_ms.map(|d| d as i64)),
-            workloads::delivery_due_at.eq(case_when::<_, _, diesel::sql_types::Text>(
-                workloads::callback_url.is_not_null(),
-                &at,
-            )),
-        ))
-        .returning(WorkloadRow::as_returning())
-        .get_result(c)
-        .optional()?);
+    let row = per_engine!(&mut *conn, |c| Prepared(
+        diesel::update(target)
+            .set((
+                workloads::status.eq(end.to.as_str()),
+                workloads::started_at.eq(format_time(&running.at)),
+                workloads::finished_at.eq(&at),
+                workloads::output.eq(output),
+                workloads::exit_code.eq(end.exit_code),
+                workloads::error.eq(&end.error),
+                workloads::duration_ms.eq(end.duration_ms.map(|d| d as i64)),
+                workloads::delivery_due_at.eq(case_when::<_, _, diesel::sql_types::Text>(
+                    workloads::callback_url.is_not_null(),
+                    &at,
+                )),
+            ))
+            .returning(WorkloadRow::as_returning())
+    )
+    .get_result(c)
+    .optional()?);
     row.map(Workload::try_from).transpose()
 }
 
