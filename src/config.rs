@@ -119,6 +119,14 @@ pub struct Config {
 pub struct ClusterConfig {
     /// This server is one node of several sharing `db_url`.
     pub enabled: bool,
+    /// Milliseconds between two polls of the node's LISTEN connection (wake-up latency
+    /// across nodes); ten times this between two attempts to reopen it.
+    pub listen_poll_ms: u64,
+    /// Seconds a cross-node kill waits for the running node to record it (then 504).
+    pub kill_timeout_s: u64,
+    /// Seconds between two re-reads of the table by a follower of another node's
+    /// workload, notification or not.
+    pub recheck_s: u64,
 }
 
 /// `[cors]`: which other origins' pages may call the API.

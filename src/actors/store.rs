@@ -34,7 +34,7 @@ use crate::store::queries::{
     self, KeyedInsert, ListQuery, Recovered, Stats, StatusChange, SweepBatch, Swept,
 };
 use crate::store::{
-    isolated, open_read_pool, open_writer, write_transaction, Database, DbConnection, LogReads,
+    isolated, notify, open_read_pool, open_writer, write_transaction, Database, DbConnection, LogReads,
     ReadPool, StoreError,
 };
 
@@ -83,6 +83,18 @@ struct ChangeReq {
     id: WorkloadId,
     change: StatusChange,
     tx: oneshot::Sender<Result<Workload, StoreError>>,
+    /// The database is shared: a terminal record is announced ([`notify::TERMINAL`])
+    /// in the transaction that commits it.
+    notify: bool,
+}
+
+/// Announce `w` to the other nodes when it is terminal (inside the committing
+/// transaction: delivered only on commit).
+fn notify_terminal(c: &mut DbConnection, w: &Workload) -> Result<(), StoreError> {
+    if w.status.is_terminal() {
+        notify::notify(c, notify::TERMINAL, &[w.id.to_string()])?;
+    }
+    Ok(())
 }
 
 /// What a write did when it ran: its reply (told the batch's outcome), the storage
@@ -133,9 +145,20 @@ fn job_of<T: Send + 'static>(
 
 /// The job of one status change.
 fn change_job(req: ChangeReq) -> Job {
-    let ChangeReq { id, change, tx } = req;
+    let ChangeReq {
+        id,
+        change,
+        tx,
+        notify,
+    } = req;
     job_of(
-        move |c| queries::apply_change(c, id, &change),
+        move |c| {
+            let w = queries::apply_change(c, id, &change)?;
+            if notify {
+                notify_terminal(c, &w)?;
+            }
+            Ok(w)
+        },
         change_deltas,
         tx,
     )
@@ -150,7 +173,20 @@ fn merged_job(running: ChangeReq, end: ChangeReq, coalesced: prometheus::IntCoun
         let res = match conn {
             None => Ok((Err(StoreError::Unavailable), Err(StoreError::Unavailable))),
             Some(c) => {
-                match queries::apply_start_and_end(c, end.id, &running.change, &end.change) {
+                let merged = if end.notify {
+                    // In one savepoint, so a failed notify leaves nothing behind.
+                    isolated(c, |c| {
+                        let done =
+                            queries::apply_start_and_end(c, end.id, &running.change, &end.change)?;
+                        if let Some(w) = &done {
+                            notify_terminal(c, w)?;
+                        }
+                        Ok(done)
+                    })
+                } else {
+                    queries::apply_start_and_end(c, end.id, &running.change, &end.change)
+                };
+                match merged {
                     Ok(Some(done)) => {
                         coalesced.inc();
                         let mut started = done.clone();
@@ -167,7 +203,15 @@ fn merged_job(running: ChangeReq, end: ChangeReq, coalesced: prometheus::IntCoun
                         match &first {
                             Err(e) if e.is_storage_fault() => Err(BatchFault::of(e)),
                             _ => {
-                                let second = queries::apply_change(c, end.id, &end.change);
+                                let second = if end.notify {
+                                    isolated(c, |c| {
+                                        let w = queries::apply_change(c, end.id, &end.change)?;
+                                        notify_terminal(c, &w)?;
+                                        Ok(w)
+                                    })
+                                } else {
+                                    queries::apply_change(c, end.id, &end.change)
+                                };
                                 Ok((first, second))
                             }
                         }
@@ -322,6 +366,10 @@ pub struct StoreActor {
     log_reads: Option<LogReads>,
     /// `GET /v1/stats`, moved by the writer as writes commit.
     counters: Arc<Mutex<StatsCounters>>,
+    /// The database is shared with other nodes: log appends, terminal records and kill
+    /// requests are announced with NOTIFY (see [`crate::store::notify`]). Never on
+    /// a database of one node.
+    notify: bool,
 }
 
 /// How often a store that cannot write tries a probe write.
@@ -373,6 +421,7 @@ impl StoreActor {
             deliveries: None,
             log_reads: None,
             counters,
+            notify: db.is_shared(),
         })
     }
 
@@ -876,6 +925,12 @@ pub struct RecordAttempt(pub AttemptRecord);
 #[rtype(result = "Result<Deliveries, StoreError>")]
 pub struct GetDeliveries(pub WorkloadId);
 
+/// Ask the node running a workload to kill it ([`notify::KILL`], committed by the
+/// writer like any write). Nothing is sent on a database of one node.
+#[derive(Message)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct RequestKill(pub WorkloadId);
+
 /// Resolves once everything queued before it is committed.
 #[derive(Message)]
 #[rtype(result = "Result<(), StoreError>")]
@@ -927,6 +982,7 @@ impl Handler<ChangeStatus> for StoreActor {
             id: msg.id,
             change: msg.change,
             tx,
+            notify: self.notify,
         }));
         let watcher = self.deliveries.clone();
         Box::pin(async move {
@@ -958,7 +1014,16 @@ impl Handler<AppendLogs> for StoreActor {
             e.first_seq = e.first_seq.min(l.seq);
             e.count += 1;
         }
-        let rx = self.write(move |c| queries::append_logs(c, &lines));
+        let announce: Vec<String> = if self.notify {
+            span.keys().map(WorkloadId::to_string).collect()
+        } else {
+            Vec::new()
+        };
+        let rx = self.write(move |c| {
+            queries::append_logs(c, &lines)?;
+            // One notification per workload of the append, whatever its line count.
+            notify::notify(c, notify::LOGS, &announce)
+        });
         let lost = self.lost.clone();
         let metrics = self.metrics.clone();
         let health = self.health.clone();
@@ -1062,7 +1127,15 @@ impl Handler<Recover> for StoreActor {
 
     fn handle(&mut self, msg: Recover, _: &mut Self::Context) -> Self::Result {
         let only_node = msg.0;
-        let recover = move |conn: &mut DbConnection| queries::recover(conn, only_node.as_deref());
+        let announce = self.notify;
+        let recover = move |conn: &mut DbConnection| {
+            let r = queries::recover(conn, only_node.as_deref())?;
+            if announce {
+                let ids: Vec<String> = r.interrupted.iter().map(|w| w.id.to_string()).collect();
+                notify::notify(conn, notify::TERMINAL, &ids)?;
+            }
+            Ok(r)
+        };
         Box::pin(answer(self.write_counted(recover, |r| {
             r.interrupted.iter().flat_map(change_deltas).collect()
         })))
@@ -1074,6 +1147,20 @@ impl Handler<Flush> for StoreActor {
 
     fn handle(&mut self, _: Flush, _: &mut Self::Context) -> Self::Result {
         Box::pin(answer(self.write(|_| Ok(()))))
+    }
+}
+
+impl Handler<RequestKill> for StoreActor {
+    type Result = ResponseFuture<Result<(), StoreError>>;
+
+    fn handle(&mut self, msg: RequestKill, _: &mut Self::Context) -> Self::Result {
+        if !self.notify {
+            return Box::pin(async { Ok(()) });
+        }
+        let id = msg.0.to_string();
+        Box::pin(answer(
+            self.write(move |c| notify::notify(c, notify::KILL, &[id])),
+        ))
     }
 }
 

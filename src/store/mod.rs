@@ -28,6 +28,7 @@ pub(crate) mod counters;
 pub(crate) mod deliveries;
 mod log_reads;
 mod models;
+pub mod notify;
 pub(crate) mod queries;
 mod schema;
 #[cfg(test)]
@@ -36,6 +37,7 @@ pub(crate) mod test_pg;
 mod tests;
 
 pub use log_reads::LogReads;
+pub use notify::{Listener, Notice, Subscription};
 pub use queries::{
     BackendStats, KeyedInsert, ListQuery, PendingWork, Recovered, Stats, StatusChange, INTERRUPTED,
 };
