@@ -13,7 +13,10 @@ use tokio::sync::oneshot;
 
 use crate::actors::backend::{BackendActor, BackendRestarted, RestartBackend};
 use crate::actors::log_broker::{CloseTopic, LogSinks, OpenTopic};
-use crate::actors::store::{ChangeStatus, GetWorkload, InsertWorkload, KeyToRemember, StoreActor};
+use crate::actors::log_follower::Follower;
+use crate::actors::store::{
+    ChangeStatus, GetWorkload, InsertWorkload, KeyToRemember, RequestKill, StoreActor,
+};
 use crate::actors::workload::{AwaitTerminal, Interrupt, Kill, KillError, Start, WorkloadActor};
 use crate::backends::{Backend, BackendCapabilities, BackendFactory, BackendHealth, WorkloadSpec};
 use crate::metrics::Metrics;
@@ -21,6 +24,7 @@ use crate::model::{
     IdempotencyKey, IdempotencyRecord, Isolation, Payload, Runtime, Status, SubmitKind, Workload,
     WorkloadId, WorkloadRequest,
 };
+use crate::store::notify::{self, Notice};
 use crate::store::StoreError;
 use crate::store::{KeyedInsert, PendingWork, StatusChange};
 
@@ -183,6 +187,10 @@ pub struct Supervisor {
     /// Shutting down: no new work is accepted and no queued work is started (it stays
     /// pending in the store for the next start).
     draining: bool,
+    /// On a cluster: follows other nodes' workloads (kills, waits) and hears kill
+    /// requests for this node's; with how long a kill of another node's workload
+    /// waits for it.
+    cluster: Option<(Follower, std::time::Duration)>,
 }
 
 impl Supervisor {
@@ -211,7 +219,92 @@ impl Supervisor {
             awaiting: HashMap::new(),
             factories,
             draining: false,
+            cluster: None,
         }
+    }
+
+    /// A node of a cluster: kills and waits for workloads of other nodes go through
+    /// `follower` (a kill waits `kill_timeout` for the running node), and kill requests
+    /// from other nodes reach this node's workloads.
+    pub fn cluster(mut self, follower: Follower, kill_timeout: std::time::Duration) -> Self {
+        self.cluster = Some((follower, kill_timeout));
+        self
+    }
+
+    /// The follower, when `w` is another node's live work.
+    fn remote(&self, w: &Workload) -> Option<Follower> {
+        self.cluster
+            .as_ref()
+            .map(|(f, _)| f)
+            .filter(|f| f.is_remote(w))
+            .cloned()
+    }
+
+    /// Kill another node's workload `w`. Pending: killed in the table at once (the
+    /// state machine refuses it if it started meanwhile) and the node holding it is
+    /// told to drop it. Running: its node is asked (a NOTIFY, re-sent every recheck
+    /// while waiting) and this waits up to the kill timeout for the terminal record.
+    fn kill_remote(
+        &mut self,
+        w: Workload,
+        follower: Follower,
+    ) -> ResponseActFuture<Self, Result<Workload, KillError>> {
+        let id = w.id;
+        let timeout = self
+            .cluster
+            .as_ref()
+            .map(|(_, t)| *t)
+            .unwrap_or_default();
+        let store = self.store.clone();
+        let holder = w.node_id.clone();
+        let wait = move || {
+            let node = holder.clone();
+            async move {
+                let waited = tokio::time::timeout(timeout, async {
+                    loop {
+                        // Each round re-sends the request: a node whose listen
+                        // connection was being reopened hears the next one.
+                        let res = store.send(RequestKill(id)).await;
+                        if let Ok(Err(e)) = res {
+                            return Err(KillError::Store(e));
+                        }
+                        let Ok(Ok(done)) =
+                            tokio::time::timeout(follower.recheck(), follower.terminal(id)).await
+                        else {
+                            continue;
+                        };
+                        return match done.status {
+                            Status::Killed => Ok(done),
+                            other => Err(KillError::Terminal(other)),
+                        };
+                    }
+                })
+                .await;
+                waited.unwrap_or(Err(KillError::NodeDidNotAnswer {
+                    node,
+                    secs: timeout.as_secs(),
+                }))
+            }
+        };
+        if w.status != Status::Pending {
+            return Box::pin(wait().into_actor(self));
+        }
+        log::info!("workload {id}: pending -> killed (held by node {})", w.node_id);
+        let change = StatusChange::to(Status::Killed).with_error("killed by request");
+        Box::pin(self.finish_unadmitted(id, change).then(
+            move |res, act, _| -> ResponseActFuture<Self, Result<Workload, KillError>> {
+                match res {
+                    Ok(done) => {
+                        // The node that queued it drops it now, not when it dispatches.
+                        act.store.do_send(RequestKill(id));
+                        Box::pin(actix::fut::ready(Ok(done)))
+                    }
+                    // Started meanwhile: ask the node running it.
+                    Err(StoreError::InvalidTransition(_)) => Box::pin(wait().into_actor(act)),
+                    Err(e) => Box::pin(actix::fut::ready(Err(KillError::Store(e)))),
+                }
+            },
+        ))
     }
 
     /// Accepted (or being recorded) and not yet granted a slot, all backends together.
@@ -572,6 +665,34 @@ impl Actor for Supervisor {
         }
         // Worker crashes also happen between requests; keep the metric current.
         ctx.run_interval(WORKER_METRICS_EVERY, |act, _| act.count_worker_restarts());
+        if let Some((follower, _)) = &self.cluster {
+            let kills = follower.listener().subscribe(notify::KILL, None);
+            ctx.add_stream(futures_util::stream::unfold(kills, |mut sub| async move {
+                sub.recv().await.map(|n| (n, sub))
+            }));
+        }
+    }
+}
+
+/// A kill requested by another node ([`notify::KILL`]): a workload of this node's is
+/// killed as if the request had come here. A [`Notice::Missed`] needs nothing: the
+/// requesting node re-sends its request while it waits.
+impl StreamHandler<Notice> for Supervisor {
+    fn handle(&mut self, notice: Notice, _: &mut Self::Context) {
+        let Notice::Payload(raw) = notice else {
+            return;
+        };
+        let Ok(id) = raw.parse::<WorkloadId>() else {
+            return;
+        };
+        if let Some(addr) = self.workloads.get(&id) {
+            log::info!("workload {id}: kill requested by another node");
+            addr.do_send(Kill);
+        }
+    }
+
+    fn finished(&mut self, _: &mut Self::Context) {
+        // The listener is gone (shutting down): nothing more to hear.
     }
 }
 
@@ -773,7 +894,19 @@ impl Handler<AwaitWorkload> for Supervisor {
                 .map(move |res, act, _| {
                     match res {
                         Ok(Ok(w)) if w.status.is_terminal() => act.resolve_awaiting(&w),
-                        Ok(Ok(_)) => {}
+                        Ok(Ok(w)) => {
+                            if let Some(follower) = act.remote(&w) {
+                                // Another node runs it: followed from the table.
+                                drop(rx);
+                                if let Some(waiting) = act.awaiting.get_mut(&id) {
+                                    waiting.retain(|tx| !tx.is_closed());
+                                    if waiting.is_empty() {
+                                        act.awaiting.remove(&id);
+                                    }
+                                }
+                                return follower.await_terminal(id);
+                            }
+                        }
                         // Unknown or unreadable: nothing to wait for.
                         _ => {
                             act.awaiting.remove(&id);
@@ -856,6 +989,12 @@ impl Handler<KillWorkload> for Supervisor {
         Box::pin(self.store.send(GetWorkload(id)).into_actor(self).then(
             move |res, act, _| -> ResponseActFuture<Self, Result<Workload, KillError>> {
                 match res.map_err(|_| StoreError::Unavailable).and_then(|r| r) {
+                    Ok(w) if !act.workloads.contains_key(&id) && act.remote(&w).is_some() => {
+                        match act.remote(&w) {
+                            Some(follower) => act.kill_remote(w, follower),
+                            None => Box::pin(actix::fut::ready(Err(KillError::NotYetAccepted))),
+                        }
+                    }
                     Ok(w) if w.status == Status::Pending && !act.workloads.contains_key(&id) => {
                         log::info!("workload {id}: pending -> killed (not admitted)");
                         let change =

@@ -74,6 +74,8 @@ pub struct AppState {
     pub readiness: Readiness,
     /// Restarts of the store's writer and of the log broker.
     pub restarts: ActorRestarts,
+    /// On a cluster: streams of other nodes' workloads follow the shared table.
+    pub follower: Option<crate::actors::log_follower::Follower>,
 }
 
 /// Restart records of the components that restart themselves in place.
