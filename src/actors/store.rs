@@ -34,8 +34,8 @@ use crate::store::queries::{
     self, KeyedInsert, ListQuery, Recovered, Stats, StatusChange, SweepBatch, Swept,
 };
 use crate::store::{
-    isolated, notify, open_read_pool, open_writer, write_transaction, Database, DbConnection, LogReads,
-    ReadPool, StoreError,
+    isolated, notify, open_read_pool, open_writer, write_transaction, Database, DbConnection,
+    LogReads, ReadPool, StoreError,
 };
 
 /// How a batch ended, as each of its writes is told (cloneable, unlike `StoreError`).

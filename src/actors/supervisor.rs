@@ -250,11 +250,7 @@ impl Supervisor {
         follower: Follower,
     ) -> ResponseActFuture<Self, Result<Workload, KillError>> {
         let id = w.id;
-        let timeout = self
-            .cluster
-            .as_ref()
-            .map(|(_, t)| *t)
-            .unwrap_or_default();
+        let timeout = self.cluster.as_ref().map(|(_, t)| *t).unwrap_or_default();
         let store = self.store.clone();
         let holder = w.node_id.clone();
         let wait = move || {
@@ -289,7 +285,10 @@ impl Supervisor {
         if w.status != Status::Pending {
             return Box::pin(wait().into_actor(self));
         }
-        log::info!("workload {id}: pending -> killed (held by node {})", w.node_id);
+        log::info!(
+            "workload {id}: pending -> killed (held by node {})",
+            w.node_id
+        );
         let change = StatusChange::to(Status::Killed).with_error("killed by request");
         Box::pin(self.finish_unadmitted(id, change).then(
             move |res, act, _| -> ResponseActFuture<Self, Result<Workload, KillError>> {

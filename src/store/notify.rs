@@ -42,6 +42,9 @@ pub const TERMINAL: &str = "vulcan_terminal";
 /// Somebody asks the node running a workload to kill it (payload: its id).
 pub const KILL: &str = "vulcan_kill";
 
+/// The `application_name` of a node's listen connection.
+pub const APPLICATION_NAME: &str = "vulcan-listen";
+
 /// Every channel a node listens on. Other consumers add theirs here.
 pub const CHANNELS: &[&str] = &[LOGS, TERMINAL, KILL];
 
@@ -211,7 +214,11 @@ impl Listener {
 fn listen(url: &str) -> Result<(PgConnection, i32), StoreError> {
     let mut conn =
         PgConnection::establish(url).map_err(|e| StoreError::Connection(e.to_string()))?;
-    let statements: String = CHANNELS.iter().map(|c| format!("LISTEN {c};")).collect();
+    // Named, so an operator (or a test) finds it in pg_stat_activity.
+    let statements: String =
+        std::iter::once(format!("SET application_name = '{APPLICATION_NAME}';"))
+            .chain(CHANNELS.iter().map(|c| format!("LISTEN {c};")))
+            .collect();
     conn.batch_execute(&statements)?;
     #[derive(diesel::QueryableByName)]
     struct Pid {
@@ -258,7 +265,11 @@ fn run(url: String, first: (PgConnection, i32), inner: Weak<Inner>, poll: Durati
             alive.backend_pid.store(0, Ordering::SeqCst);
         }
         match lost {
-            Some(why) => log::warn!("listen: connection lost ({why}); reopening"),
+            // A pause first: a restarting server is not hammered with connections.
+            Some(why) => {
+                log::warn!("listen: connection lost ({why}); reopening");
+                std::thread::sleep(poll * 10);
+            }
             None => break,
         }
     }
