@@ -1674,6 +1674,67 @@ mod tests {
     }
 
     #[actix_web::test]
+    async fn the_writer_announces_log_appends_and_terminal_records_only_on_a_shared_database() {
+        use crate::store::notify::{self, Listener, Notice};
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        for shared in [true, false] {
+            let Some(url) = crate::store::test_pg::fresh_database("writer_announces") else {
+                return;
+            };
+            let db = if shared {
+                Database::SharedPostgres(url)
+            } else {
+                Database::Postgres(url)
+            };
+            let store = StoreActor::open(&db, 1, 64, metrics.clone())
+                .expect("open")
+                .start();
+            let listener = Listener::start(&db, Duration::from_millis(5)).expect("listener");
+            let mut logs = listener.subscribe(notify::LOGS, None);
+            let mut terminal = listener.subscribe(notify::TERMINAL, None);
+            let w = pending();
+            store.send(insert(&w)).await.expect("send").expect("insert");
+            let line = |seq| LogLine {
+                seq,
+                line: format!("line {seq}"),
+                created_at: Utc::now(),
+            };
+            // Three lines of one append, then the running and terminal changes.
+            store.do_send(AppendLogs((0..3).map(|s| (w.id, line(s))).collect()));
+            for to in [Status::Running, Status::Completed] {
+                store
+                    .send(ChangeStatus {
+                        id: w.id,
+                        change: StatusChange::to(to),
+                    })
+                    .await
+                    .expect("send")
+                    .expect("change");
+            }
+            store.send(Flush).await.expect("send").expect("flush");
+            let within = Duration::from_millis(500);
+            let mut got_logs = Vec::new();
+            while let Ok(Some(n)) = tokio::time::timeout(within, logs.recv()).await {
+                got_logs.push(n);
+            }
+            let mut got_terminal = Vec::new();
+            while let Ok(Some(n)) = tokio::time::timeout(within, terminal.recv()).await {
+                got_terminal.push(n);
+            }
+            if shared {
+                let id = Notice::Payload(w.id.to_string());
+                assert_eq!(got_logs, vec![id.clone()], "one per workload per append");
+                assert_eq!(got_terminal, vec![id], "the terminal record, once");
+            } else {
+                assert!(
+                    got_logs.is_empty() && got_terminal.is_empty(),
+                    "one node's database is never notified: {got_logs:?} {got_terminal:?}"
+                );
+            }
+        }
+    }
+
+    #[actix_web::test]
     async fn a_lost_postgres_connection_is_reopened_and_writes_resume() {
         use diesel::{Connection, RunQueryDsl};
         let Some(url) = crate::store::test_pg::fresh_database("a_lost_postgres_connection") else {

@@ -156,7 +156,7 @@ impl Listener {
         let conn = listen(&url)?;
         let inner = Arc::new(Inner {
             subs: Mutex::new(Subs::default()),
-            backend_pid: AtomicI32::new(0),
+            backend_pid: AtomicI32::new(conn.1),
         });
         let weak = Arc::downgrade(&inner);
         let poll = poll.max(Duration::from_millis(1));
@@ -246,6 +246,7 @@ fn run(url: String, first: (PgConnection, i32), inner: Weak<Inner>, poll: Durati
             match listen(&url) {
                 Ok(fresh) => {
                     log::info!("listen: connection reopened; followers re-read the table");
+                    alive.backend_pid.store(fresh.1, Ordering::SeqCst);
                     current = Some(fresh);
                     // After LISTEN: what anyone reads from now on misses nothing.
                     broadcast_missed(&alive);
@@ -349,6 +350,131 @@ fn settle_missed(inner: &Inner) {
                 Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => s.owes_missed = false,
                 Err(mpsc::error::TrySendError::Full(_)) => {}
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_pg::fresh_database;
+
+    const SOON: Duration = Duration::from_secs(10);
+
+    fn node(url: &str) -> (Database, Listener) {
+        let db = Database::SharedPostgres(url.to_string());
+        let listener = Listener::start(&db, Duration::from_millis(5)).expect("listener");
+        (db, listener)
+    }
+
+    async fn next(sub: &mut Subscription) -> Notice {
+        tokio::time::timeout(SOON, sub.recv())
+            .await
+            .expect("a notice in time")
+            .expect("listener alive")
+    }
+
+    /// Nothing arrives within a short while (the poll runs every 5 ms).
+    async fn quiet(sub: &mut Subscription) {
+        let got = tokio::time::timeout(Duration::from_millis(300), sub.recv()).await;
+        assert!(got.is_err(), "unexpected notice: {got:?}");
+    }
+
+    #[tokio::test]
+    async fn notifications_reach_subscribers_by_channel_and_payload_only_on_commit() {
+        let Some(url) = fresh_database("notify_by_payload") else {
+            return;
+        };
+        let (db, listener) = node(&url);
+        let mut all = listener.subscribe(LOGS, None);
+        let mut one = listener.subscribe(LOGS, Some("w1"));
+        let mut other = listener.subscribe(TERMINAL, Some("w1"));
+        let mut conn = db.connect().expect("connect");
+
+        // Rolled back: never delivered.
+        let _ = crate::store::write_transaction(&mut conn, |c| {
+            notify(c, LOGS, &["w1".into()])?;
+            Err::<(), _>(StoreError::Unavailable)
+        });
+        quiet(&mut all).await;
+
+        // Committed: each payload once, identical ones folded by the server.
+        crate::store::write_transaction(&mut conn, |c| {
+            notify(c, LOGS, &["w1".into(), "w2".into()])?;
+            notify(c, LOGS, &["w1".into()])
+        })
+        .expect("commit");
+        let mut got = vec![next(&mut all).await, next(&mut all).await];
+        got.sort_by_key(|n| format!("{n:?}"));
+        assert_eq!(
+            got,
+            vec![Notice::Payload("w1".into()), Notice::Payload("w2".into())]
+        );
+        quiet(&mut all).await;
+        assert_eq!(next(&mut one).await, Notice::Payload("w1".into()));
+        quiet(&mut one).await;
+        quiet(&mut other).await;
+
+        // A dropped subscription is forgotten; the others go on.
+        drop(one);
+        crate::store::write_transaction(&mut conn, |c| notify(c, LOGS, &["w1".into()]))
+            .expect("commit");
+        assert_eq!(next(&mut all).await, Notice::Payload("w1".into()));
+    }
+
+    #[tokio::test]
+    async fn a_terminated_listen_connection_is_reopened_and_subscribers_are_told_they_missed() {
+        let Some(url) = fresh_database("notify_reconnect") else {
+            return;
+        };
+        let (db, listener) = node(&url);
+        let mut sub = listener.subscribe(KILL, Some("w1"));
+        let first = listener.backend_pid().expect("connected");
+        let mut conn = db.connect().expect("connect");
+        let DbConnection::Pg(pg) = &mut conn else {
+            unreachable!("a PostgreSQL database")
+        };
+        diesel::sql_query(format!("SELECT pg_terminate_backend({first})"))
+            .execute(pg)
+            .expect("terminate");
+        assert_eq!(next(&mut sub).await, Notice::Missed);
+        let second = listener.backend_pid().expect("reconnected");
+        assert_ne!(first, second, "a new connection");
+        crate::store::write_transaction(&mut conn, |c| notify(c, KILL, &["w1".into()]))
+            .expect("commit");
+        assert_eq!(next(&mut sub).await, Notice::Payload("w1".into()));
+    }
+
+    #[tokio::test]
+    async fn the_thread_stops_and_its_connection_closes_when_the_listener_is_dropped() {
+        let Some(url) = fresh_database("notify_stop") else {
+            return;
+        };
+        let (db, listener) = node(&url);
+        let pid = listener.backend_pid().expect("connected");
+        drop(listener);
+        let mut conn = db.connect().expect("connect");
+        let DbConnection::Pg(pg) = &mut conn else {
+            unreachable!("a PostgreSQL database")
+        };
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let start = Instant::now();
+        loop {
+            let n = diesel::sql_query(format!(
+                "SELECT count(*) AS n FROM pg_stat_activity WHERE pid = {pid}"
+            ))
+            .get_result::<N>(pg)
+            .expect("count")
+            .n;
+            if n == 0 {
+                break;
+            }
+            assert!(start.elapsed() < SOON, "listen connection still open");
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
