@@ -264,11 +264,15 @@ impl Supervisor {
                         if let Ok(Err(e)) = res {
                             return Err(KillError::Store(e));
                         }
-                        let Ok(Ok(done)) =
-                            tokio::time::timeout(follower.recheck(), follower.terminal(id)).await
-                        else {
-                            continue;
-                        };
+                        let done =
+                            match tokio::time::timeout(follower.recheck(), follower.terminal(id))
+                                .await
+                            {
+                                Ok(Ok(done)) => done,
+                                // Gone (retention) or unreadable: answered as is.
+                                Ok(Err(e)) => return Err(KillError::Store(e)),
+                                Err(_) => continue,
+                            };
                         return match done.status {
                             Status::Killed => Ok(done),
                             other => Err(KillError::Terminal(other)),
@@ -987,13 +991,15 @@ impl Handler<KillWorkload> for Supervisor {
         // already follow it): a pending one is killed right here.
         Box::pin(self.store.send(GetWorkload(id)).into_actor(self).then(
             move |res, act, _| -> ResponseActFuture<Self, Result<Workload, KillError>> {
-                match res.map_err(|_| StoreError::Unavailable).and_then(|r| r) {
-                    Ok(w) if !act.workloads.contains_key(&id) && act.remote(&w).is_some() => {
-                        match act.remote(&w) {
-                            Some(follower) => act.kill_remote(w, follower),
-                            None => Box::pin(actix::fut::ready(Err(KillError::NotYetAccepted))),
-                        }
-                    }
+                let res = res.map_err(|_| StoreError::Unavailable).and_then(|r| r);
+                let remote = match &res {
+                    Ok(w) if !act.workloads.contains_key(&id) => act.remote(w),
+                    _ => None,
+                };
+                if let (Ok(w), Some(follower)) = (&res, remote) {
+                    return act.kill_remote(w.clone(), follower);
+                }
+                match res {
                     Ok(w) if w.status == Status::Pending && !act.workloads.contains_key(&id) => {
                         log::info!("workload {id}: pending -> killed (not admitted)");
                         let change =
