@@ -158,6 +158,8 @@ async fn a_sync_replay_on_another_node_waits_for_the_result_recorded_by_the_runn
             .post(app.url("/v1/workloads"))
             .header("Idempotency-Key", "across-nodes")
             .json(&body)
+            // A lost wake-up fails here, not in a hung test.
+            .timeout(SOON)
             .send()
     };
     let on_a = post(&a);

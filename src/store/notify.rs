@@ -235,9 +235,16 @@ fn listen(url: &str) -> Result<(PgConnection, i32), StoreError> {
 /// whose server vanished without a word (a network cut) shows no error to a poll.
 const CHECK_EVERY: Duration = Duration::from_secs(5);
 
+/// The longest pause between two attempts to reopen the listen connection.
+const MAX_PAUSE: Duration = Duration::from_secs(5);
+
 /// The polling thread: deliver, and reopen the connection whenever it fails.
 fn run(url: String, first: (PgConnection, i32), inner: Weak<Inner>, poll: Duration) {
     let mut current = Some(first);
+    // Between two attempts to reopen: ten polls, doubled after each failure up to
+    // MAX_PAUSE, so a database that is down is neither hammered nor logged about in a
+    // flood.
+    let mut pause = poll * 10;
     loop {
         let Some(alive) = inner.upgrade() else {
             break;
@@ -246,15 +253,17 @@ fn run(url: String, first: (PgConnection, i32), inner: Weak<Inner>, poll: Durati
             match listen(&url) {
                 Ok(fresh) => {
                     log::info!("listen: connection reopened; followers re-read the table");
+                    pause = poll * 10;
                     alive.backend_pid.store(fresh.1, Ordering::SeqCst);
                     current = Some(fresh);
                     // After LISTEN: what anyone reads from now on misses nothing.
                     broadcast_missed(&alive);
                 }
                 Err(e) => {
-                    log::warn!("listen: cannot reopen the connection: {e}");
+                    log::warn!("listen: cannot reopen the connection (next try in {pause:?}): {e}");
                     drop(alive);
-                    std::thread::sleep(poll * 10);
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(MAX_PAUSE.max(poll * 10));
                 }
             }
             continue;
@@ -269,7 +278,7 @@ fn run(url: String, first: (PgConnection, i32), inner: Weak<Inner>, poll: Durati
             // A pause first: a restarting server is not hammered with connections.
             Some(why) => {
                 log::warn!("listen: connection lost ({why}); reopening");
-                std::thread::sleep(poll * 10);
+                std::thread::sleep(pause);
             }
             None => break,
         }
