@@ -392,6 +392,7 @@ impl Config {
             )));
         }
         self.webhooks.validate().map_err(ConfigError)?;
+        crate::images::policy::RegistryPolicy::new(&self.images).map_err(ConfigError)?;
         self.cors.validate().map_err(ConfigError)?;
         self.database().map_err(|e| {
             ConfigError(match e {

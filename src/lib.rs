@@ -19,6 +19,7 @@ pub mod config;
 pub mod images;
 pub mod metrics;
 pub mod model;
+pub mod net_policy;
 pub mod startup;
 pub mod store;
 pub mod webhooks;

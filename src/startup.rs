@@ -26,6 +26,7 @@ use crate::backends::isolate::IsolateBackend;
 use crate::backends::microvm::MicrovmBackend;
 use crate::backends::{Backend, BackendCapabilities, BackendFactory, UnavailableBackend};
 use crate::config::Config;
+use crate::images::policy::RegistryPolicy;
 use crate::images::ImageStore;
 use crate::metrics::Metrics;
 use crate::model::{Isolation, Runtime};
@@ -50,6 +51,9 @@ pub enum StartupError {
     /// The webhook policy or HTTP client could not be set up.
     #[error("webhooks: {0}")]
     Webhooks(String),
+    /// The registry policy of `[images]` could not be built.
+    #[error("images: {0}")]
+    Images(String),
     /// The thread that runs the application could not be started, or ended during
     /// start-up.
     #[error("application thread: {0}")]
@@ -178,6 +182,7 @@ impl Application {
         let store = store.start();
         // Watching before any status can change, so no enqueued delivery goes unnoticed.
         let callbacks = CallbackPolicy::new(&config.webhooks).map_err(StartupError::Webhooks)?;
+        let registries = RegistryPolicy::new(&config.images).map_err(StartupError::Images)?;
         let deliverer = Deliverer::new(store.clone(), metrics.clone(), &config.webhooks)
             .map_err(StartupError::Webhooks)?
             .start();
@@ -259,6 +264,7 @@ impl Application {
             metrics,
             limits: config.limits(),
             callbacks,
+            registries,
             token: config.api_token().cloned(),
             allowed_hosts: AllowedHosts::new(&config.allowed_hosts),
             idempotency_ttl: Duration::from_secs(config.idempotency_ttl_s),

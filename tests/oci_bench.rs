@@ -44,7 +44,7 @@ async fn oci_busybox_cold_warm_and_bare_runsc() {
     std::fs::write(
         config.path(),
         format!(
-            "[images]\ndir = {:?}\ninsecure_registries = [{:?}]\n",
+            "[images]\ndir = {:?}\ninsecure_registries = [{:?}]\nallowed_registries = [\"127.0.0.1\"]\nprivate_registries = [\"127.0.0.1\"]\n",
             images.path().to_string_lossy(),
             registry.host
         ),

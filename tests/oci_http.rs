@@ -43,11 +43,21 @@ impl Drop for OciApp {
     }
 }
 
-/// The `[images]` section for a test store (plus `extra` lines).
+/// The test registries' policy: they all listen on 127.0.0.1.
+const TRUST_LOOPBACK: &str =
+    "allowed_registries = [\"127.0.0.1\"]\nprivate_registries = [\"127.0.0.1\"]\n";
+
+/// The `[images]` section for a test store (plus `extra` lines), trusting the loopback
+/// registries unless `extra` sets its own registry policy.
 fn images_config(dir: &Path, insecure: &[&str], extra: &str) -> String {
     let list: Vec<String> = insecure.iter().map(|h| format!("{h:?}")).collect();
+    let policy = if extra.contains("_registries =") {
+        ""
+    } else {
+        TRUST_LOOPBACK
+    };
     format!(
-        "[images]\ndir = {:?}\ninsecure_registries = [{}]\n{extra}\n",
+        "[images]\ndir = {:?}\ninsecure_registries = [{}]\n{policy}{extra}\n",
         dir.to_string_lossy(),
         list.join(", ")
     )
@@ -898,20 +908,21 @@ async fn slow_proxy(target: Arc<Mutex<String>>, delay: Duration) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pull_keeps_the_workload_pending_outside_its_timeout() {
     let target = Arc::new(Mutex::new(String::new()));
-    let proxy = slow_proxy(target.clone(), Duration::from_millis(2500)).await;
+    let proxy = slow_proxy(target.clone(), Duration::from_millis(4000)).await;
     let Some(t) = oci_app_with("slowpull", "", &[&proxy]).await else {
         return;
     };
     *target.lock().expect("target") = t.registry.host.clone();
     let image = t.image("slow", cat_image()).await;
     let through_proxy = image.replace(&t.registry.host, &proxy);
-    // Every registry connection waits 2.5 s: the pull takes longer than the
-    // workload's 1 s timeout, which does not run yet.
+    // Every registry connection waits 4 s: the pull takes longer than the workload's
+    // 3 s timeout, which does not run yet (3 s, not less: the run itself must fit in
+    // it on a loaded machine).
     let mut body = oci_job(&through_proxy, Some(&["/bin/echo", "ran"]));
-    body["resources"]["timeout_s"] = json!(1);
+    body["resources"]["timeout_s"] = json!(3);
     let w = t.app.submit_async(&body).await;
     let id = w["id"].as_str().expect("id").to_string();
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(Duration::from_millis(3200)).await;
     let now = t.app.get_json(&format!("/v1/workloads/{id}"), 200).await;
     assert_eq!(now["status"], "pending", "{now}");
     let list = t.images().await;
@@ -1154,4 +1165,91 @@ async fn registry_credentials_are_used_and_a_refusal_is_the_reason() {
         );
         other.stop().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registries_not_allowed_or_on_internal_addresses_are_refused_before_any_connection() {
+    // Any registry by name, none on a non-public address: the test registry (on
+    // 127.0.0.1) is what an internal service looks like to this server.
+    let policy = "allowed_registries = [\"*\"]\nprivate_registries = []\n";
+    let Some(t) = oci_app("ssrf", policy).await else {
+        return;
+    };
+    let port = t
+        .registry
+        .host
+        .rsplit_once(':')
+        .expect("port")
+        .1
+        .to_string();
+    // An IP literal on a non-public address: 400 at submission and at pre-pull.
+    for image in [
+        format!("127.0.0.1:{port}/test/cat"),
+        "169.254.169.254/latest/meta-data".to_string(),
+        "10.0.0.1:5000/app".to_string(),
+        "0.0.0.0:5000/app".to_string(),
+    ] {
+        let res = t
+            .app
+            .post("/v1/workloads/async", &oci_job(&image, None))
+            .await;
+        assert_eq!(res.status(), 400, "{image}");
+        let body: Value = res.json().await.expect("json");
+        let error = body["error"].as_str().expect("error");
+        assert!(
+            error.contains("images.private_registries"),
+            "{image}: {error}"
+        );
+        let res = t.app.post("/v1/images", &json!({"image": image})).await;
+        assert_eq!(res.status(), 400, "pre-pull of {image}");
+    }
+    // A name that resolves to one: the workload fails before the registry is contacted.
+    let requests_before = t.registry.vulcan_requests("/v2/");
+    let w = t
+        .app
+        .submit_async(&oci_job(&format!("localhost:{port}/test/cat"), None))
+        .await;
+    let id = w["id"].as_str().expect("id").to_string();
+    let w = t.app.wait_terminal(&id, SOON).await;
+    assert_eq!(w["status"], "failed", "{w}");
+    let error = w["error"].as_str().expect("error");
+    assert!(
+        error.starts_with("image pull failed: registry localhost:") && error.contains("loopback"),
+        "{error}"
+    );
+    assert_eq!(
+        t.registry.vulcan_requests("/v2/"),
+        requests_before,
+        "no request reached it"
+    );
+    t.app.get_json("/healthz", 200).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_allowed_registries_are_accepted() {
+    let policy = "allowed_registries = [\"ghcr.io\", \"*.corp.example\"]\n";
+    let Some(t) = oci_app("allowlist", policy).await else {
+        return;
+    };
+    for image in [
+        format!("{}/test/cat", t.registry.host),
+        "busybox".to_string(),
+        "corp.example/app".to_string(),
+        "evil.example/corp.example/app".to_string(),
+    ] {
+        let res = t
+            .app
+            .post("/v1/workloads/async", &oci_job(&image, None))
+            .await;
+        assert_eq!(res.status(), 400, "{image}");
+        let body: Value = res.json().await.expect("json");
+        let error = body["error"].as_str().expect("error");
+        assert!(
+            error.contains("is not allowed (images.allowed_registries)"),
+            "{image}: {error}"
+        );
+        let res = t.app.post("/v1/images", &json!({"image": image})).await;
+        assert_eq!(res.status(), 400, "pre-pull of {image}");
+    }
+    assert_eq!(t.app.count_rows("workloads"), 0, "nothing recorded");
 }

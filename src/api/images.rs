@@ -40,7 +40,7 @@ pub(crate) struct PullStarted {
     request_body = PullRequest,
     responses(
         (status = 202, description = "The pull started (or was already running)", body = PullStarted),
-        (status = 400, description = "No or a bad reference", body = ErrorBody),
+        (status = 400, description = "No or a bad reference, or a registry images.allowed_registries does not allow", body = ErrorBody),
         (status = 415, description = "Content-Type is not JSON", body = ErrorBody),
         (status = 422, description = "The image store is not available on this server", body = ErrorBody),
     )
@@ -54,6 +54,10 @@ async fn pull(
         .image
         .ok_or_else(|| ApiError::BadRequest("image is required".into()))?;
     let reference = ImageRef::parse(&text).map_err(ApiError::BadRequest)?;
+    state
+        .registries
+        .check(&reference)
+        .map_err(ApiError::BadRequest)?;
     let key = reference.key();
     state.images.send(PullImage(reference)).await??;
     Ok(HttpResponse::Accepted()

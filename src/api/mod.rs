@@ -40,6 +40,7 @@ use crate::actors::store::{StoreActor, StoreHealth};
 use crate::actors::supervisor::Supervisor;
 use crate::actors::Restarts;
 use crate::config::{CorsConfig, Secret};
+use crate::images::policy::RegistryPolicy;
 use crate::metrics::Metrics;
 use crate::model::{Limits, WorkloadId};
 use crate::webhooks::policy::CallbackPolicy;
@@ -60,6 +61,8 @@ pub struct AppState {
     pub limits: Limits,
     /// Which `callback_url`s submissions may carry.
     pub callbacks: CallbackPolicy,
+    /// Which registries images may come from.
+    pub registries: RegistryPolicy,
     /// Bearer token for `/v1/*` when auth is on.
     pub token: Option<Secret>,
     /// Without a token: the hosts `/v1/*` answers (`None`: any).

@@ -75,8 +75,9 @@ async fn submit(
     kind: SubmitKind,
 ) -> Result<Answer, ApiError> {
     let key = idempotency_key(req, state)?;
-    let request = WorkloadRequest::try_from((body, &state.limits, &state.callbacks))
-        .map_err(|e| ApiError::BadRequest(e.0))?;
+    let request =
+        WorkloadRequest::try_from((body, &state.limits, &state.callbacks, &state.registries))
+            .map_err(|e| ApiError::BadRequest(e.0))?;
     let Some(key) = key else {
         return match state
             .supervisor

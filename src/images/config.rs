@@ -23,6 +23,12 @@ pub struct ImagesConfig {
     pub max_image_entries: usize,
     /// Registries (`host:port`) reached over plain HTTP instead of HTTPS.
     pub insecure_registries: Vec<String>,
+    /// Registry hosts (`*`, `*.example.com` or a host; any port) images may be pulled
+    /// from; others are refused at submission.
+    pub allowed_registries: Vec<String>,
+    /// Registry hosts (exact, each allowed above) that may resolve to loopback,
+    /// private, link-local or metadata addresses; no other registry may.
+    pub private_registries: Vec<String>,
     /// Credentials per registry host (`host[:port]`), for registries that refuse
     /// anonymous pulls.
     pub credentials: BTreeMap<String, RegistryCredential>,

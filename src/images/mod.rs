@@ -29,6 +29,7 @@
 
 mod config;
 mod index;
+pub mod policy;
 mod registry;
 mod rootfs;
 
@@ -50,6 +51,7 @@ use prometheus::{IntCounter, IntGauge};
 use serde::{Deserialize, Serialize};
 
 use self::index::{BlobRef, ImageRecord, Index};
+use self::policy::RegistryPolicy;
 use self::registry::Registry;
 use self::rootfs::Compression;
 use crate::backends::archive::ArchiveLimits;
@@ -86,6 +88,10 @@ pub enum PullError {
     /// The registry answered with an error.
     #[error("{0}")]
     Registry(String),
+    /// The registry is not allowed, or resolves to an address it may not have
+    /// (`images.allowed_registries`, `images.private_registries`).
+    #[error("{0}")]
+    NotAllowed(String),
     /// The image is of a kind this store cannot run (platform, media type, layer rules).
     #[error("{0}")]
     Unsupported(String),
@@ -196,6 +202,7 @@ struct State {
 
 struct Inner {
     cfg: ImagesConfig,
+    policy: RegistryPolicy,
     registry: Registry,
     metrics: ImageMetrics,
     state: Mutex<State>,
@@ -240,11 +247,13 @@ impl ImageStore {
         {
             return Ok(Self { inner });
         }
+        let policy = RegistryPolicy::new(cfg)?;
         let index = load_and_sweep(&cfg.dir);
         let metrics = ImageMetrics::new().map_err(|e| format!("image metrics: {e}"))?;
         metrics.store_bytes.set(gauge(index.total_bytes()));
         let inner = Arc::new(Inner {
             cfg: cfg.clone(),
+            policy,
             registry: Registry::new(cfg),
             metrics,
             state: Mutex::new(State {
@@ -398,6 +407,11 @@ impl ImageStore {
         published: &Mutex<Vec<String>>,
     ) -> Result<ImageLease, PullError> {
         let cfg = &self.inner.cfg;
+        self.inner
+            .policy
+            .check_resolved(reference)
+            .await
+            .map_err(PullError::NotAllowed)?;
         let (manifest, digest) = self.inner.registry.manifest(reference).await?;
         if let Some(lease) = self.adopt(reference, &digest) {
             return Ok(lease);

@@ -3,6 +3,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{IsolationRequest, Runtime};
+use crate::images::policy::RegistryPolicy;
 use crate::webhooks::policy::CallbackPolicy;
 
 /// The submission body exactly as a client sends it (see docs/api.md). Only shape is
@@ -115,7 +116,7 @@ impl Payload {
 /// A submission that passed every rule of the API contract.
 ///
 /// Invariant: constructed only through
-/// `TryFrom<(WorkloadRequestDto, &Limits, &CallbackPolicy)>`.
+/// `TryFrom<(WorkloadRequestDto, &Limits, &CallbackPolicy, &RegistryPolicy)>`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkloadRequest {
     /// The runtime.
@@ -155,11 +156,23 @@ fn limit(name: &str, value: Option<i64>, default: u32, max: u32) -> Result<u32, 
     }
 }
 
-impl TryFrom<(WorkloadRequestDto, &Limits, &CallbackPolicy)> for WorkloadRequest {
+impl
+    TryFrom<(
+        WorkloadRequestDto,
+        &Limits,
+        &CallbackPolicy,
+        &RegistryPolicy,
+    )> for WorkloadRequest
+{
     type Error = RequestError;
 
     fn try_from(
-        (dto, limits, callbacks): (WorkloadRequestDto, &Limits, &CallbackPolicy),
+        (dto, limits, callbacks, registries): (
+            WorkloadRequestDto,
+            &Limits,
+            &CallbackPolicy,
+            &RegistryPolicy,
+        ),
     ) -> Result<Self, Self::Error> {
         let runtime: Runtime = dto
             .runtime
@@ -181,7 +194,7 @@ impl TryFrom<(WorkloadRequestDto, &Limits, &CallbackPolicy)> for WorkloadRequest
             let reference = dto
                 .image
                 .ok_or_else(|| bad("image is required for runtime oci"))?;
-            validate_image(&reference)?;
+            validate_image(&reference, registries)?;
             if let Some(cmd) = &dto.command {
                 if cmd.is_empty() {
                     return Err(bad("command must not be empty when given"));
@@ -265,8 +278,9 @@ impl TryFrom<(WorkloadRequestDto, &Limits, &CallbackPolicy)> for WorkloadRequest
     }
 }
 
-fn validate_image(reference: &str) -> Result<(), RequestError> {
-    super::ImageRef::parse(reference).map(|_| ()).map_err(bad)
+fn validate_image(reference: &str, registries: &RegistryPolicy) -> Result<(), RequestError> {
+    let image = super::ImageRef::parse(reference).map_err(bad)?;
+    registries.check(&image).map_err(bad)
 }
 
 impl WorkloadRequest {
@@ -306,10 +320,9 @@ mod tests {
 
     fn parse_with(json: &str, callbacks: &CallbackPolicy) -> Result<WorkloadRequest, RequestError> {
         let dto: WorkloadRequestDto = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
-        let limits = crate::config::Config::defaults()
-            .expect("defaults")
-            .limits();
-        WorkloadRequest::try_from((dto, &limits, callbacks))
+        let config = crate::config::Config::defaults().expect("defaults");
+        let registries = RegistryPolicy::new(&config.images).expect("registries");
+        WorkloadRequest::try_from((dto, &config.limits(), callbacks, &registries))
     }
 
     fn parse(json: &str) -> Result<WorkloadRequest, RequestError> {
@@ -433,15 +446,27 @@ mod tests {
     fn oci_with_image_and_command() {
         let digest = format!("sha256:{}", "ab".repeat(32));
         let json = format!(
-            r#"{{"runtime":"oci","image":"registry.example/ns/app@{digest}","command":["sh","-c","echo"]}}"#
+            r#"{{"runtime":"oci","image":"ghcr.io/ns/app@{digest}","command":["sh","-c","echo"]}}"#
         );
         let r = parse(&json).expect("valid");
         assert!(matches!(r.payload, Payload::Image { .. }));
-        let short = r#"{"runtime":"oci","image":"registry.example/ns/app@sha256:abc"}"#;
+        let short = r#"{"runtime":"oci","image":"ghcr.io/ns/app@sha256:abc"}"#;
         assert!(
             parse(short).is_err(),
             "a truncated digest is not a reference"
         );
+        for elsewhere in [
+            "registry.example/ns/app",
+            "127.0.0.1:5000/app",
+            "169.254.169.254/x",
+        ] {
+            let json = format!(r#"{{"runtime":"oci","image":"{elsewhere}"}}"#);
+            let err = parse(&json).expect_err(elsewhere);
+            assert!(
+                err.0.contains("images.allowed_registries"),
+                "{elsewhere}: {err}"
+            );
+        }
     }
 
     #[test]
