@@ -443,3 +443,31 @@ async fn a_stream_on_another_node_carries_the_same_lines_as_the_local_one_and_re
         lag.len()
     );
 }
+
+#[tokio::test]
+async fn an_sse_stream_on_another_node_opened_while_the_work_is_queued_follows_it_to_done() {
+    let opts = Options {
+        max_concurrency: 1,
+        ..Options::default()
+    };
+    let Some((_url, a, _seen, b)) = two_nodes("sse_queued", opts, &[]).await else {
+        return;
+    };
+    let busy = scripted::occupy_slot(&a).await;
+    let w = a.submit_async(&chatty(1000)).await;
+    let id = id_of(&w);
+    let mut stream = SseStream::open(&b, &id).await;
+    // Queued on A: the stream is open, nothing to send yet.
+    let now = b.get_json(&format!("/v1/workloads/{id}"), 200).await;
+    assert_eq!(now["status"], "pending", "{now}");
+    // Free the slot (through B as well): it runs, and B's stream gets it all.
+    assert_eq!(
+        b.delete(&format!("/v1/workloads/{busy}")).await.status(),
+        200
+    );
+    let (events, status) = stream.until_done(SOON).await;
+    assert_eq!(status, "completed");
+    let table = recorded_lines(&a, &id).await;
+    assert_eq!(table.len(), 1000);
+    assert_same_as_table(&events, &table, 0);
+}
