@@ -1800,7 +1800,13 @@ mod tests {
         const N: usize = 3000;
         const IN_FLIGHT: usize = 100;
         let dir = tempfile::tempdir().expect("dir");
-        for db in databases(dir.path(), "store_write_throughput") {
+        let mut dbs = databases(dir.path(), "store_write_throughput");
+        // A cluster's database: the same writes, each terminal one with its NOTIFY.
+        dbs.extend(
+            crate::store::test_pg::fresh_database("store_write_throughput_shared")
+                .map(Database::SharedPostgres),
+        );
+        for db in dbs {
             let metrics = Arc::new(Metrics::new().expect("metrics"));
             let store = StoreActor::open(&db, 4, 64, metrics).expect("open").start();
             let start = std::time::Instant::now();
@@ -1826,10 +1832,10 @@ mod tests {
             let secs = start.elapsed().as_secs_f64();
             let cpu = cpu_time() - cpu_start;
             println!("BENCH cpu {:.3} s of this process", cpu);
-            let kind = if matches!(db, Database::Sqlite(_)) {
-                "sqlite"
-            } else {
-                "postgres"
+            let kind = match db {
+                Database::Sqlite(_) => "sqlite",
+                Database::Postgres(_) => "postgres",
+                Database::SharedPostgres(_) => "postgres shared (NOTIFY)",
             };
             println!(
                 "BENCH store_write_throughput {kind}: {N} workloads x 3 writes in {secs:.2} s = {:.0} writes/s",
