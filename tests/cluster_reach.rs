@@ -148,6 +148,39 @@ async fn a_kill_of_a_workload_whose_node_is_gone_answers_504_in_bounded_time() {
 }
 
 #[tokio::test]
+async fn a_kill_that_reaches_a_deaf_running_node_is_applied_when_it_hears_again() {
+    // A polls slowly: its listen connection is reopened 5 s after it was cut, so the
+    // kill's notification is lost to it; the request kept on the row is not.
+    let Some(url) = shared_database("kill_deaf_node") else {
+        return;
+    };
+    let (factory, seen) = scripted::factory(Options::default());
+    let a = node(&url, "a")
+        .backend(factory)
+        .env("VULCAN_CLUSTER__LISTEN_POLL_MS", "500")
+        .env("VULCAN_CLUSTER__RECHECK_S", "600")
+        .spawn()
+        .await;
+    let b = node(&url, "b")
+        .env("VULCAN_CLUSTER__RECHECK_S", "600")
+        .env("VULCAN_CLUSTER__KILL_TIMEOUT_S", "30")
+        .spawn()
+        .await;
+    let w = a
+        .submit_async(&job("node", json!({"delay_ms": 60000})))
+        .await;
+    let id = id_of(&w);
+    a.wait_status(&id, "running", SOON).await;
+    assert_eq!(terminate_listen_connections(&url), 2, "one per node");
+    let res = b.delete(&format!("/v1/workloads/{id}")).await;
+    assert_eq!(res.status(), 200);
+    let killed: Value = res.json().await.expect("json");
+    assert_eq!(killed["status"], "killed", "{killed}");
+    assert!(seen.saw_cancel(&id), "node a cancelled the execution");
+    next_runs_at_once(&a).await;
+}
+
+#[tokio::test]
 async fn a_sync_replay_on_another_node_waits_for_the_result_recorded_by_the_running_node() {
     let Some((_url, a, _seen, b)) = two_nodes("sync_across", Options::default(), &[]).await else {
         return;

@@ -925,11 +925,17 @@ pub struct RecordAttempt(pub AttemptRecord);
 #[rtype(result = "Result<Deliveries, StoreError>")]
 pub struct GetDeliveries(pub WorkloadId);
 
-/// Ask the node running a workload to kill it ([`notify::KILL`], committed by the
-/// writer like any write). Nothing is sent on a database of one node.
+/// Ask the node running a workload to kill it: the request is kept on the row
+/// ([`queries::request_kill`]) and announced ([`notify::KILL`]) in one transaction.
+/// Nothing is written or sent on a database of one node.
 #[derive(Message)]
 #[rtype(result = "Result<(), StoreError>")]
 pub struct RequestKill(pub WorkloadId);
+
+/// The live workloads of a node (by `node_id`) that other nodes asked to kill.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<WorkloadId>, StoreError>")]
+pub struct KillRequests(pub String);
 
 /// Resolves once everything queued before it is committed.
 #[derive(Message)]
@@ -1157,10 +1163,21 @@ impl Handler<RequestKill> for StoreActor {
         if !self.notify {
             return Box::pin(async { Ok(()) });
         }
-        let id = msg.0.to_string();
-        Box::pin(answer(
-            self.write(move |c| notify::notify(c, notify::KILL, &[id])),
-        ))
+        let id = msg.0;
+        Box::pin(answer(self.write(move |c| {
+            // Kept only on a live row; announced in any case, since the node holding a
+            // workload killed in the table while queued there still drops it.
+            queries::request_kill(c, id, Utc::now())?;
+            notify::notify(c, notify::KILL, &[id.to_string()])
+        })))
+    }
+}
+
+impl Handler<KillRequests> for StoreActor {
+    type Result = ResponseFuture<Result<Vec<WorkloadId>, StoreError>>;
+
+    fn handle(&mut self, msg: KillRequests, _: &mut Self::Context) -> Self::Result {
+        Box::pin(self.read(move |c| queries::kill_requests(c, &msg.0)))
     }
 }
 

@@ -15,7 +15,7 @@ use crate::actors::backend::{BackendActor, BackendRestarted, RestartBackend};
 use crate::actors::log_broker::{CloseTopic, LogSinks, OpenTopic};
 use crate::actors::log_follower::Follower;
 use crate::actors::store::{
-    ChangeStatus, GetWorkload, InsertWorkload, KeyToRemember, RequestKill, StoreActor,
+    ChangeStatus, GetWorkload, InsertWorkload, KeyToRemember, KillRequests, RequestKill, StoreActor,
 };
 use crate::actors::workload::{AwaitTerminal, Interrupt, Kill, KillError, Start, WorkloadActor};
 use crate::backends::{Backend, BackendCapabilities, BackendFactory, BackendHealth, WorkloadSpec};
@@ -242,8 +242,8 @@ impl Supervisor {
 
     /// Kill another node's workload `w`. Pending: killed in the table at once (the
     /// state machine refuses it if it started meanwhile) and the node holding it is
-    /// told to drop it. Running: its node is asked (a NOTIFY, re-sent every recheck
-    /// while waiting) and this waits up to the kill timeout for the terminal record.
+    /// told to drop it. Running: its node is asked (a request kept on the row, and a
+    /// NOTIFY) and this waits up to the kill timeout for the terminal record.
     fn kill_remote(
         &mut self,
         w: Workload,
@@ -256,34 +256,21 @@ impl Supervisor {
         let wait = move || {
             let node = holder.clone();
             async move {
-                let waited = tokio::time::timeout(timeout, async {
-                    loop {
-                        // Each round re-sends the request: a node whose listen
-                        // connection was being reopened hears the next one.
-                        let res = store.send(RequestKill(id)).await;
-                        if let Ok(Err(e)) = res {
-                            return Err(KillError::Store(e));
-                        }
-                        let done =
-                            match tokio::time::timeout(follower.recheck(), follower.terminal(id))
-                                .await
-                            {
-                                Ok(Ok(done)) => done,
-                                // Gone (retention) or unreadable: answered as is.
-                                Ok(Err(e)) => return Err(KillError::Store(e)),
-                                Err(_) => continue,
-                            };
-                        return match done.status {
-                            Status::Killed => Ok(done),
-                            other => Err(KillError::Terminal(other)),
-                        };
-                    }
-                })
-                .await;
-                waited.unwrap_or(Err(KillError::NodeDidNotAnswer {
-                    node,
-                    secs: timeout.as_secs(),
-                }))
+                // Kept on the row: a node that missed the notification finds it when
+                // its listen connection is back.
+                if let Ok(Err(e)) = store.send(RequestKill(id)).await {
+                    return Err(KillError::Store(e));
+                }
+                match tokio::time::timeout(timeout, follower.terminal(id)).await {
+                    Ok(Ok(done)) if done.status == Status::Killed => Ok(done),
+                    Ok(Ok(done)) => Err(KillError::Terminal(done.status)),
+                    // Gone (retention) or unreadable: answered as is.
+                    Ok(Err(e)) => Err(KillError::Store(e)),
+                    Err(_) => Err(KillError::NodeDidNotAnswer {
+                        node,
+                        secs: timeout.as_secs(),
+                    }),
+                }
             }
         };
         if w.status != Status::Pending {
@@ -308,6 +295,14 @@ impl Supervisor {
                 }
             },
         ))
+    }
+
+    /// Another node asked to kill `id`: killed here if it runs (or waits) here.
+    fn kill_requested(&self, id: WorkloadId) {
+        if let Some(addr) = self.workloads.get(&id) {
+            log::info!("workload {id}: kill requested by another node");
+            addr.do_send(Kill);
+        }
     }
 
     /// Accepted (or being recorded) and not yet granted a slot, all backends together.
@@ -678,19 +673,27 @@ impl Actor for Supervisor {
 }
 
 /// A kill requested by another node ([`notify::KILL`]): a workload of this node's is
-/// killed as if the request had come here. A [`Notice::Missed`] needs nothing: the
-/// requesting node re-sends its request while it waits.
+/// killed as if the request had come here. After a [`Notice::Missed`] the requests kept
+/// on this node's rows are read back, so none is lost to a reopened listen connection.
 impl StreamHandler<Notice> for Supervisor {
-    fn handle(&mut self, notice: Notice, _: &mut Self::Context) {
-        let Notice::Payload(raw) = notice else {
-            return;
-        };
-        let Ok(id) = raw.parse::<WorkloadId>() else {
-            return;
-        };
-        if let Some(addr) = self.workloads.get(&id) {
-            log::info!("workload {id}: kill requested by another node");
-            addr.do_send(Kill);
+    fn handle(&mut self, notice: Notice, ctx: &mut Self::Context) {
+        match notice {
+            Notice::Payload(raw) => {
+                if let Ok(id) = raw.parse::<WorkloadId>() {
+                    self.kill_requested(id);
+                }
+            }
+            Notice::Missed => {
+                self.store
+                    .send(KillRequests(self.node_id.clone()))
+                    .into_actor(self)
+                    .map(|res, act, _| match res {
+                        Ok(Ok(ids)) => ids.into_iter().for_each(|id| act.kill_requested(id)),
+                        Ok(Err(e)) => log::error!("cannot read kill requests: {e}"),
+                        Err(_) => log::error!("cannot read kill requests: store unavailable"),
+                    })
+                    .spawn(ctx);
+            }
         }
     }
 

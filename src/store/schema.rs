@@ -60,6 +60,7 @@ diesel::table! {
         callback_url -> Nullable<Text>,
         delivery_id -> Nullable<Text>,
         delivery_due_at -> Nullable<Text>,
+        kill_requested_at -> Nullable<Text>,
     }
 }
 
