@@ -119,6 +119,13 @@ pub struct Config {
 pub struct ClusterConfig {
     /// This server is one node of several sharing `db_url`.
     pub enabled: bool,
+    /// Milliseconds between two heartbeats of this node (at least 1).
+    pub heartbeat_ms: u64,
+    /// Milliseconds between two looks for work recorded by other nodes (at least 1).
+    pub poll_ms: u64,
+    /// Seconds without a heartbeat after which a node is declared lost; more than one
+    /// heartbeat interval (checked at load).
+    pub node_timeout_s: u64,
     /// Milliseconds between two polls of the node's LISTEN connection (wake-up latency
     /// across nodes); ten times this between two attempts to reopen it.
     pub listen_poll_ms: u64,
@@ -127,6 +134,22 @@ pub struct ClusterConfig {
     /// Seconds between two re-reads of the table by a follower of another node's
     /// workload, notification or not.
     pub recheck_s: u64,
+}
+
+impl ClusterConfig {
+    /// A node must be able to heartbeat several times before it is declared lost.
+    fn validate(&self) -> Result<(), String> {
+        if self.heartbeat_ms == 0 || self.poll_ms == 0 {
+            return Err("cluster.heartbeat_ms and cluster.poll_ms must be at least 1".into());
+        }
+        if self.node_timeout_s.saturating_mul(1000) <= self.heartbeat_ms.saturating_mul(2) {
+            return Err(format!(
+                "cluster.node_timeout_s ({}s) must exceed two heartbeats (cluster.heartbeat_ms = {})",
+                self.node_timeout_s, self.heartbeat_ms
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `[cors]`: which other origins' pages may call the API.
@@ -394,6 +417,7 @@ impl Config {
         self.webhooks.validate().map_err(ConfigError)?;
         crate::images::policy::RegistryPolicy::new(&self.images).map_err(ConfigError)?;
         self.cors.validate().map_err(ConfigError)?;
+        self.cluster.validate().map_err(ConfigError)?;
         self.database().map_err(|e| {
             ConfigError(match e {
                 crate::store::StoreError::Connection(why) => why,

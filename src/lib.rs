@@ -5,8 +5,9 @@
 //! workload, backend, log broker, store), [`store`] (Diesel/SQLite), [`api`] (HTTP
 //! handlers), [`startup`] (wiring, and [`startup::AppThread`], the one way to boot the
 //! app beside other work), [`config`], [`metrics`], [`webhooks`] (completion webhook
-//! rules: URL policy, signature, backoff, HTTP sender). `vulcan bench` is part of the
-//! executable, not of this library.
+//! rules: URL policy, signature, backoff, HTTP sender), [`cluster`] (a node's membership
+//! of a cluster sharing one PostgreSQL database: registration, heartbeat, fencing).
+//! `vulcan bench` is part of the executable, not of this library.
 //! Client side: [`client`] (a typed HTTP/SSE client of the API) and [`cli`] (the `vulcan`
 //! client subcommands built on it); the server never depends on either.
 
@@ -15,6 +16,7 @@ pub mod api;
 pub mod backends;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod images;
 pub mod metrics;

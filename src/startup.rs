@@ -20,11 +20,12 @@ use crate::actors::supervisor::{
     InterruptAll, ListBackends, Readmit, Supervisor, SupervisorLimits,
 };
 use crate::actors::webhooks::{Deliverer, DeliveriesEnqueued};
-use crate::api::{self, ActorRestarts, AllowedHosts, AppState, Readiness};
+use crate::api::{self, ActorRestarts, AllowedHosts, AppState, Readiness, ThisNode};
 use crate::backends::gvisor::GvisorBackend;
 use crate::backends::isolate::IsolateBackend;
 use crate::backends::microvm::MicrovmBackend;
 use crate::backends::{Backend, BackendCapabilities, BackendFactory, UnavailableBackend};
+use crate::cluster::{Leave, Membership};
 use crate::config::Config;
 use crate::images::policy::RegistryPolicy;
 use crate::images::ImageStore;
@@ -68,6 +69,8 @@ pub struct Application {
     supervisor: Addr<Supervisor>,
     shutdown_timeout: Duration,
     draining: Arc<AtomicBool>,
+    /// On a cluster node: its membership, to leave the cluster at shutdown.
+    membership: Option<Addr<Membership>>,
 }
 
 fn factory<B: Backend>(
@@ -178,6 +181,11 @@ impl Application {
                 Duration::from_secs(config.retention.sweep_interval_s),
             ),
         };
+        let cluster = database.is_shared().then(|| config.cluster.clone());
+        let store = match &cluster {
+            Some(_) => store.cluster_node(config.node_id()),
+            None => store,
+        };
         let store_health = store.health();
         let store = store.start();
         // Watching before any status can change, so no enqueued delivery goes unnoticed.
@@ -221,6 +229,10 @@ impl Application {
             },
             backends,
         );
+        let supervisor = match &cluster {
+            Some(c) => supervisor.shared_queue(Duration::from_millis(c.poll_ms)),
+            None => supervisor,
+        };
         let supervisor = match &follower {
             Some(f) => supervisor.cluster(
                 f.clone(),
@@ -230,6 +242,21 @@ impl Application {
         }
         .start();
 
+        // A cluster node registers before recovery: registering puts the work it had
+        // claimed and not started back in the shared queue (it would be fenced now),
+        // so recovery only finds its interrupted running work.
+        let membership = match &cluster {
+            Some(c) => {
+                let (membership, generation) =
+                    Membership::join(store.clone(), supervisor.clone(), c).await?;
+                log::info!(
+                    "cluster: registered as node {} (generation {generation})",
+                    config.node_id()
+                );
+                Some(membership)
+            }
+            None => None,
+        };
         let only_node = database.is_shared().then(|| config.node_id());
         let recovered = store.send(Recover(only_node)).await??;
         for w in &recovered.interrupted {
@@ -250,6 +277,8 @@ impl Application {
                 recovered.interrupted.len()
             );
         }
+
+        let membership = membership.map(Actor::start);
 
         let draining = Arc::new(AtomicBool::new(false));
         let readiness = Readiness {
@@ -272,6 +301,11 @@ impl Application {
             max_body_bytes: config.max_body_bytes,
             readiness,
             restarts,
+            node: ThisNode {
+                node_id: config.node_id(),
+                started_at: chrono::Utc::now(),
+                cluster: cluster.is_some(),
+            },
             follower,
         });
         if state.token.is_some() {
@@ -323,6 +357,7 @@ impl Application {
             supervisor,
             shutdown_timeout,
             draining,
+            membership,
         })
     }
 
@@ -360,6 +395,13 @@ impl Application {
                 // The server future drives its own shutdown: poll it while stopping.
                 let (_, res) = tokio::join!(handle.stop(true), &mut server);
                 res?;
+            }
+        }
+        if let Some(m) = &self.membership {
+            // Running work is recorded by now (under this node's generation).
+            match actix_web::rt::time::timeout(Duration::from_secs(5), m.send(Leave)).await {
+                Ok(Ok(Ok(n))) => log::info!("cluster: left; {n} unstarted workload(s) re-queued"),
+                _ => log::warn!("cluster: could not leave; survivors will declare this node lost"),
             }
         }
         match actix_web::rt::time::timeout(

@@ -3,12 +3,58 @@
 
 mod common;
 
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use common::cluster::{node, shared_database};
-use common::scripted::{self, job, Options};
+use common::cluster::{node, quick_node, scripted, shared_database};
+use common::scripted::{self as script, job, Observed, Options};
+use common::TestApp;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
 
 const SOON: Duration = Duration::from_secs(60);
+
+/// Every workload of the cluster, read through `app` page by page.
+async fn all_workloads(app: &TestApp) -> Vec<Value> {
+    let mut out = Vec::new();
+    loop {
+        let page = app
+            .get_json(
+                &format!("/v1/workloads?limit=100&offset={}", out.len()),
+                200,
+            )
+            .await;
+        let items = page["workloads"].as_array().expect("workloads").clone();
+        if items.is_empty() {
+            return out;
+        }
+        out.extend(items);
+    }
+}
+
+/// Executions per workload id (as text) seen by one node's backend.
+fn runs(seen: &Observed) -> HashMap<String, usize> {
+    seen.runs
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|(id, n)| (id.to_string(), *n))
+        .collect()
+}
+
+/// Poll `f` until it holds (or panic after `within`).
+async fn eventually<F: std::future::Future<Output = bool>>(
+    within: Duration,
+    what: &str,
+    mut f: impl FnMut() -> F,
+) {
+    let start = Instant::now();
+    while !f().await {
+        assert!(start.elapsed() < within, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 
 #[tokio::test]
 async fn two_nodes_share_one_database_and_either_answers_reads_of_the_others_work() {
@@ -16,7 +62,7 @@ async fn two_nodes_share_one_database_and_either_answers_reads_of_the_others_wor
         return;
     };
     let a = node(&url, "a")
-        .backend(scripted::factory(Options::default()).0)
+        .backend(script::factory(Options::default()).0)
         .spawn()
         .await;
     let b = node(&url, "b").spawn().await;
@@ -29,4 +75,534 @@ async fn two_nodes_share_one_database_and_either_answers_reads_of_the_others_wor
     assert_eq!(done["node_id"], "a", "{done}");
     let seen = b.get_json(&format!("/v1/workloads/{id}"), 200).await;
     assert_eq!(seen, done, "node b reads the same record");
+}
+
+#[tokio::test]
+async fn three_nodes_drain_3000_submissions_each_run_exactly_once_by_the_node_recorded() {
+    let Some(url) = shared_database("three_nodes_drain_3000") else {
+        return;
+    };
+    let mut nodes = Vec::new();
+    let mut seen: Vec<(String, Arc<Observed>)> = Vec::new();
+    for name in ["a", "b", "c"] {
+        let (f, obs) = scripted(4);
+        nodes.push(node(&url, name).backend(f).spawn().await);
+        seen.push((name.to_string(), obs));
+    }
+    const N: usize = 3000;
+    let nodes = Arc::new(nodes);
+    let accepted: Vec<String> = futures_util::stream::iter(0..N)
+        .map(|i| {
+            let nodes = nodes.clone();
+            async move {
+                let w = nodes[i % 3]
+                    .submit_async(&job("node", json!({"delay_ms": 1, "output": i})))
+                    .await;
+                w["id"].as_str().expect("id").to_string()
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    assert_eq!(accepted.iter().collect::<HashSet<_>>().len(), N);
+    eventually(
+        Duration::from_secs(300),
+        "every submission completed",
+        || {
+            let a = &nodes[0];
+            async move {
+                let stats = a.get_json("/v1/stats", 200).await;
+                stats["by_status"]["completed"] == N
+            }
+        },
+    )
+    .await;
+    // Stats are the cluster's on every node (a grouped query over the shared table).
+    for n in nodes.iter() {
+        let stats = n.get_json("/v1/stats", 200).await;
+        assert_eq!(stats["total"], N, "{stats}");
+        assert_eq!(stats["by_status"]["completed"], N, "{stats}");
+    }
+    let per_node: Vec<(String, HashMap<String, usize>)> =
+        seen.iter().map(|(n, obs)| (n.clone(), runs(obs))).collect();
+    let total: usize = per_node
+        .iter()
+        .map(|(_, r)| r.values().sum::<usize>())
+        .sum();
+    assert_eq!(total, N, "executions over all nodes");
+    let records = all_workloads(&nodes[1]).await;
+    assert_eq!(records.len(), N);
+    for w in &records {
+        let id = w["id"].as_str().expect("id");
+        assert_eq!(w["status"], "completed", "{w}");
+        let ran_on: Vec<&str> = per_node
+            .iter()
+            .filter(|(_, r)| r.get(id) == Some(&1))
+            .map(|(n, _)| n.as_str())
+            .collect();
+        assert_eq!(
+            ran_on.len(),
+            1,
+            "{id} ran once, on exactly one node: {ran_on:?}"
+        );
+        assert_eq!(
+            w["node_id"], ran_on[0],
+            "recorded on the node that ran it: {w}"
+        );
+    }
+    let busy = per_node.iter().filter(|(_, r)| !r.is_empty()).count();
+    assert!(busy > 1, "work spread over more than one node");
+    // `nodes` is shared with the finished stream only.
+    let nodes = Arc::try_unwrap(nodes).ok().expect("sole owner");
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn get_nodes_lists_every_node_with_its_backends_capacity_and_heartbeat() {
+    let Some(url) = shared_database("get_nodes_lists_every_node") else {
+        return;
+    };
+    let a = node(&url, "a").backend(scripted(3).0).spawn().await;
+    let b = node(&url, "b").backend(scripted(5).0).spawn().await;
+    let busy = a
+        .submit_async(&job("node", json!({"delay_ms": 60000})))
+        .await;
+    let busy = busy["id"].as_str().expect("id").to_string();
+    let running = a.wait_status(&busy, "running", SOON).await;
+    let runner = running["node_id"].as_str().expect("node").to_string();
+    // The heartbeat (every second by default) carries the running count.
+    eventually(SOON, "a heartbeat shows the running workload", || {
+        let b = &b;
+        let runner = runner.clone();
+        async move {
+            let list = b.get_json("/v1/nodes", 200).await;
+            list.as_array()
+                .expect("array")
+                .iter()
+                .any(|n| n["node_id"] == runner.as_str() && n["backends"][0]["running"] == 1)
+        }
+    })
+    .await;
+    let list = a.get_json("/v1/nodes", 200).await;
+    let list = list.as_array().expect("array");
+    let ids: Vec<&str> = list
+        .iter()
+        .map(|n| n["node_id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ids, vec!["a", "b"]);
+    for (n, slots) in list.iter().zip([3, 5]) {
+        assert_eq!(n["state"], "alive", "{n}");
+        assert_eq!(n["generation"], 1, "{n}");
+        assert_eq!(n["backends"][0]["name"], "scripted", "{n}");
+        assert_eq!(n["backends"][0]["slots"], slots, "{n}");
+        let beat =
+            chrono::DateTime::parse_from_rfc3339(n["last_heartbeat"].as_str().expect("heartbeat"))
+                .expect("rfc3339");
+        let age = chrono::Utc::now().signed_duration_since(beat);
+        assert!(age < chrono::Duration::seconds(30), "{n}");
+        assert!(n["started_at"].is_string(), "{n}");
+    }
+    let killed = a.delete(&format!("/v1/workloads/{busy}")).await;
+    assert!(killed.status().is_success() || killed.status() == 409);
+}
+
+#[tokio::test]
+async fn a_single_server_lists_itself_alone() {
+    let app = common::app()
+        .env("VULCAN_NODE_ID", "solo")
+        .backend(scripted(2).0)
+        .spawn()
+        .await;
+    let list = app.get_json("/v1/nodes", 200).await;
+    let list = list.as_array().expect("array");
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["node_id"], "solo");
+    assert_eq!(list[0]["state"], "alive");
+    assert_eq!(list[0]["backends"][0]["slots"], 2);
+    assert_eq!(list[0]["backends"][0]["running"], 0);
+}
+
+#[tokio::test]
+async fn a_second_server_with_a_live_nodes_id_refuses_to_start() {
+    let Some(url) = shared_database("live_node_id_refused_at_start") else {
+        return;
+    };
+    let a = node(&url, "a").backend(scripted(1).0).spawn().await;
+    let err = node(&url, "a")
+        .backend(scripted(1).0)
+        .try_spawn()
+        .await
+        .err()
+        .expect("a live node already has node_id a");
+    assert!(err.to_string().contains("live node"), "{err}");
+    // The first one is unharmed.
+    let w = a.submit_async(&job("node", json!({"output": 1}))).await;
+    let done = a.wait_terminal(w["id"].as_str().expect("id"), SOON).await;
+    assert_eq!(done["status"], "completed", "{done}");
+}
+
+#[tokio::test]
+async fn a_sync_submission_run_by_another_node_answers_with_its_result() {
+    let Some(url) = shared_database("sync_run_elsewhere") else {
+        return;
+    };
+    let (fa, seen_a) = scripted(1);
+    let a = node(&url, "a").backend(fa).spawn().await;
+    let busy = script::occupy_slot(&a).await;
+    let (fb, seen_b) = scripted(2);
+    let b = node(&url, "b").backend(fb).spawn().await;
+    // a's only slot is taken: b claims the work a accepted.
+    let res = a
+        .post(
+            "/v1/workloads",
+            &job("node", json!({"output": {"ran": "elsewhere"}})),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let w: Value = res.json().await.expect("json");
+    assert_eq!(w["status"], "completed", "{w}");
+    assert_eq!(w["output"]["ran"], "elsewhere", "{w}");
+    assert_eq!(w["node_id"], "b", "{w}");
+    let id = w["id"].as_str().expect("id");
+    assert_eq!(runs(&seen_b).get(id), Some(&1));
+    assert_eq!(runs(&seen_a).get(id), None);
+    let _ = a.delete(&format!("/v1/workloads/{busy}")).await;
+    let _ = b;
+}
+
+#[tokio::test]
+async fn a_crashed_nodes_running_work_fails_node_lost_and_its_queue_runs_on_a_survivor() {
+    let Some(url) = shared_database("crashed_node_work_recovered") else {
+        return;
+    };
+    let (fa, seen_a) = scripted(2);
+    let a = quick_node(&url, "a").backend(fa).spawn().await;
+    let mut doomed = Vec::new();
+    for _ in 0..2 {
+        let w = a
+            .submit_async(&job("node", json!({"delay_ms": 600000})))
+            .await;
+        let id = w["id"].as_str().expect("id").to_string();
+        a.wait_status(&id, "running", SOON).await;
+        doomed.push(id);
+    }
+    // a's slots are full: what it accepts now waits in the shared queue.
+    let mut queued = Vec::new();
+    for i in 0..3 {
+        let w = a.submit_async(&job("node", json!({"output": i}))).await;
+        queued.push(w["id"].as_str().expect("id").to_string());
+    }
+    let (fb, seen_b) = scripted(4);
+    let b = quick_node(&url, "b").backend(fb).spawn().await;
+    for id in &queued {
+        let done = b.wait_terminal(id, SOON).await;
+        assert_eq!(done["status"], "completed", "{done}");
+        assert_eq!(done["node_id"], "b", "{done}");
+    }
+
+    let crashed_at = Instant::now();
+    a.crash().await;
+    for id in &doomed {
+        let w = b.wait_terminal(id, Duration::from_secs(30)).await;
+        assert_eq!(w["status"], "failed", "{w}");
+        assert_eq!(w["error"], "node lost", "{w}");
+        assert_eq!(w["node_id"], "a", "{w}");
+    }
+    // Liveness bound only: node_timeout_s is 2 s, heartbeats every 200 ms.
+    assert!(crashed_at.elapsed() < Duration::from_secs(30));
+    let list = b.get_json("/v1/nodes", 200).await;
+    let a_row = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|n| n["node_id"] == "a")
+        .expect("a listed")
+        .clone();
+    assert_eq!(a_row["state"], "lost", "{a_row}");
+    assert_eq!(a_row["generation"], 2, "fenced: {a_row}");
+
+    // The survivor keeps working at once; nothing ran twice.
+    let w = b
+        .submit_async(&job("node", json!({"output": "next"})))
+        .await;
+    let next = b.wait_terminal(w["id"].as_str().expect("id"), SOON).await;
+    assert_eq!(next["status"], "completed", "{next}");
+    let (ra, rb) = (runs(&seen_a), runs(&seen_b));
+    for id in &doomed {
+        assert_eq!(ra.get(id), Some(&1), "{id} ran once on a");
+        assert_eq!(rb.get(id), None, "{id} was not run again");
+    }
+    for id in &queued {
+        assert_eq!(rb.get(id), Some(&1), "{id} ran once on b");
+        assert_eq!(ra.get(id), None);
+    }
+
+    // a comes back under its id (its row is lost, not live): a new generation.
+    let (fa2, seen_a2) = scripted(2);
+    let a2 = quick_node(&url, "a").backend(fa2).spawn().await;
+    let list = a2.get_json("/v1/nodes", 200).await;
+    let a_row = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|n| n["node_id"] == "a")
+        .expect("a listed")
+        .clone();
+    assert_eq!(a_row["state"], "alive", "{a_row}");
+    assert_eq!(a_row["generation"], 3, "{a_row}");
+    for id in &doomed {
+        let w = a2.get_json(&format!("/v1/workloads/{id}"), 200).await;
+        assert_eq!(
+            w["error"], "node lost",
+            "the survivor's decision stands: {w}"
+        );
+    }
+    assert!(
+        runs(&seen_a2).is_empty(),
+        "nothing of the old work ran again"
+    );
+}
+
+#[tokio::test]
+async fn a_node_stopped_gracefully_leaves_and_starts_again_at_once_under_its_id() {
+    let Some(url) = shared_database("graceful_leave") else {
+        return;
+    };
+    let a = node(&url, "a").backend(scripted(1).0).spawn().await;
+    let (fb, _) = scripted(1);
+    let b = node(&url, "b").backend(fb).spawn().await;
+    a.stop().await;
+    let list = b.get_json("/v1/nodes", 200).await;
+    let a_row = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|n| n["node_id"] == "a")
+        .expect("a listed")
+        .clone();
+    assert_eq!(a_row["state"], "lost", "left the cluster: {a_row}");
+    let (fa, seen) = scripted(1);
+    let a = node(&url, "a")
+        .backend(fa)
+        .try_spawn()
+        .await
+        .expect("not refused: the node left, it is not live");
+    let w = a.submit_async(&job("node", json!({"output": 7}))).await;
+    let done = a.wait_terminal(w["id"].as_str().expect("id"), SOON).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let ran = runs(&seen).len() + usize::from(done["node_id"] == "b");
+    assert_eq!(ran, 1, "{done}");
+}
+
+#[tokio::test]
+async fn a_nodes_admission_bound_holds_for_work_waiting_in_the_shared_queue() {
+    let Some(url) = shared_database("admission_bound_per_node") else {
+        return;
+    };
+    let a = node(&url, "a")
+        .env("VULCAN_MAX_QUEUE", "3")
+        .backend(scripted(1).0)
+        .spawn()
+        .await;
+    let busy = script::occupy_slot(&a).await;
+    // No node has a free slot: these wait unclaimed, counted against a's bound.
+    for _ in 0..3 {
+        a.submit_async(&job("node", json!({"output": 1}))).await;
+    }
+    let res = a
+        .post("/v1/workloads/async", &job("node", json!({"output": 1})))
+        .await;
+    assert_eq!(res.status(), 429);
+    assert!(res.headers().contains_key("retry-after"));
+    let v: Value = res.json().await.expect("json");
+    assert!(
+        v["error"]
+            .as_str()
+            .expect("error")
+            .contains("pending workloads"),
+        "{v}"
+    );
+    // Another node with room takes them; a's bound frees and it accepts again.
+    let b = node(&url, "b").backend(scripted(4).0).spawn().await;
+    eventually(SOON, "a accepts again once b took its queue", || {
+        let a = &a;
+        async move {
+            a.post("/v1/workloads/async", &job("node", json!({"output": 2})))
+                .await
+                .status()
+                == 202
+        }
+    })
+    .await;
+    let _ = a.delete(&format!("/v1/workloads/{busy}")).await;
+    let _ = b;
+}
+
+#[tokio::test]
+async fn work_waiting_in_the_shared_queue_is_killed_where_it_waits_and_never_runs() {
+    let Some(url) = shared_database("kill_unclaimed") else {
+        return;
+    };
+    let (f, seen) = scripted(1);
+    let a = node(&url, "a").backend(f).spawn().await;
+    let busy = script::occupy_slot(&a).await;
+    let w = a.submit_async(&job("node", json!({"output": 1}))).await;
+    let id = w["id"].as_str().expect("id").to_string();
+    let waiting = a.get_json(&format!("/v1/workloads/{id}"), 200).await;
+    assert_eq!(waiting["status"], "pending", "{waiting}");
+    assert_eq!(waiting["node_id"], "", "claimed by no node yet: {waiting}");
+    let res = a.delete(&format!("/v1/workloads/{id}")).await;
+    assert_eq!(res.status(), 200);
+    let killed: Value = res.json().await.expect("json");
+    assert_eq!(killed["status"], "killed", "{killed}");
+    // The slot frees: the killed one is not claimed, the next submission runs.
+    let res = a.delete(&format!("/v1/workloads/{busy}")).await;
+    assert_eq!(res.status(), 200);
+    let next = a.submit_async(&job("node", json!({"output": 2}))).await;
+    let next = a
+        .wait_terminal(next["id"].as_str().expect("id"), SOON)
+        .await;
+    assert_eq!(next["status"], "completed", "{next}");
+    assert_eq!(runs(&seen).get(&id), None, "the killed workload never ran");
+}
+
+#[tokio::test]
+async fn a_sigkilled_vulcan_serve_nodes_running_work_fails_node_lost_and_its_queue_runs_elsewhere()
+{
+    let Some(url) = shared_database("sigkilled_node") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    let quick = [
+        ("VULCAN_DB_URL", url.as_str()),
+        ("VULCAN_CLUSTER__ENABLED", "true"),
+        ("VULCAN_CLUSTER__HEARTBEAT_MS", "200"),
+        ("VULCAN_CLUSTER__NODE_TIMEOUT_S", "2"),
+        ("VULCAN_BACKENDS__ISOLATE__MAX_CONCURRENCY", "2"),
+    ];
+    let mut env = quick.to_vec();
+    env.push(("VULCAN_NODE_ID", "a"));
+    let a = common::binary::Binary::serve(dir.path(), &env).await;
+    let client = reqwest::Client::new();
+    let submit = |code: &str, timeout_s: u32| {
+        let client = client.clone();
+        let url = format!("{}/v1/workloads/async", a.base);
+        let body = json!({"runtime": "node", "code": code, "resources": {"timeout_s": timeout_s}});
+        async move {
+            let res = client.post(url).json(&body).send().await.expect("submit");
+            assert_eq!(res.status(), 202);
+            let w: Value = res.json().await.expect("json");
+            w["id"].as_str().expect("id").to_string()
+        }
+    };
+    let read = |id: String| {
+        let client = client.clone();
+        let url = format!("{}/v1/workloads/{id}", a.base);
+        async move {
+            let w: Value = client
+                .get(url)
+                .send()
+                .await
+                .expect("get")
+                .json()
+                .await
+                .expect("json");
+            w
+        }
+    };
+    let long = "export default async () => { await new Promise((r) => setTimeout(r, 600000)); return 1; };";
+    let mut doomed = Vec::new();
+    for _ in 0..2 {
+        let id = submit(long, 900).await;
+        eventually(SOON, "running on a", || {
+            let w = read(id.clone());
+            async move { w.await["status"] == "running" }
+        })
+        .await;
+        doomed.push(id);
+    }
+    // a's two slots are taken: these wait in the shared queue.
+    let mut queued = Vec::new();
+    for _ in 0..2 {
+        queued.push(submit("export default () => 2;", 30).await);
+    }
+    drop(a); // SIGKILL, then reaped by wait(): no shutdown work at all.
+
+    let b = quick
+        .iter()
+        .fold(node(&url, "b"), |n, (k, v)| n.env(k, v))
+        .env("VULCAN_BACKENDS__GVISOR__ENABLED", "false")
+        .env("VULCAN_BACKENDS__MICROVM__ENABLED", "false")
+        .builtin()
+        .spawn()
+        .await;
+    for id in &queued {
+        let w = b.wait_terminal(id, SOON).await;
+        assert_eq!(w["status"], "completed", "{w}");
+        assert_eq!(w["output"], 2, "{w}");
+        assert_eq!(w["node_id"], "b", "{w}");
+    }
+    for id in &doomed {
+        let w = b.wait_terminal(id, Duration::from_secs(30)).await;
+        assert_eq!(w["status"], "failed", "{w}");
+        assert_eq!(w["error"], "node lost", "{w}");
+        assert_eq!(w["node_id"], "a", "{w}");
+        assert!(w["output"].is_null(), "{w}");
+    }
+    let stats = b.get_json("/v1/stats", 200).await;
+    assert_eq!(stats["total"], 4, "nothing lost, nothing added: {stats}");
+    assert_eq!(stats["by_status"]["completed"], 2, "{stats}");
+    assert_eq!(stats["by_status"]["failed"], 2, "{stats}");
+}
+
+#[tokio::test]
+async fn a_node_declared_lost_stops_its_work_without_overwriting_it_and_registers_again() {
+    let Some(url) = shared_database("fenced_node_rejoins") else {
+        return;
+    };
+    let (f, seen) = scripted(2);
+    let a = quick_node(&url, "a").backend(f).spawn().await;
+    let w = a
+        .submit_async(&job("node", json!({"delay_ms": 600000})))
+        .await;
+    let id = w["id"].as_str().expect("id").to_string();
+    a.wait_status(&id, "running", SOON).await;
+    // While a was cut off, a survivor declared it lost (the statements of the reaping
+    // pass): generation bumped, its running work failed.
+    common::cluster::execute(
+        &url,
+        "UPDATE nodes SET state = 'lost', generation = generation + 1 WHERE node_id = 'a';
+         UPDATE workloads SET status = 'failed', error = 'node lost',
+             finished_at = '2026-01-01T00:00:00.000Z' WHERE node_id = 'a' AND status = 'running';",
+    );
+    // a's next heartbeat finds it fenced: it stops the execution and registers again.
+    eventually(SOON, "the execution is stopped", || {
+        let seen = seen.clone();
+        let id = id.clone();
+        async move { seen.saw_cancel(&id) }
+    })
+    .await;
+    eventually(SOON, "a is back under a new generation", || {
+        let a = &a;
+        async move {
+            let list = a.get_json("/v1/nodes", 200).await;
+            list[0]["state"] == "alive" && list[0]["generation"] == 3
+        }
+    })
+    .await;
+    let w = a.get_json(&format!("/v1/workloads/{id}"), 200).await;
+    assert_eq!(w["status"], "failed", "{w}");
+    assert_eq!(
+        w["error"], "node lost",
+        "the survivor's decision stands: {w}"
+    );
+    assert_eq!(w["finished_at"], "2026-01-01T00:00:00.000Z", "{w}");
+    let next = a.submit_async(&job("node", json!({"output": 5}))).await;
+    let next = a
+        .wait_terminal(next["id"].as_str().expect("id"), SOON)
+        .await;
+    assert_eq!(next["status"], "completed", "{next}");
+    assert_eq!(next["node_id"], "a", "{next}");
 }

@@ -290,6 +290,8 @@ async fn real_answers_of_every_endpoint_match_their_schemas() {
         app.post("/v1/backends/nope/restart", &json!({})).await,
     )
     .await;
+    c.check("GET", "/v1/nodes", app.get("/v1/nodes").await)
+        .await;
     c.check("GET", "/v1/images", app.get("/v1/images").await)
         .await;
     c.check(

@@ -35,7 +35,7 @@ use crate::store::queries::{
 };
 use crate::store::{
     isolated, notify, open_read_pool, open_writer, write_transaction, Database, DbConnection,
-    LogReads, ReadPool, StoreError,
+    Fence, LogReads, ReadPool, StoreError,
 };
 
 /// How a batch ended, as each of its writes is told (cloneable, unlike `StoreError`).
@@ -82,6 +82,8 @@ enum ToWriter {
 struct ChangeReq {
     id: WorkloadId,
     change: StatusChange,
+    /// A cluster node's fence (see [`crate::store::Fence`]); `None` on a single node.
+    fence: Option<Fence>,
     tx: oneshot::Sender<Result<Workload, StoreError>>,
     /// The database is shared: a terminal record is announced ([`notify::TERMINAL`])
     /// in the transaction that commits it.
@@ -148,12 +150,13 @@ fn change_job(req: ChangeReq) -> Job {
     let ChangeReq {
         id,
         change,
+        fence,
         tx,
         notify,
     } = req;
     job_of(
         move |c| {
-            let w = queries::apply_change(c, id, &change)?;
+            let w = queries::apply_fenced_change(c, id, &change, fence.as_ref())?;
             if notify {
                 notify_terminal(c, &w)?;
             }
@@ -263,6 +266,10 @@ fn plan(items: Vec<Item>, coalesced: &prometheus::IntCounter) -> Vec<Job> {
     let mut absorbs: HashMap<usize, usize> = HashMap::new();
     for (i, item) in items.iter().enumerate() {
         if let Item::Change(c) = item {
+            // A fenced change is guarded one by one (the merged statement has no fence).
+            if c.fence.is_some() {
+                continue;
+            }
             if c.change.to == Status::Running {
                 open.insert(c.id, i);
             } else if let Some(r) = open.remove(&c.id) {
@@ -364,13 +371,22 @@ pub struct StoreActor {
     /// Where log pages are read ([`StoreActor::log_reads`]); without one (an actor
     /// built for a unit test) on the general read pool.
     log_reads: Option<LogReads>,
-    /// `GET /v1/stats`, moved by the writer as writes commit.
+    /// `GET /v1/stats`, moved by the writer as writes commit (a single node's only).
     counters: Arc<Mutex<StatsCounters>>,
+    /// On a cluster node ([`StoreActor::cluster_node`]): whose status writes these are,
+    /// with the generation the node registered with (0 until it has).
+    fence: Option<Arc<Mutex<Fence>>>,
     /// The database is shared with other nodes: log appends, terminal records and kill
     /// requests are announced with NOTIFY (see [`crate::store::notify`]). Never on
     /// a database of one node.
     notify: bool,
 }
+
+mod cluster;
+pub use cluster::{
+    ClaimWork, Heartbeat, LeaveCluster, ListNodes, ReapLostNodes, RegisterNode, RequeueOrphans,
+    StillUnclaimed,
+};
 
 /// How often a store that cannot write tries a probe write.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -421,8 +437,27 @@ impl StoreActor {
             deliveries: None,
             log_reads: None,
             counters,
+            fence: None,
             notify: db.is_shared(),
         })
+    }
+
+    /// This store serves node `node_id` of a cluster: its status writes are fenced by
+    /// the generation [`cluster::RegisterNode`] answers, and the statistics are read
+    /// from the shared table (the counters only see this node's writes).
+    pub fn cluster_node(mut self, node_id: String) -> Self {
+        self.fence = Some(Arc::new(Mutex::new(Fence {
+            node_id,
+            generation: 0,
+        })));
+        self
+    }
+
+    /// The current fence, on a cluster node.
+    fn fence(&self) -> Option<Fence> {
+        self.fence
+            .as_ref()
+            .map(|f| f.lock().unwrap_or_else(|p| p.into_inner()).clone())
     }
 
     /// Read log pages ([`GetLogs`]) on `pool`'s threads, apart from every other read.
@@ -984,9 +1019,11 @@ impl Handler<ChangeStatus> for StoreActor {
 
     fn handle(&mut self, msg: ChangeStatus, _: &mut Self::Context) -> Self::Result {
         let (tx, rx) = oneshot::channel();
+        let fence = self.fence();
         let _ = self.writer.send(ToWriter::Change(ChangeReq {
             id: msg.id,
             change: msg.change,
+            fence,
             tx,
             notify: self.notify,
         }));
@@ -1120,6 +1157,12 @@ impl Handler<GetStats> for StoreActor {
     type Result = ResponseFuture<Result<Stats, StoreError>>;
 
     fn handle(&mut self, _: GetStats, _: &mut Self::Context) -> Self::Result {
+        if self.fence.is_some() {
+            // Every node writes the shared table: one grouped scan per request.
+            return Box::pin(
+                self.read(|c| Ok(StatsCounters::seeded(queries::stat_groups(c)?).snapshot())),
+            );
+        }
         let counters = self.counters.clone();
         Box::pin(async move {
             let c = counters.lock().unwrap_or_else(|p| p.into_inner());

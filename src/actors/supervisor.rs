@@ -28,6 +28,9 @@ use crate::store::notify::{self, Notice};
 use crate::store::StoreError;
 use crate::store::{KeyedInsert, PendingWork, StatusChange};
 
+mod shared;
+pub use shared::{ClaimNow, Fenced};
+
 /// Why a submission was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
@@ -187,10 +190,48 @@ pub struct Supervisor {
     /// Shutting down: no new work is accepted and no queued work is started (it stays
     /// pending in the store for the next start).
     draining: bool,
+    /// On a cluster node: the shared queue this node claims its work from; `None` on a
+    /// single node, which runs what it accepts.
+    shared: Option<SharedQueue>,
     /// On a cluster: follows other nodes' workloads (kills, waits) and hears kill
     /// requests for this node's; with how long a kill of another node's workload
     /// waits for it.
     cluster: Option<(Follower, std::time::Duration)>,
+}
+
+/// A cluster node's side of the shared queue (issue 17): submissions are recorded
+/// unclaimed, and the node claims what its free slots can run.
+struct SharedQueue {
+    /// How often to look for work recorded by other nodes.
+    poll: std::time::Duration,
+    /// Submissions this node accepted that no node has claimed yet: counted in their
+    /// backend's `pending` and in `pending_bytes` like queued work (the admission
+    /// bounds hold per node), with their payload kept for when this node claims them.
+    unclaimed: HashMap<WorkloadId, Unclaimed>,
+    /// How many of `unclaimed` each backend has (kept with it by `hold` and `take`).
+    unclaimed_per_backend: HashMap<String, usize>,
+    /// A claim is on its way to the store.
+    claiming: bool,
+    /// Asked to claim while one was on its way: claim again when it returns.
+    again: bool,
+    /// A look for which of `unclaimed` other nodes took is on its way.
+    refreshing: bool,
+    /// Ended unadmitted (killed) while a claim was on its way: if that claim took it
+    /// (committed just before the end), it is not admitted. Cleared at each claim's
+    /// answer, so it holds at most what ended during one claim.
+    ended_during_claim: HashSet<WorkloadId>,
+    /// Polls since the last look for orphaned claims.
+    polls: u32,
+    /// A look for orphaned claims is on its way: no claim is sent meanwhile (it would
+    /// look orphaned until its answer arrives).
+    adopting: bool,
+}
+
+/// One of [`SharedQueue::unclaimed`].
+struct Unclaimed {
+    backend: String,
+    bytes: usize,
+    payload: (Payload, Vec<u8>),
 }
 
 impl Supervisor {
@@ -219,6 +260,7 @@ impl Supervisor {
             awaiting: HashMap::new(),
             factories,
             draining: false,
+            shared: None,
             cluster: None,
         }
     }
@@ -303,6 +345,24 @@ impl Supervisor {
             log::info!("workload {id}: kill requested by another node");
             addr.do_send(Kill);
         }
+    }
+
+    /// Make this supervisor a cluster node's: submissions go to the shared queue and
+    /// the node claims work for its free slots, after each local submission, whenever
+    /// a slot frees, on [`ClaimNow`], and every `poll`.
+    pub fn shared_queue(mut self, poll: std::time::Duration) -> Self {
+        self.shared = Some(SharedQueue {
+            poll: poll.max(std::time::Duration::from_millis(1)),
+            unclaimed: HashMap::new(),
+            unclaimed_per_backend: HashMap::new(),
+            claiming: false,
+            again: false,
+            refreshing: false,
+            polls: 0,
+            adopting: false,
+            ended_during_claim: HashSet::new(),
+        });
+        self
     }
 
     /// Accepted (or being recorded) and not yet granted a slot, all backends together.
@@ -467,6 +527,7 @@ impl Supervisor {
                                 status: record.status,
                             });
                             act.resolve_awaiting(record);
+                            act.ended_while_claimed(id);
                         }
                         Err(e) => {
                             log::error!("workload {id}: could not record {status}: {e}");
@@ -663,6 +724,14 @@ impl Actor for Supervisor {
         }
         // Worker crashes also happen between requests; keep the metric current.
         ctx.run_interval(WORKER_METRICS_EVERY, |act, _| act.count_worker_restarts());
+        if let Some(q) = &self.shared {
+            // Work recorded by other nodes, and this node's submissions they took.
+            ctx.run_interval(q.poll, |act, ctx| {
+                act.claim(ctx);
+                act.refresh_unclaimed(ctx);
+                act.requeue_orphans(ctx);
+            });
+        }
         if let Some((follower, _)) = &self.cluster {
             let kills = follower.listener().subscribe(notify::KILL, None);
             ctx.add_stream(futures_util::stream::unfold(kills, |mut sub| async move {
@@ -805,7 +874,11 @@ impl Handler<Submit> for Supervisor {
             requested_isolation: req.isolation,
             backend,
             runtime: req.runtime,
-            node_id: self.node_id.clone(),
+            node_id: if self.shared.is_some() {
+                crate::store::nodes::UNCLAIMED.to_string()
+            } else {
+                self.node_id.clone()
+            },
             input_hash: req.input_hash(),
             output: None,
             exit_code: None,
@@ -851,13 +924,23 @@ impl Handler<Submit> for Supervisor {
                                 record.backend
                             );
                             let wait = kind == SubmitKind::Sync;
-                            let done = act.admit(
-                                record.clone(),
-                                Some((req.payload, req.input)),
-                                bytes,
-                                wait,
-                                ctx,
-                            );
+                            let done = if act.shared.is_some() {
+                                act.hold_unclaimed(
+                                    &record,
+                                    (req.payload, req.input),
+                                    bytes,
+                                    wait,
+                                    ctx,
+                                )
+                            } else {
+                                act.admit(
+                                    record.clone(),
+                                    Some((req.payload, req.input)),
+                                    bytes,
+                                    wait,
+                                    ctx,
+                                )
+                            };
                             Ok(SubmitOutcome::Accepted(Box::new(Submitted {
                                 workload: record,
                                 done,
@@ -1055,7 +1138,7 @@ impl Supervisor {
 impl Handler<WorkloadEnded> for Supervisor {
     type Result = ();
 
-    fn handle(&mut self, msg: WorkloadEnded, _: &mut Self::Context) {
+    fn handle(&mut self, msg: WorkloadEnded, ctx: &mut Self::Context) {
         self.workloads.remove(&msg.id);
         self.count_worker_restarts();
         self.unqueue_bytes(msg.id);
@@ -1078,6 +1161,7 @@ impl Handler<WorkloadEnded> for Supervisor {
             }
         }
         self.dispatch(&msg.backend);
+        self.claim(ctx);
     }
 }
 
@@ -1086,8 +1170,13 @@ impl Handler<WorkloadReady> for Supervisor {
 
     fn handle(&mut self, msg: WorkloadReady, _: &mut Self::Context) {
         // Gone already (it ended while preparing): nothing to queue.
-        if self.preparing.remove(&msg.id) && self.workloads.contains_key(&msg.id) {
-            self.enqueue(msg.id, &msg.backend);
+        if self.preparing.remove(&msg.id) {
+            if self.workloads.contains_key(&msg.id) {
+                self.enqueue(msg.id, &msg.backend);
+            } else if let Some(entry) = self.backends.get_mut(&msg.backend) {
+                // Dropped while preparing (the node was fenced): no longer pending here.
+                entry.pending = entry.pending.saturating_sub(1);
+            }
         }
     }
 }

@@ -112,6 +112,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound => ApiError::NotFound("workload not found".into()),
             StoreError::InvalidTransition(t) => ApiError::Conflict(t.to_string()),
+            e @ StoreError::Fenced => ApiError::Conflict(e.to_string()),
             StoreError::Full => ApiError::InsufficientStorage("storage full".into()),
             // The cause's detail is SQLite's text, for the log only.
             StoreError::WriteFailed(cause) => {

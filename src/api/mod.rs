@@ -13,6 +13,7 @@ mod deliveries;
 pub mod error;
 mod images;
 mod logs;
+mod nodes;
 pub mod openapi;
 mod system;
 mod workloads;
@@ -44,6 +45,7 @@ use crate::images::policy::RegistryPolicy;
 use crate::metrics::Metrics;
 use crate::model::{Limits, WorkloadId};
 use crate::webhooks::policy::CallbackPolicy;
+pub use nodes::ThisNode;
 
 /// What handlers share: actor addresses and settings. Read-only.
 pub struct AppState {
@@ -77,6 +79,8 @@ pub struct AppState {
     pub readiness: Readiness,
     /// Restarts of the store's writer and of the log broker.
     pub restarts: ActorRestarts,
+    /// This server as a node (`GET /v1/nodes`).
+    pub node: ThisNode,
     /// On a cluster: streams of other nodes' workloads follow the shared table.
     pub follower: Option<crate::actors::log_follower::Follower>,
 }
@@ -140,6 +144,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
                 deliveries::routes(cfg);
                 logs::routes(cfg);
                 backends::routes(cfg);
+                nodes::routes(cfg);
                 images::routes(cfg);
                 system::routes(cfg);
             })

@@ -13,7 +13,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::{backends, dashboard, deliveries, images, logs, system, workloads};
+use super::{backends, dashboard, deliveries, images, logs, nodes, system, workloads};
 
 /// The document's source: every documented handler and the schemas they name.
 #[derive(OpenApi)]
@@ -36,6 +36,7 @@ use super::{backends, dashboard, deliveries, images, logs, system, workloads};
         logs::history,
         backends::list,
         backends::restart,
+        nodes::list,
         images::list,
         images::pull,
         images::remove,
@@ -54,6 +55,7 @@ use super::{backends, dashboard, deliveries, images, logs, system, workloads};
         (name = "workloads", description = "Submit, inspect, list and kill workloads"),
         (name = "logs", description = "Live and recorded logs"),
         (name = "backends", description = "The isolation backends"),
+        (name = "nodes", description = "The nodes of a cluster sharing one database"),
         (name = "images", description = "The OCI image store"),
         (name = "system", description = "Health, metrics, stats, actors, this document"),
         (name = "dashboard", description = "The web dashboard (static files, no data)"),

@@ -7,6 +7,7 @@ mod id;
 mod idempotency;
 mod image_ref;
 mod kinds;
+mod node;
 mod request;
 mod status;
 mod workload;
@@ -16,6 +17,7 @@ pub use id::WorkloadId;
 pub use idempotency::{IdempotencyKey, IdempotencyRecord, SubmitKind, MAX_KEY_BYTES};
 pub use image_ref::{is_sha256_digest, ImageRef};
 pub use kinds::{Isolation, IsolationRequest, Runtime};
+pub use node::{BackendCapacity, NodeInfo, NodeState};
 pub use request::{
     Limits, Payload, RequestError, Resources, ResourcesDto, WorkloadRequest, WorkloadRequestDto,
 };

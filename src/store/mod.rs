@@ -28,6 +28,7 @@ pub(crate) mod counters;
 pub(crate) mod deliveries;
 mod log_reads;
 mod models;
+pub(crate) mod nodes;
 pub mod notify;
 pub(crate) mod queries;
 mod schema;
@@ -37,6 +38,7 @@ pub(crate) mod test_pg;
 mod tests;
 
 pub use log_reads::LogReads;
+pub use nodes::{Fence, Reaped, NODE_LOST};
 pub use notify::{Listener, Notice, Subscription};
 pub use queries::{
     BackendStats, KeyedInsert, ListQuery, PendingWork, Recovered, Stats, StatusChange, INTERRUPTED,
@@ -228,6 +230,17 @@ pub enum StoreError {
     /// The store is shutting down or its writer thread is gone.
     #[error("store unavailable")]
     Unavailable,
+    /// A cluster node's write refused by its fence: a survivor declared the node lost
+    /// (or the work was claimed by another node) and decided about the workload; the
+    /// node must not overwrite that.
+    #[error(
+        "the write was refused: the workload is held by another node, or this node was \
+         declared lost (fenced)"
+    )]
+    Fenced,
+    /// A cluster node could not register: a live node already has its `node_id`.
+    #[error("{0}")]
+    NodeLive(String),
 }
 
 impl StoreError {

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use super::nodes::Fence;
 use super::DbConnection;
 use chrono::{DateTime, Utc};
 use diesel::connection::SimpleConnection;
@@ -417,6 +418,19 @@ pub fn apply_change(
     id: WorkloadId,
     change: &StatusChange,
 ) -> Result<Workload, StoreError> {
+    apply_fenced_change(conn, id, change, None)
+}
+
+/// [`apply_change`], and with a `fence` (a cluster node's writes) only to a workload
+/// that node claimed under its current generation, or, for a kill, to pending work no
+/// node claimed yet; otherwise nothing is written and the answer is
+/// [`StoreError::Fenced`].
+pub fn apply_fenced_change(
+    conn: &mut DbConnection,
+    id: WorkloadId,
+    change: &StatusChange,
+    fence: Option<&Fence>,
+) -> Result<Workload, StoreError> {
     let key = id.to_string();
     let to = change.to;
     let allowed_from: Vec<&str> = Status::ALL
@@ -428,41 +442,62 @@ pub fn apply_change(
     let target = workloads::table
         .find(&key)
         .filter(workloads::status.eq_any(allowed_from));
-    let updated = if to == Status::Running {
-        per_engine!(&mut *conn, |c| diesel::update(target)
-            .set((
-                workloads::status.eq(to.as_str()),
-                workloads::started_at.eq(&at),
-            ))
-            .returning(WorkloadRow::as_returning())
-            .get_result(c)
-            .optional()?)
-    } else {
-        let output = change.output.as_ref().map(Output::as_str);
-        per_engine!(&mut *conn, |c| diesel::update(target)
-            .set((
-                workloads::status.eq(to.as_str()),
-                workloads::finished_at.eq(&at),
-                workloads::output.eq(output),
-                workloads::exit_code.eq(change.exit_code),
-                workloads::error.eq(&change.error),
-                workloads::duration_ms.eq(change.duration_ms.map(|d| d as i64)),
-                // Enqueue the completion webhook in this same statement: due at once
-                // for a workload with a callback_url, NULL (nothing) otherwise.
-                workloads::delivery_due_at.eq(case_when::<_, _, diesel::sql_types::Text>(
-                    workloads::callback_url.is_not_null(),
-                    &at,
-                )),
-            ))
-            .returning(WorkloadRow::as_returning())
-            .get_result(c)
-            .optional()?)
+    // Written once for both targets (with and without the fence's guard).
+    macro_rules! update {
+        ($target:expr) => {
+            if to == Status::Running {
+                per_engine!(&mut *conn, |c| diesel::update($target)
+                    .set((
+                        workloads::status.eq(to.as_str()),
+                        workloads::started_at.eq(&at),
+                    ))
+                    .returning(WorkloadRow::as_returning())
+                    .get_result(c)
+                    .optional()?)
+            } else {
+                let output = change.output.as_ref().map(Output::as_str);
+                per_engine!(&mut *conn, |c| diesel::update($target)
+                    .set((
+                        workloads::status.eq(to.as_str()),
+                        workloads::finished_at.eq(&at),
+                        workloads::output.eq(output),
+                        workloads::exit_code.eq(change.exit_code),
+                        workloads::error.eq(&change.error),
+                        workloads::duration_ms.eq(change.duration_ms.map(|d| d as i64)),
+                        // Enqueue the completion webhook in this same statement: due at
+                        // once for a workload with a callback_url, NULL (nothing)
+                        // otherwise.
+                        workloads::delivery_due_at.eq(case_when::<_, _, diesel::sql_types::Text>(
+                            workloads::callback_url.is_not_null(),
+                            &at,
+                        )),
+                    ))
+                    .returning(WorkloadRow::as_returning())
+                    .get_result(c)
+                    .optional()?)
+            }
+        };
+    }
+    let updated = match fence {
+        None => update!(target),
+        Some(f) => update!(target.filter(f.guard(to))),
     };
     if let Some(row) = updated {
         return row.try_into();
     }
+    refused(conn, &key, to, fence)
+}
+
+/// Why a guarded update matched nothing: an unknown id, a transition the state machine
+/// refuses, or (the only one left) the fence.
+fn refused(
+    conn: &mut DbConnection,
+    key: &str,
+    to: Status,
+    fence: Option<&Fence>,
+) -> Result<Workload, StoreError> {
     let current: String = workloads::table
-        .find(&key)
+        .find(key)
         .select(workloads::status)
         .first(conn)
         .optional()?
@@ -471,6 +506,9 @@ pub fn apply_change(
         .parse()
         .map_err(|_| StoreError::Corrupt(format!("status {current:?}")))?;
     transition(from, to)?;
+    if fence.is_some() {
+        return Err(StoreError::Fenced);
+    }
     Err(StoreError::Corrupt(format!(
         "{from} -> {to} is allowed but the update matched nothing"
     )))
@@ -810,7 +848,7 @@ fn recover_inner(
 
 /// The stored size of a workload's payload and input, in bytes (SQLite: `length` of
 /// text counts characters, of a blob bytes; PostgreSQL: `octet_length`, an INTEGER).
-fn payload_bytes(pg: bool) -> diesel::expression::SqlLiteral<diesel::sql_types::BigInt> {
+pub(super) fn payload_bytes(pg: bool) -> diesel::expression::SqlLiteral<diesel::sql_types::BigInt> {
     diesel::dsl::sql(if pg {
         "CAST(COALESCE(octet_length(code), 0) + COALESCE(octet_length(code_archive), 0) \
          + octet_length(input) + COALESCE(octet_length(image), 0) \

@@ -21,6 +21,17 @@ diesel::table! {
 }
 
 diesel::table! {
+    nodes (node_id) {
+        node_id -> Text,
+        generation -> BigInt,
+        backends -> Text,
+        started_at -> Text,
+        heartbeat_at -> Text,
+        state -> Text,
+    }
+}
+
+diesel::table! {
     webhook_attempts (workload_id, attempt) {
         workload_id -> Text,
         attempt -> Integer,
@@ -60,6 +71,7 @@ diesel::table! {
         callback_url -> Nullable<Text>,
         delivery_id -> Nullable<Text>,
         delivery_due_at -> Nullable<Text>,
+        node_generation -> BigInt,
         kill_requested_at -> Nullable<Text>,
     }
 }
@@ -71,6 +83,7 @@ diesel::joinable!(webhook_attempts -> workloads (workload_id));
 diesel::allow_tables_to_appear_in_same_query!(
     idempotency_keys,
     log_lines,
+    nodes,
     webhook_attempts,
     workloads,
 );

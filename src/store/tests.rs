@@ -718,6 +718,16 @@ fn a_database_of_the_previous_version_opens_with_its_data_and_recovers() {
     assert_eq!(seeded, queries::stats(&mut conn).expect("scan"));
     assert_eq!(seeded.total, 3);
     assert_eq!(seeded.by_status["failed"], 1, "the interrupted one");
+    // Cluster columns: old rows keep the node that accepted them, claimed by no
+    // generation; no node is registered (a single node never registers).
+    assert_eq!(
+        count(
+            &mut conn,
+            "SELECT COUNT(*) AS n FROM workloads WHERE node_id = 'n' AND node_generation = 0"
+        ),
+        3
+    );
+    assert_eq!(count(&mut conn, "SELECT COUNT(*) AS n FROM nodes"), 0);
 }
 
 fn retention_deletes_the_webhook_attempts_of_what_it_sweeps(mut conn: DbConnection) {

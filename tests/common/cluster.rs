@@ -3,6 +3,9 @@
 //! in-process like any test app, with its own `node_id` and its own `db_path` (unused:
 //! the database is `db_url`).
 
+use std::sync::Arc;
+
+use super::scripted::{self, Observed, Options};
 use super::{app, TestAppBuilder};
 
 /// A fresh database for the nodes of one test, or `None` after printing `SKIPPED:`
@@ -17,6 +20,32 @@ pub fn node(db_url: &str, node_id: &str) -> TestAppBuilder {
         .env("VULCAN_DB_URL", db_url)
         .env("VULCAN_CLUSTER__ENABLED", "true")
         .env("VULCAN_NODE_ID", node_id)
+}
+
+/// A node that notices a silent peer fast: heartbeats every 200 ms, a node silent for
+/// 2 s is lost.
+pub fn quick_node(db_url: &str, node_id: &str) -> TestAppBuilder {
+    node(db_url, node_id)
+        .env("VULCAN_CLUSTER__HEARTBEAT_MS", "200")
+        .env("VULCAN_CLUSTER__NODE_TIMEOUT_S", "2")
+}
+
+/// A scripted backend named `scripted` with `slots` slots, and what it observed: every
+/// node of a test registers one, so any node can run any submission.
+pub fn scripted(slots: usize) -> (vulcan::backends::BackendFactory, Arc<Observed>) {
+    scripted::factory(Options {
+        max_concurrency: slots,
+        ..Options::default()
+    })
+}
+
+/// Run `sql` on the cluster's database, as another party would (an operator, or a
+/// survivor's decision made while this node was cut off).
+pub fn execute(db_url: &str, sql: &str) {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+    let mut conn = diesel::PgConnection::establish(db_url).expect("connect");
+    conn.batch_execute(sql).expect("sql");
 }
 
 /// Run `sql` (one row, one BIGINT column `n`) on the database at `db_url`.

@@ -71,7 +71,12 @@ impl TestAppBuilder {
     }
 
     /// Boot the app and wait until it listens.
-    pub async fn spawn(mut self) -> TestApp {
+    pub async fn spawn(self) -> TestApp {
+        self.try_spawn().await.expect("app started")
+    }
+
+    /// Boot the app, or answer why it refused to start.
+    pub async fn try_spawn(mut self) -> Result<TestApp, vulcan::startup::StartupError> {
         let _ = env_logger::builder().is_test(true).try_init();
         let (dir, db_path) = match self.db_path.take() {
             Some(p) => (None, p),
@@ -107,15 +112,14 @@ impl TestAppBuilder {
         backends.extend(self.backends);
         let app = tokio::task::spawn_blocking(move || AppThread::spawn(config, backends))
             .await
-            .expect("join")
-            .expect("app started");
-        TestApp {
+            .expect("join")?;
+        Ok(TestApp {
             address: format!("http://127.0.0.1:{}", app.port()),
             client: reqwest::Client::new(),
             db_path,
             dir,
             app: Some(app),
-        }
+        })
     }
 }
 

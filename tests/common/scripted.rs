@@ -61,6 +61,8 @@ pub struct Observed {
     pub cleaned: Mutex<HashSet<WorkloadId>>,
     /// Instances built (1 + restarts).
     pub instances: AtomicUsize,
+    /// Executions started, per workload.
+    pub runs: Mutex<std::collections::HashMap<WorkloadId, usize>>,
 }
 
 impl Observed {
@@ -164,6 +166,7 @@ impl Backend for Scripted {
                 _ => return Err(BackendError::InvalidPayload("scripts are code".into())),
             };
             seen.started.fetch_add(1, Ordering::SeqCst);
+            *seen.runs.lock().expect("lock").entry(spec.id).or_default() += 1;
             let now = seen.running.fetch_add(1, Ordering::SeqCst) + 1;
             seen.max_running.fetch_max(now, Ordering::SeqCst);
             let _guard = RunningGuard(seen.clone());

@@ -1,2 +1,0 @@
--- PostgreSQL twin of migrations/sqlite/2026-11-30-060000_kill_requests.
-ALTER TABLE workloads ADD COLUMN kill_requested_at TEXT COLLATE "C";

@@ -1,0 +1,2 @@
+ALTER TABLE workloads DROP COLUMN node_generation;
+DROP TABLE nodes;
