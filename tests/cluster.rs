@@ -606,3 +606,125 @@ async fn a_node_declared_lost_stops_its_work_without_overwriting_it_and_register
     assert_eq!(next["status"], "completed", "{next}");
     assert_eq!(next["node_id"], "a", "{next}");
 }
+
+#[tokio::test]
+async fn a_node_declared_lost_before_it_starts_a_claimed_workload_never_runs_it() {
+    let Some(url) = shared_database("declared_lost_before_start") else {
+        return;
+    };
+    // Node a claims the work and prepares it for 6 s (as an image pull would), and
+    // stays silent meanwhile: it heartbeats and polls once a minute.
+    let (slow, seen_a) = script::factory(Options {
+        prepare_ms: 6000,
+        ..Options::default()
+    });
+    let a = node(&url, "a")
+        .env("VULCAN_CLUSTER__HEARTBEAT_MS", "60000")
+        .env("VULCAN_CLUSTER__POLL_MS", "60000")
+        .env("VULCAN_CLUSTER__NODE_TIMEOUT_S", "130")
+        .backend(slow)
+        .spawn()
+        .await;
+    let w = a
+        .submit_async(&job("node", json!({"output": "once"})))
+        .await;
+    let id = w["id"].as_str().expect("id").to_string();
+    eventually(SOON, "a claims it", || async {
+        a.get_json(&format!("/v1/workloads/{id}"), 200).await["node_id"] == "a"
+    })
+    .await;
+    // Node b finds a silent past its 2 s timeout, declares it lost, takes the work back
+    // from the queue and runs it.
+    let (fast, seen_b) = scripted(4);
+    let b = quick_node(&url, "b").backend(fast).spawn().await;
+    let done = b.wait_terminal(&id, SOON).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["node_id"], "b", "{done}");
+    assert_eq!(runs(&seen_b).get(&id), Some(&1), "the survivor ran it once");
+    // a's preparation ends after b's run: its running write is refused (a's generation
+    // is fenced), so a never starts it, and b's record stands.
+    tokio::time::sleep(Duration::from_millis(6500)).await;
+    assert_eq!(
+        runs(&seen_a).get(&id),
+        None,
+        "the lost node never started it"
+    );
+    let after = b.get_json(&format!("/v1/workloads/{id}"), 200).await;
+    assert_eq!(after, done, "nothing of a's overwrote b's record");
+    b.get_json("/healthz", 200).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_the_database_is_declared_lost_and_comes_back_fenced() {
+    let Some(url) = shared_database("cut_off_node") else {
+        return;
+    };
+    // Node a reaches the database only through a proxy this test can cut.
+    let server = url
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("host:port in the url");
+    let proxy = common::proxy::CutProxy::start(server).await;
+    let a_url = url.replacen(server, &proxy.addr, 1);
+    let (fa, seen_a) = scripted(2);
+    let a = quick_node(&a_url, "a").backend(fa).spawn().await;
+    let w = a
+        .submit_async(&job("node", json!({"delay_ms": 600000})))
+        .await;
+    let id = w["id"].as_str().expect("id").to_string();
+    a.wait_status(&id, "running", SOON).await;
+    let (fb, _) = scripted(2);
+    let b = quick_node(&url, "b").backend(fb).spawn().await;
+
+    proxy.cut();
+    // b declares a lost once a has been silent for 2 s: a's running work fails.
+    let lost = b.wait_terminal(&id, SOON).await;
+    assert_eq!(lost["status"], "failed", "{lost}");
+    assert_eq!(lost["error"], "node lost", "{lost}");
+    // a itself cannot write: it says so instead of accepting work it cannot record.
+    eventually(SOON, "a is not ready while cut off", || {
+        let a = &a;
+        async move { a.get("/readyz").await.status() == 503 }
+    })
+    .await;
+    assert!(
+        !seen_a.saw_cancel(&id),
+        "a's execution went on while cut off"
+    );
+
+    proxy.restore();
+    // Back: a learns it was fenced, stops the execution without recording anything and
+    // registers again under a new generation.
+    eventually(SOON, "a stops the execution", || {
+        let seen = seen_a.clone();
+        let id = id.clone();
+        async move { seen.saw_cancel(&id) }
+    })
+    .await;
+    eventually(SOON, "a is back, alive under a new generation", || {
+        let b = &b;
+        async move {
+            let nodes = b.get_json("/v1/nodes", 200).await;
+            nodes
+                .as_array()
+                .expect("nodes")
+                .iter()
+                .any(|n| n["node_id"] == "a" && n["state"] == "alive" && n["generation"] == 3)
+        }
+    })
+    .await;
+    let after = b.get_json(&format!("/v1/workloads/{id}"), 200).await;
+    assert_eq!(after, lost, "the survivor's decision stands");
+    eventually(SOON, "a is ready again", || {
+        let a = &a;
+        async move { a.get("/readyz").await.status() == 200 }
+    })
+    .await;
+    let next = a.submit_async(&job("node", json!({"output": 7}))).await;
+    let next = b
+        .wait_terminal(next["id"].as_str().expect("id"), SOON)
+        .await;
+    assert_eq!(next["status"], "completed", "{next}");
+    assert_eq!(runs(&seen_a).get(&id), Some(&1), "run once, never again");
+}

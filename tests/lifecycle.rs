@@ -415,6 +415,7 @@ async fn backends_are_listed_sorted_with_capabilities() {
         runtimes: vec![Runtime::Python],
         max_concurrency: 3,
         unavailable: Some("no kvm here".into()),
+        prepare_ms: 0,
     });
     let app = common::app().backend(a).backend(b).spawn().await;
     let list = app.get_json("/v1/backends", 200).await;
@@ -447,6 +448,7 @@ async fn auto_routes_along_the_fallback_chain_and_explicit_never_falls_back() {
         isolation: Isolation::Microvm,
         runtimes: vec![Runtime::Python, Runtime::Go],
         unavailable: Some("no hardware virtualisation".into()),
+        prepare_ms: 0,
         ..Options::default()
     });
     let (gv, _) = scripted::factory(Options {
@@ -771,6 +773,7 @@ async fn every_422_names_the_class_and_why_without_host_details() {
         isolation: Isolation::Microvm,
         runtimes: vec![Runtime::Python, Runtime::Go],
         unavailable: Some("no KVM".into()),
+        prepare_ms: 0,
         ..Options::default()
     });
     let app = common::app().backend(vm).spawn().await;

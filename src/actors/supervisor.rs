@@ -582,6 +582,10 @@ impl Supervisor {
         if deferred {
             actor.defer_payload();
         }
+        if self.shared.is_some() {
+            // A node declared lost must not start work a survivor re-queued.
+            actor.launch_after_running_write();
+        }
         let done = wait.then(|| actor.waiter());
         for tx in self.awaiting.remove(&id).into_iter().flatten() {
             actor.add_waiter(tx);

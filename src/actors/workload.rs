@@ -70,6 +70,10 @@ pub struct WorkloadActor {
     /// The spec's payload and input are still in the store (a workload recovered at
     /// start-up): read when the slot is granted.
     payload_deferred: bool,
+    /// Launch only once the running write is committed (a cluster node: the write is
+    /// fenced by this node's generation, so a node declared lost meanwhile runs
+    /// nothing a survivor may have handed to another node).
+    running_before_launch: bool,
 }
 
 impl WorkloadActor {
@@ -93,6 +97,7 @@ impl WorkloadActor {
             phase: Phase::Queued { prepared: None },
             waiters: Vec::new(),
             payload_deferred: false,
+            running_before_launch: false,
         }
     }
 
@@ -100,6 +105,12 @@ impl WorkloadActor {
     /// the workload is granted a slot, so waiting work holds no payload in memory.
     pub fn defer_payload(&mut self) {
         self.payload_deferred = true;
+    }
+
+    /// Launch the execution only after the running write is committed, instead of
+    /// together with it (cluster nodes: see the field).
+    pub fn launch_after_running_write(&mut self) {
+        self.running_before_launch = true;
     }
 
     /// The token that stops this workload (kill, timeout); preparations honour it too.
@@ -486,8 +497,46 @@ impl Handler<Start> for WorkloadActor {
 }
 
 impl WorkloadActor {
-    /// Record running and hand the execution to `backend`.
+    /// Record running, then launch (a cluster node), or both together (a single node).
     fn run(&mut self, backend: Addr<BackendActor>, ctx: &mut Context<Self>) {
+        if !self.running_before_launch {
+            return self.launch(backend, ctx);
+        }
+        let id = self.record.id;
+        self.store
+            .send(ChangeStatus {
+                id,
+                change: StatusChange::to(Status::Running),
+            })
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                match res.map_err(|_| StoreError::Unavailable).and_then(|r| r) {
+                    Ok(record) if act.phase.decided().is_none() => {
+                        log::debug!("workload {id}: pending -> running (committed before launch)");
+                        act.record = record;
+                        act.launch(backend, ctx);
+                    }
+                    // Killed while the write was on its way: nothing runs.
+                    Ok(record) => {
+                        act.record = record;
+                        act.advance(Event::Abandoned);
+                        act.maybe_stop(ctx);
+                    }
+                    // Refused (fenced: the node was declared lost) or not written:
+                    // nothing runs.
+                    Err(e) => {
+                        act.could_not_start(e.to_string(), ctx);
+                        act.advance(Event::Abandoned);
+                        act.maybe_stop(ctx);
+                    }
+                }
+            })
+            .spawn(ctx);
+    }
+
+    /// Hand the execution to `backend`; the running write goes with it unless it was
+    /// committed before ([`WorkloadActor::launch_after_running_write`]).
+    fn launch(&mut self, backend: Addr<BackendActor>, ctx: &mut Context<Self>) {
         let id = self.record.id;
         let timeout = self.spec.timeout;
         let deadline = Instant::now() + timeout;
@@ -497,26 +546,28 @@ impl WorkloadActor {
         // The running write and the execution start together: the store applies writes
         // in the order they were sent, so the terminal write always lands after this
         // one, and the execution does not wait a store round trip to begin.
-        self.store
-            .send(ChangeStatus {
-                id,
-                change: StatusChange::to(Status::Running),
-            })
-            .into_actor(self)
-            .map(move |res, act, ctx| match res {
-                Ok(Ok(record)) => {
-                    log::debug!(
-                        "workload {id}: pending -> running (backend {})",
-                        record.backend
-                    );
-                    if act.phase.final_record().is_none() {
-                        act.record = record;
+        if self.record.status == Status::Pending {
+            self.store
+                .send(ChangeStatus {
+                    id,
+                    change: StatusChange::to(Status::Running),
+                })
+                .into_actor(self)
+                .map(move |res, act, ctx| match res {
+                    Ok(Ok(record)) => {
+                        log::debug!(
+                            "workload {id}: pending -> running (backend {})",
+                            record.backend
+                        );
+                        if act.phase.final_record().is_none() {
+                            act.record = record;
+                        }
                     }
-                }
-                Ok(Err(e)) => act.could_not_start(e.to_string(), ctx),
-                Err(e) => act.could_not_start(e.to_string(), ctx),
-            })
-            .spawn(ctx);
+                    Ok(Err(e)) => act.could_not_start(e.to_string(), ctx),
+                    Err(e) => act.could_not_start(e.to_string(), ctx),
+                })
+                .spawn(ctx);
+        }
 
         let sink = self.logs.sink(id);
         let exec = ExecContext {

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod cluster;
 pub mod gvisor;
 pub mod oci;
+pub mod proxy;
 pub mod receiver;
 pub mod scripted;
 pub mod sse;

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use vulcan::backends::{
-    Backend, BackendCapabilities, BackendError, BackendFactory, BackendHealth, ExecContext,
-    WorkloadResult, WorkloadSpec,
+    Backend, BackendCapabilities, BackendError, BackendFactory, BackendHealth, CancellationToken,
+    ExecContext, Preparation, Prepared, WorkloadResult, WorkloadSpec,
 };
 use vulcan::model::{Isolation, Payload, Runtime, WorkloadId};
 
@@ -84,6 +84,7 @@ pub struct Scripted {
     caps: BackendCapabilities,
     health: BackendHealth,
     seen: Arc<Observed>,
+    prepare: Duration,
 }
 
 /// Options for [`factory`].
@@ -99,6 +100,9 @@ pub struct Options {
     pub max_concurrency: usize,
     /// `None` = healthy.
     pub unavailable: Option<String>,
+    /// Each admitted workload is prepared (as an image pull would be) for this long
+    /// before it may get a slot; 0 = no preparation.
+    pub prepare_ms: u64,
 }
 
 impl Default for Options {
@@ -109,6 +113,7 @@ impl Default for Options {
             runtimes: vec![Runtime::Node, Runtime::Wasm, Runtime::Python, Runtime::Go],
             max_concurrency: 64,
             unavailable: None,
+            prepare_ms: 0,
         }
     }
 }
@@ -131,6 +136,7 @@ pub fn factory(opts: Options) -> (BackendFactory, Arc<Observed>) {
                 Some(r) => BackendHealth::unavailable(r.clone(), format!("{r} (detail)")),
             },
             seen: s.clone(),
+            prepare: Duration::from_millis(opts.prepare_ms),
         }) as Arc<dyn Backend>
     });
     (f, seen)
@@ -151,6 +157,19 @@ impl Backend for Scripted {
 
     fn health(&self) -> BackendHealth {
         self.health.clone()
+    }
+
+    fn prepare(&self, _: &WorkloadSpec, cancel: CancellationToken) -> Option<Preparation> {
+        if self.prepare.is_zero() {
+            return None;
+        }
+        let wait = self.prepare;
+        Some(Box::pin(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => Ok(Prepared::new(())),
+                _ = cancel.cancelled() => Err(BackendError::Cancelled),
+            }
+        }))
     }
 
     fn execute(
