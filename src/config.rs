@@ -126,6 +126,14 @@ pub struct ClusterConfig {
     /// Seconds without a heartbeat after which a node is declared lost; more than one
     /// heartbeat interval (checked at load).
     pub node_timeout_s: u64,
+    /// Milliseconds between two polls of the node's LISTEN connection (wake-up latency
+    /// across nodes); ten times this between two attempts to reopen it.
+    pub listen_poll_ms: u64,
+    /// Seconds a cross-node kill waits for the running node to record it (then 504).
+    pub kill_timeout_s: u64,
+    /// Seconds between two re-reads of the table by a follower of another node's
+    /// workload, notification or not.
+    pub recheck_s: u64,
 }
 
 impl ClusterConfig {

@@ -14,6 +14,7 @@ use actix_web::{web, App, HttpServer};
 
 use crate::actors::images::ImagesActor;
 use crate::actors::log_broker::{LogBroker, LogSinks};
+use crate::actors::log_follower::Follower;
 use crate::actors::store::{Flush, Recover, StoreActor, WatchDeliveries};
 use crate::actors::supervisor::{
     InterruptAll, ListBackends, Readmit, Supervisor, SupervisorLimits,
@@ -30,7 +31,7 @@ use crate::images::policy::RegistryPolicy;
 use crate::images::ImageStore;
 use crate::metrics::Metrics;
 use crate::model::{Isolation, Runtime};
-use crate::store::LogReads;
+use crate::store::{Listener, LogReads};
 use crate::webhooks::policy::CallbackPolicy;
 
 /// Start-up failed.
@@ -200,6 +201,21 @@ impl Application {
             broker: broker.restarts(),
         };
         let broker = broker.start();
+        // On a shared database only: one LISTEN connection per node (none otherwise).
+        let follower = if database.is_shared() {
+            let listener = Listener::start(
+                &database,
+                Duration::from_millis(config.cluster.listen_poll_ms),
+            )?;
+            Some(Follower::new(
+                listener,
+                store.clone(),
+                config.node_id(),
+                Duration::from_secs(config.cluster.recheck_s),
+            ))
+        } else {
+            None
+        };
         let supervisor = Supervisor::new(
             store.clone(),
             LogSinks::new(broker.clone(), config.logs.clone(), metrics.clone()),
@@ -215,6 +231,13 @@ impl Application {
         );
         let supervisor = match &cluster {
             Some(c) => supervisor.shared_queue(Duration::from_millis(c.poll_ms)),
+            None => supervisor,
+        };
+        let supervisor = match &follower {
+            Some(f) => supervisor.cluster(
+                f.clone(),
+                Duration::from_secs(config.cluster.kill_timeout_s),
+            ),
             None => supervisor,
         }
         .start();
@@ -283,6 +306,7 @@ impl Application {
                 started_at: chrono::Utc::now(),
                 cluster: cluster.is_some(),
             },
+            follower,
         });
         if state.token.is_some() {
             log::info!("auth: bearer token required on /v1/*");

@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod images;
 pub mod log_broker;
+pub mod log_follower;
 pub mod store;
 pub mod supervisor;
 pub mod webhooks;

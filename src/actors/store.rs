@@ -34,8 +34,8 @@ use crate::store::queries::{
     self, KeyedInsert, ListQuery, Recovered, Stats, StatusChange, SweepBatch, Swept,
 };
 use crate::store::{
-    isolated, open_read_pool, open_writer, write_transaction, Database, DbConnection, Fence,
-    LogReads, ReadPool, StoreError,
+    isolated, notify, open_read_pool, open_writer, write_transaction, Database, DbConnection,
+    Fence, LogReads, ReadPool, StoreError,
 };
 
 /// How a batch ended, as each of its writes is told (cloneable, unlike `StoreError`).
@@ -85,6 +85,18 @@ struct ChangeReq {
     /// A cluster node's fence (see [`crate::store::Fence`]); `None` on a single node.
     fence: Option<Fence>,
     tx: oneshot::Sender<Result<Workload, StoreError>>,
+    /// The database is shared: a terminal record is announced ([`notify::TERMINAL`])
+    /// in the transaction that commits it.
+    notify: bool,
+}
+
+/// Announce `w` to the other nodes when it is terminal (inside the committing
+/// transaction: delivered only on commit).
+fn notify_terminal(c: &mut DbConnection, w: &Workload) -> Result<(), StoreError> {
+    if w.status.is_terminal() {
+        notify::notify(c, notify::TERMINAL, &[w.id.to_string()])?;
+    }
+    Ok(())
 }
 
 /// What a write did when it ran: its reply (told the batch's outcome), the storage
@@ -140,9 +152,16 @@ fn change_job(req: ChangeReq) -> Job {
         change,
         fence,
         tx,
+        notify,
     } = req;
     job_of(
-        move |c| queries::apply_fenced_change(c, id, &change, fence.as_ref()),
+        move |c| {
+            let w = queries::apply_fenced_change(c, id, &change, fence.as_ref())?;
+            if notify {
+                notify_terminal(c, &w)?;
+            }
+            Ok(w)
+        },
         change_deltas,
         tx,
     )
@@ -157,7 +176,20 @@ fn merged_job(running: ChangeReq, end: ChangeReq, coalesced: prometheus::IntCoun
         let res = match conn {
             None => Ok((Err(StoreError::Unavailable), Err(StoreError::Unavailable))),
             Some(c) => {
-                match queries::apply_start_and_end(c, end.id, &running.change, &end.change) {
+                let merged = if end.notify {
+                    // In one savepoint, so a failed notify leaves nothing behind.
+                    isolated(c, |c| {
+                        let done =
+                            queries::apply_start_and_end(c, end.id, &running.change, &end.change)?;
+                        if let Some(w) = &done {
+                            notify_terminal(c, w)?;
+                        }
+                        Ok(done)
+                    })
+                } else {
+                    queries::apply_start_and_end(c, end.id, &running.change, &end.change)
+                };
+                match merged {
                     Ok(Some(done)) => {
                         coalesced.inc();
                         let mut started = done.clone();
@@ -174,7 +206,15 @@ fn merged_job(running: ChangeReq, end: ChangeReq, coalesced: prometheus::IntCoun
                         match &first {
                             Err(e) if e.is_storage_fault() => Err(BatchFault::of(e)),
                             _ => {
-                                let second = queries::apply_change(c, end.id, &end.change);
+                                let second = if end.notify {
+                                    isolated(c, |c| {
+                                        let w = queries::apply_change(c, end.id, &end.change)?;
+                                        notify_terminal(c, &w)?;
+                                        Ok(w)
+                                    })
+                                } else {
+                                    queries::apply_change(c, end.id, &end.change)
+                                };
                                 Ok((first, second))
                             }
                         }
@@ -336,6 +376,10 @@ pub struct StoreActor {
     /// On a cluster node ([`StoreActor::cluster_node`]): whose status writes these are,
     /// with the generation the node registered with (0 until it has).
     fence: Option<Arc<Mutex<Fence>>>,
+    /// The database is shared with other nodes: log appends, terminal records and kill
+    /// requests are announced with NOTIFY (see [`crate::store::notify`]). Never on
+    /// a database of one node.
+    notify: bool,
 }
 
 mod cluster;
@@ -394,6 +438,7 @@ impl StoreActor {
             log_reads: None,
             counters,
             fence: None,
+            notify: db.is_shared(),
         })
     }
 
@@ -915,6 +960,18 @@ pub struct RecordAttempt(pub AttemptRecord);
 #[rtype(result = "Result<Deliveries, StoreError>")]
 pub struct GetDeliveries(pub WorkloadId);
 
+/// Ask the node running a workload to kill it: the request is kept on the row
+/// ([`queries::request_kill`]) and announced ([`notify::KILL`]) in one transaction.
+/// Nothing is written or sent on a database of one node.
+#[derive(Message)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct RequestKill(pub WorkloadId);
+
+/// The live workloads of a node (by `node_id`) that other nodes asked to kill.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<WorkloadId>, StoreError>")]
+pub struct KillRequests(pub String);
+
 /// Resolves once everything queued before it is committed.
 #[derive(Message)]
 #[rtype(result = "Result<(), StoreError>")]
@@ -968,6 +1025,7 @@ impl Handler<ChangeStatus> for StoreActor {
             change: msg.change,
             fence,
             tx,
+            notify: self.notify,
         }));
         let watcher = self.deliveries.clone();
         Box::pin(async move {
@@ -999,7 +1057,16 @@ impl Handler<AppendLogs> for StoreActor {
             e.first_seq = e.first_seq.min(l.seq);
             e.count += 1;
         }
-        let rx = self.write(move |c| queries::append_logs(c, &lines));
+        let announce: Vec<String> = if self.notify {
+            span.keys().map(WorkloadId::to_string).collect()
+        } else {
+            Vec::new()
+        };
+        let rx = self.write(move |c| {
+            queries::append_logs(c, &lines)?;
+            // One notification per workload of the append, whatever its line count.
+            notify::notify(c, notify::LOGS, &announce)
+        });
         let lost = self.lost.clone();
         let metrics = self.metrics.clone();
         let health = self.health.clone();
@@ -1109,7 +1176,15 @@ impl Handler<Recover> for StoreActor {
 
     fn handle(&mut self, msg: Recover, _: &mut Self::Context) -> Self::Result {
         let only_node = msg.0;
-        let recover = move |conn: &mut DbConnection| queries::recover(conn, only_node.as_deref());
+        let announce = self.notify;
+        let recover = move |conn: &mut DbConnection| {
+            let r = queries::recover(conn, only_node.as_deref())?;
+            if announce {
+                let ids: Vec<String> = r.interrupted.iter().map(|w| w.id.to_string()).collect();
+                notify::notify(conn, notify::TERMINAL, &ids)?;
+            }
+            Ok(r)
+        };
         Box::pin(answer(self.write_counted(recover, |r| {
             r.interrupted.iter().flat_map(change_deltas).collect()
         })))
@@ -1121,6 +1196,31 @@ impl Handler<Flush> for StoreActor {
 
     fn handle(&mut self, _: Flush, _: &mut Self::Context) -> Self::Result {
         Box::pin(answer(self.write(|_| Ok(()))))
+    }
+}
+
+impl Handler<RequestKill> for StoreActor {
+    type Result = ResponseFuture<Result<(), StoreError>>;
+
+    fn handle(&mut self, msg: RequestKill, _: &mut Self::Context) -> Self::Result {
+        if !self.notify {
+            return Box::pin(async { Ok(()) });
+        }
+        let id = msg.0;
+        Box::pin(answer(self.write(move |c| {
+            // Kept only on a live row; announced in any case, since the node holding a
+            // workload killed in the table while queued there still drops it.
+            queries::request_kill(c, id, Utc::now())?;
+            notify::notify(c, notify::KILL, &[id.to_string()])
+        })))
+    }
+}
+
+impl Handler<KillRequests> for StoreActor {
+    type Result = ResponseFuture<Result<Vec<WorkloadId>, StoreError>>;
+
+    fn handle(&mut self, msg: KillRequests, _: &mut Self::Context) -> Self::Result {
+        Box::pin(self.read(move |c| queries::kill_requests(c, &msg.0)))
     }
 }
 
@@ -1634,6 +1734,67 @@ mod tests {
     }
 
     #[actix_web::test]
+    async fn the_writer_announces_log_appends_and_terminal_records_only_on_a_shared_database() {
+        use crate::store::notify::{self, Listener, Notice};
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        for shared in [true, false] {
+            let Some(url) = crate::store::test_pg::fresh_database("writer_announces") else {
+                return;
+            };
+            let db = if shared {
+                Database::SharedPostgres(url)
+            } else {
+                Database::Postgres(url)
+            };
+            let store = StoreActor::open(&db, 1, 64, metrics.clone())
+                .expect("open")
+                .start();
+            let listener = Listener::start(&db, Duration::from_millis(5)).expect("listener");
+            let mut logs = listener.subscribe(notify::LOGS, None);
+            let mut terminal = listener.subscribe(notify::TERMINAL, None);
+            let w = pending();
+            store.send(insert(&w)).await.expect("send").expect("insert");
+            let line = |seq| LogLine {
+                seq,
+                line: format!("line {seq}"),
+                created_at: Utc::now(),
+            };
+            // Three lines of one append, then the running and terminal changes.
+            store.do_send(AppendLogs((0..3).map(|s| (w.id, line(s))).collect()));
+            for to in [Status::Running, Status::Completed] {
+                store
+                    .send(ChangeStatus {
+                        id: w.id,
+                        change: StatusChange::to(to),
+                    })
+                    .await
+                    .expect("send")
+                    .expect("change");
+            }
+            store.send(Flush).await.expect("send").expect("flush");
+            let within = Duration::from_millis(500);
+            let mut got_logs = Vec::new();
+            while let Ok(Some(n)) = tokio::time::timeout(within, logs.recv()).await {
+                got_logs.push(n);
+            }
+            let mut got_terminal = Vec::new();
+            while let Ok(Some(n)) = tokio::time::timeout(within, terminal.recv()).await {
+                got_terminal.push(n);
+            }
+            if shared {
+                let id = Notice::Payload(w.id.to_string());
+                assert_eq!(got_logs, vec![id.clone()], "one per workload per append");
+                assert_eq!(got_terminal, vec![id], "the terminal record, once");
+            } else {
+                assert!(
+                    got_logs.is_empty() && got_terminal.is_empty(),
+                    "one node's database is never notified: {got_logs:?} {got_terminal:?}"
+                );
+            }
+        }
+    }
+
+    #[actix_web::test]
     async fn a_lost_postgres_connection_is_reopened_and_writes_resume() {
         use diesel::{Connection, RunQueryDsl};
         let Some(url) = crate::store::test_pg::fresh_database("a_lost_postgres_connection") else {
@@ -1699,7 +1860,13 @@ mod tests {
         const N: usize = 3000;
         const IN_FLIGHT: usize = 100;
         let dir = tempfile::tempdir().expect("dir");
-        for db in databases(dir.path(), "store_write_throughput") {
+        let mut dbs = databases(dir.path(), "store_write_throughput");
+        // A cluster's database: the same writes, each terminal one with its NOTIFY.
+        dbs.extend(
+            crate::store::test_pg::fresh_database("store_write_throughput_shared")
+                .map(Database::SharedPostgres),
+        );
+        for db in dbs {
             let metrics = Arc::new(Metrics::new().expect("metrics"));
             let store = StoreActor::open(&db, 4, 64, metrics).expect("open").start();
             let start = std::time::Instant::now();
@@ -1725,10 +1892,10 @@ mod tests {
             let secs = start.elapsed().as_secs_f64();
             let cpu = cpu_time() - cpu_start;
             println!("BENCH cpu {:.3} s of this process", cpu);
-            let kind = if matches!(db, Database::Sqlite(_)) {
-                "sqlite"
-            } else {
-                "postgres"
+            let kind = match db {
+                Database::Sqlite(_) => "sqlite",
+                Database::Postgres(_) => "postgres",
+                Database::SharedPostgres(_) => "postgres shared (NOTIFY)",
             };
             println!(
                 "BENCH store_write_throughput {kind}: {N} workloads x 3 writes in {secs:.2} s = {:.0} writes/s",

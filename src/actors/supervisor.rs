@@ -13,7 +13,10 @@ use tokio::sync::oneshot;
 
 use crate::actors::backend::{BackendActor, BackendRestarted, RestartBackend};
 use crate::actors::log_broker::{CloseTopic, LogSinks, OpenTopic};
-use crate::actors::store::{ChangeStatus, GetWorkload, InsertWorkload, KeyToRemember, StoreActor};
+use crate::actors::log_follower::Follower;
+use crate::actors::store::{
+    ChangeStatus, GetWorkload, InsertWorkload, KeyToRemember, KillRequests, RequestKill, StoreActor,
+};
 use crate::actors::workload::{AwaitTerminal, Interrupt, Kill, KillError, Start, WorkloadActor};
 use crate::backends::{Backend, BackendCapabilities, BackendFactory, BackendHealth, WorkloadSpec};
 use crate::metrics::Metrics;
@@ -21,6 +24,7 @@ use crate::model::{
     IdempotencyKey, IdempotencyRecord, Isolation, Payload, Runtime, Status, SubmitKind, Workload,
     WorkloadId, WorkloadRequest,
 };
+use crate::store::notify::{self, Notice};
 use crate::store::StoreError;
 use crate::store::{KeyedInsert, PendingWork, StatusChange};
 
@@ -189,6 +193,10 @@ pub struct Supervisor {
     /// On a cluster node: the shared queue this node claims its work from; `None` on a
     /// single node, which runs what it accepts.
     shared: Option<SharedQueue>,
+    /// On a cluster: follows other nodes' workloads (kills, waits) and hears kill
+    /// requests for this node's; with how long a kill of another node's workload
+    /// waits for it.
+    cluster: Option<(Follower, std::time::Duration)>,
 }
 
 /// A cluster node's side of the shared queue (issue 17): submissions are recorded
@@ -253,6 +261,89 @@ impl Supervisor {
             factories,
             draining: false,
             shared: None,
+            cluster: None,
+        }
+    }
+
+    /// A node of a cluster: kills and waits for workloads of other nodes go through
+    /// `follower` (a kill waits `kill_timeout` for the running node), and kill requests
+    /// from other nodes reach this node's workloads.
+    pub fn cluster(mut self, follower: Follower, kill_timeout: std::time::Duration) -> Self {
+        self.cluster = Some((follower, kill_timeout));
+        self
+    }
+
+    /// The follower, when `w` is another node's live work.
+    fn remote(&self, w: &Workload) -> Option<Follower> {
+        self.cluster
+            .as_ref()
+            .map(|(f, _)| f)
+            .filter(|f| f.is_remote(w))
+            .cloned()
+    }
+
+    /// Kill another node's workload `w`. Pending: killed in the table at once (the
+    /// state machine refuses it if it started meanwhile) and the node holding it is
+    /// told to drop it. Running: its node is asked (a request kept on the row, and a
+    /// NOTIFY) and this waits up to the kill timeout for the terminal record.
+    fn kill_remote(
+        &mut self,
+        w: Workload,
+        follower: Follower,
+    ) -> ResponseActFuture<Self, Result<Workload, KillError>> {
+        let id = w.id;
+        let timeout = self.cluster.as_ref().map(|(_, t)| *t).unwrap_or_default();
+        let store = self.store.clone();
+        let holder = w.node_id.clone();
+        let wait = move || {
+            let node = holder.clone();
+            async move {
+                // Kept on the row: a node that missed the notification finds it when
+                // its listen connection is back.
+                if let Ok(Err(e)) = store.send(RequestKill(id)).await {
+                    return Err(KillError::Store(e));
+                }
+                match tokio::time::timeout(timeout, follower.terminal(id)).await {
+                    Ok(Ok(done)) if done.status == Status::Killed => Ok(done),
+                    Ok(Ok(done)) => Err(KillError::Terminal(done.status)),
+                    // Gone (retention) or unreadable: answered as is.
+                    Ok(Err(e)) => Err(KillError::Store(e)),
+                    Err(_) => Err(KillError::NodeDidNotAnswer {
+                        node,
+                        secs: timeout.as_secs(),
+                    }),
+                }
+            }
+        };
+        if w.status != Status::Pending {
+            return Box::pin(wait().into_actor(self));
+        }
+        log::info!(
+            "workload {id}: pending -> killed (held by node {})",
+            w.node_id
+        );
+        let change = StatusChange::to(Status::Killed).with_error("killed by request");
+        Box::pin(self.finish_unadmitted(id, change).then(
+            move |res, act, _| -> ResponseActFuture<Self, Result<Workload, KillError>> {
+                match res {
+                    Ok(done) => {
+                        // The node that queued it drops it now, not when it dispatches.
+                        act.store.do_send(RequestKill(id));
+                        Box::pin(actix::fut::ready(Ok(done)))
+                    }
+                    // Started meanwhile: ask the node running it.
+                    Err(StoreError::InvalidTransition(_)) => Box::pin(wait().into_actor(act)),
+                    Err(e) => Box::pin(actix::fut::ready(Err(KillError::Store(e)))),
+                }
+            },
+        ))
+    }
+
+    /// Another node asked to kill `id`: killed here if it runs (or waits) here.
+    fn kill_requested(&self, id: WorkloadId) {
+        if let Some(addr) = self.workloads.get(&id) {
+            log::info!("workload {id}: kill requested by another node");
+            addr.do_send(Kill);
         }
     }
 
@@ -645,6 +736,42 @@ impl Actor for Supervisor {
                 act.requeue_orphans(ctx);
             });
         }
+        if let Some((follower, _)) = &self.cluster {
+            let kills = follower.listener().subscribe(notify::KILL, None);
+            ctx.add_stream(futures_util::stream::unfold(kills, |mut sub| async move {
+                sub.recv().await.map(|n| (n, sub))
+            }));
+        }
+    }
+}
+
+/// A kill requested by another node ([`notify::KILL`]): a workload of this node's is
+/// killed as if the request had come here. After a [`Notice::Missed`] the requests kept
+/// on this node's rows are read back, so none is lost to a reopened listen connection.
+impl StreamHandler<Notice> for Supervisor {
+    fn handle(&mut self, notice: Notice, ctx: &mut Self::Context) {
+        match notice {
+            Notice::Payload(raw) => {
+                if let Ok(id) = raw.parse::<WorkloadId>() {
+                    self.kill_requested(id);
+                }
+            }
+            Notice::Missed => {
+                self.store
+                    .send(KillRequests(self.node_id.clone()))
+                    .into_actor(self)
+                    .map(|res, act, _| match res {
+                        Ok(Ok(ids)) => ids.into_iter().for_each(|id| act.kill_requested(id)),
+                        Ok(Err(e)) => log::error!("cannot read kill requests: {e}"),
+                        Err(_) => log::error!("cannot read kill requests: store unavailable"),
+                    })
+                    .spawn(ctx);
+            }
+        }
+    }
+
+    fn finished(&mut self, _: &mut Self::Context) {
+        // The listener is gone (shutting down): nothing more to hear.
     }
 }
 
@@ -860,7 +987,19 @@ impl Handler<AwaitWorkload> for Supervisor {
                 .map(move |res, act, _| {
                     match res {
                         Ok(Ok(w)) if w.status.is_terminal() => act.resolve_awaiting(&w),
-                        Ok(Ok(_)) => {}
+                        Ok(Ok(w)) => {
+                            if let Some(follower) = act.remote(&w) {
+                                // Another node runs it: followed from the table.
+                                drop(rx);
+                                if let Some(waiting) = act.awaiting.get_mut(&id) {
+                                    waiting.retain(|tx| !tx.is_closed());
+                                    if waiting.is_empty() {
+                                        act.awaiting.remove(&id);
+                                    }
+                                }
+                                return follower.await_terminal(id);
+                            }
+                        }
                         // Unknown or unreadable: nothing to wait for.
                         _ => {
                             act.awaiting.remove(&id);
@@ -942,7 +1081,15 @@ impl Handler<KillWorkload> for Supervisor {
         // already follow it): a pending one is killed right here.
         Box::pin(self.store.send(GetWorkload(id)).into_actor(self).then(
             move |res, act, _| -> ResponseActFuture<Self, Result<Workload, KillError>> {
-                match res.map_err(|_| StoreError::Unavailable).and_then(|r| r) {
+                let res = res.map_err(|_| StoreError::Unavailable).and_then(|r| r);
+                let remote = match &res {
+                    Ok(w) if !act.workloads.contains_key(&id) => act.remote(w),
+                    _ => None,
+                };
+                if let (Ok(w), Some(follower)) = (&res, remote) {
+                    return act.kill_remote(w.clone(), follower);
+                }
+                match res {
                     Ok(w) if w.status == Status::Pending && !act.workloads.contains_key(&id) => {
                         log::info!("workload {id}: pending -> killed (not admitted)");
                         let change =

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 use crate::actors::backend::{BackendActor, Execute};
 use crate::actors::log_broker::{CloseTopic, LogSinks, Seal};
-use crate::actors::store::{ChangeStatus, GetPayload, StoreActor, PROBE_EVERY};
+use crate::actors::store::{ChangeStatus, GetPayload, GetWorkload, StoreActor, PROBE_EVERY};
 use crate::actors::supervisor::{Supervisor, WorkloadEnded, WorkloadReady};
 use crate::backends::{
     output_exceeds, BackendError, CancellationToken, ExecContext, Preparation, WorkloadResult,
@@ -41,6 +41,18 @@ pub enum KillError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The workload runs on another node of the cluster, which did not record the kill
+    /// within the kill timeout (it may be gone).
+    #[error(
+        "the node running this workload ({node}) did not record the kill within {secs} s; \
+         the kill is not confirmed: read the workload or retry"
+    )]
+    NodeDidNotAnswer {
+        /// The node the record names.
+        node: String,
+        /// How long this node waited.
+        secs: u64,
+    },
 }
 
 /// The workload actor.
@@ -237,6 +249,25 @@ impl WorkloadActor {
                     return;
                 }
             }
+            // Decided elsewhere first (another node killed it in the shared table while
+            // it was queued here): the stored record is the outcome.
+            if let Ok(Err(StoreError::InvalidTransition(t))) = &res {
+                if t.from.is_terminal() {
+                    let store = act.store.clone();
+                    async move { store.send(GetWorkload(id)).await }
+                        .into_actor(act)
+                        .map(move |read, act, ctx| {
+                            let record = match read {
+                                Ok(Ok(w)) => w,
+                                _ => act.record.clone(),
+                            };
+                            let status = record.status;
+                            act.conclude(record, status, ctx);
+                        })
+                        .spawn(ctx);
+                    return;
+                }
+            }
             let record = match res {
                 Ok(Ok(record)) => {
                     log::debug!(
@@ -258,24 +289,31 @@ impl WorkloadActor {
                     act.record.clone()
                 }
             };
-            act.metrics
-                .workloads_finished
-                .with_label_values(&[act.record.backend.as_str(), to.as_str()])
-                .inc();
-            if let Some(ms) = record.duration_ms {
-                act.metrics
-                    .workload_duration
-                    .with_label_values(&[act.record.backend.as_str()])
-                    .observe(ms as f64 / 1000.0);
-            }
-            act.logs.broker().do_send(CloseTopic { id, status: to });
-            for w in act.waiters.drain(..) {
-                let _ = w.send(record.clone());
-            }
-            act.advance(Event::Written(Box::new(record)));
-            act.maybe_stop(ctx);
+            act.conclude(record, to, ctx);
         })
         .spawn(ctx);
+    }
+
+    /// The terminal record `record` (status `to`) is written: count it, end the log,
+    /// answer the waiters, and stop once nothing runs.
+    fn conclude(&mut self, record: Workload, to: Status, ctx: &mut Context<Self>) {
+        let id = self.record.id;
+        self.metrics
+            .workloads_finished
+            .with_label_values(&[self.record.backend.as_str(), to.as_str()])
+            .inc();
+        if let Some(ms) = record.duration_ms {
+            self.metrics
+                .workload_duration
+                .with_label_values(&[self.record.backend.as_str()])
+                .observe(ms as f64 / 1000.0);
+        }
+        self.logs.broker().do_send(CloseTopic { id, status: to });
+        for w in self.waiters.drain(..) {
+            let _ = w.send(record.clone());
+        }
+        self.advance(Event::Written(Box::new(record)));
+        self.maybe_stop(ctx);
     }
 
     /// Stop once the terminal status is written and no execution is left running.

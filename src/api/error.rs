@@ -53,6 +53,9 @@ pub enum ApiError {
     /// of it was recorded. The message names the cause.
     #[error("{0}")]
     InsufficientStorage(String),
+    /// 504: another node of the cluster did not answer in time.
+    #[error("{0}")]
+    GatewayTimeout(String),
     /// 500: a real server fault (the cause is logged, not shown).
     #[error("internal server error")]
     Internal(String),
@@ -80,6 +83,7 @@ impl ResponseError for ApiError {
             ApiError::TooManyRequests(..) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(..) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -147,6 +151,7 @@ impl From<KillError> for ApiError {
                 ApiError::Conflict(e.to_string())
             }
             KillError::Store(e) => e.into(),
+            e @ KillError::NodeDidNotAnswer { .. } => ApiError::GatewayTimeout(e.to_string()),
         }
     }
 }

@@ -373,6 +373,12 @@ async fn plan(state: &AppState, id: WorkloadId, after: Option<i64>) -> Result<Pl
     if w.status.is_terminal() {
         return finished(state, &w, after).await;
     }
+    // Another node's: followed from the shared table.
+    if let Some(f) = state.follower.as_ref().filter(|f| f.is_remote(&w)) {
+        return Ok(Plan::Stream(Box::new(Box::pin(
+            f.logs(id, after.map(|a| a as u64)),
+        ))));
+    }
     // Pending (queued, or recorded and not admitted yet) or running: subscribe at
     // once; the broker opens a provisional topic if admission has not opened one.
     let sub = state.broker.send(Subscribe(id)).await?;

@@ -81,6 +81,8 @@ pub struct AppState {
     pub restarts: ActorRestarts,
     /// This server as a node (`GET /v1/nodes`).
     pub node: ThisNode,
+    /// On a cluster: streams of other nodes' workloads follow the shared table.
+    pub follower: Option<crate::actors::log_follower::Follower>,
 }
 
 /// Restart records of the components that restart themselves in place.

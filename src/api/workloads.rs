@@ -257,6 +257,7 @@ async fn get(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpRe
         (status = 200, description = "The workload, now killed", body = Workload),
         (status = 404, description = "Unknown id", body = ErrorBody),
         (status = 409, description = "Already terminal", body = ErrorBody),
+        (status = 504, description = "Cluster: the node running it did not record the kill within cluster.kill_timeout_s", body = ErrorBody),
     )
 )]
 async fn kill(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {

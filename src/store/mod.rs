@@ -29,6 +29,7 @@ pub(crate) mod deliveries;
 mod log_reads;
 mod models;
 pub(crate) mod nodes;
+pub mod notify;
 mod prepared;
 pub(crate) mod queries;
 mod schema;
@@ -39,6 +40,7 @@ mod tests;
 
 pub use log_reads::LogReads;
 pub use nodes::{Fence, Reaped, NODE_LOST};
+pub use notify::{Listener, Notice, Subscription};
 pub use queries::{
     BackendStats, KeyedInsert, ListQuery, PendingWork, Recovered, Stats, StatusChange, INTERRUPTED,
 };

@@ -223,6 +223,49 @@ pub fn sweep_idempotency_keys(
     .execute(conn)?)
 }
 
+/// The statuses a workload is live in (not terminal).
+fn live_statuses() -> Vec<&'static str> {
+    Status::ALL
+        .into_iter()
+        .filter(|s| !s.is_terminal())
+        .map(Status::as_str)
+        .collect()
+}
+
+/// Record that another node of a cluster asked for `id` to be killed: kept on the row
+/// (until it ends) so the running node finds it even when it missed the notification.
+/// Answers whether the workload is live (a terminal one is left as it is).
+pub fn request_kill(
+    conn: &mut DbConnection,
+    id: WorkloadId,
+    at: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let marked = diesel::update(
+        workloads::table
+            .filter(workloads::id.eq(id.to_string()))
+            .filter(workloads::status.eq_any(live_statuses())),
+    )
+    .set(workloads::kill_requested_at.eq(format_time(&at)))
+    .execute(conn)?;
+    Ok(marked > 0)
+}
+
+/// The live workloads recorded with `node` that another node asked to kill.
+pub fn kill_requests(conn: &mut DbConnection, node: &str) -> Result<Vec<WorkloadId>, StoreError> {
+    let ids: Vec<String> = workloads::table
+        .filter(workloads::node_id.eq(node))
+        .filter(workloads::kill_requested_at.is_not_null())
+        .filter(workloads::status.eq_any(live_statuses()))
+        .select(workloads::id)
+        .load(conn)?;
+    ids.into_iter()
+        .map(|id| {
+            id.parse()
+                .map_err(|_| StoreError::Corrupt(format!("id {id:?}")))
+        })
+        .collect()
+}
+
 /// A write that touches the database header and nothing else: it commits only when
 /// the database can really be written (used to find out that a full disk has room
 /// again). On PostgreSQL, a round trip on the (reopened) connection: the server's own

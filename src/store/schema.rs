@@ -72,6 +72,7 @@ diesel::table! {
         delivery_id -> Nullable<Text>,
         delivery_due_at -> Nullable<Text>,
         node_generation -> BigInt,
+        kill_requested_at -> Nullable<Text>,
     }
 }
 

@@ -47,6 +47,7 @@ on_both_stores!(
     retention_deletes_only_old_finished_work_in_small_steps,
     a_terminal_status_with_a_callback_enqueues_exactly_one_delivery_in_the_same_write,
     retention_deletes_the_webhook_attempts_of_what_it_sweeps,
+    kill_requests_are_kept_on_live_rows_and_read_back_per_node,
 );
 
 fn record() -> Workload {
@@ -97,6 +98,53 @@ fn store_applies_exactly_the_transition_table(mut conn: DbConnection) {
         }
     }
     assert_eq!(checked, 25);
+}
+
+fn kill_requests_are_kept_on_live_rows_and_read_back_per_node(mut conn: DbConnection) {
+    let put = |conn: &mut DbConnection, node: &str| {
+        let mut w = record();
+        w.node_id = node.into();
+        queries::insert_workload(conn, &w, &Payload::Code("x".into()), b"null").expect("insert");
+        w.id
+    };
+    let (queued, running, done, elsewhere, untouched) = (
+        put(&mut conn, "a"),
+        put(&mut conn, "a"),
+        put(&mut conn, "a"),
+        put(&mut conn, "b"),
+        put(&mut conn, "a"),
+    );
+    for id in [running, done] {
+        queries::apply_change(&mut conn, id, &StatusChange::to(Status::Running)).expect("run");
+    }
+    queries::apply_change(&mut conn, done, &StatusChange::to(Status::Completed)).expect("end");
+    for (id, live) in [
+        (queued, true),
+        (running, true),
+        (done, false),
+        (elsewhere, true),
+    ] {
+        assert_eq!(
+            queries::request_kill(&mut conn, id, Utc::now()).expect("request"),
+            live,
+            "{id}"
+        );
+    }
+    let mut asked = queries::kill_requests(&mut conn, "a").expect("read");
+    asked.sort();
+    let mut want = vec![queued, running];
+    want.sort();
+    assert_eq!(
+        asked, want,
+        "node a's live requests, not b's, not the ended one"
+    );
+    assert!(!asked.contains(&untouched), "a live row nobody asked about");
+    // Once it ends, a request is no longer live.
+    queries::apply_change(&mut conn, running, &StatusChange::to(Status::Killed)).expect("kill");
+    assert_eq!(
+        queries::kill_requests(&mut conn, "a").expect("read"),
+        vec![queued]
+    );
 }
 
 fn unknown_workload_is_not_found(mut conn: DbConnection) {

@@ -145,11 +145,28 @@ impl Browser {
     pub async fn wait_js(&self, js: &str, within: Duration) -> Value {
         let started = Instant::now();
         loop {
+            // A condition that throws (an element not rendered yet: `null.textContent`)
+            // is not true yet; what it threw is reported if it never becomes true.
             let v = self
                 .client
-                .execute(&format!("return ({js});"), vec![])
+                .execute(
+                    &format!(
+                        "try {{ return ({js}); }} catch (e) {{ return {{thrown: String(e)}}; }}"
+                    ),
+                    vec![],
+                )
                 .await
                 .expect("execute");
+            if let Some(thrown) = v.get("thrown") {
+                if started.elapsed() > within {
+                    let _ = self.screenshot("timeout").await;
+                    panic!(
+                        "not true after {within:?}: {js} threw {thrown} (screenshot: timeout.png)"
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
             let truthy =
                 !matches!(&v, Value::Null | Value::Bool(false)) && v != json!("") && v != json!(0);
             if truthy {

@@ -47,3 +47,37 @@ pub fn execute(db_url: &str, sql: &str) {
     let mut conn = diesel::PgConnection::establish(db_url).expect("connect");
     conn.batch_execute(sql).expect("sql");
 }
+
+/// Run `sql` (one row, one BIGINT column `n`) on the database at `db_url`.
+fn count(db_url: &str, sql: &str) -> i64 {
+    use diesel::{Connection, RunQueryDsl};
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut conn = diesel::PgConnection::establish(db_url).expect("connect to the test database");
+    diesel::sql_query(sql)
+        .get_result::<N>(&mut conn)
+        .expect("query")
+        .n
+}
+
+/// How many nodes' LISTEN connections are open on the database at `db_url`.
+pub fn listen_connections(db_url: &str) -> i64 {
+    count(
+        db_url,
+        "SELECT count(*) AS n FROM pg_stat_activity \
+         WHERE application_name = 'vulcan-listen' AND datname = current_database()",
+    )
+}
+
+/// Terminate every node's LISTEN connection on the database at `db_url` (as a network
+/// cut or a database restart would); answers how many were terminated.
+pub fn terminate_listen_connections(db_url: &str) -> i64 {
+    count(
+        db_url,
+        "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity \
+         WHERE application_name = 'vulcan-listen' AND datname = current_database()",
+    )
+}

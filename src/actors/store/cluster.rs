@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use super::{answer, StoreActor};
 use crate::actors::webhooks::DeliveriesEnqueued;
 use crate::model::{BackendCapacity, NodeInfo, WorkloadId};
-use crate::store::nodes;
+use crate::store::{nodes, notify};
 use crate::store::{Fence, PendingWork, Reaped, StoreError};
 
 /// Register this node (see [`nodes::register`]); on success the store's status writes
@@ -167,7 +167,13 @@ impl Handler<ReapLostNodes> for StoreActor {
             Ok(f) => f,
             Err(e) => return Box::pin(async move { Err(e) }),
         };
-        let rx = self.write(move |c| nodes::reap(c, &fence, msg.0, Utc::now()));
+        let rx = self.write(move |c| {
+            let reaped = nodes::reap(c, &fence, msg.0, Utc::now())?;
+            // Followers on other nodes (kills, waits, log streams) wake on it.
+            let ids: Vec<String> = reaped.failed.iter().map(|w| w.id.to_string()).collect();
+            notify::notify(c, notify::TERMINAL, &ids)?;
+            Ok(reaped)
+        });
         let watcher = self.deliveries.clone();
         Box::pin(async move {
             let reaped = answer(rx).await?;

@@ -1,0 +1,1 @@
+ALTER TABLE workloads DROP COLUMN kill_requested_at;
