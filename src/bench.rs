@@ -10,25 +10,26 @@
 //! holds its one slot, accepted submissions/s); the real application booted in-process
 //! on a loopback port and driven over HTTP (sync JS and Wasm latency, async
 //! throughput); a process-per-workload `node` baseline; SSE fan-out latency to many
-//! subscribers of one workload, using a purpose-built backend that stamps each log line
-//! with its send time. Set-up failures are returned as [`BenchError`], never panics.
+//! subscribers of one workload ([`sse`]: a purpose-built backend stamps each log line
+//! with its print time, subscribers run in child processes). Set-up failures are
+//! returned as [`BenchError`], never panics.
 
 pub mod logs;
+pub mod sse;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use eventsource_stream::Eventsource;
 use futures_util::future::BoxFuture;
-use futures_util::StreamExt;
 use serde_json::Value;
 use tokio::sync::watch;
+
+use sse::SseFigures;
 
 use vulcan::backends::{
     Backend, BackendCapabilities, BackendError, BackendFactory, BackendHealth, ExecContext,
@@ -87,6 +88,8 @@ pub struct BenchOptions {
     pub sse_lines: usize,
     /// Pause between two SSE log lines.
     pub sse_interval: Duration,
+    /// Child processes the SSE subscribers are spread over.
+    pub sse_client_processes: usize,
     /// Whether to run the gVisor section (needs root and `runsc`).
     pub gvisor: bool,
     /// gVisor python hello runs measured.
@@ -112,6 +115,7 @@ impl BenchOptions {
             sse_subscribers: 1_000,
             sse_lines: 200,
             sse_interval: Duration::from_millis(5),
+            sse_client_processes: std::thread::available_parallelism().map_or(2, |n| n.get()),
             gvisor: false,
             gvisor_runs: 10,
             worker_path: None,
@@ -135,6 +139,7 @@ impl BenchOptions {
             sse_subscribers: 20,
             sse_lines: 10,
             sse_interval: Duration::from_millis(5),
+            sse_client_processes: 2,
             gvisor: false,
             gvisor_runs: 3,
             worker_path: None,
@@ -242,53 +247,6 @@ impl Throughput {
             t.clients,
             t.elapsed.as_secs_f64(),
             t.per_second()
-        );
-    }
-}
-
-/// SSE fan-out figures.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SseFigures {
-    /// Concurrent subscribers.
-    pub subscribers: usize,
-    /// Lines the workload emitted.
-    pub lines_sent: usize,
-    /// Pause between two emitted lines.
-    pub interval: Duration,
-    /// Fewest lines any subscriber received.
-    pub min_received: usize,
-    /// Most lines any subscriber received.
-    pub max_received: usize,
-    /// Line produced → line received, over every line of every subscriber.
-    pub latency: Percentiles,
-}
-
-impl SseFigures {
-    /// The section as Markdown.
-    pub fn markdown(&self, s: &mut String) {
-        let e = self;
-        let _ = writeln!(s, "\n## SSE fan-out\n");
-        let _ = writeln!(
-            s,
-            "{} subscribers on one workload emitting {} lines every {} ms; latency = line \
-             produced in the backend → line parsed by the subscriber.\n",
-            e.subscribers,
-            e.lines_sent,
-            ms(e.interval)
-        );
-        let _ = writeln!(
-            s,
-            "| samples | p50 ms | p99 ms | lines per subscriber (min / max / sent) |\n|---|---|---|---|"
-        );
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} / {} / {} |",
-            e.latency.samples,
-            ms(e.latency.p50),
-            ms(e.latency.p99),
-            e.min_received,
-            e.max_received,
-            e.lines_sent
         );
     }
 }
@@ -533,6 +491,22 @@ impl BenchReport {
                 actual: format!("{} MiB", mib(mem.queued_kib)),
                 met: Some(mem.queued_kib <= TARGET_RSS_QUEUED_KIB),
             },
+            Target {
+                name: "SSE fan-out p99, every subscriber every line",
+                goal: format!(
+                    "≤ {} ms at {} subscribers",
+                    ms(sse::TARGET_P99),
+                    self.sse.subscribers
+                ),
+                actual: format!(
+                    "{} ms; {}–{} of {} lines each",
+                    ms(self.sse.latency.p99),
+                    self.sse.min_received,
+                    self.sse.max_received,
+                    self.sse.lines_sent
+                ),
+                met: Some(self.sse.target_met()),
+            },
             {
                 let (goal, actual) = self.logs.target();
                 Target {
@@ -652,7 +626,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     log::info!("node baseline ({} runs)", opts.node_runs);
     let node = node_baseline(opts.node_runs);
 
-    let (base, go_tx, sse_backend) = sse_setup(opts);
+    let (go_tx, sse_backend) = sse::setup(opts);
     let server = BenchServer::start(
         opts,
         &[
@@ -664,7 +638,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         ],
         vec![sse_backend],
     )?;
-    let result = http_sections(opts, &server, base, &go_tx);
+    let result = http_sections(opts, &server, &go_tx);
     // Let a waiting SSE workload finish whatever happened, then stop the server.
     let _ = go_tx.send(true);
     let logs = result.and_then(|figures| {
@@ -743,7 +717,7 @@ pub fn run_section(opts: &BenchOptions, section: Section) -> Result<String, Benc
         }
         Section::Sse | Section::Logs => {}
     }
-    let (base, go_tx, sse_backend) = sse_setup(opts);
+    let (go_tx, sse_backend) = sse::setup(opts);
     // The logs section runs a real node workload: the isolate backend is on.
     let server = BenchServer::start(
         opts,
@@ -751,38 +725,13 @@ pub fn run_section(opts: &BenchOptions, section: Section) -> Result<String, Benc
         vec![sse_backend],
     )?;
     let result = if section == Section::Sse {
-        sse_latency(opts, server.addr, base, &go_tx).map(|e| e.markdown(&mut s))
+        sse::latency(opts, server.addr, &go_tx).map(|e| e.markdown(&mut s))
     } else {
         logs::run(server.addr, opts.logs).map(|l| l.markdown(&mut s))
     };
     let _ = go_tx.send(true);
     server.stop();
     result.map(|()| s)
-}
-
-/// What the SSE section needs, for a whole run and for the section alone: an open-file
-/// limit for its subscribers, the time base of its line stamps, and its backend, whose
-/// workloads wait for `true` on the returned sender before they print.
-fn sse_setup(opts: &BenchOptions) -> (Instant, watch::Sender<bool>, BackendFactory) {
-    let fd_want = (opts.sse_subscribers as u64) * 2 + 256;
-    if let Err(e) = raise_fd_limit(fd_want) {
-        log::warn!("could not raise the open-file limit to {fd_want}: {e}");
-    }
-    let base = Instant::now();
-    let (go_tx, go_rx) = watch::channel(false);
-    let sse_backend: BackendFactory = {
-        let lines = opts.sse_lines;
-        let interval = opts.sse_interval;
-        Arc::new(move || {
-            Arc::new(SseBenchBackend {
-                lines,
-                interval,
-                base,
-                go: go_rx.clone(),
-            }) as Arc<dyn Backend>
-        })
-    };
-    (base, go_tx, sse_backend)
 }
 
 fn percentiles(what: &str, samples: Vec<Duration>) -> Result<Percentiles, BenchError> {
@@ -792,7 +741,6 @@ fn percentiles(what: &str, samples: Vec<Duration>) -> Result<Percentiles, BenchE
 fn http_sections(
     opts: &BenchOptions,
     server: &BenchServer,
-    base: Instant,
     go: &watch::Sender<bool>,
 ) -> Result<(Percentiles, Percentiles, Throughput, SseFigures), BenchError> {
     log::info!(
@@ -825,7 +773,7 @@ fn http_sections(
         opts.sse_subscribers,
         opts.sse_lines
     );
-    let sse = sse_latency(opts, server.addr, base, go)?;
+    let sse = sse::latency(opts, server.addr, go)?;
     Ok((sync, sync_wasm, throughput, sse))
 }
 
@@ -1311,236 +1259,6 @@ fn raise_fd_limit(want: u64) -> Result<u64, String> {
         return Err(format!("hard limit is {}", lim.rlim_max));
     }
     Ok(new.rlim_cur)
-}
-
-// ---------------------------------------------------------------------------------------
-// SSE fan-out.
-
-/// A backend for the SSE section only: once released through `go`, emits `lines` log
-/// lines `interval` apart, each `t=<nanoseconds since base>`.
-///
-/// Registered as the only `microvm`/`python` backend of the bench server (the real
-/// micro-VM backend is disabled there), so an explicit `isolation: microvm` routes to it.
-struct SseBenchBackend {
-    lines: usize,
-    interval: Duration,
-    base: Instant,
-    go: watch::Receiver<bool>,
-}
-
-impl Backend for SseBenchBackend {
-    fn capabilities(&self) -> BackendCapabilities {
-        BackendCapabilities {
-            name: "bench-sse".into(),
-            supported_runtimes: vec![Runtime::Python],
-            supported_isolations: vec![Isolation::Microvm],
-            max_concurrency: 1,
-        }
-    }
-
-    fn health(&self) -> BackendHealth {
-        BackendHealth::Healthy
-    }
-
-    fn execute(
-        &self,
-        _spec: WorkloadSpec,
-        ctx: ExecContext,
-    ) -> BoxFuture<'static, Result<WorkloadResult, BackendError>> {
-        let (lines, interval, base) = (self.lines, self.interval, self.base);
-        let mut go = self.go.clone();
-        Box::pin(async move {
-            let started = Instant::now();
-            let emit = async {
-                go.wait_for(|released| *released)
-                    .await
-                    .map_err(|_| BackendError::Internal("the benchmark went away".into()))?;
-                let mut tick = tokio::time::interval(interval);
-                for _ in 0..lines {
-                    tick.tick().await;
-                    ctx.log.line(format!("t={}", base.elapsed().as_nanos()));
-                }
-                Ok::<(), BackendError>(())
-            };
-            tokio::select! {
-                r = emit => r?,
-                _ = ctx.cancel.cancelled() => return Err(BackendError::Cancelled),
-            }
-            Ok(WorkloadResult {
-                exit_code: Some(0),
-                output: format!("{{\"lines\":{lines}}}").into_bytes(),
-                error: None,
-                duration_ms: started.elapsed().as_millis() as u64,
-            })
-        })
-    }
-
-    fn cleanup(&self, _id: WorkloadId) -> BoxFuture<'static, ()> {
-        Box::pin(async {})
-    }
-}
-
-/// What one subscriber saw.
-struct Subscriber {
-    latencies: Vec<Duration>,
-}
-
-fn sse_latency(
-    opts: &BenchOptions,
-    addr: SocketAddr,
-    base: Instant,
-    go: &watch::Sender<bool>,
-) -> Result<SseFigures, BenchError> {
-    let n = opts.sse_subscribers.max(1);
-    let body = r#"{"runtime":"python","isolation":"microvm","code":"bench","resources":{"timeout_s":900}}"#;
-    let w = block_on(async move {
-        let client = one_connection()?;
-        json(
-            client
-                .post(format!("http://{addr}/v1/workloads/async"))
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body),
-            "async submit",
-            202,
-        )
-        .await
-    })??;
-    let id = w["id"]
-        .as_str()
-        .ok_or_else(|| BenchError::Http(format!("async submit without id: {w}")))?
-        .to_string();
-    let path = format!("/v1/workloads/{id}/logs");
-
-    let connected = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(AtomicUsize::new(0));
-    let emit_time = opts.sse_interval * opts.sse_lines as u32;
-    let budget = Duration::from_secs(120) + emit_time * 4;
-    let clients = {
-        let (connected, failed) = (connected.clone(), failed.clone());
-        std::thread::Builder::new()
-            .name("bench-sse-clients".into())
-            .spawn(move || sse_clients(addr, path, n, base, connected, failed, budget))
-            .map_err(io_err("spawning the SSE client thread"))?
-    };
-    let wait_until = Instant::now() + Duration::from_secs(120);
-    while connected.load(Ordering::SeqCst) + failed.load(Ordering::SeqCst) < n
-        && Instant::now() < wait_until
-    {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let ready = connected.load(Ordering::SeqCst);
-    log::info!("{ready} of {n} subscribers connected; releasing the workload");
-    let _ = go.send(true);
-    let subs = clients
-        .join()
-        .map_err(|_| BenchError::Setup("the SSE client thread panicked".into()))??;
-    if ready < n {
-        return Err(BenchError::Timeout(format!(
-            "only {ready} of {n} SSE subscribers connected"
-        )));
-    }
-    let counts: Vec<usize> = subs.iter().map(|s| s.latencies.len()).collect();
-    let latency = percentiles(
-        "SSE latency",
-        subs.into_iter().flat_map(|s| s.latencies).collect(),
-    )?;
-    Ok(SseFigures {
-        subscribers: n,
-        lines_sent: opts.sse_lines,
-        interval: opts.sse_interval,
-        min_received: counts.iter().copied().min().unwrap_or(0),
-        max_received: counts.iter().copied().max().unwrap_or(0),
-        latency,
-    })
-}
-
-/// Run `n` subscribers on this thread's own runtime; each returns when the stream ends.
-fn sse_clients(
-    addr: SocketAddr,
-    path: String,
-    n: usize,
-    base: Instant,
-    connected: Arc<AtomicUsize>,
-    failed: Arc<AtomicUsize>,
-    budget: Duration,
-) -> Result<Vec<Subscriber>, BenchError> {
-    let client = reqwest::Client::builder()
-        .build()
-        .map_err(http_err("SSE client"))?;
-    let url = format!("http://{addr}{path}");
-    actix_web::rt::System::new().block_on(async move {
-        let handles: Vec<_> = (0..n)
-            .map(|_| {
-                let (client, url, connected, failed) = (
-                    client.clone(),
-                    url.clone(),
-                    connected.clone(),
-                    failed.clone(),
-                );
-                actix_web::rt::spawn(async move {
-                    let r = actix_web::rt::time::timeout(
-                        budget,
-                        subscribe(&client, &url, base, &connected),
-                    )
-                    .await
-                    .unwrap_or_else(|_| Err("SSE subscriber timed out".into()));
-                    if r.is_err() {
-                        failed.fetch_add(1, Ordering::SeqCst);
-                    }
-                    r
-                })
-            })
-            .collect();
-        let mut out = Vec::with_capacity(n);
-        for h in handles {
-            match h.await {
-                Ok(Ok(s)) => out.push(s),
-                Ok(Err(e)) => return Err(BenchError::Http(e)),
-                Err(e) => return Err(BenchError::Setup(format!("SSE task: {e}"))),
-            }
-        }
-        Ok(out)
-    })
-}
-
-/// One SSE subscriber: connect, wait for the headers (then the broker has subscribed
-/// it), then read `t=<ns>` data lines until the `done` event or the end of the stream.
-async fn subscribe(
-    client: &reqwest::Client,
-    url: &str,
-    base: Instant,
-    connected: &AtomicUsize,
-) -> Result<Subscriber, String> {
-    let res = client
-        .get(url)
-        .header(reqwest::header::ACCEPT, "text/event-stream")
-        .send()
-        .await
-        .map_err(|e| format!("SSE connect: {e}"))?;
-    if res.status() != reqwest::StatusCode::OK {
-        return Err(format!("SSE answer: {}", res.status()));
-    }
-    connected.fetch_add(1, Ordering::SeqCst);
-    let mut events = res.bytes_stream().eventsource();
-    let mut sub = Subscriber {
-        latencies: Vec::new(),
-    };
-    while let Some(event) = events.next().await {
-        let event = event.map_err(|e| format!("SSE read: {e}"))?;
-        let now = base.elapsed();
-        if event.event == "done" {
-            break;
-        }
-        if let Some(ts) = event.data.strip_prefix("t=") {
-            let sent = ts
-                .trim()
-                .parse::<u64>()
-                .map_err(|_| format!("bad SSE timestamp {ts:?}"))?;
-            sub.latencies
-                .push(now.saturating_sub(Duration::from_nanos(sent)));
-        }
-    }
-    Ok(sub)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -37,6 +37,9 @@ enum Command {
     /// An isolate worker process; started by the server only (its stdin is a socket).
     #[command(hide = true)]
     Worker,
+    /// SSE subscribers of `vulcan bench`, in a child process of it.
+    #[command(hide = true)]
+    BenchSseClient(bench::sse::ClientArgs),
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -61,6 +64,12 @@ struct BenchArgs {
     /// Override the SSE subscriber count.
     #[arg(long)]
     sse_subscribers: Option<usize>,
+    /// Override the number of child processes the SSE subscribers are spread over.
+    #[arg(long)]
+    sse_client_processes: Option<usize>,
+    /// Override the pause between two SSE log lines, in milliseconds.
+    #[arg(long)]
+    sse_interval_ms: Option<u64>,
     /// Override the number of workloads queued for the memory and admission figures.
     #[arg(long)]
     queued: Option<usize>,
@@ -80,7 +89,7 @@ fn main() -> ExitCode {
     // Per-request access logs would distort the benchmark; a client prints only its own
     // output.
     let default_filter = match cli.command {
-        Command::Bench(_) => "warn,vulcan::bench=info",
+        Command::Bench(_) | Command::BenchSseClient(_) => "warn,vulcan::bench=info",
         Command::Client(_) => "warn",
         _ => "info,actix_server=warn",
     };
@@ -89,6 +98,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Bench(args) => run_bench(args),
         Command::Worker => vulcan::backends::isolate::worker::main(),
+        Command::BenchSseClient(args) => bench::sse::client_main(args),
         Command::Client(command) => cli::main(command),
         Command::CheckConfig => match load_config() {
             Ok(config) => {
@@ -121,6 +131,12 @@ fn run_bench(args: BenchArgs) -> ExitCode {
     opts.async_workloads = args.async_workloads.unwrap_or(opts.async_workloads);
     opts.async_clients = args.async_clients.unwrap_or(opts.async_clients);
     opts.sse_subscribers = args.sse_subscribers.unwrap_or(opts.sse_subscribers);
+    opts.sse_client_processes = args
+        .sse_client_processes
+        .unwrap_or(opts.sse_client_processes);
+    if let Some(ms) = args.sse_interval_ms {
+        opts.sse_interval = std::time::Duration::from_millis(ms);
+    }
     opts.queued = args.queued.unwrap_or(opts.queued);
     opts.gvisor = args.gvisor;
     let command = std::env::args()

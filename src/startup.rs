@@ -341,6 +341,10 @@ impl Application {
                 .configure(|cfg| api::configure(cfg, state.clone()))
         })
         .shutdown_timeout(config.shutdown_timeout_s)
+        // Answers and SSE events are written whole, each in one write: Nagle's algorithm
+        // would only hold a small one (a live log line) back until the client's delayed
+        // ACK, tens of milliseconds.
+        .tcp_nodelay(true)
         // A client that closes its side is gone: drop its response (an SSE stream
         // frees its subscription at once instead of at the next failed write).
         .h1_allow_half_closed(false)

@@ -82,15 +82,24 @@ fn quick_bench_produces_every_figure() {
         "{md}"
     );
 
-    // SSE: 10 subscribers × the quick preset's 10 lines, every one received by each.
+    // SSE: 10 subscribers (in the quick preset's 2 client processes) × its 10 lines,
+    // every one received by each, and the CPU each side spent meanwhile.
     let sse = cells(row(&md, "| 100 |"));
     assert_eq!(sse[3], "10 / 10 / 10", "{md}");
+    for cores in [sse[4], sse[5]] {
+        cores.parse::<f64>().expect("CPU in cores");
+    }
+    assert!(
+        sse[6].ends_with(" %"),
+        "the clients' share of the CPU: {md}"
+    );
+    assert!(md.contains("10 subscribers (2 client processes)"), "{md}");
 
     // One row per target.
     let targets = md.split("## Targets").nth(1).expect("targets");
     assert_eq!(
         targets.lines().filter(|l| l.starts_with("| ")).count(),
-        1 + 7
+        1 + 8
     );
 }
 
