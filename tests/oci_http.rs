@@ -218,6 +218,21 @@ impl OciApp {
 
     /// The hostile-input rule: after a failure the server is fine and the next
     /// workload runs at once.
+    /// A workload and a pre-pull of `image` are both refused with 400, the error
+    /// naming `why`.
+    async fn assert_refused(&self, image: &str, why: &str) {
+        let res = self
+            .app
+            .post("/v1/workloads/async", &oci_job(image, None))
+            .await;
+        assert_eq!(res.status(), 400, "{image}");
+        let body: Value = res.json().await.expect("json");
+        let error = body["error"].as_str().expect("error");
+        assert!(error.contains(why), "{image}: {error}");
+        let res = self.app.post("/v1/images", &json!({"image": image})).await;
+        assert_eq!(res.status(), 400, "pre-pull of {image}");
+    }
+
     async fn assert_next_runs(&self, image: &str) {
         let w = self
             .run(&oci_job(image, Some(&["/bin/echo", "next"])))
@@ -1189,19 +1204,7 @@ async fn registries_not_allowed_or_on_internal_addresses_are_refused_before_any_
         "10.0.0.1:5000/app".to_string(),
         "0.0.0.0:5000/app".to_string(),
     ] {
-        let res = t
-            .app
-            .post("/v1/workloads/async", &oci_job(&image, None))
-            .await;
-        assert_eq!(res.status(), 400, "{image}");
-        let body: Value = res.json().await.expect("json");
-        let error = body["error"].as_str().expect("error");
-        assert!(
-            error.contains("images.private_registries"),
-            "{image}: {error}"
-        );
-        let res = t.app.post("/v1/images", &json!({"image": image})).await;
-        assert_eq!(res.status(), 400, "pre-pull of {image}");
+        t.assert_refused(&image, "images.private_registries").await;
     }
     // A name that resolves to one: the workload fails before the registry is contacted.
     let requests_before = t.registry.vulcan_requests("/v2/");
@@ -1237,19 +1240,8 @@ async fn only_the_allowed_registries_are_accepted() {
         "corp.example/app".to_string(),
         "evil.example/corp.example/app".to_string(),
     ] {
-        let res = t
-            .app
-            .post("/v1/workloads/async", &oci_job(&image, None))
+        t.assert_refused(&image, "is not allowed (images.allowed_registries)")
             .await;
-        assert_eq!(res.status(), 400, "{image}");
-        let body: Value = res.json().await.expect("json");
-        let error = body["error"].as_str().expect("error");
-        assert!(
-            error.contains("is not allowed (images.allowed_registries)"),
-            "{image}: {error}"
-        );
-        let res = t.app.post("/v1/images", &json!({"image": image})).await;
-        assert_eq!(res.status(), 400, "pre-pull of {image}");
     }
     assert_eq!(t.app.count_rows("workloads"), 0, "nothing recorded");
 }

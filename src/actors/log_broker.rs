@@ -84,6 +84,16 @@ pub fn encode_line(dst: &mut BytesMut, seq: u64, text: &str) -> Result<(), russe
     )
 }
 
+/// The SSE events of stored `lines`, in order, in one buffer (a replay or follow page).
+pub fn encode_lines(lines: &[LogLine]) -> Result<Bytes, russe::Error> {
+    let size: usize = lines.iter().map(|l| l.line.len() + 32).sum();
+    let mut frames = BytesMut::with_capacity(size);
+    for l in lines {
+        encode_line(&mut frames, l.seq, &l.line)?;
+    }
+    Ok(frames.freeze())
+}
+
 /// The SSE event of line `seq`, on its own.
 pub fn line_frame(seq: u64, text: &str) -> Result<Bytes, russe::Error> {
     let mut dst = BytesMut::with_capacity(text.len() + 32);

@@ -14,11 +14,11 @@
 use std::time::Duration;
 
 use actix::Addr;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::stream::{self, Stream};
 use tokio::sync::oneshot;
 
-use crate::actors::log_broker::{done_frame, encode_line};
+use crate::actors::log_broker::{done_frame, encode_lines};
 use crate::actors::store::{GetLogs, GetWorkload, StoreActor};
 use crate::model::{LogLine, Status, Workload, WorkloadId};
 use crate::store::notify::{self, Listener, Subscription};
@@ -121,15 +121,9 @@ impl Follower {
     /// Lines after `after`, read from the table.
     async fn page(&self, id: WorkloadId, after: Option<u64>) -> Result<Page, StoreError> {
         let render = Box::new(|lines: Vec<LogLine>, full: bool| {
-            let last = lines.last().map(|l| l.seq);
-            let size: usize = lines.iter().map(|l| l.line.len() + 32).sum();
-            let mut frames = BytesMut::with_capacity(size);
-            for l in &lines {
-                encode_line(&mut frames, l.seq, &l.line)?;
-            }
             Ok::<_, russe::Error>(Page {
-                frames: frames.freeze(),
-                last,
+                frames: encode_lines(&lines)?,
+                last: lines.last().map(|l| l.seq),
                 full,
             })
         });

@@ -15,7 +15,7 @@ use actix_web::body::{BodySize, MessageBody};
 use actix_web::http::header::{self, CacheControl, CacheDirective, ContentEncoding};
 use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::stream::{self, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
@@ -24,7 +24,7 @@ use tokio::sync::broadcast::Receiver;
 use super::error::ErrorBody;
 use super::{parse_id, ApiError, AppState, Endpoint};
 use crate::actors::log_broker::{
-    done_frame, encode_line, CloseProvisional, LogBroker, LogEvent, Subscribe, Unsubscribe,
+    done_frame, encode_lines, CloseProvisional, LogBroker, LogEvent, Subscribe, Unsubscribe,
 };
 use crate::actors::store::{Flush, GetLogs, GetWorkload, StoreActor};
 use crate::model::{LogLine, Status, Workload, WorkloadId};
@@ -182,15 +182,9 @@ async fn replay_page(
     before: Option<i64>,
 ) -> Result<ReplayPage, ApiError> {
     let render = Box::new(|lines: Vec<LogLine>, full: bool| {
-        let last = lines.last().map(|l| l.seq);
-        let size: usize = lines.iter().map(|l| l.line.len() + 32).sum();
-        let mut frames = BytesMut::with_capacity(size);
-        for l in &lines {
-            encode_line(&mut frames, l.seq, &l.line)?;
-        }
         Ok::<_, russe::Error>(ReplayPage {
-            frames: frames.freeze(),
-            last,
+            frames: encode_lines(&lines)?,
+            last: lines.last().map(|l| l.seq),
             full,
         })
     });
