@@ -33,43 +33,8 @@ async fn a_postgres_restart_under_a_clusters_load_loses_no_work_and_both_nodes_r
     ];
     let script = job("node", json!({"delay_ms": 20, "output": 1}));
 
-    let restart = tokio::task::spawn_blocking(move || {
-        std::thread::sleep(Duration::from_millis(300));
-        pg.restart();
-    });
-    let mut accepted: Vec<String> = Vec::new();
-    let mut refused: Vec<(u16, Value)> = Vec::new();
-    let start = Instant::now();
-    let mut restarted_at: Option<Instant> = None;
-    let mut i = 0usize;
-    loop {
-        let res = nodes[i % 2].post("/v1/workloads/async", &script).await;
-        i += 1;
-        let status = res.status().as_u16();
-        let body: Value = res.json().await.expect("a JSON answer, always");
-        match status {
-            202 => accepted.push(body["id"].as_str().expect("id").to_string()),
-            _ => refused.push((status, body)),
-        }
-        if restart.is_finished() && restarted_at.is_none() {
-            restarted_at = Some(Instant::now());
-        }
-        if let Some(at) = restarted_at {
-            if at.elapsed() > Duration::from_millis(500) && status == 202 {
-                break;
-            }
-        }
-        assert!(start.elapsed() < SOON, "the nodes never accepted again");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    restart.await.expect("restart");
-    for (status, body) in &refused {
-        assert!(
-            matches!(status, 503 | 507) && body["error"].is_string(),
-            "refused clearly: {status} {body}"
-        );
-    }
-    assert!(accepted.len() > 5, "{} accepted", accepted.len());
+    let (accepted, refused) =
+        common::store::submit_through_a_restart(pg, &[&nodes[0], &nodes[1]], &script).await;
     for n in &nodes {
         let deadline = Instant::now() + SOON;
         while n.get("/readyz").await.status().as_u16() != 200 {
@@ -117,6 +82,6 @@ async fn a_postgres_restart_under_a_clusters_load_loses_no_work_and_both_nodes_r
     println!(
         "{} accepted ({failed_to_start} failed to start), {} refused during the restart",
         accepted.len(),
-        refused.len()
+        refused
     );
 }

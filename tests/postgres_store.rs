@@ -34,42 +34,8 @@ async fn a_postgres_restart_under_load_loses_no_accepted_work_and_the_server_rec
     );
 
     // Submissions flow; midway the server restarts.
-    let restart = tokio::task::spawn_blocking(move || {
-        std::thread::sleep(Duration::from_millis(300));
-        cluster.restart();
-    });
-    let mut accepted: Vec<String> = Vec::new();
-    let mut refused: Vec<(u16, Value)> = Vec::new();
-    let start = Instant::now();
-    let mut restarted_at: Option<Instant> = None;
-    loop {
-        let res = app.post("/v1/workloads/async", &script).await;
-        let status = res.status().as_u16();
-        let body: Value = res.json().await.expect("a JSON answer, always");
-        match status {
-            202 => accepted.push(body["id"].as_str().expect("id").to_string()),
-            _ => refused.push((status, body)),
-        }
-        if restart.is_finished() && restarted_at.is_none() {
-            restarted_at = Some(Instant::now());
-        }
-        // Keep going a while after the restart, until the server accepts again.
-        if let Some(at) = restarted_at {
-            if at.elapsed() > Duration::from_millis(500) && status == 202 {
-                break;
-            }
-        }
-        assert!(start.elapsed() < SOON, "the server never accepted again");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    restart.await.expect("restart");
-    for (status, body) in &refused {
-        assert!(
-            matches!(status, 503 | 507) && body["error"].is_string(),
-            "refused clearly: {status} {body}"
-        );
-    }
-    assert!(accepted.len() > 5, "{} accepted", accepted.len());
+    let (accepted, refused) =
+        common::store::submit_through_a_restart(cluster, &[&app], &script).await;
 
     // Writable and ready again, by itself.
     let deadline = Instant::now() + SOON;
@@ -106,7 +72,7 @@ async fn a_postgres_restart_under_load_loses_no_accepted_work_and_the_server_rec
     println!(
         "{} accepted ({failed_to_start} failed to start), {} refused during the restart",
         accepted.len(),
-        refused.len()
+        refused
     );
     app.stop().await;
 }

@@ -108,3 +108,55 @@ pub fn sqlite_only(test: &str) -> bool {
     eprintln!("SKIPPED: {test}: it tests the SQLite file itself ({STORE_VAR}=postgres)");
     false
 }
+
+/// Submit `body` asynchronously, round-robin over `apps`, while `cluster` restarts
+/// (300 ms in), until the apps accept again for 500 ms after it. Every refusal must be
+/// a clear 503/507 with a JSON error; returns the ids accepted (more than five) and
+/// how many were refused.
+pub async fn submit_through_a_restart(
+    cluster: &'static test_pg::PgCluster,
+    apps: &[&super::TestApp],
+    body: &serde_json::Value,
+) -> (Vec<String>, usize) {
+    use std::time::{Duration, Instant};
+    let restart = tokio::task::spawn_blocking(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        cluster.restart();
+    });
+    let mut accepted: Vec<String> = Vec::new();
+    let mut refused: Vec<(u16, serde_json::Value)> = Vec::new();
+    let start = Instant::now();
+    let mut restarted_at: Option<Instant> = None;
+    for i in 0.. {
+        let res = apps[i % apps.len()].post("/v1/workloads/async", body).await;
+        let status = res.status().as_u16();
+        let answer: serde_json::Value = res.json().await.expect("a JSON answer, always");
+        match status {
+            202 => accepted.push(answer["id"].as_str().expect("id").to_string()),
+            _ => refused.push((status, answer)),
+        }
+        if restart.is_finished() && restarted_at.is_none() {
+            restarted_at = Some(Instant::now());
+        }
+        // Keep going a while after the restart, until the apps accept again.
+        if let Some(at) = restarted_at {
+            if at.elapsed() > Duration::from_millis(500) && status == 202 {
+                break;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "never accepted again after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    restart.await.expect("restart");
+    for (status, answer) in &refused {
+        assert!(
+            matches!(status, 503 | 507) && answer["error"].is_string(),
+            "refused clearly: {status} {answer}"
+        );
+    }
+    assert!(accepted.len() > 5, "{} accepted", accepted.len());
+    (accepted, refused.len())
+}
