@@ -16,6 +16,7 @@
 
 pub mod logs;
 pub mod sse;
+pub mod stores;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -98,6 +99,12 @@ pub struct BenchOptions {
     pub worker_path: Option<std::path::PathBuf>,
     /// The large-log section.
     pub logs: logs::LogsOptions,
+    /// A PostgreSQL server (`postgres://user@host:port/db`, a role that may create
+    /// databases) for the servers' store: each boot takes a fresh database there and
+    /// drops it afterwards. `None`: a temporary SQLite file (the embedded default).
+    pub db_url: Option<String>,
+    /// Cluster nodes sharing one PostgreSQL database in the `stores` section.
+    pub nodes: usize,
 }
 
 impl BenchOptions {
@@ -124,6 +131,8 @@ impl BenchOptions {
                 submits: 1_000,
                 readers: 4,
             },
+            db_url: None,
+            nodes: 2,
         }
     }
 
@@ -148,6 +157,8 @@ impl BenchOptions {
                 submits: 20,
                 readers: 4,
             },
+            db_url: None,
+            nodes: 2,
         }
     }
 }
@@ -684,6 +695,9 @@ pub enum Section {
     Accepted,
     /// Async trivial JS end to end: `async_workloads` over `async_clients` connections.
     Async,
+    /// Sync, async and accepted figures on SQLite, on PostgreSQL (`db_url`) and on
+    /// `nodes` cluster nodes sharing one PostgreSQL database ([`stores`]).
+    Stores,
 }
 
 /// Run one section with `opts` on a fresh in-process server; its report as Markdown
@@ -713,6 +727,10 @@ pub fn run_section(opts: &BenchOptions, section: Section) -> Result<String, Benc
             let result = async_throughput(server.addr, opts.async_workloads, opts.async_clients);
             server.stop();
             result?.markdown_async(&mut s);
+            return Ok(s);
+        }
+        Section::Stores => {
+            stores::markdown(&stores::run(opts)?, opts, &mut s);
             return Ok(s);
         }
         Section::Sse | Section::Logs => {}
@@ -780,54 +798,147 @@ fn http_sections(
 // ---------------------------------------------------------------------------------------
 // The application under test.
 
+/// Where a bench server keeps its store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BenchStore {
+    /// A temporary SQLite file (the embedded default).
+    Sqlite,
+    /// A fresh database on the PostgreSQL server at `server_url`, dropped afterwards,
+    /// shared by `nodes` servers; `cluster` turns on `[cluster] enabled` (required for
+    /// more than one node).
+    Postgres {
+        /// The server (see [`BenchOptions::db_url`]).
+        server_url: String,
+        /// Servers booted on the one database.
+        nodes: usize,
+        /// Whether the servers run as cluster nodes.
+        cluster: bool,
+    },
+}
+
+impl BenchStore {
+    /// What `opts` asks for when a section does not choose: SQLite, or one PostgreSQL
+    /// node when `--db-url` is given.
+    pub fn of(opts: &BenchOptions) -> Self {
+        match &opts.db_url {
+            None => Self::Sqlite,
+            Some(url) => Self::Postgres {
+                server_url: url.clone(),
+                nodes: 1,
+                cluster: false,
+            },
+        }
+    }
+}
+
 /// The real application ([`AppThread`]: its own thread and actix `System`) on a
-/// loopback port, with a temporary database.
+/// loopback port, with a temporary database; with [`BenchStore::Postgres`], possibly
+/// several nodes sharing one database.
 struct BenchServer {
+    /// The first node's address (the one single-node sections use).
     addr: SocketAddr,
-    app: AppThread,
+    /// Every node's address, the first one first.
+    addrs: Vec<SocketAddr>,
+    apps: Vec<AppThread>,
+    /// Dropped after the nodes stopped (field order): the database outlives them.
+    _db: Option<stores::FreshDatabase>,
     _dir: tempfile::TempDir,
 }
 
 impl BenchServer {
-    /// Boot with the embedded defaults, the built-in backends `env` enables (isolate,
-    /// gvisor and microvm are off unless `env` says otherwise) and `extra`.
+    /// Boot with the embedded defaults on the store `--db-url` chooses, the built-in
+    /// backends `env` enables (isolate, gvisor and microvm are off unless `env` says
+    /// otherwise) and `extra`.
     fn start(
         opts: &BenchOptions,
         env: &[(&str, String)],
         extra: Vec<BackendFactory>,
     ) -> Result<Self, BenchError> {
+        Self::start_on(opts, &BenchStore::of(opts), env, extra)
+    }
+
+    /// [`BenchServer::start`] on `store`: every node gets the same settings and `extra`
+    /// backends.
+    fn start_on(
+        opts: &BenchOptions,
+        store: &BenchStore,
+        env: &[(&str, String)],
+        extra: Vec<BackendFactory>,
+    ) -> Result<Self, BenchError> {
         let dir = tempfile::tempdir().map_err(io_err("temporary directory"))?;
-        let db = dir.path().join("bench.db");
-        let mut vars: HashMap<String, String> = HashMap::new();
-        for (k, v) in [
-            ("VULCAN_LISTEN_ADDR", "127.0.0.1:0".to_string()),
-            ("VULCAN_DB_PATH", db.to_string_lossy().into_owned()),
-            ("VULCAN_NODE_ID", "bench".into()),
-            ("VULCAN_SHUTDOWN_TIMEOUT_S", "5".into()),
-            ("VULCAN_BACKENDS__ISOLATE__ENABLED", "false".into()),
-            (
-                "VULCAN_BACKENDS__ISOLATE__WORKER_PATH",
-                opts.worker_path
-                    .as_ref()
-                    .map(|p| p.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-            ),
-            ("VULCAN_BACKENDS__GVISOR__ENABLED", "false".into()),
-            ("VULCAN_BACKENDS__MICROVM__ENABLED", "false".into()),
-        ] {
-            vars.insert(k.into(), v);
+        let (db, nodes, cluster) = match store {
+            BenchStore::Sqlite => (None, 1, false),
+            BenchStore::Postgres {
+                server_url,
+                nodes,
+                cluster,
+            } => {
+                if *nodes > 1 && !*cluster {
+                    return Err(BenchError::Setup(
+                        "several nodes on one database must run as a cluster".into(),
+                    ));
+                }
+                (
+                    Some(stores::FreshDatabase::create(server_url)?),
+                    (*nodes).max(1),
+                    *cluster,
+                )
+            }
+        };
+        let mut apps = Vec::with_capacity(nodes);
+        for node in 0..nodes {
+            let mut vars: HashMap<String, String> = HashMap::new();
+            let node_id = if nodes == 1 {
+                "bench".to_string()
+            } else {
+                format!("bench-{}", node + 1)
+            };
+            let db_path = dir.path().join(format!("{node_id}.db"));
+            for (k, v) in [
+                ("VULCAN_LISTEN_ADDR", "127.0.0.1:0".to_string()),
+                ("VULCAN_DB_PATH", db_path.to_string_lossy().into_owned()),
+                ("VULCAN_NODE_ID", node_id),
+                ("VULCAN_SHUTDOWN_TIMEOUT_S", "5".into()),
+                ("VULCAN_BACKENDS__ISOLATE__ENABLED", "false".into()),
+                (
+                    "VULCAN_BACKENDS__ISOLATE__WORKER_PATH",
+                    opts.worker_path
+                        .as_ref()
+                        .map(|p| p.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                ),
+                ("VULCAN_BACKENDS__GVISOR__ENABLED", "false".into()),
+                ("VULCAN_BACKENDS__MICROVM__ENABLED", "false".into()),
+            ] {
+                vars.insert(k.into(), v);
+            }
+            if let Some(db) = &db {
+                vars.insert("VULCAN_DB_URL".into(), db.url().into());
+                vars.insert("VULCAN_CLUSTER__ENABLED".into(), cluster.to_string());
+            }
+            for (k, v) in env {
+                vars.insert((*k).into(), v.clone());
+            }
+            let config = Config::load_from(vars).map_err(|e| BenchError::Setup(e.to_string()))?;
+            let mut backends = builtin_backends(&config);
+            backends.extend(extra.iter().cloned());
+            match AppThread::spawn(config, backends) {
+                Ok(app) => apps.push(app),
+                Err(e) => {
+                    stop_apps(apps);
+                    return Err(BenchError::Setup(e.to_string()));
+                }
+            }
         }
-        for (k, v) in env {
-            vars.insert((*k).into(), v.clone());
-        }
-        let config = Config::load_from(vars).map_err(|e| BenchError::Setup(e.to_string()))?;
-        let mut backends = builtin_backends(&config);
-        backends.extend(extra);
-        let app =
-            AppThread::spawn(config, backends).map_err(|e| BenchError::Setup(e.to_string()))?;
+        let addrs: Vec<SocketAddr> = apps
+            .iter()
+            .map(|app| SocketAddr::from(([127, 0, 0, 1], app.port())))
+            .collect();
         Ok(Self {
-            addr: SocketAddr::from(([127, 0, 0, 1], app.port())),
-            app,
+            addr: addrs[0],
+            addrs,
+            apps,
+            _db: db,
             _dir: dir,
         })
     }
@@ -837,9 +948,17 @@ impl BenchServer {
         format!("http://{}", self.addr)
     }
 
-    /// Graceful stop (store flushed), waiting for the server thread.
-    fn stop(self) {
-        if self.app.stop().is_err() {
+    /// Graceful stop of every node (stores flushed), waiting for their threads; then
+    /// the fresh PostgreSQL database, if any, is dropped.
+    fn stop(mut self) {
+        stop_apps(std::mem::take(&mut self.apps));
+    }
+}
+
+/// Stop `apps` gracefully, last booted first, waiting for each thread.
+fn stop_apps(apps: Vec<AppThread>) {
+    for app in apps.into_iter().rev() {
+        if app.stop().is_err() {
             log::error!("bench server thread panicked");
         }
     }

@@ -79,6 +79,14 @@ struct BenchArgs {
     /// Run only this section (on its own fresh server) and print its report.
     #[arg(long, value_enum)]
     only: Option<bench::Section>,
+    /// Run the servers on PostgreSQL: a server URL whose role may create databases
+    /// (each server boot takes a fresh database, dropped afterwards). Needed by
+    /// `--only stores`.
+    #[arg(long, value_name = "postgres://…")]
+    db_url: Option<String>,
+    /// Cluster nodes sharing one PostgreSQL database in `--only stores`.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=16))]
+    nodes: Option<u16>,
 }
 
 fn main() -> ExitCode {
@@ -139,6 +147,8 @@ fn run_bench(args: BenchArgs) -> ExitCode {
     }
     opts.queued = args.queued.unwrap_or(opts.queued);
     opts.gvisor = args.gvisor;
+    opts.db_url = args.db_url;
+    opts.nodes = args.nodes.map_or(opts.nodes, usize::from);
     let command = std::env::args()
         .enumerate()
         .map(|(i, a)| if i == 0 { "vulcan".to_string() } else { a })

@@ -2,6 +2,8 @@
 //! proves every section runs end to end through the real executable and measures
 //! something, and that the SSE section's subscribers each received every line).
 
+mod common;
+
 use std::process::Command;
 
 /// The Markdown table row of `md` that starts with `prefix`.
@@ -145,4 +147,65 @@ fn the_accepted_and_async_sections_run_alone_over_the_connections_asked_for() {
         !md.contains("## Memory and admission"),
         "only the one section: {md}"
     );
+}
+
+#[test]
+fn the_stores_section_compares_sqlite_postgresql_and_cluster_nodes_on_fresh_databases() {
+    let test = "the_stores_section_compares_sqlite_postgresql_and_cluster_nodes";
+    let Some(cluster) = common::store::test_pg::cluster(test) else {
+        return;
+    };
+    let server = cluster.url("postgres");
+    let md = only(
+        "stores",
+        &[
+            "--db-url",
+            &server,
+            "--nodes",
+            "2",
+            "--queued",
+            "30",
+            "--async-workloads",
+            "20",
+            "--async-clients",
+            "4",
+        ],
+    );
+    assert!(md.contains("## Stores and nodes"), "{md}");
+    assert!(
+        md.contains("synchronous_commit = "),
+        "the server's settings: {md}"
+    );
+    for label in [
+        "| SQLite, 1 node |",
+        "| PostgreSQL, 1 node |",
+        "| PostgreSQL, 1 cluster node |",
+        "| PostgreSQL, 2 cluster nodes |",
+    ] {
+        let c = cells(row(&md, label));
+        // sync p50 / p99, async/s, ratio, accepted/s, ratio: all measured, all positive.
+        let sync: Vec<f64> = c[1].split(" / ").map(|v| v.parse().unwrap()).collect();
+        assert!(sync[0] > 0.0 && sync[1] >= sync[0], "{label}: {c:?}");
+        for i in 2..=5 {
+            let v: f64 = c[i].parse().unwrap_or_else(|_| panic!("{label}: {c:?}"));
+            assert!(v > 0.0, "{label}: {c:?}");
+        }
+    }
+    // Every fresh database the bench made is gone again.
+    common::cluster::execute(
+        &server,
+        "DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_database WHERE datname LIKE 'vulcan_bench_%') \
+         THEN RAISE EXCEPTION 'a bench database was left behind'; END IF; END $$",
+    );
+}
+
+#[test]
+fn the_stores_section_without_a_database_url_says_what_it_needs() {
+    let run = Command::new(env!("CARGO_BIN_EXE_vulcan"))
+        .args(["bench", "--quick", "--only", "stores"])
+        .output()
+        .expect("run vulcan bench");
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("--db-url"), "{stderr}");
 }

@@ -214,7 +214,9 @@ impl PgCluster {
         Err(format!("{last}\nserver log:\n{log}"))
     }
 
-    fn url(&self, db: &str) -> String {
+    /// The URL of database `db` on this cluster, as the superuser (`postgres` is the
+    /// maintenance database).
+    pub fn url(&self, db: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
     }
 
