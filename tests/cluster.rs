@@ -273,6 +273,52 @@ async fn a_sync_submission_run_by_another_node_answers_with_its_result() {
 }
 
 #[tokio::test]
+async fn a_sync_submission_run_by_another_node_is_answered_on_its_terminal_notification() {
+    let Some(url) = shared_database("sync_woken_by_notify") else {
+        return;
+    };
+    // A looks at the shared queue only every ten minutes and re-reads a followed row
+    // as rarely: only the terminal notification of B's record can answer in time.
+    let (fa, _) = scripted(1);
+    let a = node(&url, "a")
+        .env("VULCAN_CLUSTER__POLL_MS", "600000")
+        .env("VULCAN_CLUSTER__RECHECK_S", "600")
+        .backend(fa)
+        .spawn()
+        .await;
+    let busy = script::occupy_slot(&a).await;
+    let (fb, seen_b) = scripted(1);
+    let b = node(&url, "b").backend(fb).spawn().await;
+    let res = a
+        .client
+        .post(a.url("/v1/workloads"))
+        .json(&job("node", json!({"delay_ms": 300, "output": "woken"})))
+        // A lost wake-up fails here, not in a hung test.
+        .timeout(SOON)
+        .send()
+        .await
+        .expect("answered before the timeout (woken by the terminal notification)");
+    assert_eq!(res.status(), 200);
+    let w: Value = res.json().await.expect("json");
+    assert_eq!(w["status"], "completed", "{w}");
+    assert_eq!(w["output"], "woken", "{w}");
+    assert_eq!(w["node_id"], "b", "{w}");
+    let id = w["id"].as_str().expect("id");
+    assert_eq!(runs(&seen_b).get(id), Some(&1));
+    // A is fine: its own slot frees and its next submission runs at once.
+    assert_eq!(
+        a.delete(&format!("/v1/workloads/{busy}")).await.status(),
+        200
+    );
+    let next = a.submit_async(&job("node", json!({"output": 1}))).await;
+    let done = a
+        .wait_terminal(next["id"].as_str().expect("id"), SOON)
+        .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let _ = b;
+}
+
+#[tokio::test]
 async fn a_crashed_nodes_running_work_fails_node_lost_and_its_queue_runs_on_a_survivor() {
     let Some(url) = shared_database("crashed_node_work_recovered") else {
         return;
