@@ -212,6 +212,7 @@ impl Application {
                 store.clone(),
                 config.node_id(),
                 Duration::from_secs(config.cluster.recheck_s),
+                metrics.clone(),
             ))
         } else {
             None
