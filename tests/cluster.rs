@@ -774,3 +774,102 @@ async fn a_node_cut_off_from_the_database_is_declared_lost_and_comes_back_fenced
     assert_eq!(next["status"], "completed", "{next}");
     assert_eq!(runs(&seen_a).get(&id), Some(&1), "run once, never again");
 }
+
+/// Node `a` (heartbeats every 200 ms, lost after 2 s) with a backend that prepares each
+/// workload for a minute, and one workload it has claimed and not started.
+async fn a_claims_and_prepares(url: &str) -> (TestApp, String) {
+    let (slow, _) = script::factory(Options {
+        prepare_ms: 60000,
+        ..Options::default()
+    });
+    let a = quick_node(url, "a").backend(slow).spawn().await;
+    let w = a
+        .submit_async(&job("node", json!({"output": "never"})))
+        .await;
+    let id = w["id"].as_str().expect("id").to_string();
+    eventually(SOON, "a claims it", || async {
+        a.get_json(&format!("/v1/workloads/{id}"), 200).await["node_id"] == "a"
+    })
+    .await;
+    (a, id)
+}
+
+/// The answer to a kill of `id` sent to `b` while it is pending and never started.
+fn assert_killed_unstarted(killed: &Value) {
+    assert_eq!(killed["status"], "killed", "{killed}");
+    assert_eq!(killed["error"], "killed by request", "{killed}");
+    assert!(killed["started_at"].is_null(), "never started: {killed}");
+}
+
+#[tokio::test]
+async fn a_kill_requested_for_work_a_lost_node_claimed_ends_it_killed_not_requeued() {
+    let Some(url) = shared_database("kill_request_at_reaping") else {
+        return;
+    };
+    let (a, id) = a_claims_and_prepares(&url).await;
+    // b could run it (a free scripted slot) once it is back in the queue.
+    let (fast, seen_b) = scripted(4);
+    let b = quick_node(&url, "b")
+        .env("VULCAN_CLUSTER__KILL_TIMEOUT_S", "30")
+        .backend(fast)
+        .spawn()
+        .await;
+    a.crash().await;
+    // a never hears the request; b's reaper declares a lost 2 s later and finds it.
+    let res = b.delete(&format!("/v1/workloads/{id}")).await;
+    assert_eq!(res.status(), 200);
+    let killed: Value = res.json().await.expect("json");
+    assert_killed_unstarted(&killed);
+    assert_eq!(runs(&seen_b).get(&id), None, "never run by the survivor");
+    // It stays killed: b's next polls find nothing to claim, and b works on.
+    let next = b.submit_async(&job("node", json!({"output": 1}))).await;
+    let done = b
+        .wait_terminal(next["id"].as_str().expect("id"), SOON)
+        .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(
+        b.get_json(&format!("/v1/workloads/{id}"), 200).await,
+        killed
+    );
+    assert_eq!(runs(&seen_b).get(&id), None, "never run by the survivor");
+}
+
+#[tokio::test]
+async fn a_kill_requested_for_work_a_node_claimed_before_it_restarted_ends_it_killed() {
+    let Some(url) = shared_database("kill_request_at_restart") else {
+        return;
+    };
+    let (a, id) = a_claims_and_prepares(&url).await;
+    // b declares nobody lost (its timeout is ten minutes) and runs nothing itself.
+    let b = node(&url, "b")
+        .env("VULCAN_CLUSTER__NODE_TIMEOUT_S", "600")
+        .env("VULCAN_CLUSTER__KILL_TIMEOUT_S", "60")
+        .spawn()
+        .await;
+    a.crash().await;
+    let kill = {
+        let client = b.client.clone();
+        let url = b.url(&format!("/v1/workloads/{id}"));
+        tokio::spawn(async move { client.delete(url).send().await.expect("kill on b") })
+    };
+    eventually(SOON, "the kill request is on the row", || async {
+        common::cluster::kill_requested(&url, &id)
+    })
+    .await;
+    // a comes back under its id (once its old heartbeat is past its 2 s timeout) with
+    // a backend that would run the work at once if it re-queued and claimed it.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (fast, seen_a) = scripted(4);
+    let a = quick_node(&url, "a").backend(fast).spawn().await;
+    let res = kill.await.expect("join");
+    assert_eq!(res.status(), 200);
+    let killed: Value = res.json().await.expect("json");
+    assert_killed_unstarted(&killed);
+    assert_eq!(runs(&seen_a).get(&id), None, "never run after the restart");
+    let next = a.submit_async(&job("node", json!({"output": 1}))).await;
+    let done = a
+        .wait_terminal(next["id"].as_str().expect("id"), SOON)
+        .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(runs(&seen_a).get(&id), None, "never run after the restart");
+}

@@ -178,7 +178,8 @@ impl Handler<ReapLostNodes> for StoreActor {
         Box::pin(async move {
             let reaped = answer(rx).await?;
             if let Some(watcher) = watcher {
-                if reaped.failed.iter().any(|w| w.callback_url.is_some()) {
+                let ended = reaped.failed.iter().chain(&reaped.killed);
+                if ended.clone().any(|w| w.callback_url.is_some()) {
                     watcher.do_send(DeliveriesEnqueued);
                 }
             }
