@@ -873,3 +873,56 @@ async fn a_kill_requested_for_work_a_node_claimed_before_it_restarted_ends_it_ki
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(runs(&seen_a).get(&id), None, "never run after the restart");
 }
+
+#[tokio::test]
+async fn a_fenced_node_that_drops_its_queued_work_closes_their_log_topics() {
+    let Some(url) = shared_database("fenced_node_topics") else {
+        return;
+    };
+    let topics = "vulcan_log_topics";
+    // a claims three workloads and prepares them for ten minutes (as image pulls).
+    let (slow, seen_a) = script::factory(Options {
+        max_concurrency: 3,
+        prepare_ms: 600_000,
+        ..Options::default()
+    });
+    let a = quick_node(&url, "a").backend(slow).spawn().await;
+    let baseline = common::gauge(&a, topics).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let w = a.submit_async(&job("node", json!({"output": i}))).await;
+        ids.push(w["id"].as_str().expect("id").to_string());
+    }
+    for id in &ids {
+        eventually(SOON, "a claims it", || async {
+            a.get_json(&format!("/v1/workloads/{id}"), 200).await["node_id"] == "a"
+        })
+        .await;
+    }
+    common::wait_gauge(&a, topics, baseline + 3, SOON).await;
+    // A survivor declares a lost (the reaping pass's statements): its claims go back
+    // to the queue, where b takes and runs them.
+    common::cluster::execute(
+        &url,
+        "UPDATE nodes SET state = 'lost', generation = generation + 1 WHERE node_id = 'a';
+         UPDATE workloads SET node_id = '', node_generation = 0
+             WHERE node_id = 'a' AND status = 'pending';",
+    );
+    let (fast, seen_b) = scripted(4);
+    let b = node(&url, "b").backend(fast).spawn().await;
+    for id in &ids {
+        let done = b.wait_terminal(id, SOON).await;
+        assert_eq!(done["status"], "completed", "{done}");
+        assert_eq!(done["node_id"], "b", "{done}");
+        assert_eq!(runs(&seen_b).get(id), Some(&1));
+        assert_eq!(runs(&seen_a).get(id), None);
+    }
+    // a found itself fenced, dropped the three, and closed their topics.
+    common::wait_gauge(&a, topics, baseline, SOON).await;
+    eventually(SOON, "a is back under a new generation", || async {
+        let list = a.get_json("/v1/nodes", 200).await;
+        list[0]["node_id"] == "a" && list[0]["state"] == "alive" && list[0]["generation"] == 3
+    })
+    .await;
+    assert_eq!(common::gauge(&a, topics).await, baseline);
+}

@@ -14,6 +14,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use super::{SharedQueue, Supervisor, Unclaimed};
+use crate::actors::log_broker::DropTopics;
 use crate::actors::store::{ClaimWork, GetWorkload, RequeueOrphans, StillUnclaimed};
 
 /// Polls between two looks for orphaned claims (about 5 s at the default `poll_ms`).
@@ -392,10 +393,12 @@ impl Handler<Fenced> for Supervisor {
     type Result = usize;
 
     fn handle(&mut self, _: Fenced, _: &mut Self::Context) -> usize {
+        let mut dropped = Vec::new();
         // Not started here: the survivor put it back in the queue. Dropping the actor's
         // address ends it without a write.
         for entry in self.backends.values_mut() {
             for id in entry.queue.drain(..) {
+                dropped.push(id);
                 self.workloads.remove(&id);
                 entry.pending = entry.pending.saturating_sub(1);
                 if let Some(bytes) = self.payload_bytes.remove(&id) {
@@ -406,11 +409,15 @@ impl Handler<Fenced> for Supervisor {
         // Preparing: forgotten here; when its preparation ends, `WorkloadReady` finds
         // it gone and uncounts it.
         for id in &self.preparing {
+            dropped.push(*id);
             self.workloads.remove(id);
             if let Some(bytes) = self.payload_bytes.remove(id) {
                 self.pending_bytes = self.pending_bytes.saturating_sub(bytes);
             }
         }
+        // Their log topics, opened at admission, would otherwise stay open for good
+        // (each actor closes its own only once it records an end).
+        self.logs.broker().do_send(DropTopics(dropped));
         // Running: the survivor recorded them failed ("node lost"); stop the executions.
         for addr in self.workloads.values() {
             addr.do_send(Interrupt("node lost (fenced)".into()));
