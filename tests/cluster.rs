@@ -926,3 +926,94 @@ async fn a_fenced_node_that_drops_its_queued_work_closes_their_log_topics() {
     .await;
     assert_eq!(common::gauge(&a, topics).await, baseline);
 }
+
+#[tokio::test]
+async fn stats_on_a_cluster_node_are_answered_from_one_count_for_stats_max_age() {
+    let Some(url) = shared_database("stats_max_age") else {
+        return;
+    };
+    let (fa, _) = scripted(2);
+    // a counts at most once in ten minutes; b counts for every request.
+    let a = node(&url, "a")
+        .env("VULCAN_CLUSTER__STATS_MAX_AGE_MS", "600000")
+        .backend(fa)
+        .spawn()
+        .await;
+    let (fb, _) = scripted(2);
+    let b = node(&url, "b")
+        .env("VULCAN_CLUSTER__STATS_MAX_AGE_MS", "0")
+        .backend(fb)
+        .spawn()
+        .await;
+    let w = a.submit_async(&job("node", json!({"output": 1}))).await;
+    a.wait_terminal(w["id"].as_str().expect("id"), SOON).await;
+    let first = a.get_json("/v1/stats", 200).await;
+    assert_eq!(first["total"], 1, "{first}");
+    let w = b.submit_async(&job("node", json!({"output": 2}))).await;
+    b.wait_terminal(w["id"].as_str().expect("id"), SOON).await;
+    assert_eq!(b.get_json("/v1/stats", 200).await["total"], 2);
+    // a's answer is its count of a moment ago, the same for every request meanwhile.
+    for _ in 0..3 {
+        assert_eq!(a.get_json("/v1/stats", 200).await, first);
+    }
+}
+
+/// Time `calls` requests of `GET /v1/stats` on `app`, one after the other; answers the
+/// mean per request in milliseconds and the last answer.
+async fn time_stats(app: &TestApp, calls: u32) -> (f64, Value) {
+    let start = Instant::now();
+    let mut last = Value::Null;
+    for _ in 0..calls {
+        last = app.get_json("/v1/stats", 200).await;
+    }
+    (
+        start.elapsed().as_secs_f64() * 1000.0 / f64::from(calls),
+        last,
+    )
+}
+
+#[tokio::test]
+async fn stats_over_100000_rows_cost_one_count_per_period_on_a_cluster_node() {
+    let Some(url) = shared_database("stats_100k") else {
+        return;
+    };
+    // The first node creates the tables.
+    let counting = node(&url, "counting")
+        .env("VULCAN_CLUSTER__STATS_MAX_AGE_MS", "0")
+        .spawn()
+        .await;
+    // 100,000 finished workloads of other nodes (finished now: no retention sweep).
+    common::cluster::execute(
+        &url,
+        "INSERT INTO workloads (id, status, isolation, requested_isolation, backend,
+             runtime, node_id, input_hash, cpu_limit, mem_limit, timeout_s, duration_ms,
+             created_at, started_at, finished_at, input)
+         SELECT gen_random_uuid()::text,
+             (ARRAY['completed', 'failed', 'killed'])[1 + g % 3], 'isolate', 'isolate',
+             'scripted', 'node', 'elsewhere', 'h', 1000, 256, 30, g % 5000,
+             to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+             to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+             to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+             '\\x'::bytea
+         FROM generate_series(1, 100000) AS g;
+         ANALYZE workloads;",
+    );
+    let cached = node(&url, "cached")
+        .env("VULCAN_CLUSTER__STATS_MAX_AGE_MS", "60000")
+        .spawn()
+        .await;
+    let calls = 20;
+    let (per_count, stats) = time_stats(&counting, calls).await;
+    assert_eq!(stats["total"], 100_000, "{stats}");
+    // The first request counts; those after it within the minute are answered from it.
+    let (first, _) = time_stats(&cached, 1).await;
+    let (per_cached, stats) = time_stats(&cached, calls).await;
+    assert_eq!(stats["total"], 100_000, "{stats}");
+    // Figures only (a shared machine, debug build): no assertion on them.
+    println!(
+        "GET /v1/stats over 100,000 rows, {calls} requests each: a count per request \
+         {per_count:.1} ms/request; with stats_max_age_ms, the counting request {first:.1} ms, \
+         the next ones {per_cached:.2} ms/request (ratio {:.0}x)",
+        per_count / per_cached.max(0.001)
+    );
+}
