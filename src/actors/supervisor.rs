@@ -807,7 +807,8 @@ pub struct Readmit(pub PendingWork);
 #[rtype(result = "Result<Workload, KillError>")]
 pub struct KillWorkload(pub WorkloadId);
 
-/// A workload actor is done; its slot (if it had one) is free.
+/// A workload actor is done; its slot (if it had one and did not give it back with
+/// [`SlotFreed`]) is free.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct WorkloadEnded {
@@ -817,6 +818,19 @@ pub struct WorkloadEnded {
     pub backend: String,
     /// Whether it had been granted a slot.
     pub ran: bool,
+    /// Whether that slot was already given back by [`SlotFreed`].
+    pub slot_freed: bool,
+}
+
+/// A workload's execution is over (the backend answered) while its terminal write may
+/// still be on its way: its slot goes to the next queued workload now, so a backend's
+/// capacity does not idle through a store commit. Sent at most once per workload, and
+/// then [`WorkloadEnded`] says `slot_freed`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SlotFreed {
+    /// The workload's backend.
+    pub backend: String,
 }
 
 /// A workload's preparation finished: it may queue for a slot now.
@@ -1148,7 +1162,9 @@ impl Handler<WorkloadEnded> for Supervisor {
         self.unqueue_bytes(msg.id);
         if let Some(entry) = self.backends.get_mut(&msg.backend) {
             if msg.ran {
-                entry.running = entry.running.saturating_sub(1);
+                if !msg.slot_freed {
+                    entry.running = entry.running.saturating_sub(1);
+                }
             } else {
                 let before = entry.queue.len();
                 entry.queue.retain(|q| *q != msg.id);
@@ -1163,6 +1179,18 @@ impl Handler<WorkloadEnded> for Supervisor {
             if let Some(entry) = self.backends.get_mut(&msg.backend) {
                 entry.pending = entry.pending.saturating_sub(1);
             }
+        }
+        self.dispatch(&msg.backend);
+        self.claim(ctx);
+    }
+}
+
+impl Handler<SlotFreed> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SlotFreed, ctx: &mut Self::Context) {
+        if let Some(entry) = self.backends.get_mut(&msg.backend) {
+            entry.running = entry.running.saturating_sub(1);
         }
         self.dispatch(&msg.backend);
         self.claim(ctx);

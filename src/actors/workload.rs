@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 use crate::actors::backend::{BackendActor, Execute};
 use crate::actors::log_broker::{CloseTopic, LogSinks, Seal};
 use crate::actors::store::{ChangeStatus, GetPayload, GetWorkload, StoreActor, PROBE_EVERY};
-use crate::actors::supervisor::{Supervisor, WorkloadEnded, WorkloadReady};
+use crate::actors::supervisor::{SlotFreed, Supervisor, WorkloadEnded, WorkloadReady};
 use crate::backends::{
     output_exceeds, BackendError, CancellationToken, ExecContext, Preparation, WorkloadResult,
     WorkloadSpec,
@@ -74,6 +74,9 @@ pub struct WorkloadActor {
     /// fenced by this node's generation, so a node declared lost meanwhile runs
     /// nothing a survivor may have handed to another node).
     running_before_launch: bool,
+    /// The slot was given back ([`SlotFreed`]) when its launch or execution ended,
+    /// before the terminal write.
+    slot_freed: bool,
 }
 
 impl WorkloadActor {
@@ -98,6 +101,7 @@ impl WorkloadActor {
             waiters: Vec::new(),
             payload_deferred: false,
             running_before_launch: false,
+            slot_freed: false,
         }
     }
 
@@ -141,6 +145,7 @@ impl WorkloadActor {
     /// logged, and the phase stays as it was.
     fn advance(&mut self, event: Event) -> bool {
         let name = event.name();
+        let held = self.phase.holds_slot();
         // A placeholder for the instant `next` owns the phase; it is always replaced.
         let phase = std::mem::replace(&mut self.phase, Phase::Queued { prepared: None });
         let (phase, moved) = match phase.next(event) {
@@ -158,6 +163,14 @@ impl WorkloadActor {
             }
         };
         self.phase = phase;
+        if held && !self.phase.holds_slot() {
+            // Nothing uses the slot any more: the next workload may have it while this
+            // one's terminal write is still being committed.
+            self.slot_freed = true;
+            self.supervisor.do_send(SlotFreed {
+                backend: self.record.backend.clone(),
+            });
+        }
         moved
     }
 
@@ -323,6 +336,7 @@ impl WorkloadActor {
                 id: self.record.id,
                 backend: self.record.backend.clone(),
                 ran,
+                slot_freed: self.slot_freed,
             });
             ctx.stop();
         }
