@@ -7,6 +7,7 @@
 mod phase;
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,8 +20,8 @@ use crate::actors::log_broker::{CloseTopic, LogSinks, Seal};
 use crate::actors::store::{ChangeStatus, GetPayload, GetWorkload, StoreActor, PROBE_EVERY};
 use crate::actors::supervisor::{SlotFreed, Supervisor, WorkloadEnded, WorkloadReady};
 use crate::backends::{
-    output_exceeds, BackendError, CancellationToken, ExecContext, Preparation, WorkloadResult,
-    WorkloadSpec,
+    output_exceeds, BackendError, CancellationToken, ExecContext, LogSink, Preparation,
+    WorkloadResult, WorkloadSpec,
 };
 use crate::metrics::Metrics;
 use crate::model::{output_value, Status, Workload};
@@ -77,6 +78,10 @@ pub struct WorkloadActor {
     /// The slot was given back ([`SlotFreed`]) when its launch or execution ended,
     /// before the terminal write.
     slot_freed: bool,
+    /// Set by the execution's log sink before its first line goes to the broker: only
+    /// then must the broker flush (seal) this workload's lines before the terminal
+    /// write; a workload that printed nothing skips that round trip.
+    printed: Arc<AtomicBool>,
 }
 
 impl WorkloadActor {
@@ -102,6 +107,7 @@ impl WorkloadActor {
             payload_deferred: false,
             running_before_launch: false,
             slot_freed: false,
+            printed: Arc::default(),
         }
     }
 
@@ -220,8 +226,13 @@ impl WorkloadActor {
         // complete log, and history reads need not go through the writer.
         let broker = self.logs.broker().clone();
         let store = self.store.clone();
+        // A line pushed after this check comes after the decision: the seal would not
+        // have covered it either.
+        let printed = self.printed.load(Ordering::Acquire);
         async move {
-            let _ = broker.send(Seal(id)).await;
+            if printed {
+                let _ = broker.send(Seal(id)).await;
+            }
             store.send(ChangeStatus { id, change }).await
         }
         .into_actor(self)
@@ -583,7 +594,14 @@ impl WorkloadActor {
                 .spawn(ctx);
         }
 
-        let sink = self.logs.sink(id);
+        let sink = {
+            let inner = self.logs.sink(id);
+            let printed = Arc::clone(&self.printed);
+            LogSink::new(move |line| {
+                printed.store(true, Ordering::Release);
+                inner.line(line);
+            })
+        };
         let exec = ExecContext {
             log: sink,
             cancel: self.cancel.clone(),
