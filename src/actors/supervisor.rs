@@ -166,6 +166,10 @@ pub struct SupervisorLimits {
 
 /// The supervisor actor.
 pub struct Supervisor {
+    /// Workloads whose slot [`SlotFreed`] gave back while their terminal write is still
+    /// on its way, with their backend: not counted as running (until a shutdown starts,
+    /// which counts them again so that it waits for their writes).
+    finishing: HashMap<WorkloadId, String>,
     store: Addr<StoreActor>,
     logs: LogSinks,
     metrics: Arc<Metrics>,
@@ -260,6 +264,7 @@ impl Supervisor {
             awaiting: HashMap::new(),
             factories,
             draining: false,
+            finishing: HashMap::new(),
             shared: None,
             cluster: None,
         }
@@ -818,18 +823,19 @@ pub struct WorkloadEnded {
     pub backend: String,
     /// Whether it had been granted a slot.
     pub ran: bool,
-    /// Whether that slot was already given back by [`SlotFreed`].
-    pub slot_freed: bool,
 }
 
 /// A workload's execution is over (the backend answered) while its terminal write may
 /// still be on its way: its slot goes to the next queued workload now, so a backend's
-/// capacity does not idle through a store commit. Sent at most once per workload, and
-/// then [`WorkloadEnded`] says `slot_freed`.
+/// capacity does not idle through a store commit. Sent at most once per workload,
+/// before its [`WorkloadEnded`]. While the server shuts down the slot stays counted until
+/// the workload ends, so the shutdown waits for the terminal write.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SlotFreed {
-    /// The workload's backend.
+    /// Which workload.
+    pub id: WorkloadId,
+    /// Its backend.
     pub backend: String,
 }
 
@@ -1162,7 +1168,7 @@ impl Handler<WorkloadEnded> for Supervisor {
         self.unqueue_bytes(msg.id);
         if let Some(entry) = self.backends.get_mut(&msg.backend) {
             if msg.ran {
-                if !msg.slot_freed {
+                if self.finishing.remove(&msg.id).is_none() {
                     entry.running = entry.running.saturating_sub(1);
                 }
             } else {
@@ -1189,8 +1195,12 @@ impl Handler<SlotFreed> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, msg: SlotFreed, ctx: &mut Self::Context) {
+        if self.draining || !self.workloads.contains_key(&msg.id) {
+            return;
+        }
         if let Some(entry) = self.backends.get_mut(&msg.backend) {
             entry.running = entry.running.saturating_sub(1);
+            self.finishing.insert(msg.id, msg.backend.clone());
         }
         self.dispatch(&msg.backend);
         self.claim(ctx);
@@ -1304,6 +1314,12 @@ impl Handler<InterruptAll> for Supervisor {
 
     fn handle(&mut self, msg: InterruptAll, _: &mut Self::Context) -> usize {
         self.draining = true;
+        // Counted as running again until they end: the shutdown waits for their writes.
+        for (_, backend) in self.finishing.drain() {
+            if let Some(entry) = self.backends.get_mut(&backend) {
+                entry.running += 1;
+            }
+        }
         for addr in self.workloads.values() {
             addr.do_send(Interrupt(msg.0.clone()));
         }

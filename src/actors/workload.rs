@@ -75,9 +75,6 @@ pub struct WorkloadActor {
     /// fenced by this node's generation, so a node declared lost meanwhile runs
     /// nothing a survivor may have handed to another node).
     running_before_launch: bool,
-    /// The slot was given back ([`SlotFreed`]) when its launch or execution ended,
-    /// before the terminal write.
-    slot_freed: bool,
     /// Set by the execution's log sink before its first line goes to the broker: only
     /// then must the broker flush (seal) this workload's lines before the terminal
     /// write; a workload that printed nothing skips that round trip.
@@ -106,7 +103,6 @@ impl WorkloadActor {
             waiters: Vec::new(),
             payload_deferred: false,
             running_before_launch: false,
-            slot_freed: false,
             printed: Arc::default(),
         }
     }
@@ -172,8 +168,8 @@ impl WorkloadActor {
         if held && !self.phase.holds_slot() {
             // Nothing uses the slot any more: the next workload may have it while this
             // one's terminal write is still being committed.
-            self.slot_freed = true;
             self.supervisor.do_send(SlotFreed {
+                id: self.record.id,
                 backend: self.record.backend.clone(),
             });
         }
@@ -347,7 +343,6 @@ impl WorkloadActor {
                 id: self.record.id,
                 backend: self.record.backend.clone(),
                 ran,
-                slot_freed: self.slot_freed,
             });
             ctx.stop();
         }
