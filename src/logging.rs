@@ -194,7 +194,7 @@ mod tests {
     impl Write for Recorder {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
             if !buf.is_empty() {
-                self.0.lock().unwrap().push(buf.to_vec());
+                self.0.lock().expect("recorder").push(buf.to_vec());
             }
             Ok(buf.len())
         }
@@ -205,10 +205,10 @@ mod tests {
 
     impl Recorder {
         fn text(&self) -> String {
-            String::from_utf8(self.0.lock().unwrap().concat()).unwrap()
+            String::from_utf8(self.0.lock().expect("recorder").concat()).expect("utf-8")
         }
         fn writes(&self) -> usize {
-            self.0.lock().unwrap().len()
+            self.0.lock().expect("recorder").len()
         }
     }
 
@@ -216,10 +216,10 @@ mod tests {
     fn lines_of_one_interval_reach_the_output_in_one_write() {
         let out = Recorder::default();
         let (mut sink, _flusher) =
-            buffered(Box::new(out.clone()), Duration::from_millis(200), 1 << 16).unwrap();
+            buffered(Box::new(out.clone()), Duration::from_millis(200), 1 << 16).expect("sink");
         for i in 0..100 {
-            writeln!(sink, "line {i}").unwrap();
-            sink.flush().unwrap();
+            writeln!(sink, "line {i}").expect("write");
+            sink.flush().expect("write");
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while out.text().lines().count() < 100 {
@@ -236,9 +236,9 @@ mod tests {
         let out = Recorder::default();
         // An interval no test waits out: only the drop can write the lines.
         let (mut sink, flusher) =
-            buffered(Box::new(out.clone()), Duration::from_secs(3600), 1 << 16).unwrap();
+            buffered(Box::new(out.clone()), Duration::from_secs(3600), 1 << 16).expect("sink");
         for i in 0..10 {
-            writeln!(sink, "line {i}").unwrap();
+            writeln!(sink, "line {i}").expect("write");
         }
         drop(flusher);
         let expected: String = (0..10).map(|i| format!("line {i}\n")).collect();
@@ -249,7 +249,7 @@ mod tests {
     fn a_full_buffer_is_written_by_the_writer_and_order_is_kept() {
         let out = Recorder::default();
         let (mut sink, flusher) =
-            buffered(Box::new(out.clone()), Duration::from_secs(3600), 64).unwrap();
+            buffered(Box::new(out.clone()), Duration::from_secs(3600), 64).expect("sink");
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let mut sink = sink.clone();
@@ -257,15 +257,15 @@ mod tests {
                     for i in 0..500 {
                         // One `write` per line, as env_logger writes a record.
                         sink.write_all(format!("t{t} line {i:04}\n").as_bytes())
-                            .unwrap();
+                            .expect("write");
                     }
                 })
             })
             .collect();
         for t in threads {
-            t.join().unwrap();
+            t.join().expect("writer thread");
         }
-        writeln!(sink, "last").unwrap();
+        writeln!(sink, "last").expect("write");
         // Nothing waits out the interval: the writers wrote whenever 64 bytes gathered.
         assert!(out.writes() > 100, "only {} writes", out.writes());
         assert!(sink.capacity() == 64);
