@@ -17,12 +17,6 @@ use vulcan::config::Config;
 use vulcan::logging;
 use vulcan::startup::Application;
 
-/// Every allocation of the server, its worker processes and the CLI: the accept path
-/// spent ~18 % of its HTTP workers' CPU in glibc `malloc`/`free`; with mimalloc the
-/// server's CPU per accepted submission is ~0.92× (docs/performance.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Vulcan: run workloads with pluggable isolation behind an HTTP API, and the client that
 /// talks to it.
 #[derive(Parser)]
