@@ -289,12 +289,28 @@ pub struct MemoryFigures {
     /// Async submissions answered 202; afterwards every one is a committed `pending` row
     /// but the one running.
     pub accepted: Throughput,
+    /// CPU the server's threads used while accepting them (the process's CPU less the
+    /// submitting threads').
+    pub server_cpu: Duration,
+    /// CPU the submitting threads (the reqwest client) used meanwhile.
+    pub client_cpu: Duration,
 }
 
 impl MemoryFigures {
     /// Accepted submissions per second.
     pub fn accepted_per_second(&self) -> f64 {
         self.accepted.per_second()
+    }
+
+    /// `cpu` per accepted submission, in microseconds.
+    fn per_submission_us(&self, cpu: Duration) -> f64 {
+        cpu.as_secs_f64() * 1e6 / self.accepted.workloads.max(1) as f64
+    }
+
+    /// The rate the server's CPU per submission allows on `cores` with no client on
+    /// them: a capacity derived from the measurement, not a measured rate.
+    pub fn server_capacity_per_second(&self, cores: usize) -> f64 {
+        cores as f64 * 1e6 / self.per_submission_us(self.server_cpu).max(f64::EPSILON)
     }
 
     /// The section as Markdown.
@@ -326,6 +342,26 @@ impl MemoryFigures {
             mem.accepted_per_second(),
             mem.accepted.workloads,
             mem.accepted.elapsed.as_secs_f64()
+        );
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let (server, client) = (mem.server_cpu, mem.client_cpu);
+        let _ = writeln!(
+            s,
+            "| server CPU per accepted submission | {:.1} µs (every server thread) |",
+            mem.per_submission_us(server)
+        );
+        let _ = writeln!(
+            s,
+            "| client CPU per submission | {:.1} µs (the submitting reqwest threads; {:.0} % of \
+             the CPU used while accepting) |",
+            mem.per_submission_us(client),
+            100.0 * client.as_secs_f64() / (server + client).as_secs_f64().max(f64::EPSILON)
+        );
+        let _ = writeln!(
+            s,
+            "| accepted/s the server's CPU allows on {cores} cores | {:.0} (derived: cores ÷ \
+             server CPU per submission; the client shares the cores above) |",
+            mem.server_capacity_per_second(cores)
         );
     }
 }
@@ -986,6 +1022,20 @@ fn one_connection() -> Result<reqwest::Client, BenchError> {
         .map_err(http_err("HTTP client"))
 }
 
+/// [`one_connection`] with nothing a loopback submission does not use (HTTP/2
+/// negotiation, proxy look-ups, redirects): the submitting client shares the server's
+/// cores, so its CPU per request is kept small.
+fn submitting_connection() -> Result<reqwest::Client, BenchError> {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .tcp_nodelay(true)
+        .http1_only()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(http_err("HTTP client"))
+}
+
 /// POST `body` (JSON text) to `url`: (status, body bytes).
 async fn post(
     client: &reqwest::Client,
@@ -1121,15 +1171,30 @@ async fn unfinished_count(client: &reqwest::Client, base: &str) -> Result<u64, B
 /// its CPU on wake-ups, not on requests).
 const SUBMIT_THREADS: usize = 2;
 
+/// What a run of [`submit_async`] took.
+struct Submissions {
+    /// From the first submission to the last answer.
+    elapsed: Duration,
+    /// CPU of the submitting threads, together.
+    client_cpu: Duration,
+}
+
+/// CPU time of `clock` (a thread's or the process's).
+fn cpu_time(clock: nix::time::ClockId) -> Result<Duration, BenchError> {
+    let t = nix::time::clock_gettime(clock)
+        .map_err(|e| BenchError::Setup(format!("clock_gettime: {e}")))?;
+    Ok(Duration::from(t))
+}
+
 /// Submit `workloads` × `body` async over `clients` keep-alive connections, one request
 /// in flight on each, spread over at most [`SUBMIT_THREADS`] threads; each answer must be
-/// 202. Returns the time from the first submission to the last answer.
+/// 202.
 fn submit_async(
     addr: SocketAddr,
     body: &'static str,
     workloads: usize,
     clients: usize,
-) -> Result<Duration, BenchError> {
+) -> Result<Submissions, BenchError> {
     let url = format!("http://{addr}/v1/workloads/async");
     let clients = clients.max(1);
     let threads = clients.min(SUBMIT_THREADS);
@@ -1137,46 +1202,58 @@ fn submit_async(
     // t, t + threads, t + 2 × threads, ...
     let share = |i: usize| workloads / clients + usize::from(i < workloads % clients);
     let start = Instant::now();
-    let results: Vec<Result<(), BenchError>> = std::thread::scope(|s| {
+    let results: Vec<Result<Duration, BenchError>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 let url = url.as_str();
-                s.spawn(move || {
-                    block_on(async move {
-                        let connections = (t..clients).step_by(threads).map(|i| async move {
-                            let client = one_connection()?;
-                            for _ in 0..share(i) {
-                                let (status, bytes) = post(&client, url, body).await?;
-                                if status != 202 {
-                                    return Err(BenchError::Http(format!(
-                                        "async submit: status {status}: {}",
-                                        String::from_utf8_lossy(&bytes)
-                                    )));
+                std::thread::Builder::new()
+                    .name("bench-submit".into())
+                    .spawn_scoped(s, move || {
+                        let from = cpu_time(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)?;
+                        block_on(async move {
+                            let connections = (t..clients).step_by(threads).map(|i| async move {
+                                let client = submitting_connection()?;
+                                for _ in 0..share(i) {
+                                    let (status, bytes) = post(&client, url, body).await?;
+                                    if status != 202 {
+                                        return Err(BenchError::Http(format!(
+                                            "async submit: status {status}: {}",
+                                            String::from_utf8_lossy(&bytes)
+                                        )));
+                                    }
                                 }
-                            }
-                            Ok(())
-                        });
-                        futures_util::future::try_join_all(connections)
-                            .await
-                            .map(drop)
-                    })?
-                })
+                                Ok(())
+                            });
+                            futures_util::future::try_join_all(connections)
+                                .await
+                                .map(drop)
+                        })??;
+                        Ok(cpu_time(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)?
+                            .saturating_sub(from))
+                    })
             })
             .collect();
         handles
             .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
+            .map(|h| match h {
+                Ok(h) => h.join().unwrap_or_else(|_| {
                     Err(BenchError::Setup("a submitting thread panicked".into()))
-                })
+                }),
+                Err(e) => Err(BenchError::Setup(format!(
+                    "cannot start a submitting thread: {e}"
+                ))),
             })
             .collect()
     });
     let elapsed = start.elapsed();
+    let mut client_cpu = Duration::ZERO;
     for r in results {
-        r?;
+        client_cpu += r?;
     }
-    Ok(elapsed)
+    Ok(Submissions {
+        elapsed,
+        client_cpu,
+    })
 }
 
 fn async_throughput(
@@ -1284,7 +1361,11 @@ fn memory_section(opts: &BenchOptions) -> Result<MemoryFigures, BenchError> {
         // Let start-up work (recovery, first sweeps) settle before reading the idle RSS.
         std::thread::sleep(Duration::from_millis(500));
         let idle_kib = rss_kib()?;
-        let elapsed = submit_async(server.addr, TRIVIAL_BODY, queued, clients)?;
+        let process_from = cpu_time(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID)?;
+        let submitted = submit_async(server.addr, TRIVIAL_BODY, queued, clients)?;
+        // This thread waited meanwhile: the rest is the server's.
+        let process_cpu =
+            cpu_time(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID)?.saturating_sub(process_from);
         let base = server.base();
         let client = one_connection()?;
         let (pending, running) = block_on(async {
@@ -1305,8 +1386,10 @@ fn memory_section(opts: &BenchOptions) -> Result<MemoryFigures, BenchError> {
             accepted: Throughput {
                 workloads: queued,
                 clients,
-                elapsed,
+                elapsed: submitted.elapsed,
             },
+            server_cpu: process_cpu.saturating_sub(submitted.client_cpu),
+            client_cpu: submitted.client_cpu,
         })
     })();
     server.stop();

@@ -215,6 +215,9 @@ pub struct LogsConfig {
 pub struct StoreConfig {
     /// Most writes committed in one transaction.
     pub max_batch: usize,
+    /// Group commit: how long, µs, a batch that found company waits for more writes
+    /// (0: never).
+    pub group_commit_us: u64,
     /// Read-only connections for queries.
     pub read_pool_size: u32,
 }

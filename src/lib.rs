@@ -4,7 +4,8 @@
 //! [`backends::Backend`] contract and one module per technology), [`actors`] (supervisor,
 //! workload, backend, log broker, store), [`store`] (Diesel/SQLite), [`api`] (HTTP
 //! handlers), [`startup`] (wiring, and [`startup::AppThread`], the one way to boot the
-//! app beside other work), [`config`], [`metrics`], [`webhooks`] (completion webhook
+//! app beside other work), [`config`], [`logging`] (the server's buffered log sink),
+//! [`metrics`], [`webhooks`] (completion webhook
 //! rules: URL policy, signature, backoff, HTTP sender), [`cluster`] (a node's membership
 //! of a cluster sharing one PostgreSQL database: registration, heartbeat, fencing).
 //! `vulcan bench` is part of the executable, not of this library.
@@ -19,6 +20,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod images;
+pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod net_policy;

@@ -4,15 +4,17 @@
 
 mod bench;
 
-use std::process::ExitCode;
-
+use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
 use bench::BenchOptions;
 use vulcan::cli::{self, ClientCommand};
 use vulcan::config::Config;
+use vulcan::logging;
 use vulcan::startup::Application;
 
 /// Vulcan: run workloads with pluggable isolation behind an HTTP API, and the client that
@@ -101,8 +103,16 @@ fn main() -> ExitCode {
         Command::Client(_) => "warn",
         _ => "info,actix_server=warn",
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_filter))
-        .init();
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_filter));
+    // The server logs a line per request: buffered, written out on a short interval and
+    // in full when `_flusher` is dropped at the end of `main`. Other commands log little
+    // and write each line at once.
+    let _flusher = match cli.command {
+        Command::Serve => buffer_log(&mut logger),
+        _ => None,
+    };
+    logger.init();
     match cli.command {
         Command::Bench(args) => run_bench(args),
         Command::Worker => vulcan::backends::isolate::worker::main(),
@@ -119,6 +129,35 @@ fn main() -> ExitCode {
             Ok(config) => serve(config),
             Err(code) => code,
         },
+    }
+}
+
+/// How long a server log line may wait in memory before it is written out (what a
+/// `kill -9` may lose).
+const LOG_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+/// Bytes of server log buffered at most; a line beyond it writes the buffer out at once.
+const LOG_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Point `logger` at a buffered standard error; `None` (and unbuffered lines) if the
+/// flusher thread cannot start.
+fn buffer_log(logger: &mut env_logger::Builder) -> Option<logging::Flusher> {
+    match logging::buffered(
+        Box::new(std::io::stderr()),
+        LOG_FLUSH_INTERVAL,
+        LOG_BUFFER_BYTES,
+    ) {
+        Ok((sink, flusher)) => {
+            // A pipe gets no colours by default; a terminal keeps them.
+            if std::io::stderr().is_terminal() && std::env::var_os("RUST_LOG_STYLE").is_none() {
+                logger.write_style(env_logger::WriteStyle::Always);
+            }
+            logger.target(env_logger::Target::Pipe(Box::new(sink)));
+            Some(flusher)
+        }
+        Err(e) => {
+            eprintln!("vulcan: log lines unbuffered: cannot start the log flusher: {e}");
+            None
+        }
     }
 }
 

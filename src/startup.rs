@@ -170,6 +170,7 @@ impl Application {
             config.store.max_batch,
             metrics.clone(),
         )?
+        .group_commit(Duration::from_micros(config.store.group_commit_us))
         .sweep_idempotency_keys(Duration::from_secs(config.idempotency_ttl_s));
         let log_reads = LogReads::start(&database, config.logs.read_threads)?;
         metrics.register_all(log_reads.collectors())?;

@@ -129,6 +129,18 @@ fn the_accepted_and_async_sections_run_alone_over_the_connections_asked_for() {
     assert!(md.contains("over 7 connections"), "{md}");
     let accepted = cells(row(&md, "| accepted submissions/s |"))[1].to_string();
     assert!(accepted.contains("(40 in "), "{accepted}");
+    // The CPU of the server's threads and of the client's, per submission, apart.
+    for prefix in [
+        "| server CPU per accepted submission |",
+        "| client CPU per submission |",
+    ] {
+        let us: f64 = cells(row(&md, prefix))[1]
+            .split(" µs")
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no µs figure in {prefix}: {md}"));
+        assert!(us > 0.0, "{prefix} {us}");
+    }
     assert!(!md.contains("## SSE fan-out"), "only the one section: {md}");
 
     let md = only(

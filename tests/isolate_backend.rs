@@ -827,3 +827,39 @@ async fn a_native_call_that_ignores_the_interrupt_costs_its_worker() {
     let r = run_ok(&b, js("'replaced'", Value::Null)).await;
     assert_eq!(output_json(&r), json!("replaced"));
 }
+
+/// A kill of a job that waits (a JavaScript timer, a WASI sleep) is seen by the worker
+/// itself while its job thread is not reading the socket: the job stops, the same
+/// worker answers the next job and none is replaced (a missed cancel would cost the
+/// worker its life after `cancel_grace_ms`).
+#[tokio::test]
+async fn a_kill_reaches_a_job_waiting_in_the_worker_without_a_restart() {
+    let b = backend(1);
+    let waiting = [
+        js(
+            "export default () => new Promise((r) => setTimeout(r, 3600000))",
+            Value::Null,
+        ),
+        wat(&sleep_wat(3_600_000_000_000), Value::Null),
+    ];
+    for spec in waiting {
+        let ctx = ExecContext::new(LogSink::discard(), Duration::from_secs(60));
+        let token = ctx.cancel.clone();
+        let running = b.execute(spec, ctx);
+        let killer = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            token.cancel();
+            Instant::now()
+        };
+        let (r, killed_at) = tokio::join!(running, killer);
+        assert_eq!(r, Err(BackendError::Cancelled));
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            killed_at.elapsed()
+        );
+        let r = run_ok(&b, js("export default (i) => i + 1", json!(1))).await;
+        assert_eq!(output_json(&r), json!(2));
+    }
+    assert_eq!(b.process_report().worker_restarts, 0);
+}

@@ -232,3 +232,78 @@ fn an_unprivileged_worker_applies_what_it_can_and_says_what_it_could_not() {
     assert_eq!(w.probe(Probe::Connect("127.0.0.1:9".into())), None);
     assert_eq!(w.exit_signal(), Some(libc::SIGSYS));
 }
+
+/// The worker reads its jobs on the job thread and looks for cancels while one runs:
+/// a cancel of another job (a stale one, for a job that already ended) neither stops the
+/// running job nor confuses the next read; the running job's own cancel stops it
+/// (`Stopped`) while it waits on a timer; the worker then runs the next job.
+#[test]
+fn cancels_stop_only_the_running_job_and_stale_ones_are_dropped() {
+    use vulcan::backends::isolate::protocol::{Outcome, Program, RunRequest};
+    let mut w = start_worker();
+    let run = |w: &mut Worker, job: u64, code: &str| {
+        write_frame(
+            &mut w.socket,
+            &ToWorker::Run(RunRequest {
+                job,
+                program: Program::Js(code.into()),
+                input: b"{}".to_vec(),
+                mem_mb: 64,
+                max_output_bytes: 1024,
+                timeout_ms: 60_000,
+            }),
+        )
+        .expect("send run");
+    };
+    let done = |w: &mut Worker| match read_frame::<_, FromWorker>(&mut w.socket, 1 << 20) {
+        Ok(FromWorker::Done { job, outcome }) => (job, outcome),
+        other => panic!("expected Done, got {other:?}"),
+    };
+    let output = |outcome: Outcome| match outcome {
+        Outcome::Finished { output, .. } => String::from_utf8(output).expect("utf-8"),
+        other => panic!("expected Finished, got {other:?}"),
+    };
+
+    // A finished job, then its late cancel: dropped by the idle worker.
+    run(&mut w, 1, "export default () => 1");
+    let (job, outcome) = done(&mut w);
+    assert_eq!((job, output(outcome)), (1, "1".to_string()));
+    write_frame(&mut w.socket, &ToWorker::Cancel { job: 1 }).expect("cancel");
+
+    // A waiting job: a cancel of another job leaves it running, its own stops it.
+    run(
+        &mut w,
+        2,
+        "export default () => new Promise((r) => setTimeout(() => r(2), 3600000))",
+    );
+    write_frame(&mut w.socket, &ToWorker::Cancel { job: 1 }).expect("cancel");
+    std::thread::sleep(Duration::from_millis(100));
+    write_frame(&mut w.socket, &ToWorker::Cancel { job: 99 }).expect("cancel");
+    w.socket
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    assert!(
+        read_frame::<_, FromWorker>(&mut w.socket, 1 << 20).is_err(),
+        "a cancel of another job stopped the running one"
+    );
+    w.socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let sent = Instant::now();
+    write_frame(&mut w.socket, &ToWorker::Cancel { job: 2 }).expect("cancel");
+    assert_eq!(done(&mut w), (2, Outcome::Stopped));
+    assert!(
+        sent.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        sent.elapsed()
+    );
+
+    // The same worker runs the next job.
+    run(&mut w, 3, "export default () => 3");
+    let (job, outcome) = done(&mut w);
+    assert_eq!((job, output(outcome)), (3, "3".to_string()));
+    assert!(
+        w.child.try_wait().expect("wait").is_none(),
+        "the worker lives"
+    );
+}

@@ -141,7 +141,7 @@ async fn workers_run_unprivileged_in_a_memory_cgroup_of_their_own() {
     assert_eq!(field("CapBnd:"), "0000000000000000");
     assert_eq!(field("NoNewPrivs:"), "1");
     assert_eq!(field("Seccomp:"), "2", "filter mode");
-    assert_eq!(field("Threads:"), "3", "job, reader and epoch threads only");
+    assert_eq!(field("Threads:"), "2", "job and epoch threads only");
     // Its own memory cgroup, limited to max_mem_mb + the overhead.
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
     let line = cgroups

@@ -212,6 +212,73 @@ async fn a_slot_is_freed_only_when_the_execution_really_ended() {
     );
 }
 
+/// The slot goes to the next workload as soon as the execution has ended, not once the
+/// terminal write is committed: with the database locked by another connection, the
+/// finished workload's terminal write waits, yet the queued one starts at once; the
+/// concurrency limit still holds and both records end right once the lock is gone.
+#[tokio::test]
+async fn the_next_workload_runs_while_the_previous_terminal_write_waits() {
+    use diesel::connection::SimpleConnection;
+    let (app, seen) = scripted_app(Options {
+        max_concurrency: 1,
+        ..Options::default()
+    })
+    .await;
+    let first = id(&app
+        .submit_async(&job("node", json!({"delay_ms": 500, "output": 1})))
+        .await);
+    let second = id(&app
+        .submit_async(&job("node", json!({"delay_ms": 200, "output": 2})))
+        .await);
+    app.wait_status(&first, "running", SOON).await;
+    assert_eq!(seen.started.load(Ordering::SeqCst), 1);
+
+    // Lock the workloads table (shorter than the server's busy timeout) while `first`
+    // is still running: its terminal write cannot commit until the lock goes.
+    let db = app.db_path.clone();
+    let (locked_tx, locked) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        let mut conn = common::store::connect(&db);
+        let lock = if conn.is_pg() {
+            "BEGIN; LOCK TABLE workloads IN EXCLUSIVE MODE;"
+        } else {
+            "BEGIN IMMEDIATE;"
+        };
+        conn.batch_execute(lock).expect("lock");
+        locked_tx.send(()).expect("tell");
+        std::thread::sleep(Duration::from_millis(2500));
+        conn.batch_execute("ROLLBACK;").expect("unlock");
+    });
+    locked.recv().expect("locked");
+    let t = Instant::now();
+    while seen.started.load(Ordering::SeqCst) < 2 {
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "the second workload did not start while the first one's terminal write waited"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let read = app.get_json(&format!("/v1/workloads/{first}"), 200).await;
+    assert_eq!(
+        read["status"], "running",
+        "the lock held its terminal write: {read}"
+    );
+    holder.join().expect("holder");
+
+    for (wid, out) in [(&first, 1), (&second, 2)] {
+        let w = app.wait_terminal(wid, SOON).await;
+        assert_eq!(w["status"], "completed", "{w}");
+        assert_eq!(w["output"], json!(out));
+    }
+    assert_eq!(
+        seen.max_running.load(Ordering::SeqCst),
+        1,
+        "concurrency limit exceeded"
+    );
+    let backends = app.get_json("/v1/backends", 200).await;
+    assert_eq!(backends[0]["running"], 0, "{backends}");
+}
+
 #[tokio::test]
 async fn max_concurrency_queues_fifo() {
     let (app, seen) = scripted_app(Options {

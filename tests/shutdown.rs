@@ -112,3 +112,56 @@ async fn sigterm_stops_running_work_ends_streams_with_done_and_exits_0() {
     assert_eq!(q["output"], 42);
     app.stop().await;
 }
+
+/// The access log is buffered (one write per interval, not per request): a line still
+/// shows up while the server runs, and a clean shutdown writes every line.
+#[tokio::test]
+async fn every_access_log_line_is_written_while_running_and_by_a_clean_shutdown() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut server = common::binary::Binary::serve(
+        dir.path(),
+        &[("VULCAN_BACKENDS__ISOLATE__ENABLED", "false")],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let healthz = format!("{}/healthz", server.base);
+    let access_lines = |server: &common::binary::Binary| {
+        server
+            .lines()
+            .iter()
+            .filter(|l| l.contains("\"GET /healthz HTTP/1.1\" 200"))
+            .count()
+    };
+    let get = |url: String| {
+        let client = client.clone();
+        async move {
+            let res = client.get(url).send().await.expect("GET /healthz");
+            assert_eq!(res.status(), 200);
+        }
+    };
+    get(healthz.clone()).await;
+    let t = Instant::now();
+    while access_lines(&server) < 1 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the access line of a request never showed up while running:\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Then a burst, and SIGTERM right after its last answer: the lines still buffered
+    // are written on the way out.
+    for _ in 0..299 {
+        get(healthz.clone()).await;
+    }
+    assert_eq!(server.terminate().await, 0, "{}", server.log_text());
+    assert_eq!(access_lines(&server), 300, "{}", server.log_text());
+    assert!(
+        server
+            .lines()
+            .iter()
+            .any(|l| l.contains("store flushed; bye")),
+        "the last line of a clean shutdown is missing:\n{}",
+        server.log_text()
+    );
+}

@@ -13,9 +13,9 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
@@ -352,6 +352,8 @@ struct Lost {
 
 /// The single database writer (and query front-end).
 pub struct StoreActor {
+    /// The writer's group-commit wait, µs (see [`StoreActor::group_commit`]).
+    group_wait_us: Arc<AtomicU64>,
     writer: mpsc::Sender<ToWriter>,
     reads: ReadPool,
     /// How long `Idempotency-Key`s are kept; older ones are swept periodically.
@@ -415,9 +417,11 @@ impl StoreActor {
         )?)));
         let (tx, rx) = mpsc::channel::<ToWriter>();
         let health = Arc::new(StoreHealth::default());
+        let group_wait_us = Arc::new(AtomicU64::new(0));
         let writer = Writer {
             db: db.clone(),
             max_batch: max_batch.max(1),
+            group_wait_us: group_wait_us.clone(),
             metrics: metrics.clone(),
             health: health.clone(),
             restarts: health.restarts.clone(),
@@ -429,6 +433,7 @@ impl StoreActor {
             .map_err(|e| StoreError::Connection(format!("cannot start writer thread: {e}")))?;
         Ok(Self {
             writer: tx,
+            group_wait_us,
             reads,
             key_ttl: None,
             health,
@@ -444,6 +449,16 @@ impl StoreActor {
             notify: db.is_shared(),
             stats_cache: None,
         })
+    }
+
+    /// Group commit: a batch that found more than one write queued waits up to `wait`
+    /// for further writes before it commits, so a loaded writer pays `BEGIN`/`COMMIT`
+    /// and the WAL frames of the pages it touches once for more writes. A lone write
+    /// (an idle server, one sync client) never waits. Zero turns it off.
+    pub fn group_commit(self, wait: Duration) -> Self {
+        let us = u64::try_from(wait.as_micros()).unwrap_or(u64::MAX);
+        self.group_wait_us.store(us, Ordering::Relaxed);
+        self
     }
 
     /// This store serves node `node_id` of a cluster: its status writes are fenced by
@@ -684,6 +699,9 @@ async fn answer<T>(rx: oneshot::Receiver<Result<T, StoreError>>) -> Result<T, St
 struct Writer {
     db: Database,
     max_batch: usize,
+    /// Group commit, µs: how long a batch that found company waits for more writes
+    /// (0: never). Set once by [`StoreActor::group_commit`].
+    group_wait_us: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
     health: Arc<StoreHealth>,
     restarts: Arc<Restarts>,
@@ -705,16 +723,24 @@ impl Writer {
                 }
             };
             let mut items = vec![first];
-            while items.len() < self.max_batch {
-                match rx.try_recv() {
-                    Ok(ToWriter::Job(job)) => items.push(Item::Job(job)),
-                    Ok(ToWriter::Change(req)) => items.push(Item::Change(req)),
-                    // Handled after this batch, in order.
-                    Ok(restart) => {
-                        next = Some(restart);
-                        break;
+            self.gather(&rx, &mut items, &mut next);
+            let wait = Duration::from_micros(self.group_wait_us.load(Ordering::Relaxed));
+            if items.len() > 1 && !wait.is_zero() {
+                // Under load: give the writes on their way a moment to join this batch.
+                let until = Instant::now() + wait;
+                while next.is_none() && items.len() < self.max_batch {
+                    let left = until.saturating_duration_since(Instant::now());
+                    match rx.recv_timeout(left) {
+                        Ok(msg) => {
+                            match msg {
+                                ToWriter::Job(job) => items.push(Item::Job(job)),
+                                ToWriter::Change(req) => items.push(Item::Change(req)),
+                                restart @ ToWriter::Restart(..) => next = Some(restart),
+                            }
+                            self.gather(&rx, &mut items, &mut next);
+                        }
+                        Err(_) => break,
                     }
-                    Err(_) => break,
                 }
             }
             self.metrics.store_batch_size.observe(items.len() as f64);
@@ -779,6 +805,24 @@ impl Writer {
             }
         }
         log::debug!("store: writer thread stopped");
+    }
+
+    /// Add every write already queued to `items`, up to the batch limit; a restart
+    /// ends the batch and waits in `next`, handled after it, in order.
+    fn gather(
+        &self,
+        rx: &mpsc::Receiver<ToWriter>,
+        items: &mut Vec<Item>,
+        next: &mut Option<ToWriter>,
+    ) {
+        while next.is_none() && items.len() < self.max_batch {
+            match rx.try_recv() {
+                Ok(ToWriter::Job(job)) => items.push(Item::Job(job)),
+                Ok(ToWriter::Change(req)) => items.push(Item::Change(req)),
+                Ok(restart) => *next = Some(restart),
+                Err(_) => break,
+            }
+        }
     }
 
     /// Count a restart and reopen the connection (the old one, and any transaction
@@ -1422,6 +1466,63 @@ mod tests {
         )
         .expect("open");
         (actor.start(), metrics)
+    }
+
+    /// Group commit: a batch that found company waits for the writes on their way (here
+    /// a running and a terminal change sent after it began, folded into one statement
+    /// by the same batch), while a lone write on an idle store commits at once.
+    #[actix_web::test]
+    async fn a_loaded_writer_waits_for_more_writes_and_a_lone_write_does_not() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("t.db");
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let store = StoreActor::open(&Database::Sqlite(path.clone()), 1, 64, metrics.clone())
+            .expect("open")
+            .group_commit(Duration::from_secs(3))
+            .start();
+        let (a, b) = (pending(), pending());
+        let hold = store.send(HoldWriter(Duration::from_millis(300)));
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+        let ins_a = store.send(insert(&a));
+        let ins_b = store.send(insert(&b));
+        hold.await.expect("send").expect("held");
+        // The batch of the two inserts has begun and is waiting: these join it.
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        let run = store.send(ChangeStatus {
+            id: a.id,
+            change: StatusChange::to(Status::Running),
+        });
+        let end = store.send(ChangeStatus {
+            id: a.id,
+            change: finished(Status::Completed, 3),
+        });
+        ins_a.await.expect("send").expect("insert a");
+        ins_b.await.expect("send").expect("insert b");
+        assert_eq!(
+            run.await.expect("send").expect("run").status,
+            Status::Running
+        );
+        assert_eq!(
+            end.await.expect("send").expect("end").status,
+            Status::Completed
+        );
+        assert_eq!(metrics.store_status_writes_coalesced.get(), 1, "one batch");
+        let batches = &metrics.store_batch_size;
+        assert_eq!(batches.get_sample_count(), 2, "the hold, then one batch");
+        assert_eq!(batches.get_sample_sum() as u64, 1 + 4);
+
+        // Alone: no company, no wait (the window is far longer than this bound).
+        let store = StoreActor::open(&Database::Sqlite(path), 1, 64, metrics.clone())
+            .expect("reopen")
+            .group_commit(Duration::from_secs(60))
+            .start();
+        let t = std::time::Instant::now();
+        store
+            .send(insert(&pending()))
+            .await
+            .expect("send")
+            .expect("insert");
+        assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
     }
 
     #[actix_web::test]

@@ -166,6 +166,10 @@ pub struct SupervisorLimits {
 
 /// The supervisor actor.
 pub struct Supervisor {
+    /// Workloads whose slot [`SlotFreed`] gave back while their terminal write is still
+    /// on its way, with their backend: not counted as running (until a shutdown starts,
+    /// which counts them again so that it waits for their writes).
+    finishing: HashMap<WorkloadId, String>,
     store: Addr<StoreActor>,
     logs: LogSinks,
     metrics: Arc<Metrics>,
@@ -260,6 +264,7 @@ impl Supervisor {
             awaiting: HashMap::new(),
             factories,
             draining: false,
+            finishing: HashMap::new(),
             shared: None,
             cluster: None,
         }
@@ -812,7 +817,8 @@ pub struct Readmit(pub PendingWork);
 #[rtype(result = "Result<Workload, KillError>")]
 pub struct KillWorkload(pub WorkloadId);
 
-/// A workload actor is done; its slot (if it had one) is free.
+/// A workload actor is done; its slot (if it had one and did not give it back with
+/// [`SlotFreed`]) is free.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct WorkloadEnded {
@@ -822,6 +828,20 @@ pub struct WorkloadEnded {
     pub backend: String,
     /// Whether it had been granted a slot.
     pub ran: bool,
+}
+
+/// A workload's execution is over (the backend answered) while its terminal write may
+/// still be on its way: its slot goes to the next queued workload now, so a backend's
+/// capacity does not idle through a store commit. Sent at most once per workload,
+/// before its [`WorkloadEnded`]. While the server shuts down the slot stays counted until
+/// the workload ends, so the shutdown waits for the terminal write.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SlotFreed {
+    /// Which workload.
+    pub id: WorkloadId,
+    /// Its backend.
+    pub backend: String,
 }
 
 /// A workload's preparation finished: it may queue for a slot now.
@@ -1153,7 +1173,9 @@ impl Handler<WorkloadEnded> for Supervisor {
         self.unqueue_bytes(msg.id);
         if let Some(entry) = self.backends.get_mut(&msg.backend) {
             if msg.ran {
-                entry.running = entry.running.saturating_sub(1);
+                if self.finishing.remove(&msg.id).is_none() {
+                    entry.running = entry.running.saturating_sub(1);
+                }
             } else {
                 let before = entry.queue.len();
                 entry.queue.retain(|q| *q != msg.id);
@@ -1168,6 +1190,22 @@ impl Handler<WorkloadEnded> for Supervisor {
             if let Some(entry) = self.backends.get_mut(&msg.backend) {
                 entry.pending = entry.pending.saturating_sub(1);
             }
+        }
+        self.dispatch(&msg.backend);
+        self.claim(ctx);
+    }
+}
+
+impl Handler<SlotFreed> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SlotFreed, ctx: &mut Self::Context) {
+        if self.draining || !self.workloads.contains_key(&msg.id) {
+            return;
+        }
+        if let Some(entry) = self.backends.get_mut(&msg.backend) {
+            entry.running = entry.running.saturating_sub(1);
+            self.finishing.insert(msg.id, msg.backend.clone());
         }
         self.dispatch(&msg.backend);
         self.claim(ctx);
@@ -1281,6 +1319,12 @@ impl Handler<InterruptAll> for Supervisor {
 
     fn handle(&mut self, msg: InterruptAll, _: &mut Self::Context) -> usize {
         self.draining = true;
+        // Counted as running again until they end: the shutdown waits for their writes.
+        for (_, backend) in self.finishing.drain() {
+            if let Some(entry) = self.backends.get_mut(&backend) {
+                entry.running += 1;
+            }
+        }
         for addr in self.workloads.values() {
             addr.do_send(Interrupt(msg.0.clone()));
         }

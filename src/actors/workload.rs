@@ -7,6 +7,7 @@
 mod phase;
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,10 +18,10 @@ use tokio::sync::oneshot;
 use crate::actors::backend::{BackendActor, Execute};
 use crate::actors::log_broker::{CloseTopic, LogSinks, Seal};
 use crate::actors::store::{ChangeStatus, GetPayload, GetWorkload, StoreActor, PROBE_EVERY};
-use crate::actors::supervisor::{Supervisor, WorkloadEnded, WorkloadReady};
+use crate::actors::supervisor::{SlotFreed, Supervisor, WorkloadEnded, WorkloadReady};
 use crate::backends::{
-    output_exceeds, BackendError, CancellationToken, ExecContext, Preparation, WorkloadResult,
-    WorkloadSpec,
+    output_exceeds, BackendError, CancellationToken, ExecContext, LogSink, Preparation,
+    WorkloadResult, WorkloadSpec,
 };
 use crate::metrics::Metrics;
 use crate::model::{output_value, Status, Workload};
@@ -74,6 +75,10 @@ pub struct WorkloadActor {
     /// fenced by this node's generation, so a node declared lost meanwhile runs
     /// nothing a survivor may have handed to another node).
     running_before_launch: bool,
+    /// Set by the execution's log sink before its first line goes to the broker: only
+    /// then must the broker flush (seal) this workload's lines before the terminal
+    /// write; a workload that printed nothing skips that round trip.
+    printed: Arc<AtomicBool>,
 }
 
 impl WorkloadActor {
@@ -98,6 +103,7 @@ impl WorkloadActor {
             waiters: Vec::new(),
             payload_deferred: false,
             running_before_launch: false,
+            printed: Arc::default(),
         }
     }
 
@@ -141,6 +147,7 @@ impl WorkloadActor {
     /// logged, and the phase stays as it was.
     fn advance(&mut self, event: Event) -> bool {
         let name = event.name();
+        let held = self.phase.holds_slot();
         // A placeholder for the instant `next` owns the phase; it is always replaced.
         let phase = std::mem::replace(&mut self.phase, Phase::Queued { prepared: None });
         let (phase, moved) = match phase.next(event) {
@@ -158,6 +165,14 @@ impl WorkloadActor {
             }
         };
         self.phase = phase;
+        if held && !self.phase.holds_slot() {
+            // Nothing uses the slot any more: the next workload may have it while this
+            // one's terminal write is still being committed.
+            self.supervisor.do_send(SlotFreed {
+                id: self.record.id,
+                backend: self.record.backend.clone(),
+            });
+        }
         moved
     }
 
@@ -207,8 +222,13 @@ impl WorkloadActor {
         // complete log, and history reads need not go through the writer.
         let broker = self.logs.broker().clone();
         let store = self.store.clone();
+        // A line pushed after this check comes after the decision: the seal would not
+        // have covered it either.
+        let printed = self.printed.load(Ordering::Acquire);
         async move {
-            let _ = broker.send(Seal(id)).await;
+            if printed {
+                let _ = broker.send(Seal(id)).await;
+            }
             store.send(ChangeStatus { id, change }).await
         }
         .into_actor(self)
@@ -569,7 +589,14 @@ impl WorkloadActor {
                 .spawn(ctx);
         }
 
-        let sink = self.logs.sink(id);
+        let sink = {
+            let inner = self.logs.sink(id);
+            let printed = Arc::clone(&self.printed);
+            LogSink::new(move |line| {
+                printed.store(true, Ordering::Release);
+                inner.line(line);
+            })
+        };
         let exec = ExecContext {
             log: sink,
             cancel: self.cancel.clone(),

@@ -110,6 +110,31 @@ impl Binary {
         (status.code().unwrap_or(-1), text)
     }
 
+    /// SIGTERM, then wait (bounded) for the exit and for the log's end of file; the exit
+    /// code.
+    pub async fn terminate(&mut self) -> i32 {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "vulcan still running 30 s after SIGTERM:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        // The reader thread sees end of file once the process is gone.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        status.code().unwrap_or(-1)
+    }
+
     /// The log lines so far.
     pub fn lines(&self) -> Vec<String> {
         self.log.lock().expect("log").clone()

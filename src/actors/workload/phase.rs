@@ -195,6 +195,17 @@ impl Phase {
         }
     }
 
+    /// Whether a granted slot is in use: a launch or an execution is under way.
+    pub fn holds_slot(&self) -> bool {
+        match self {
+            Phase::Starting { .. } | Phase::Running { .. } => true,
+            Phase::Stopping { execution, .. } => {
+                matches!(execution, Execution::Starting(_) | Execution::Running(_))
+            }
+            Phase::Preparing { .. } | Phase::Queued { .. } | Phase::Finished { .. } => false,
+        }
+    }
+
     /// Whether a backend slot was granted (the supervisor counts the workload as running).
     pub fn ran(&self) -> bool {
         match self {

@@ -185,11 +185,21 @@ impl BytecodeCache {
     }
 }
 
+/// A finished job's context and runtime, kept until [`JsEngine::prepare`] so that freeing
+/// its heap happens after the result was sent, off the request path. Fields drop in
+/// order: the context before the runtime. Nothing of it is ever reachable from another
+/// job (each job has its own runtime).
+struct Spent {
+    _context: Context,
+    _rt: Runtime,
+}
+
 /// The JavaScript engine of one worker (its job thread): see the module docs.
 pub(super) struct JsEngine {
     prelude: Vec<u8>,
     cache: BytecodeCache,
     next: Option<Prepared>,
+    spent: Option<Spent>,
 }
 
 impl JsEngine {
@@ -200,12 +210,15 @@ impl JsEngine {
             prelude: compile_prelude()?,
             cache: BytecodeCache::new(cache_bytes),
             next: None,
+            spent: None,
         })
     }
 
-    /// Make the runtime and context of the next job now (between jobs, off the request
-    /// path). A failure is left for the job to meet and report.
+    /// Free the last job's heap and make the runtime and context of the next job now
+    /// (between jobs, off the request path). A failure is left for the job to meet and
+    /// report.
     pub(super) fn prepare(&mut self) {
+        self.spent = None;
         if self.next.is_none() {
             self.next = Prepared::new(&self.prelude).ok();
         }
@@ -232,7 +245,7 @@ impl JsEngine {
             Some(p) => p,
             None => Prepared::new(&self.prelude)?,
         };
-        let result = run_in(
+        let (result, spent) = run_in(
             prepared,
             &mut self.cache,
             code,
@@ -242,6 +255,7 @@ impl JsEngine {
             log,
             stop,
         );
+        self.spent = Some(spent);
         if stop.should_stop() {
             return Err(BackendError::Cancelled);
         }
@@ -282,7 +296,7 @@ fn run_in(
     max_output_bytes: usize,
     log: &LogSink,
     stop: &StopSignal,
-) -> Result<WorkloadResult, BackendError> {
+) -> (Result<WorkloadResult, BackendError>, Spent) {
     let Prepared {
         fire,
         context,
@@ -318,9 +332,13 @@ fn run_in(
     // it walks the whole heap.
     let heap_full = matches!(outcome, Outcome::Failed(_))
         && usize::try_from(rt.memory_usage().malloc_size).unwrap_or(0) >= limit / 4 * 3;
-    drop(context);
-    drop(rt);
-    Ok(match outcome {
+    // The heap is freed later (see `Spent`); the limits must not outlive the job.
+    rt.set_interrupt_handler(None);
+    let spent = Spent {
+        _context: context,
+        _rt: rt,
+    };
+    let result = Ok(match outcome {
         Outcome::Done(Some(output)) if output.len() > max_output_bytes => WorkloadResult {
             exit_code: Some(1),
             output: Vec::new(),
@@ -351,7 +369,8 @@ fn run_in(
                 duration_ms: 0,
             }
         }
-    })
+    });
+    (result, spent)
 }
 
 /// One job's code and what it needs besides the context.

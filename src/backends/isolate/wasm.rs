@@ -190,10 +190,15 @@ impl WasmEngine {
         })
     }
 
-    /// Start the thread that advances the epoch every [`EPOCH_TICK`]; it ends on its
-    /// own once the engine is dropped. Returns once the thread runs (its start-up system
-    /// calls are done: a seccomp filter installed afterwards need not allow them).
-    pub(super) fn start_ticker(&self) -> Result<(), BackendError> {
+    /// Start the thread that advances the epoch every [`EPOCH_TICK`], calling `on_tick`
+    /// just before each advance (the worker polls its socket for a cancel there, so a
+    /// cancel it finds is seen by the very epoch callback that tick triggers); it ends
+    /// on its own once the engine is dropped. Returns once the thread runs (its start-up
+    /// system calls are done: a seccomp filter installed afterwards need not allow them).
+    pub(super) fn start_ticker(
+        &self,
+        mut on_tick: impl FnMut() + Send + 'static,
+    ) -> Result<(), BackendError> {
         let weak = self.engine.weak();
         let (running_tx, running) = std::sync::mpsc::channel::<()>();
         std::thread::Builder::new()
@@ -202,6 +207,7 @@ impl WasmEngine {
                 let _ = running_tx.send(());
                 loop {
                     std::thread::sleep(EPOCH_TICK);
+                    on_tick();
                     match weak.upgrade() {
                         Some(engine) => engine.increment_epoch(),
                         None => return,
@@ -742,7 +748,7 @@ mod tests {
 
     fn engine() -> WasmEngine {
         let engine = WasmEngine::new(0).expect("engine");
-        engine.start_ticker().expect("ticker");
+        engine.start_ticker(|| ()).expect("ticker");
         engine
     }
 

@@ -4,15 +4,17 @@
 //! settings, builds the engines (wasmtime's engine and linker: no guest input has been
 //! seen yet), confines itself ([`super::confine`]), answers `Ready`, then runs one job
 //! at a time on its main thread with a fresh engine instance each, forwarding log lines
-//! as they are printed. A reader thread takes `Cancel` frames while a job runs; an
-//! epoch ticker thread lets wasmtime notice them. A closed socket ends the process.
+//! as they are printed. The main thread reads its jobs from the socket itself (no
+//! hand-off, no wake-up of another thread per job); while a job runs, the epoch ticker
+//! thread, which wakes every few milliseconds anyway, looks for a `Cancel` frame without
+//! blocking and cancels the job's token before it advances the epoch, so a kill stops
+//! JavaScript and Wasm code within one tick. A closed socket ends the process.
 
 use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -57,10 +59,76 @@ impl Writer {
     }
 }
 
-/// The job running now and its cancellation token (the reader thread cancels it).
-type Current = Arc<Mutex<Option<(u64, CancellationToken)>>>;
+/// Who may read the socket, and the job running now with its cancellation token.
+///
+/// Invariant: while `job` is `None` only the job thread reads the socket (it is idle,
+/// waiting for a `Run`); while it is `Some` only the ticker reads it, through `socket`
+/// and under this lock. The job thread changes `job` under the lock, before it sends
+/// `Done`, so the ticker never reads a frame sent after that `Done` (the next `Run`).
+struct Watch {
+    /// A second handle on the socket (the same open file), for the ticker.
+    socket: UnixStream,
+    /// The running job, if any.
+    job: Option<(u64, CancellationToken)>,
+}
 
-/// What the reader thread hands the job thread.
+/// The [`Watch`], shared by the job thread and the ticker.
+#[derive(Clone)]
+struct Current(Arc<Mutex<Watch>>);
+
+impl Current {
+    fn lock(&self) -> MutexGuard<'_, Watch> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set(&self, job: Option<(u64, CancellationToken)>) {
+        self.lock().job = job;
+    }
+
+    /// Called by the ticker: while a job runs, read every frame already waiting on the
+    /// socket without blocking for one (while a job runs the server sends nothing but
+    /// `Cancel`, whole, in one write). Ends the process when the server closed the
+    /// socket or broke the protocol, as the job thread does when idle.
+    fn poll_cancel(&self) {
+        let mut watch = self.lock();
+        let Watch { socket, job } = &mut *watch;
+        let Some((running, token)) = job.as_ref() else {
+            return;
+        };
+        loop {
+            let mut probe = [0u8; 1];
+            match rustix::net::recv(
+                &*socket,
+                &mut probe,
+                rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT,
+            ) {
+                Ok((0, _)) => std::process::exit(0),
+                Ok(_) => {}
+                Err(rustix::io::Errno::AGAIN) => return,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => protocol_failure(&format!("polling the socket: {e}")),
+            }
+            match protocol::read_frame::<_, ToWorker>(&mut *socket, MAX_TO_WORKER_FRAME) {
+                Ok(ToWorker::Cancel { job }) => {
+                    if job == *running {
+                        token.cancel();
+                    }
+                }
+                Ok(other) => protocol_failure(&format!("unexpected frame {other:?} during a job")),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => std::process::exit(0),
+                Err(e) => protocol_failure(&format!("reading a frame: {e}")),
+            }
+        }
+    }
+}
+
+/// End the process: the server sent something outside the protocol.
+fn protocol_failure(what: &str) -> ! {
+    eprintln!("vulcan worker: {what}");
+    std::process::exit(i32::from(EXIT_SETUP_FAILED));
+}
+
+/// What the job thread was asked to do.
 enum Task {
     Run(RunRequest),
     Probe(Probe),
@@ -100,31 +168,22 @@ fn serve() -> Result<(), String> {
     confine::drop_identity(init.uid, init.gid, &mut report);
     confine::set_limits(init.address_space_bytes, &mut report);
 
-    // The only threads this process will ever have, started after the identity drop
-    // (so they are not root either) and before the filter (which forbids new ones).
-    wasm.start_ticker()
-        .map_err(|e| format!("epoch ticker: {e}"))?;
-    let current: Current = Arc::new(Mutex::new(None));
-    let (tasks_tx, tasks_rx) = mpsc::channel::<Task>();
-    let reader = socket
+    // Handles on the socket are made now: `dup` is outside the filter's allowlist.
+    let mut reader = socket
         .try_clone()
         .map_err(|e| format!("socket clone: {e}"))?;
+    // The only other thread this process will ever have, started after the identity
+    // drop (so it is not root either) and before the filter (which forbids new ones).
+    let current = Current(Arc::new(Mutex::new(Watch {
+        socket: socket
+            .try_clone()
+            .map_err(|e| format!("socket clone: {e}"))?,
+        job: None,
+    })));
     {
-        let current = Arc::clone(&current);
-        let probes = init.probes;
-        let (running_tx, running) = mpsc::channel::<()>();
-        std::thread::Builder::new()
-            .name("worker-reader".into())
-            .spawn(move || {
-                let _ = running_tx.send(());
-                read_loop(reader, &current, &tasks_tx, probes)
-            })
-            .map_err(|e| format!("reader thread: {e}"))?;
-        // A thread's own start-up (robust list, rseq, its name) makes system calls the
-        // filter does not allow: wait until it runs.
-        running
-            .recv()
-            .map_err(|_| "the reader thread did not start".to_string())?;
+        let current = current.clone();
+        wasm.start_ticker(move || current.poll_cancel())
+            .map_err(|e| format!("epoch ticker: {e}"))?;
     }
     // Everything the engines initialise lazily on first use happens now, on trusted
     // code, before the filter: a JavaScript job and a WASI command that touches every
@@ -143,10 +202,7 @@ fn serve() -> Result<(), String> {
     loop {
         // The next job's runtime and context are made while no job is waiting.
         js.prepare();
-        let Ok(task) = tasks_rx.recv() else {
-            break;
-        };
-        let answer = match task {
+        let answer = match next_task(&mut reader, init.probes) {
             Task::Run(req) => {
                 let job = req.job;
                 let outcome = run_job(req, &init, &mut js, &wasm, &writer, &current);
@@ -159,38 +215,22 @@ fn serve() -> Result<(), String> {
             return Ok(());
         }
     }
-    Ok(())
 }
 
-/// Read frames until the socket closes: jobs go to the job thread, cancels take effect
-/// at once. Ends the process when the server closes the socket or breaks the protocol.
-fn read_loop(mut socket: UnixStream, current: &Current, tasks: &mpsc::Sender<Task>, probes: bool) {
+/// Block until the server asks for something (no job runs: the socket is ours, see
+/// [`Watch`]). A `Cancel` of a job that already ended is dropped. Ends the process when
+/// the server closed the socket or broke the protocol (at once, as the ticker does: no
+/// teardown runs under the filter).
+fn next_task(socket: &mut UnixStream, probes: bool) -> Task {
     loop {
-        let task = match protocol::read_frame::<_, ToWorker>(&mut socket, MAX_TO_WORKER_FRAME) {
+        return match protocol::read_frame::<_, ToWorker>(socket, MAX_TO_WORKER_FRAME) {
             Ok(ToWorker::Run(req)) => Task::Run(req),
-            Ok(ToWorker::Cancel { job }) => {
-                let guard = current.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some((running, token)) = guard.as_ref() {
-                    if *running == job {
-                        token.cancel();
-                    }
-                }
-                continue;
-            }
+            Ok(ToWorker::Cancel { .. }) => continue,
             Ok(ToWorker::Probe(p)) if probes => Task::Probe(p),
-            Ok(other) => {
-                eprintln!("vulcan worker: unexpected frame {other:?}");
-                std::process::exit(i32::from(EXIT_SETUP_FAILED));
-            }
+            Ok(other) => protocol_failure(&format!("unexpected frame {other:?}")),
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => std::process::exit(0),
-            Err(e) => {
-                eprintln!("vulcan worker: reading a frame: {e}");
-                std::process::exit(i32::from(EXIT_SETUP_FAILED));
-            }
+            Err(e) => protocol_failure(&format!("reading a frame: {e}")),
         };
-        if tasks.send(task).is_err() {
-            return;
-        }
     }
 }
 
@@ -207,7 +247,8 @@ fn job_sink(job: u64, init: &WorkerInit, writer: &Writer) -> LogSink {
             return;
         }
         let (line, _) = cap_line(line, max_line);
-        // A write error means the server is gone; the reader thread ends the process.
+        // A write error means the server is gone; the job thread (or the ticker,
+        // polling for a cancel) sees the closed socket and ends the process.
         let _ = writer.send(&FromWorker::Log { job, line });
     })
 }
@@ -222,7 +263,7 @@ fn run_job(
 ) -> Outcome {
     let started = Instant::now();
     let token = CancellationToken::new();
-    *current.lock().unwrap_or_else(|p| p.into_inner()) = Some((req.job, token.clone()));
+    current.set(Some((req.job, token.clone())));
     let stop = StopSignal::new(token, started + Duration::from_millis(req.timeout_ms));
     let log = job_sink(req.job, init, writer);
     let max_output = req.max_output_bytes;
@@ -230,7 +271,7 @@ fn run_job(
         Program::Js(code) => js.run(code, &req.input, req.mem_mb, max_output, &log, &stop),
         Program::Wasm(bytes) => wasm.run(bytes, &req.input, req.mem_mb, max_output, &log, &stop),
     };
-    *current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    current.set(None);
     let duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     match result {
         Ok(WorkloadResult {
