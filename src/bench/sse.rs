@@ -7,8 +7,8 @@
 //! server's process nor queues behind one client thread. Every child follows its share
 //! of the subscribers on a current-thread runtime, each with hyper's HTTP/1 client
 //! connection driven by the subscriber's own task and russe's SSE decoder (the codec
-//! the server encodes with): about half the CPU per event of reqwest and
-//! eventsource-stream, whose cost shared the two cores with the server's.
+//! the server encodes with), leaner than reqwest and eventsource-stream: the clients
+//! share the machine's cores with the server, so their cost per event is in the figures.
 //!
 //! Latency, per subscriber per line: the backend reads `CLOCK_MONOTONIC` just before it
 //! hands the line to the workload's log sink (the moment a guest's `console.log`
