@@ -134,6 +134,9 @@ pub struct ClusterConfig {
     /// Seconds between two re-reads of the table by a follower of another node's
     /// workload, notification or not.
     pub recheck_s: u64,
+    /// Milliseconds for which a node answers `GET /v1/stats` from its last count of the
+    /// shared table (0: a count per request); an answer is at most this old.
+    pub stats_max_age_ms: u64,
 }
 
 impl ClusterConfig {

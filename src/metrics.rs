@@ -27,6 +27,11 @@ pub struct Metrics {
     /// Open log topics (admitted, unfinished workloads plus provisional topics of early
     /// subscribers).
     pub log_topics: IntGauge,
+    /// Workloads of other nodes this node follows from the shared table now (one
+    /// follower per workload, however many streams and waiters are attached to it).
+    pub log_followers: IntGauge,
+    /// Followers of other nodes' workloads started since the process started.
+    pub log_followers_started: IntCounter,
     /// Log lines handed to the store.
     pub log_lines_persisted: IntCounter,
     /// Log events not delivered to a subscriber that fell behind (it was disconnected).
@@ -101,6 +106,14 @@ impl Metrics {
             "log_topics",
             "Open log topics (unfinished workloads with a topic)",
         )?;
+        let log_followers = IntGauge::new(
+            "log_followers",
+            "Workloads of other cluster nodes followed from the shared table",
+        )?;
+        let log_followers_started = IntCounter::new(
+            "log_followers_started_total",
+            "Followers of other cluster nodes' workloads started",
+        )?;
         let log_lines_persisted =
             IntCounter::new("log_lines_persisted_total", "Log lines handed to the store")?;
         let log_lines_dropped = IntCounter::new(
@@ -166,6 +179,8 @@ impl Metrics {
         registry.register(Box::new(rejected_queue_full.clone()))?;
         registry.register(Box::new(sse_subscribers.clone()))?;
         registry.register(Box::new(log_topics.clone()))?;
+        registry.register(Box::new(log_followers.clone()))?;
+        registry.register(Box::new(log_followers_started.clone()))?;
         registry.register(Box::new(log_lines_persisted.clone()))?;
         registry.register(Box::new(log_lines_dropped.clone()))?;
         registry.register(Box::new(log_lines_truncated.clone()))?;
@@ -190,6 +205,8 @@ impl Metrics {
             rejected_queue_full,
             sse_subscribers,
             log_topics,
+            log_followers,
+            log_followers_started,
             log_lines_persisted,
             log_lines_dropped,
             log_lines_truncated,

@@ -183,7 +183,9 @@ impl Application {
         };
         let cluster = database.is_shared().then(|| config.cluster.clone());
         let store = match &cluster {
-            Some(_) => store.cluster_node(config.node_id()),
+            Some(c) => {
+                store.cluster_node(config.node_id(), Duration::from_millis(c.stats_max_age_ms))
+            }
             None => store,
         };
         let store_health = store.health();
@@ -212,6 +214,7 @@ impl Application {
                 store.clone(),
                 config.node_id(),
                 Duration::from_secs(config.cluster.recheck_s),
+                metrics.clone(),
             ))
         } else {
             None

@@ -273,6 +273,52 @@ async fn a_sync_submission_run_by_another_node_answers_with_its_result() {
 }
 
 #[tokio::test]
+async fn a_sync_submission_run_by_another_node_is_answered_on_its_terminal_notification() {
+    let Some(url) = shared_database("sync_woken_by_notify") else {
+        return;
+    };
+    // A looks at the shared queue only every ten minutes and re-reads a followed row
+    // as rarely: only the terminal notification of B's record can answer in time.
+    let (fa, _) = scripted(1);
+    let a = node(&url, "a")
+        .env("VULCAN_CLUSTER__POLL_MS", "600000")
+        .env("VULCAN_CLUSTER__RECHECK_S", "600")
+        .backend(fa)
+        .spawn()
+        .await;
+    let busy = script::occupy_slot(&a).await;
+    let (fb, seen_b) = scripted(1);
+    let b = node(&url, "b").backend(fb).spawn().await;
+    let res = a
+        .client
+        .post(a.url("/v1/workloads"))
+        .json(&job("node", json!({"delay_ms": 300, "output": "woken"})))
+        // A lost wake-up fails here, not in a hung test.
+        .timeout(SOON)
+        .send()
+        .await
+        .expect("answered before the timeout (woken by the terminal notification)");
+    assert_eq!(res.status(), 200);
+    let w: Value = res.json().await.expect("json");
+    assert_eq!(w["status"], "completed", "{w}");
+    assert_eq!(w["output"], "woken", "{w}");
+    assert_eq!(w["node_id"], "b", "{w}");
+    let id = w["id"].as_str().expect("id");
+    assert_eq!(runs(&seen_b).get(id), Some(&1));
+    // A is fine: its own slot frees and its next submission runs at once.
+    assert_eq!(
+        a.delete(&format!("/v1/workloads/{busy}")).await.status(),
+        200
+    );
+    let next = a.submit_async(&job("node", json!({"output": 1}))).await;
+    let done = a
+        .wait_terminal(next["id"].as_str().expect("id"), SOON)
+        .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let _ = b;
+}
+
+#[tokio::test]
 async fn a_crashed_nodes_running_work_fails_node_lost_and_its_queue_runs_on_a_survivor() {
     let Some(url) = shared_database("crashed_node_work_recovered") else {
         return;
@@ -727,4 +773,247 @@ async fn a_node_cut_off_from_the_database_is_declared_lost_and_comes_back_fenced
         .await;
     assert_eq!(next["status"], "completed", "{next}");
     assert_eq!(runs(&seen_a).get(&id), Some(&1), "run once, never again");
+}
+
+/// Node `a` (heartbeats every 200 ms, lost after 2 s) with a backend that prepares each
+/// workload for a minute, and one workload it has claimed and not started.
+async fn a_claims_and_prepares(url: &str) -> (TestApp, String) {
+    let (slow, _) = script::factory(Options {
+        prepare_ms: 60000,
+        ..Options::default()
+    });
+    let a = quick_node(url, "a").backend(slow).spawn().await;
+    let w = a
+        .submit_async(&job("node", json!({"output": "never"})))
+        .await;
+    let id = w["id"].as_str().expect("id").to_string();
+    eventually(SOON, "a claims it", || async {
+        a.get_json(&format!("/v1/workloads/{id}"), 200).await["node_id"] == "a"
+    })
+    .await;
+    (a, id)
+}
+
+/// The answer to a kill of `id` sent to `b` while it is pending and never started.
+fn assert_killed_unstarted(killed: &Value) {
+    assert_eq!(killed["status"], "killed", "{killed}");
+    assert_eq!(killed["error"], "killed by request", "{killed}");
+    assert!(killed["started_at"].is_null(), "never started: {killed}");
+}
+
+#[tokio::test]
+async fn a_kill_requested_for_work_a_lost_node_claimed_ends_it_killed_not_requeued() {
+    let Some(url) = shared_database("kill_request_at_reaping") else {
+        return;
+    };
+    let (a, id) = a_claims_and_prepares(&url).await;
+    // b could run it (a free scripted slot) once it is back in the queue.
+    let (fast, seen_b) = scripted(4);
+    let b = quick_node(&url, "b")
+        .env("VULCAN_CLUSTER__KILL_TIMEOUT_S", "30")
+        .backend(fast)
+        .spawn()
+        .await;
+    a.crash().await;
+    // a never hears the request; b's reaper declares a lost 2 s later and finds it.
+    let res = b.delete(&format!("/v1/workloads/{id}")).await;
+    assert_eq!(res.status(), 200);
+    let killed: Value = res.json().await.expect("json");
+    assert_killed_unstarted(&killed);
+    assert_eq!(runs(&seen_b).get(&id), None, "never run by the survivor");
+    // It stays killed: b's next polls find nothing to claim, and b works on.
+    let next = b.submit_async(&job("node", json!({"output": 1}))).await;
+    let done = b
+        .wait_terminal(next["id"].as_str().expect("id"), SOON)
+        .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(
+        b.get_json(&format!("/v1/workloads/{id}"), 200).await,
+        killed
+    );
+    assert_eq!(runs(&seen_b).get(&id), None, "never run by the survivor");
+}
+
+#[tokio::test]
+async fn a_kill_requested_for_work_a_node_claimed_before_it_restarted_ends_it_killed() {
+    let Some(url) = shared_database("kill_request_at_restart") else {
+        return;
+    };
+    let (a, id) = a_claims_and_prepares(&url).await;
+    // b declares nobody lost (its timeout is ten minutes) and runs nothing itself.
+    let b = node(&url, "b")
+        .env("VULCAN_CLUSTER__NODE_TIMEOUT_S", "600")
+        .env("VULCAN_CLUSTER__KILL_TIMEOUT_S", "60")
+        .spawn()
+        .await;
+    a.crash().await;
+    let kill = {
+        let client = b.client.clone();
+        let url = b.url(&format!("/v1/workloads/{id}"));
+        tokio::spawn(async move { client.delete(url).send().await.expect("kill on b") })
+    };
+    eventually(SOON, "the kill request is on the row", || async {
+        common::cluster::kill_requested(&url, &id)
+    })
+    .await;
+    // a comes back under its id (once its old heartbeat is past its 2 s timeout) with
+    // a backend that would run the work at once if it re-queued and claimed it.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (fast, seen_a) = scripted(4);
+    let a = quick_node(&url, "a").backend(fast).spawn().await;
+    let res = kill.await.expect("join");
+    assert_eq!(res.status(), 200);
+    let killed: Value = res.json().await.expect("json");
+    assert_killed_unstarted(&killed);
+    assert_eq!(runs(&seen_a).get(&id), None, "never run after the restart");
+    let next = a.submit_async(&job("node", json!({"output": 1}))).await;
+    let done = a
+        .wait_terminal(next["id"].as_str().expect("id"), SOON)
+        .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(runs(&seen_a).get(&id), None, "never run after the restart");
+}
+
+#[tokio::test]
+async fn a_fenced_node_that_drops_its_queued_work_closes_their_log_topics() {
+    let Some(url) = shared_database("fenced_node_topics") else {
+        return;
+    };
+    let topics = "vulcan_log_topics";
+    // a claims three workloads and prepares them for ten minutes (as image pulls).
+    let (slow, seen_a) = script::factory(Options {
+        max_concurrency: 3,
+        prepare_ms: 600_000,
+        ..Options::default()
+    });
+    let a = quick_node(&url, "a").backend(slow).spawn().await;
+    let baseline = common::gauge(&a, topics).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let w = a.submit_async(&job("node", json!({"output": i}))).await;
+        ids.push(w["id"].as_str().expect("id").to_string());
+    }
+    for id in &ids {
+        eventually(SOON, "a claims it", || async {
+            a.get_json(&format!("/v1/workloads/{id}"), 200).await["node_id"] == "a"
+        })
+        .await;
+    }
+    common::wait_gauge(&a, topics, baseline + 3, SOON).await;
+    // A survivor declares a lost (the reaping pass's statements): its claims go back
+    // to the queue, where b takes and runs them.
+    common::cluster::execute(
+        &url,
+        "UPDATE nodes SET state = 'lost', generation = generation + 1 WHERE node_id = 'a';
+         UPDATE workloads SET node_id = '', node_generation = 0
+             WHERE node_id = 'a' AND status = 'pending';",
+    );
+    let (fast, seen_b) = scripted(4);
+    let b = node(&url, "b").backend(fast).spawn().await;
+    for id in &ids {
+        let done = b.wait_terminal(id, SOON).await;
+        assert_eq!(done["status"], "completed", "{done}");
+        assert_eq!(done["node_id"], "b", "{done}");
+        assert_eq!(runs(&seen_b).get(id), Some(&1));
+        assert_eq!(runs(&seen_a).get(id), None);
+    }
+    // a found itself fenced, dropped the three, and closed their topics.
+    common::wait_gauge(&a, topics, baseline, SOON).await;
+    eventually(SOON, "a is back under a new generation", || async {
+        let list = a.get_json("/v1/nodes", 200).await;
+        list[0]["node_id"] == "a" && list[0]["state"] == "alive" && list[0]["generation"] == 3
+    })
+    .await;
+    assert_eq!(common::gauge(&a, topics).await, baseline);
+}
+
+#[tokio::test]
+async fn stats_on_a_cluster_node_are_answered_from_one_count_for_stats_max_age() {
+    let Some(url) = shared_database("stats_max_age") else {
+        return;
+    };
+    let (fa, _) = scripted(2);
+    // a counts at most once in ten minutes; b counts for every request.
+    let a = node(&url, "a")
+        .env("VULCAN_CLUSTER__STATS_MAX_AGE_MS", "600000")
+        .backend(fa)
+        .spawn()
+        .await;
+    let (fb, _) = scripted(2);
+    let b = node(&url, "b")
+        .env("VULCAN_CLUSTER__STATS_MAX_AGE_MS", "0")
+        .backend(fb)
+        .spawn()
+        .await;
+    let w = a.submit_async(&job("node", json!({"output": 1}))).await;
+    a.wait_terminal(w["id"].as_str().expect("id"), SOON).await;
+    let first = a.get_json("/v1/stats", 200).await;
+    assert_eq!(first["total"], 1, "{first}");
+    let w = b.submit_async(&job("node", json!({"output": 2}))).await;
+    b.wait_terminal(w["id"].as_str().expect("id"), SOON).await;
+    assert_eq!(b.get_json("/v1/stats", 200).await["total"], 2);
+    // a's answer is its count of a moment ago, the same for every request meanwhile.
+    for _ in 0..3 {
+        assert_eq!(a.get_json("/v1/stats", 200).await, first);
+    }
+}
+
+/// Time `calls` requests of `GET /v1/stats` on `app`, one after the other; answers the
+/// mean per request in milliseconds and the last answer.
+async fn time_stats(app: &TestApp, calls: u32) -> (f64, Value) {
+    let start = Instant::now();
+    let mut last = Value::Null;
+    for _ in 0..calls {
+        last = app.get_json("/v1/stats", 200).await;
+    }
+    (
+        start.elapsed().as_secs_f64() * 1000.0 / f64::from(calls),
+        last,
+    )
+}
+
+#[tokio::test]
+async fn stats_over_100000_rows_cost_one_count_per_period_on_a_cluster_node() {
+    let Some(url) = shared_database("stats_100k") else {
+        return;
+    };
+    // The first node creates the tables.
+    let counting = node(&url, "counting")
+        .env("VULCAN_CLUSTER__STATS_MAX_AGE_MS", "0")
+        .spawn()
+        .await;
+    // 100,000 finished workloads of other nodes (finished now: no retention sweep).
+    common::cluster::execute(
+        &url,
+        "INSERT INTO workloads (id, status, isolation, requested_isolation, backend,
+             runtime, node_id, input_hash, cpu_limit, mem_limit, timeout_s, duration_ms,
+             created_at, started_at, finished_at, input)
+         SELECT gen_random_uuid()::text,
+             (ARRAY['completed', 'failed', 'killed'])[1 + g % 3], 'isolate', 'isolate',
+             'scripted', 'node', 'elsewhere', 'h', 1000, 256, 30, g % 5000,
+             to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+             to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+             to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+             '\\x'::bytea
+         FROM generate_series(1, 100000) AS g;
+         ANALYZE workloads;",
+    );
+    let cached = node(&url, "cached")
+        .env("VULCAN_CLUSTER__STATS_MAX_AGE_MS", "60000")
+        .spawn()
+        .await;
+    let calls = 20;
+    let (per_count, stats) = time_stats(&counting, calls).await;
+    assert_eq!(stats["total"], 100_000, "{stats}");
+    // The first request counts; those after it within the minute are answered from it.
+    let (first, _) = time_stats(&cached, 1).await;
+    let (per_cached, stats) = time_stats(&cached, calls).await;
+    assert_eq!(stats["total"], 100_000, "{stats}");
+    // Figures only (a shared machine, debug build): no assertion on them.
+    println!(
+        "GET /v1/stats over 100,000 rows, {calls} requests each: a count per request \
+         {per_count:.1} ms/request; with stats_max_age_ms, the counting request {first:.1} ms, \
+         the next ones {per_cached:.2} ms/request (ratio {:.0}x)",
+        per_count / per_cached.max(0.001)
+    );
 }

@@ -504,3 +504,160 @@ async fn an_sse_stream_on_another_node_opened_while_the_work_is_queued_follows_i
     assert_eq!(table.len(), 1000);
     assert_same_as_table(&events, &table, 0);
 }
+
+/// Open `/v1/workloads/{id}/logs` on `app` resuming after `last_event_id`.
+async fn open_after(app: &TestApp, id: &str, last_event_id: u64) -> SseStream {
+    let res = app
+        .client
+        .get(app.url(&format!("/v1/workloads/{id}/logs")))
+        .header("Last-Event-ID", last_event_id.to_string())
+        .send()
+        .await
+        .expect("SSE request");
+    assert_eq!(res.status(), 200);
+    SseStream::from_response(res)
+}
+
+/// Read `stream` until `n` line events arrived (none may be `done`).
+async fn lines(stream: &mut SseStream, n: usize) -> Vec<common::sse::Event> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let e = stream.next_event(SOON).await.expect("open");
+        assert_ne!(e.event.as_deref(), Some("done"), "ended early");
+        out.push(e);
+    }
+    out
+}
+
+#[tokio::test]
+async fn many_streams_on_another_node_share_one_follower_and_each_gets_every_line_once() {
+    let Some((_url, a, _seen, b)) = two_nodes("sse_shared_follower", Options::default(), &[]).await
+    else {
+        return;
+    };
+    // 3000 lines, then a minute of silence: the streams get every line live.
+    let total = 3000;
+    let mut body = chatty(total);
+    let mut script: Value =
+        serde_json::from_str(body["code"].as_str().expect("code")).expect("script");
+    script["delay_ms"] = json!(60000);
+    body["code"] = json!(script.to_string());
+    let w = a.submit_async(&body).await;
+    let id = id_of(&w);
+    let started = "vulcan_log_followers_started_total";
+    assert_eq!(common::gauge(&b, started).await, 0);
+
+    // Four streams from the start, read concurrently.
+    let mut early = Vec::new();
+    for _ in 0..4 {
+        early.push(SseStream::open(&b, &id).await);
+    }
+    let mut first = early.pop().expect("a stream");
+    let head = lines(&mut first, 500).await;
+    // Two late ones, once the follower is well on: one from the start (replayed from
+    // the table up to the follower's position, then live), one resuming after seq 99.
+    let late = SseStream::open(&b, &id).await;
+    let resumed = open_after(&b, &id, 99).await;
+    assert_eq!(common::gauge(&b, "vulcan_log_followers").await, 1);
+
+    let first_rest = tokio::spawn(async move {
+        let rest = lines(&mut first, total - 500).await;
+        (first, rest)
+    });
+    let mut readers = Vec::new();
+    for s in early {
+        readers.push(tokio::spawn(async move {
+            let mut s = s;
+            let got = lines(&mut s, total).await;
+            (s, got)
+        }));
+    }
+    let late = tokio::spawn(async move {
+        let mut s = late;
+        let got = lines(&mut s, total).await;
+        (s, got)
+    });
+    let resumed = tokio::spawn(async move {
+        let mut s = resumed;
+        let got = lines(&mut s, total - 100).await;
+        (s, got)
+    });
+    let (mut first, rest) = first_rest.await.expect("join");
+    let mut streams = vec![(first_events(head, rest), 0u64)];
+    let mut open = Vec::new();
+    for r in readers {
+        let (s, got) = r.await.expect("join");
+        streams.push((got, 0));
+        open.push(s);
+    }
+    let (late, got) = late.await.expect("join");
+    streams.push((got, 0));
+    open.push(late);
+    let (resumed, got) = resumed.await.expect("join");
+    streams.push((got, 100));
+    open.push(resumed);
+
+    // Every line arrived while the workload still runs, through one follower.
+    let now = a.get_json(&format!("/v1/workloads/{id}"), 200).await;
+    assert_eq!(now["status"], "running", "all lines came live: {now}");
+    assert_eq!(common::gauge(&b, started).await, 1, "one follower for all");
+    assert_eq!(common::gauge(&b, "vulcan_log_followers").await, 1);
+
+    assert_eq!(b.delete(&format!("/v1/workloads/{id}")).await.status(), 200);
+    let table = recorded_lines(&a, &id).await;
+    assert_eq!(table.len(), total);
+    for (events, from) in &streams {
+        assert_same_as_table(events, &table, *from);
+    }
+    let (rest, status) = first.until_done(SOON).await;
+    assert!(rest.is_empty(), "no line after the last: {rest:?}");
+    assert_eq!(status, "killed");
+    for mut s in open {
+        let (rest, status) = s.until_done(SOON).await;
+        assert!(rest.is_empty(), "no line after the last: {rest:?}");
+        assert_eq!(status, "killed");
+    }
+    // The follower ended with the workload.
+    common::wait_gauge(&b, "vulcan_log_followers", 0, SOON).await;
+    assert_eq!(common::gauge(&b, started).await, 1);
+    next_runs_at_once(&a).await;
+}
+
+fn first_events(
+    mut head: Vec<common::sse::Event>,
+    rest: Vec<common::sse::Event>,
+) -> Vec<common::sse::Event> {
+    head.extend(rest);
+    head
+}
+
+#[tokio::test]
+async fn the_follower_of_another_nodes_workload_ends_when_its_last_stream_leaves() {
+    let Some((_url, a, _seen, b)) = two_nodes("sse_follower_ends", Options::default(), &[]).await
+    else {
+        return;
+    };
+    let w = a
+        .submit_async(&job(
+            "node",
+            json!({"logs": ["one", "two"], "delay_ms": 60000}),
+        ))
+        .await;
+    let id = id_of(&w);
+    let mut one = SseStream::open(&b, &id).await;
+    let mut two = SseStream::open(&b, &id).await;
+    assert_eq!(lines(&mut one, 2).await.len(), 2);
+    assert_eq!(lines(&mut two, 2).await.len(), 2);
+    assert_eq!(common::gauge(&b, "vulcan_log_followers").await, 1);
+    drop(one);
+    // One stream is still attached: the follower goes on.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(common::gauge(&b, "vulcan_log_followers").await, 1);
+    drop(two);
+    // Nobody is attached: it ends although the workload still runs.
+    common::wait_gauge(&b, "vulcan_log_followers", 0, SOON).await;
+    let now = a.get_json(&format!("/v1/workloads/{id}"), 200).await;
+    assert_eq!(now["status"], "running", "{now}");
+    assert_eq!(b.delete(&format!("/v1/workloads/{id}")).await.status(), 200);
+    next_runs_at_once(&a).await;
+}

@@ -483,6 +483,15 @@ pub struct CloseTopic {
     pub status: Status,
 }
 
+/// This node no longer holds these workloads (a node declared lost dropped its queued
+/// work; a survivor put it back in the shared queue): their topics go without a
+/// `done`, their subscribers are disconnected and resume with Last-Event-ID (then
+/// follow the work from the table, wherever it runs). Keeps the topics bounded by
+/// what the node holds.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DropTopics(pub Vec<WorkloadId>);
+
 /// Close `id`'s topic only if it is provisional (no admission adopted it): sent by a
 /// subscriber that found the workload terminal right after subscribing.
 #[derive(Message)]
@@ -584,6 +593,21 @@ impl Handler<CloseTopic> for LogBroker {
             self.topics.remove(&msg.id);
             self.update_gauge();
         }
+    }
+}
+
+impl Handler<DropTopics> for LogBroker {
+    type Result = ();
+
+    fn handle(&mut self, msg: DropTopics, _: &mut Self::Context) {
+        // Never started here, so nothing printed: no line to hand to the store.
+        for id in msg.0 {
+            if let Some(mut topic) = self.topics.remove(&id) {
+                let gone = topic.disconnect();
+                self.metrics.sse_subscribers.sub(gone as i64);
+            }
+        }
+        self.update_gauge();
     }
 }
 

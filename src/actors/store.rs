@@ -380,6 +380,9 @@ pub struct StoreActor {
     /// requests are announced with NOTIFY (see [`crate::store::notify`]). Never on
     /// a database of one node.
     notify: bool,
+    /// On a cluster node: `GET /v1/stats` counted from the shared table, shared by the
+    /// requests of a short period ([`cluster::StatsCache`]).
+    stats_cache: Option<cluster::StatsCache>,
 }
 
 mod cluster;
@@ -439,17 +442,20 @@ impl StoreActor {
             counters,
             fence: None,
             notify: db.is_shared(),
+            stats_cache: None,
         })
     }
 
     /// This store serves node `node_id` of a cluster: its status writes are fenced by
     /// the generation [`cluster::RegisterNode`] answers, and the statistics are read
-    /// from the shared table (the counters only see this node's writes).
-    pub fn cluster_node(mut self, node_id: String) -> Self {
+    /// from the shared table (the counters only see this node's writes), one count
+    /// answering every request within `stats_max_age` of it.
+    pub fn cluster_node(mut self, node_id: String, stats_max_age: Duration) -> Self {
         self.fence = Some(Arc::new(Mutex::new(Fence {
             node_id,
             generation: 0,
         })));
+        self.stats_cache = Some(cluster::StatsCache::new(stats_max_age));
         self
     }
 
@@ -1157,11 +1163,12 @@ impl Handler<GetStats> for StoreActor {
     type Result = ResponseFuture<Result<Stats, StoreError>>;
 
     fn handle(&mut self, _: GetStats, _: &mut Self::Context) -> Self::Result {
-        if self.fence.is_some() {
-            // Every node writes the shared table: one grouped scan per request.
-            return Box::pin(
-                self.read(|c| Ok(StatsCounters::seeded(queries::stat_groups(c)?).snapshot())),
-            );
+        if let Some(cache) = self.stats_cache.clone() {
+            // Every node writes the shared table: counted there, not by this node's
+            // counters.
+            let count =
+                self.read(|c| Ok(StatsCounters::seeded(queries::stat_groups(c)?).snapshot()));
+            return Box::pin(async move { cache.get(count).await });
         }
         let counters = self.counters.clone();
         Box::pin(async move {

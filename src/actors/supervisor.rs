@@ -331,8 +331,13 @@ impl Supervisor {
                         act.store.do_send(RequestKill(id));
                         Box::pin(actix::fut::ready(Ok(done)))
                     }
-                    // Started meanwhile: ask the node running it.
-                    Err(StoreError::InvalidTransition(_)) => Box::pin(wait().into_actor(act)),
+                    // Started meanwhile, or claimed by a node that has not started it
+                    // yet (this node's write is fenced off its row): ask that node. The
+                    // request stays on the row, so the work is killed, not re-queued, if
+                    // that node is lost or restarts before it hears.
+                    Err(StoreError::InvalidTransition(_) | StoreError::Fenced) => {
+                        Box::pin(wait().into_actor(act))
+                    }
                     Err(e) => Box::pin(actix::fut::ready(Err(KillError::Store(e)))),
                 }
             },

@@ -16,7 +16,7 @@ use diesel::prelude::*;
 use super::models::{parse, parse_time, WorkloadRow};
 use super::queries::{load_payload, payload_bytes, PendingWork};
 use super::schema::{nodes, workloads};
-use super::{DbConnection, StoreError};
+use super::{notify, DbConnection, StoreError};
 use crate::model::{
     format_time, BackendCapacity, NodeInfo, NodeState, Runtime, Status, Workload, WorkloadId,
 };
@@ -27,6 +27,9 @@ pub const NODE_LOST: &str = "node lost";
 /// The transaction-level advisory lock a node holds while it declares nodes lost, so
 /// exactly one survivor does it at a time ("vulcanr" in ASCII).
 pub const REAPER_LOCK: i64 = 0x76_75_6c_63_61_6e_72;
+
+/// The error recorded on work killed by request (as a kill on its own node records it).
+pub const KILLED_BY_REQUEST: &str = "killed by request";
 
 /// The `node_id` of pending work recorded by a cluster node and claimed by none yet.
 pub const UNCLAIMED: &str = "";
@@ -159,7 +162,9 @@ pub fn register(
             .set(&row)
             .execute(c)?;
         // Work this node had claimed under an earlier generation and not started goes
-        // back to the queue: its status writes would be fenced now.
+        // back to the queue (its status writes would be fenced now), unless somebody
+        // asked to kill it meanwhile.
+        kill_requested_pending(c, &[node_id.to_string()], None, &[], now)?;
         diesel::update(
             workloads::table
                 .filter(workloads::node_id.eq(node_id))
@@ -220,6 +225,13 @@ pub fn leave(conn: &mut DbConnection, fence: &Fence) -> Result<usize, StoreError
     if left == 0 {
         return Ok(0);
     }
+    kill_requested_pending(
+        pg(conn)?,
+        std::slice::from_ref(&fence.node_id),
+        None,
+        &[],
+        Utc::now(),
+    )?;
     Ok(diesel::update(
         workloads::table
             .filter(workloads::node_id.eq(&fence.node_id))
@@ -316,6 +328,13 @@ pub fn requeue_orphans(
     held: &[WorkloadId],
 ) -> Result<Vec<WorkloadId>, StoreError> {
     let held: Vec<String> = held.iter().map(ToString::to_string).collect();
+    kill_requested_pending(
+        pg(conn)?,
+        std::slice::from_ref(&fence.node_id),
+        Some(fence.generation),
+        &held,
+        Utc::now(),
+    )?;
     let ids: Vec<String> = diesel::update(
         workloads::table
             .filter(workloads::node_id.eq(&fence.node_id))
@@ -354,6 +373,58 @@ pub fn still_unclaimed(
     Ok(out)
 }
 
+/// Kill the pending work of `nodes` (claimed under `generation` when given, except
+/// `held`) that somebody asked to kill (`kill_requested_at`): its node will not run it
+/// (lost, restarting, leaving, or it lost track of it), and putting it back in the
+/// queue would let another node run it. Every place that re-queues claimed work calls
+/// this first, in the same transaction, and announces the records
+/// ([`notify::TERMINAL`]: the asking node waits for it). Answers the killed records.
+fn kill_requested_pending(
+    c: &mut PgConnection,
+    nodes: &[String],
+    generation: Option<i64>,
+    held: &[String],
+    now: DateTime<Utc>,
+) -> Result<Vec<Workload>, StoreError> {
+    let at = format_time(&now);
+    let mut target = workloads::table
+        .filter(workloads::node_id.eq_any(nodes))
+        .filter(workloads::status.eq(Status::Pending.as_str()))
+        .filter(workloads::kill_requested_at.is_not_null())
+        .filter(not(workloads::id.eq_any(held)))
+        .into_boxed();
+    if let Some(g) = generation {
+        target = target.filter(workloads::node_generation.eq(g));
+    }
+    let ids: Vec<String> = target.select(workloads::id).load(c)?;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let killed: Vec<WorkloadRow> = diesel::update(
+        workloads::table
+            .filter(workloads::id.eq_any(&ids))
+            .filter(workloads::status.eq(Status::Pending.as_str())),
+    )
+    .set((
+        workloads::status.eq(Status::Killed.as_str()),
+        workloads::finished_at.eq(&at),
+        workloads::error.eq(KILLED_BY_REQUEST),
+        workloads::delivery_due_at.eq(case_when::<_, _, diesel::sql_types::Text>(
+            workloads::callback_url.is_not_null(),
+            &at,
+        )),
+    ))
+    .returning(WorkloadRow::as_returning())
+    .get_results(c)?;
+    let killed: Vec<Workload> = killed
+        .into_iter()
+        .map(Workload::try_from)
+        .collect::<Result<_, _>>()?;
+    let ids: Vec<String> = killed.iter().map(|w| w.id.to_string()).collect();
+    notify::notify_pg(c, notify::TERMINAL, &ids)?;
+    Ok(killed)
+}
+
 /// What [`reap`] did.
 #[derive(Debug, Default)]
 pub struct Reaped {
@@ -363,6 +434,9 @@ pub struct Reaped {
     pub failed: Vec<Workload>,
     /// Their claimed-but-unstarted workloads, back in the queue.
     pub requeued: Vec<WorkloadId>,
+    /// Their claimed-but-unstarted workloads somebody asked to kill: killed, not
+    /// re-queued (announced on [`notify::TERMINAL`] in the reaping transaction).
+    pub killed: Vec<Workload>,
 }
 
 /// Declare lost every alive node other than `fence`'s whose last heartbeat is older
@@ -432,6 +506,7 @@ pub fn reap(
         .into_iter()
         .map(Workload::try_from)
         .collect::<Result<_, _>>()?;
+    out.killed = kill_requested_pending(c, &out.nodes, None, &[], now)?;
     let requeued: Vec<String> = diesel::update(
         workloads::table
             .filter(workloads::node_id.eq_any(&out.nodes))

@@ -59,6 +59,16 @@ pub fn notify(
     let DbConnection::Pg(c) = conn else {
         return Ok(());
     };
+    notify_pg(c, channel, payloads)
+}
+
+/// [`notify`] on a PostgreSQL connection (inside a transaction of the cluster's own
+/// statements).
+pub fn notify_pg(
+    c: &mut PgConnection,
+    channel: &str,
+    payloads: &[String],
+) -> Result<(), StoreError> {
     if payloads.is_empty() {
         return Ok(());
     }

@@ -81,3 +81,14 @@ pub fn terminate_listen_connections(db_url: &str) -> i64 {
          WHERE application_name = 'vulcan-listen' AND datname = current_database()",
     )
 }
+
+/// Whether somebody asked to kill workload `id` (its `kill_requested_at` is set).
+pub fn kill_requested(db_url: &str, id: &str) -> bool {
+    count(
+        db_url,
+        &format!(
+            "SELECT count(*) AS n FROM workloads \
+             WHERE id = '{id}' AND kill_requested_at IS NOT NULL"
+        ),
+    ) > 0
+}

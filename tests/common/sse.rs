@@ -140,6 +140,12 @@ impl SseStream {
         Self::open_at(&app.client, &app.address, id).await
     }
 
+    /// A stream from an answer to a log request made by the caller (its own headers,
+    /// e.g. `Last-Event-ID`).
+    pub fn from_response(res: reqwest::Response) -> Self {
+        Self(Reader::new(res))
+    }
+
     /// The same against a server at `base` (`http://host:port`).
     pub async fn open_at(client: &reqwest::Client, base: &str, id: &str) -> Self {
         let res = client

@@ -10,7 +10,7 @@ use super::{answer, StoreActor};
 use crate::actors::webhooks::DeliveriesEnqueued;
 use crate::model::{BackendCapacity, NodeInfo, WorkloadId};
 use crate::store::{nodes, notify};
-use crate::store::{Fence, PendingWork, Reaped, StoreError};
+use crate::store::{Fence, PendingWork, Reaped, Stats, StoreError};
 
 /// Register this node (see [`nodes::register`]); on success the store's status writes
 /// are fenced by the new generation, which is answered.
@@ -85,6 +85,47 @@ impl Handler<LeaveCluster> for StoreActor {
             Err(e) => return Box::pin(async move { Err(e) }),
         };
         Box::pin(answer(self.write(move |c| nodes::leave(c, &fence))))
+    }
+}
+
+/// `GET /v1/stats` on a cluster node. The statistics are one grouped query over the
+/// whole shared table (every node writes it); a dashboard polling many nodes would run
+/// it once per request per node. Instead a node answers every request within `max_age`
+/// of its last count from that count, and requests arriving while a count runs wait
+/// for it (one query at a time per node). Invariant: an answer reflects the table as
+/// of at most `max_age` before it is given (the age counts from when its query
+/// started). A failed count is not kept: the next request counts again.
+#[derive(Clone)]
+pub(super) struct StatsCache {
+    max_age: std::time::Duration,
+    last: std::sync::Arc<tokio::sync::Mutex<Option<(std::time::Instant, Stats)>>>,
+}
+
+impl StatsCache {
+    /// A cache whose answers are at most `max_age` old (zero: a count per request).
+    pub(super) fn new(max_age: std::time::Duration) -> Self {
+        Self {
+            max_age,
+            last: Default::default(),
+        }
+    }
+
+    /// The last count if it is young enough, else `count` (run only then).
+    pub(super) async fn get(
+        &self,
+        count: impl std::future::Future<Output = Result<Stats, StoreError>>,
+    ) -> Result<Stats, StoreError> {
+        // Held across the count: concurrent requests share the one under way.
+        let mut last = self.last.lock().await;
+        if let Some((at, stats)) = last.as_ref() {
+            if at.elapsed() < self.max_age {
+                return Ok(stats.clone());
+            }
+        }
+        let started = std::time::Instant::now();
+        let stats = count.await?;
+        *last = Some((started, stats.clone()));
+        Ok(stats)
     }
 }
 
@@ -178,7 +219,8 @@ impl Handler<ReapLostNodes> for StoreActor {
         Box::pin(async move {
             let reaped = answer(rx).await?;
             if let Some(watcher) = watcher {
-                if reaped.failed.iter().any(|w| w.callback_url.is_some()) {
+                let ended = reaped.failed.iter().chain(&reaped.killed);
+                if ended.clone().any(|w| w.callback_url.is_some()) {
                     watcher.do_send(DeliveriesEnqueued);
                 }
             }
@@ -201,7 +243,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new().expect("metrics"));
         StoreActor::open(db, 1, 64, metrics)
             .expect("open")
-            .cluster_node(id.into())
+            .cluster_node(id.into(), std::time::Duration::ZERO)
             .start()
     }
 

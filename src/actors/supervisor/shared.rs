@@ -6,18 +6,22 @@
 //!
 //! Wake-ups: right after a local submission, whenever a slot frees here, every
 //! `cluster.poll_ms`, and on [`ClaimNow`] — the seam for a LISTEN/NOTIFY listener
-//! (src/store/notify.rs) to wake this node when another records work.
+//! (src/store/notify.rs) to wake this node when another records work. A synchronous
+//! submission held here is answered on its terminal notification, whichever node runs
+//! it ([`Supervisor::follow_elsewhere`]).
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use super::{SharedQueue, Supervisor, Unclaimed};
+use crate::actors::log_broker::DropTopics;
 use crate::actors::store::{ClaimWork, GetWorkload, RequeueOrphans, StillUnclaimed};
 
 /// Polls between two looks for orphaned claims (about 5 s at the default `poll_ms`).
 const ORPHAN_CHECK_POLLS: u32 = 25;
 use crate::actors::workload::{Interrupt, Kill};
 use crate::model::{Payload, Workload, WorkloadId};
+use crate::store::notify::{self, Subscription};
 use crate::store::{PendingWork, StoreError};
 
 /// Look for claimable work now (a listener heard that work was recorded, or a node
@@ -81,6 +85,15 @@ impl Supervisor {
             self.awaiting.entry(record.id).or_default().push(tx);
             rx
         });
+        if done.is_some() {
+            // Subscribed now, before any node can claim it: whichever node runs it,
+            // its terminal notification wakes this wait.
+            let sub = self.cluster.as_ref().map(|(f, _)| {
+                f.listener()
+                    .subscribe(notify::TERMINAL, Some(&record.id.to_string()))
+            });
+            self.follow_elsewhere(record.id, sub, ctx);
+        }
         self.claim(ctx);
         done
     }
@@ -211,7 +224,7 @@ impl Supervisor {
         self.store
             .send(StillUnclaimed(ids.clone()))
             .into_actor(self)
-            .map(move |res, act, ctx| {
+            .map(move |res, act, _| {
                 if let Some(q) = act.shared.as_mut() {
                     q.refreshing = false;
                 }
@@ -225,11 +238,9 @@ impl Supervisor {
                     };
                 for id in ids.into_iter().filter(|id| !still.contains(id)) {
                     let gone = act.shared.as_mut().and_then(|q| q.take(id));
+                    // A synchronous submitter is answered by its `follow_elsewhere`.
                     if let Some(u) = gone {
                         act.release(&u.backend, u.bytes);
-                        if act.awaiting.contains_key(&id) {
-                            act.follow_elsewhere(id, ctx);
-                        }
                     }
                 }
             })
@@ -295,28 +306,78 @@ impl Supervisor {
             .spawn(ctx);
     }
 
-    /// Answer the waiters of `id` (a synchronous submission another node runs) once
-    /// the table shows it terminal, looking every poll interval.
-    fn follow_elsewhere(&mut self, id: WorkloadId, ctx: &mut Context<Self>) {
-        let Some(every) = self.shared.as_ref().map(|q| q.poll) else {
-            return;
+    /// Answer the waiters of `id` (a synchronous submission this node accepted into the
+    /// shared queue) once the table shows it terminal, whichever node runs it. The
+    /// table is read only at a wake-up: `sub`'s terminal notification (sent in the
+    /// transaction that commits the record, by the running node or a survivor that
+    /// reaps it), a `Missed` after the listen connection was reopened, or
+    /// `cluster.recheck_s` without either: the slow safety re-read for a lost
+    /// notification. Ends once the waiters are answered or handed to an actor here
+    /// (this node claimed it), or gone.
+    fn follow_elsewhere(
+        &mut self,
+        id: WorkloadId,
+        sub: Option<Subscription>,
+        ctx: &mut Context<Self>,
+    ) {
+        let every = match (&self.cluster, &self.shared) {
+            (Some((f, _)), _) => f.recheck(),
+            // No listener: the poll interval is the only wake-up.
+            (None, Some(q)) => q.poll,
+            (None, None) => return,
         };
-        ctx.run_later(every, move |act, ctx| {
-            if !act.awaiting.contains_key(&id) {
-                return;
+        let wake = async move {
+            let mut sub = sub;
+            match &mut sub {
+                Some(s) => {
+                    if let Ok(None) = tokio::time::timeout(every, s.recv()).await {
+                        // The listener is gone (shutting down): the safety pace only.
+                        tokio::time::sleep(every).await;
+                    }
+                }
+                None => tokio::time::sleep(every).await,
             }
-            act.store
-                .send(GetWorkload(id))
+            sub
+        };
+        wake.into_actor(self)
+            .then(move |sub, act, _| {
+                // A submitter that went away is not waited for.
+                if let Some(waiting) = act.awaiting.get_mut(&id) {
+                    waiting.retain(|tx| !tx.is_closed());
+                    if waiting.is_empty() {
+                        act.awaiting.remove(&id);
+                    }
+                }
+                let follow = act.awaiting.contains_key(&id) && !act.workloads.contains_key(&id);
+                let read = follow.then(|| act.store.send(GetWorkload(id)));
+                async move {
+                    match read {
+                        Some(r) => Some((r.await, sub)),
+                        None => None,
+                    }
+                }
                 .into_actor(act)
-                .map(move |res, act, ctx| match res {
-                    Ok(Ok(w)) if w.status.is_terminal() => act.resolve_awaiting(&w),
+            })
+            .map(move |res, act, ctx| {
+                let Some((res, sub)) = res else {
+                    return;
+                };
+                match res {
+                    Ok(Ok(w)) if w.status.is_terminal() => {
+                        // Ended without this node claiming it: its reservation goes now,
+                        // not at the next look at the shared queue.
+                        if let Some(u) = act.shared.as_mut().and_then(|q| q.take(id)) {
+                            act.release(&u.backend, u.bytes);
+                        }
+                        act.resolve_awaiting(&w);
+                    }
                     Ok(Err(StoreError::NotFound)) => {
                         act.awaiting.remove(&id);
                     }
-                    _ => act.follow_elsewhere(id, ctx),
-                })
-                .spawn(ctx);
-        });
+                    _ => act.follow_elsewhere(id, sub, ctx),
+                }
+            })
+            .spawn(ctx);
     }
 }
 
@@ -332,10 +393,12 @@ impl Handler<Fenced> for Supervisor {
     type Result = usize;
 
     fn handle(&mut self, _: Fenced, _: &mut Self::Context) -> usize {
+        let mut dropped = Vec::new();
         // Not started here: the survivor put it back in the queue. Dropping the actor's
         // address ends it without a write.
         for entry in self.backends.values_mut() {
             for id in entry.queue.drain(..) {
+                dropped.push(id);
                 self.workloads.remove(&id);
                 entry.pending = entry.pending.saturating_sub(1);
                 if let Some(bytes) = self.payload_bytes.remove(&id) {
@@ -346,11 +409,15 @@ impl Handler<Fenced> for Supervisor {
         // Preparing: forgotten here; when its preparation ends, `WorkloadReady` finds
         // it gone and uncounts it.
         for id in &self.preparing {
+            dropped.push(*id);
             self.workloads.remove(id);
             if let Some(bytes) = self.payload_bytes.remove(id) {
                 self.pending_bytes = self.pending_bytes.saturating_sub(bytes);
             }
         }
+        // Their log topics, opened at admission, would otherwise stay open for good
+        // (each actor closes its own only once it records an end).
+        self.logs.broker().do_send(DropTopics(dropped));
         // Running: the survivor recorded them failed ("node lost"); stop the executions.
         for addr in self.workloads.values() {
             addr.do_send(Interrupt("node lost (fenced)".into()));
