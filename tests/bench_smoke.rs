@@ -196,7 +196,10 @@ fn the_stores_section_compares_sqlite_postgresql_and_cluster_nodes_on_fresh_data
     ] {
         let c = cells(row(&md, label));
         // sync p50 / p99, async/s, ratio, accepted/s, ratio: all measured, all positive.
-        let sync: Vec<f64> = c[1].split(" / ").map(|v| v.parse().unwrap()).collect();
+        let sync: Vec<f64> = c[1]
+            .split(" / ")
+            .map(|v| v.parse().unwrap_or_else(|_| panic!("{label}: {c:?}")))
+            .collect();
         assert!(sync[0] > 0.0 && sync[1] >= sync[0], "{label}: {c:?}");
         for i in 2..=5 {
             let v: f64 = c[i].parse().unwrap_or_else(|_| panic!("{label}: {c:?}"));
