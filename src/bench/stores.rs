@@ -233,6 +233,7 @@ fn submit_spread(
             .map(|(i, &addr)| {
                 s.spawn(move || {
                     submit_async(addr, TRIVIAL_BODY, node_workloads(i), node_clients(i))
+                        .map(|submitted| submitted.elapsed)
                 })
             })
             .collect();
