@@ -731,8 +731,8 @@ pub enum Section {
     Accepted,
     /// Async trivial JS end to end: `async_workloads` over `async_clients` connections.
     Async,
-    /// Sync, async and accepted figures on SQLite, on PostgreSQL (`db_url`) and on
-    /// `nodes` cluster nodes sharing one PostgreSQL database ([`stores`]).
+    /// Sync, async and accepted figures on SQLite, one PostgreSQL node (`--db-url`), one
+    /// cluster node and `--nodes` cluster nodes sharing one PostgreSQL database.
     Stores,
 }
 
