@@ -60,8 +60,6 @@ use crate::config::LogsConfig;
 use crate::metrics::Metrics;
 use crate::model::{cap_line, LogLine, Status, WorkloadId};
 
-pub mod relay;
-
 /// A log line as the SSE event that carries it, framed once and shared by every
 /// subscriber (cloning it is a reference count).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,8 +137,6 @@ struct Topic {
     admitted: bool,
     /// The live events, while the topic has subscribers (their receivers).
     live: Option<broadcast::Sender<LogEvent>>,
-    /// Identifies `live` among the channels the broker made (see [`Subscription`]).
-    channel: u64,
     /// The keys of its subscribers (for the gauge and provisional topics).
     subscribers: HashSet<u64>,
 }
@@ -151,7 +147,6 @@ impl Topic {
             next_seq: 0,
             admitted,
             live: None,
-            channel: 0,
             subscribers: HashSet::new(),
         }
     }
@@ -509,8 +504,7 @@ pub struct CloseProvisional {
 #[rtype(result = "Subscription")]
 pub struct Subscribe(pub WorkloadId);
 
-/// The answer to [`Subscribe`]: lines with `seq >= live_from` arrive on `events`
-/// (an SSE response reads them through its thread's [`relay`]).
+/// The answer to [`Subscribe`]: lines with `seq >= live_from` arrive on `events`.
 pub struct Subscription {
     /// First seq delivered live; everything below is in the store already.
     pub live_from: u64,
@@ -520,11 +514,6 @@ pub struct Subscription {
     pub events: broadcast::Receiver<LogEvent>,
     /// Identifies the subscription for [`Unsubscribe`].
     pub key: u64,
-    /// Identifies the channel `events` belongs to: subscriptions with the same workload
-    /// and channel share a [`relay`] per thread.
-    pub channel: u64,
-    /// `logs.subscriber_buffer`: how far behind a subscriber may fall.
-    pub buffer: usize,
 }
 
 /// A subscriber went away.
@@ -636,21 +625,17 @@ impl Handler<Subscribe> for LogBroker {
                 None => {
                     let (live, rx) = broadcast::channel(buffer.max(1));
                     topic.live = Some(live);
-                    // Keys are never given twice: a fresh identity for the channel.
-                    topic.channel = key;
                     rx
                 }
             };
             topic.subscribers.insert(key);
-            let (live_from, channel) = (topic.next_seq, topic.channel);
+            let live_from = topic.next_seq;
             me.metrics.sse_subscribers.inc();
             me.update_gauge();
             Subscription {
                 live_from,
                 events: rx,
                 key,
-                channel,
-                buffer,
             }
         });
         // After a restart: a stream that ends at once; the client resumes.
@@ -658,8 +643,6 @@ impl Handler<Subscribe> for LogBroker {
             live_from: 0,
             events: broadcast::channel(1).1,
             key: u64::MAX,
-            channel: u64::MAX,
-            buffer: 1,
         }))
     }
 }

@@ -2,8 +2,7 @@
 //!
 //! Pages of recorded lines (history and replay) are read *and rendered* (JSON, SSE
 //! frames) on the store's log-read threads, so an actix worker only writes bytes;
-//! live lines arrive framed by the broker, once for all subscribers, through one relay
-//! per worker thread ([`relay`]).
+//! live lines arrive framed by the broker, once for all subscribers.
 
 use std::cell::Cell;
 use std::convert::Infallible;
@@ -20,10 +19,10 @@ use bytes::Bytes;
 use futures_util::stream::{self, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::Receiver;
 
 use super::error::ErrorBody;
 use super::{parse_id, ApiError, AppState, Endpoint};
-use crate::actors::log_broker::relay::{self, Follower};
 use crate::actors::log_broker::{
     done_frame, encode_lines, CloseProvisional, LogBroker, LogEvent, Subscribe, Unsubscribe,
 };
@@ -252,8 +251,7 @@ struct Subscribed {
     broker: Addr<LogBroker>,
     id: WorkloadId,
     key: u64,
-    /// Its place in this worker thread's relay of the topic.
-    events: Follower,
+    events: Receiver<LogEvent>,
     /// Events missed by falling behind.
     missed: u64,
 }
@@ -378,12 +376,11 @@ async fn plan(state: &AppState, id: WorkloadId, after: Option<i64>) -> Result<Pl
     // Pending (queued, or recorded and not admitted yet) or running: subscribe at
     // once; the broker opens a provisional topic if admission has not opened one.
     let sub = state.broker.send(Subscribe(id)).await?;
-    let (key, live_from) = (sub.key, sub.live_from);
     let sub_guard = Subscribed {
         broker: state.broker.clone(),
         id,
-        key,
-        events: relay::follow(id, sub),
+        key: sub.key,
+        events: sub.events,
         missed: 0,
     };
     // It may have ended between the read and the subscription, without a topic to
@@ -401,7 +398,7 @@ async fn plan(state: &AppState, id: WorkloadId, after: Option<i64>) -> Result<Pl
     // once the writer has committed what was queued before this barrier, the read
     // pool sees all of them.
     state.store.send(Flush).await??;
-    let live_from = i64::try_from(live_from).unwrap_or(i64::MAX);
+    let live_from = i64::try_from(sub.live_from).unwrap_or(i64::MAX);
     let first = if after.is_some_and(|a| a + 1 >= live_from) {
         ReplayPage::END
     } else {

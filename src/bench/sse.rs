@@ -5,14 +5,12 @@
 //! processes of the bench (`vulcan bench-sse-client`, this executable re-executed), so
 //! that the server's side is what is measured: the clients' parsing neither shares the
 //! server's process nor queues behind one client thread. Every child follows its share
-//! of the subscribers on a current-thread runtime, each with hyper's HTTP/1 client
-//! connection driven by the subscriber's own task and russe's SSE decoder (the codec
-//! the server encodes with), leaner than reqwest and eventsource-stream: the clients
-//! share the machine's cores with the server, so their cost per event is in the figures.
+//! of the subscribers with reqwest and eventsource-stream on a current-thread runtime,
+//! like the tests and the CLI.
 //!
 //! Latency, per subscriber per line: the backend reads `CLOCK_MONOTONIC` just before it
 //! hands the line to the workload's log sink (the moment a guest's `console.log`
-//! would); the subscriber reads it again right after the decoder yields the
+//! would); the subscriber reads it again right after eventsource-stream yields the
 //! parsed event. The clock is system-wide, so stamps from two processes compare. Each
 //! child also reports the CPU it spent between "all connected" and "all streams
 //! ended", the server's process the CPU it spent meanwhile: the report shows both.
@@ -24,17 +22,12 @@ use std::process::{Child, ChildStdout, Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use eventsource_stream::Eventsource;
 use futures_util::future::BoxFuture;
-use http_body_util::{BodyExt as _, Empty};
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use futures_util::StreamExt;
 use nix::time::{clock_gettime, ClockId};
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio_util::codec::Decoder as _;
 
 use vulcan::backends::{
     Backend, BackendCapabilities, BackendError, BackendFactory, BackendHealth, ExecContext,
@@ -110,7 +103,7 @@ impl SseFigures {
             s,
             "{} subscribers ({} client processes) on one workload emitting {} lines every \
              {} ms; latency per subscriber per line = `CLOCK_MONOTONIC` when the backend \
-             prints the line → when the subscriber's SSE decoder yields the event.\n",
+             prints the line → when the subscriber's eventsource-stream yields the event.\n",
             e.subscribers,
             e.client_processes,
             e.lines_sent,
@@ -281,12 +274,10 @@ fn client(args: ClientArgs) -> Result<(), String> {
     let n = args.subscribers.max(1);
     raise_fd_limit(n as u64 + 64).map_err(|e| format!("open-file limit: {e}"))?;
     let budget = Duration::from_millis(args.budget_ms);
-    let url = url::Url::parse(&args.url).map_err(|e| format!("SSE URL {:?}: {e}", args.url))?;
-    let authority = match (url.host_str(), url.port_or_known_default()) {
-        (Some(host), Some(port)) => format!("{host}:{port}"),
-        _ => return Err(format!("SSE URL {url} without host and port")),
-    };
-    let path = url.path().to_string();
+    let client = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -295,10 +286,10 @@ fn client(args: ClientArgs) -> Result<(), String> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<bool>();
         let tasks: Vec<_> = (0..n)
             .map(|_| {
-                let (authority, path, tx) = (authority.clone(), path.clone(), tx.clone());
+                let (client, url, tx) = (client.clone(), args.url.clone(), tx.clone());
                 tokio::spawn(async move {
-                    let sub = match tokio::time::timeout(budget, connect(&authority, &path)).await {
-                        Ok(Ok(sub)) => sub,
+                    let res = match tokio::time::timeout(budget, connect(&client, &url)).await {
+                        Ok(Ok(res)) => res,
                         Ok(Err(e)) => {
                             let _ = tx.send(false);
                             return Err(e);
@@ -309,7 +300,7 @@ fn client(args: ClientArgs) -> Result<(), String> {
                         }
                     };
                     let _ = tx.send(true);
-                    tokio::time::timeout(budget, follow(sub))
+                    tokio::time::timeout(budget, follow(res))
                         .await
                         .unwrap_or_else(|_| Err("SSE subscriber timed out".into()))
                 })
@@ -337,93 +328,39 @@ fn client(args: ClientArgs) -> Result<(), String> {
     })
 }
 
-/// One subscriber: hyper's HTTP/1 client connection, driven by the subscriber's own
-/// task (no connection task and no channel hop between two tasks per event).
-struct Subscriber {
-    conn: http1::Connection<TokioIo<TcpStream>, Empty<Bytes>>,
-    body: Incoming,
-    /// Kept so the connection is not shut down while the answer streams.
-    _requests: http1::SendRequest<Empty<Bytes>>,
-}
-
 /// Connect one subscriber: once the headers came, the broker has subscribed it.
-async fn connect(authority: &str, path: &str) -> Result<Subscriber, String> {
-    let stream = TcpStream::connect(authority)
+async fn connect(client: &reqwest::Client, url: &str) -> Result<reqwest::Response, String> {
+    let res = client
+        .get(url)
+        .header(reqwest::header::ACCEPT, "text/event-stream")
+        .send()
         .await
         .map_err(|e| format!("SSE connect: {e}"))?;
-    stream
-        .set_nodelay(true)
-        .map_err(|e| format!("SSE connect: {e}"))?;
-    let (mut requests, mut conn) = http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("SSE handshake: {e}"))?;
-    let req = hyper::Request::get(path)
-        .header(hyper::header::HOST, authority)
-        .header(hyper::header::ACCEPT, "text/event-stream")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| format!("SSE request: {e}"))?;
-    let res = tokio::select! {
-        res = requests.send_request(req) => res.map_err(|e| format!("SSE connect: {e}"))?,
-        end = &mut conn => return Err(format!("SSE connection ended before the answer: {end:?}")),
-    };
-    if res.status() != hyper::StatusCode::OK {
+    if res.status() != reqwest::StatusCode::OK {
         return Err(format!("SSE answer: {}", res.status()));
     }
-    Ok(Subscriber {
-        conn,
-        body: res.into_body(),
-        _requests: requests,
-    })
+    Ok(res)
 }
 
-/// Read `t=<ns>` events (russe's decoder) until `done` or the end of the stream: each
-/// one's latency.
-async fn follow(mut sub: Subscriber) -> Result<Vec<u64>, String> {
-    let mut decoder = russe::Decoder::default();
-    let mut buf = BytesMut::new();
+/// Read `t=<ns>` events until `done` or the end of the stream: each one's latency.
+async fn follow(res: reqwest::Response) -> Result<Vec<u64>, String> {
+    let mut events = res.bytes_stream().eventsource();
     let mut latencies = Vec::new();
-    let mut conn_open = true;
-    loop {
-        let frame = if conn_open {
-            tokio::select! {
-                biased;
-                frame = sub.body.frame() => frame,
-                end = &mut sub.conn => {
-                    end.map_err(|e| format!("SSE connection: {e}"))?;
-                    conn_open = false;
-                    continue;
-                }
-            }
-        } else {
-            sub.body.frame().await
-        };
-        let Some(frame) = frame else {
-            return Ok(latencies);
-        };
-        let Ok(data) = frame.map_err(|e| format!("SSE read: {e}"))?.into_data() else {
-            continue;
-        };
-        buf.extend_from_slice(&data);
-        while let Some(event) = decoder
-            .decode(&mut buf)
-            .map_err(|e| format!("SSE event: {e}"))?
-        {
-            let now = now_ns()?;
-            let russe::Event::Message(m) = event else {
-                continue;
-            };
-            if m.event.as_deref() == Some("done") {
-                return Ok(latencies);
-            }
-            if let Some(ts) = m.data.strip_prefix("t=") {
-                let sent = ts
-                    .trim()
-                    .parse::<u64>()
-                    .map_err(|_| format!("bad SSE timestamp {ts:?}"))?;
-                latencies.push(now.saturating_sub(sent));
-            }
+    while let Some(event) = events.next().await {
+        let event = event.map_err(|e| format!("SSE read: {e}"))?;
+        let now = now_ns()?;
+        if event.event == "done" {
+            break;
+        }
+        if let Some(ts) = event.data.strip_prefix("t=") {
+            let sent = ts
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| format!("bad SSE timestamp {ts:?}"))?;
+            latencies.push(now.saturating_sub(sent));
         }
     }
+    Ok(latencies)
 }
 
 /// A client process and its report lines.
