@@ -674,17 +674,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     let node = node_baseline(opts.node_runs);
 
     let (go_tx, sse_backend) = sse::setup(opts);
-    let server = BenchServer::start(
-        opts,
-        &[
-            ("VULCAN_BACKENDS__ISOLATE__ENABLED", "true".into()),
-            (
-                "VULCAN_MAX_QUEUE",
-                (opts.async_workloads + 1_000).to_string(),
-            ),
-        ],
-        vec![sse_backend],
-    )?;
+    let server = BenchServer::start(opts, &async_env(opts), vec![sse_backend])?;
     let result = http_sections(opts, &server, &go_tx);
     // Let a waiting SSE workload finish whatever happened, then stop the server.
     let _ = go_tx.send(true);
@@ -749,17 +739,7 @@ pub fn run_section(opts: &BenchOptions, section: Section) -> Result<String, Benc
             return Ok(s);
         }
         Section::Async => {
-            let server = BenchServer::start(
-                opts,
-                &[
-                    ("VULCAN_BACKENDS__ISOLATE__ENABLED", "true".into()),
-                    (
-                        "VULCAN_MAX_QUEUE",
-                        (opts.async_workloads + 1_000).to_string(),
-                    ),
-                ],
-                Vec::new(),
-            )?;
+            let server = BenchServer::start(opts, &async_env(opts), Vec::new())?;
             let result = async_throughput(server.addr, opts.async_workloads, opts.async_clients);
             server.stop();
             result?.markdown_async(&mut s);
@@ -1166,6 +1146,36 @@ async fn unfinished_count(client: &reqwest::Client, base: &str) -> Result<u64, B
     Ok(count_with(client, base, "pending").await? + count_with(client, base, "running").await?)
 }
 
+/// Poll `base` until no workload is pending or running; an error when that takes more
+/// than ten minutes from `start`.
+fn drain(stats: &reqwest::Client, base: &str, start: Instant) -> Result<(), BenchError> {
+    let deadline = start + Duration::from_secs(600);
+    block_on(async {
+        while unfinished_count(stats, base).await? > 0 {
+            if Instant::now() > deadline {
+                return Err(BenchError::Timeout(format!(
+                    "async workloads still unfinished after {:?}",
+                    deadline - start
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    })?
+}
+
+/// The settings of a server that runs the async and sync sections: the isolate backend,
+/// and a queue with room for every async workload at once.
+fn async_env(opts: &BenchOptions) -> [(&'static str, String); 2] {
+    [
+        ("VULCAN_BACKENDS__ISOLATE__ENABLED", "true".into()),
+        (
+            "VULCAN_MAX_QUEUE",
+            (opts.async_workloads + 1_000).to_string(),
+        ),
+    ]
+}
+
 /// Threads the submitting connections share: the client runs on the server's cores,
 /// so it gets few threads and many connections each (one thread per connection spent
 /// its CPU on wake-ups, not on requests).
@@ -1268,19 +1278,7 @@ fn async_throughput(
     let (before, bad_before) = block_on(completed_count(&stats, &base))??;
     let start = Instant::now();
     submit_async(addr, TRIVIAL_BODY, workloads, clients)?;
-    let deadline = start + Duration::from_secs(600);
-    block_on(async {
-        while unfinished_count(&stats, &base).await? > 0 {
-            if Instant::now() > deadline {
-                return Err(BenchError::Timeout(format!(
-                    "async workloads still unfinished after {:?}",
-                    deadline - start
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        Ok(())
-    })??;
+    drain(&stats, &base, start)?;
     let elapsed = start.elapsed();
     let (done, bad) = block_on(completed_count(&stats, &base))??;
     if bad > bad_before || done - before < workloads as u64 {

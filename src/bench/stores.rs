@@ -20,8 +20,8 @@ use diesel::{Connection, PgConnection, RunQueryDsl};
 use vulcan::backends::{Backend, BackendFactory};
 
 use super::{
-    block_on, check_trivial, count_with, one_connection, submit_async, sync_latency,
-    unfinished_count, BenchError, BenchOptions, BenchServer, BenchStore, HoldBackend, Percentiles,
+    async_env, block_on, check_trivial, count_with, drain, one_connection, submit_async,
+    sync_latency, BenchError, BenchOptions, BenchServer, BenchStore, HoldBackend, Percentiles,
     Throughput, TRIVIAL_BODY,
 };
 
@@ -173,18 +173,7 @@ fn measure(
     label: String,
     store: &BenchStore,
 ) -> Result<StoreFigures, BenchError> {
-    let server = BenchServer::start_on(
-        opts,
-        store,
-        &[
-            ("VULCAN_BACKENDS__ISOLATE__ENABLED", "true".into()),
-            (
-                "VULCAN_MAX_QUEUE",
-                (opts.async_workloads + 1_000).to_string(),
-            ),
-        ],
-        Vec::new(),
-    )?;
+    let server = BenchServer::start_on(opts, store, &async_env(opts), Vec::new())?;
     let run = (|| {
         let sync = sync_latency(
             server.addr,
@@ -266,18 +255,7 @@ fn throughput(
     let before = block_on(count_with(&stats, &base, "completed"))??;
     let start = Instant::now();
     submit_spread(server, workloads, clients)?;
-    let deadline = start + Duration::from_secs(600);
-    block_on(async {
-        while unfinished_count(&stats, &base).await? > 0 {
-            if Instant::now() > deadline {
-                return Err(BenchError::Timeout(
-                    "async workloads still unfinished after 600 s".into(),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        Ok(())
-    })??;
+    drain(&stats, &base, start)?;
     let elapsed = start.elapsed();
     let done = block_on(count_with(&stats, &base, "completed"))?? - before;
     if done != workloads as u64 {
