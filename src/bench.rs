@@ -4,7 +4,8 @@
 //! Part of the `vulcan` binary, not the library: it reaches the server only through the
 //! library's public boot API ([`vulcan::startup::AppThread`], the harness the tests use
 //! too) and HTTP, with the client crates the tests and the CLI use (reqwest,
-//! eventsource-stream).
+//! eventsource-stream), except where the client's own CPU would be measured: the async
+//! submitters use hyper's connection-level client, the crate reqwest runs on.
 //!
 //! Sections: memory and admission (RSS idle and with work queued behind a backend that
 //! holds its one slot, accepted submissions/s); the real application booted in-process
@@ -292,7 +293,7 @@ pub struct MemoryFigures {
     /// CPU the server's threads used while accepting them (the process's CPU less the
     /// submitting threads').
     pub server_cpu: Duration,
-    /// CPU the submitting threads (the reqwest client) used meanwhile.
+    /// CPU the submitting threads ([`Submitter`]s) used meanwhile.
     pub client_cpu: Duration,
 }
 
@@ -352,7 +353,7 @@ impl MemoryFigures {
         );
         let _ = writeln!(
             s,
-            "| client CPU per submission | {:.1} µs (the submitting reqwest threads; {:.0} % of \
+            "| client CPU per submission | {:.1} µs (the submitting hyper threads; {:.0} % of \
              the CPU used while accepting) |",
             mem.per_submission_us(client),
             100.0 * client.as_secs_f64() / (server + client).as_secs_f64().max(f64::EPSILON)
@@ -1002,20 +1003,6 @@ fn one_connection() -> Result<reqwest::Client, BenchError> {
         .map_err(http_err("HTTP client"))
 }
 
-/// [`one_connection`] with nothing a loopback submission does not use (HTTP/2
-/// negotiation, proxy look-ups, redirects): the submitting client shares the server's
-/// cores, so its CPU per request is kept small.
-fn submitting_connection() -> Result<reqwest::Client, BenchError> {
-    reqwest::Client::builder()
-        .pool_max_idle_per_host(1)
-        .tcp_nodelay(true)
-        .http1_only()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(http_err("HTTP client"))
-}
-
 /// POST `body` (JSON text) to `url`: (status, body bytes).
 async fn post(
     client: &reqwest::Client,
@@ -1196,16 +1183,76 @@ fn cpu_time(clock: nix::time::ClockId) -> Result<Duration, BenchError> {
     Ok(Duration::from(t))
 }
 
-/// Submit `workloads` × `body` async over `clients` keep-alive connections, one request
-/// in flight on each, spread over at most [`SUBMIT_THREADS`] threads; each answer must be
-/// 202.
+/// One keep-alive HTTP/1.1 connection that submits: hyper's connection-level client
+/// (the one reqwest runs on) without what a loopback submitter does not use, a
+/// connection pool, URL parsing and header building per request. It shares the server's
+/// cores, so every microsecond it spends is one the server does not get.
+struct Submitter {
+    send: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    uri: http::Uri,
+    host: http::HeaderValue,
+}
+
+impl Submitter {
+    /// Connect to `addr` and hand the connection to a task of the current runtime.
+    async fn connect(addr: SocketAddr, path: &'static str) -> Result<Self, BenchError> {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(io_err("submitting connection"))?;
+        stream
+            .set_nodelay(true)
+            .map_err(io_err("submitting connection"))?;
+        let (send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| BenchError::Http(format!("submitting connection: {e}")))?;
+        tokio::spawn(conn);
+        let host = http::HeaderValue::from_str(&addr.to_string())
+            .map_err(|e| BenchError::Setup(format!("host header: {e}")))?;
+        Ok(Self {
+            send,
+            uri: http::Uri::from_static(path),
+            host,
+        })
+    }
+
+    /// POST `body` (JSON): (status, body bytes).
+    async fn post(&mut self, body: &'static str) -> Result<(u16, bytes::Bytes), BenchError> {
+        use http_body_util::BodyExt as _;
+        let what = |e: &dyn std::fmt::Display| BenchError::Http(format!("POST {}: {e}", self.uri));
+        let mut req = http::Request::new(http_body_util::Full::new(bytes::Bytes::from_static(
+            body.as_bytes(),
+        )));
+        *req.method_mut() = http::Method::POST;
+        *req.uri_mut() = self.uri.clone();
+        let headers = req.headers_mut();
+        headers.insert(http::header::HOST, self.host.clone());
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        self.send.ready().await.map_err(|e| what(&e))?;
+        let res = self.send.send_request(req).await.map_err(|e| what(&e))?;
+        let status = res.status().as_u16();
+        let bytes = res
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| what(&e))?
+            .to_bytes();
+        Ok((status, bytes))
+    }
+}
+
+/// Submit `workloads` × `body` async over `clients` keep-alive connections ([`Submitter`]),
+/// one request in flight on each, spread over at most [`SUBMIT_THREADS`] threads; each
+/// answer must be 202.
 fn submit_async(
     addr: SocketAddr,
     body: &'static str,
     workloads: usize,
     clients: usize,
 ) -> Result<Submissions, BenchError> {
-    let url = format!("http://{addr}/v1/workloads/async");
     let clients = clients.max(1);
     let threads = clients.min(SUBMIT_THREADS);
     // Connection i submits its share of the workloads; thread t drives connections
@@ -1215,16 +1262,16 @@ fn submit_async(
     let results: Vec<Result<Duration, BenchError>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
-                let url = url.as_str();
                 std::thread::Builder::new()
                     .name("bench-submit".into())
                     .spawn_scoped(s, move || {
                         let from = cpu_time(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)?;
                         block_on(async move {
                             let connections = (t..clients).step_by(threads).map(|i| async move {
-                                let client = submitting_connection()?;
+                                let mut client =
+                                    Submitter::connect(addr, "/v1/workloads/async").await?;
                                 for _ in 0..share(i) {
-                                    let (status, bytes) = post(&client, url, body).await?;
+                                    let (status, bytes) = client.post(body).await?;
                                     if status != 202 {
                                         return Err(BenchError::Http(format!(
                                             "async submit: status {status}: {}",
