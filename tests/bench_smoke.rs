@@ -85,14 +85,20 @@ fn quick_bench_produces_every_figure() {
     );
 
     // SSE: 10 subscribers (in the quick preset's 2 client processes) × its 10 lines,
-    // every one received by each, and the CPU each side spent meanwhile.
+    // every one received by each, latencies parsed and at the socket (p99 ≥ p50 > 0,
+    // the socket's p50 no later than the parsed p50), and the CPU each side spent.
     let sse = cells(row(&md, "| 100 |"));
-    assert_eq!(sse[3], "10 / 10 / 10", "{md}");
-    for cores in [sse[4], sse[5]] {
+    let ms = |i: usize| -> f64 { sse[i].parse().expect("latency in ms") };
+    let (p50, p99, socket_p50, socket_p99) = (ms(1), ms(2), ms(3), ms(4));
+    assert!(p50 > 0.0 && p99 >= p50, "{md}");
+    assert!(socket_p50 > 0.0 && socket_p99 >= socket_p50, "{md}");
+    assert!(socket_p50 <= p50, "bytes reach the socket before they are parsed: {md}");
+    assert_eq!(sse[5], "10 / 10 / 10", "{md}");
+    for cores in [sse[6], sse[7]] {
         cores.parse::<f64>().expect("CPU in cores");
     }
     assert!(
-        sse[6].ends_with(" %"),
+        sse[8].ends_with(" %"),
         "the clients' share of the CPU: {md}"
     );
     assert!(md.contains("10 subscribers (2 client processes)"), "{md}");

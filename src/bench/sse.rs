@@ -8,23 +8,39 @@
 //! of the subscribers with reqwest and eventsource-stream on a current-thread runtime,
 //! like the tests and the CLI.
 //!
-//! Latency, per subscriber per line: the backend reads `CLOCK_MONOTONIC` just before it
-//! hands the line to the workload's log sink (the moment a guest's `console.log`
-//! would); the subscriber reads it again right after eventsource-stream yields the
-//! parsed event. The clock is system-wide, so stamps from two processes compare. Each
-//! child also reports the CPU it spent between "all connected" and "all streams
-//! ended", the server's process the CPU it spent meanwhile: the report shows both.
+//! Latency, per subscriber per line, two ways. Parsed: the backend reads
+//! `CLOCK_MONOTONIC` just before it hands the line to the workload's log sink (the moment
+//! a guest's `console.log` would); the subscriber reads it again right after
+//! eventsource-stream yields the parsed event. The clock is system-wide, so stamps from
+//! two processes compare. At the socket: the backend also reads `CLOCK_REALTIME`, and
+//! the subscriber's socket has `SO_TIMESTAMPNS` on, so each read says when the kernel
+//! received the newest bytes it returned (`CLOCK_REALTIME`; on loopback, during the
+//! server's `send`): the server's share of the latency, without the time the event then
+//! waited for the subscriber's own process on the shared cores. A read that returns
+//! several events stamps them all with its newest bytes' time, so the socket figure
+//! errs high, never low.
+//!
+//! Subscribers speak HTTP/1.1 through hyper's connection-level client over that socket
+//! and parse with eventsource-stream. Each child also reports the CPU it spent between
+//! "all connected" and "all streams ended", the server's process the CPU it spent
+//! meanwhile: the report shows both.
 
 use std::fmt::Write as _;
 use std::io::{BufRead as _, BufReader, Read as _};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd as _;
+use std::pin::Pin;
 use std::process::{Child, ChildStdout, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use eventsource_stream::Eventsource;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
+use http_body_util::BodyExt as _;
+use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags};
 use nix::time::{clock_gettime, ClockId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -56,6 +72,11 @@ fn now_ns() -> Result<u64, String> {
     clock_ns(ClockId::CLOCK_MONOTONIC)
 }
 
+/// `CLOCK_REALTIME` in nanoseconds: the clock of the kernel's receive timestamps.
+fn wall_ns() -> Result<u64, String> {
+    clock_ns(ClockId::CLOCK_REALTIME)
+}
+
 /// CPU time this process has used, in nanoseconds (every thread).
 fn cpu_ns() -> Result<u64, String> {
     clock_ns(ClockId::CLOCK_PROCESS_CPUTIME_ID)
@@ -79,6 +100,9 @@ pub struct SseFigures {
     /// Line printed → event parsed by the subscriber, over every line of every
     /// subscriber.
     pub latency: Percentiles,
+    /// Line printed → its bytes received by the subscriber's socket (the server's share:
+    /// see the module doc), over every line of every subscriber.
+    pub socket_latency: Percentiles,
     /// Release of the workload → the last stream ended.
     pub window: Duration,
     /// CPU the server's process (the bench's, whose other threads wait) used meanwhile.
@@ -102,8 +126,11 @@ impl SseFigures {
         let _ = writeln!(
             s,
             "{} subscribers ({} client processes) on one workload emitting {} lines every \
-             {} ms; latency per subscriber per line = `CLOCK_MONOTONIC` when the backend \
-             prints the line → when the subscriber's eventsource-stream yields the event.\n",
+             {} ms; latency per subscriber per line = when the backend prints the line → when \
+             the subscriber's eventsource-stream yields the event (parsed; the target's \
+             figure) and → when the subscriber's kernel received its bytes (at the socket, \
+             `SO_TIMESTAMPNS`: the server's share, without the subscribers' own queueing on \
+             the shared cores).\n",
             e.subscribers,
             e.client_processes,
             e.lines_sent,
@@ -111,18 +138,21 @@ impl SseFigures {
         );
         let _ = writeln!(
             s,
-            "| samples | p50 ms | p99 ms | lines per subscriber (min / max / sent) | \
-             server CPU (cores) | clients CPU (cores) | clients' share | server CPU per event µs |\n\
-             |---|---|---|---|---|---|---|---|"
+            "| samples | p50 ms | p99 ms | at the socket: p50 ms | p99 ms | lines per \
+             subscriber (min / max / sent) | server CPU (cores) | clients CPU (cores) | \
+             clients' share | server CPU per event µs |\n\
+             |---|---|---|---|---|---|---|---|---|---|"
         );
         let window = e.window.as_secs_f64().max(f64::EPSILON);
         let (server, client) = (e.server_cpu.as_secs_f64(), e.client_cpu.as_secs_f64());
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} / {} / {} | {:.2} | {:.2} | {:.0} % | {:.1} |",
+            "| {} | {} | {} | {} | {} | {} / {} / {} | {:.2} | {:.2} | {:.0} % | {:.1} |",
             e.latency.samples,
             ms(e.latency.p50),
             ms(e.latency.p99),
+            ms(e.socket_latency.p50),
+            ms(e.socket_latency.p99),
             e.min_received,
             e.max_received,
             e.lines_sent,
@@ -158,7 +188,7 @@ pub(super) fn setup(opts: &BenchOptions) -> (watch::Sender<bool>, BackendFactory
 }
 
 /// A backend for the SSE section only: once released through `go`, emits `lines` log
-/// lines `interval` apart, each `t=<CLOCK_MONOTONIC ns>`.
+/// lines `interval` apart, each `t=<CLOCK_MONOTONIC ns> r=<CLOCK_REALTIME ns>`.
 ///
 /// Registered as the only `microvm`/`python` backend of the bench server (the real
 /// micro-VM backend is disabled there), so an explicit `isolation: microvm` routes to it.
@@ -198,8 +228,9 @@ impl Backend for SseBenchBackend {
                 let mut tick = tokio::time::interval(interval);
                 for _ in 0..lines {
                     tick.tick().await;
-                    ctx.log
-                        .line(format!("t={}", now_ns().map_err(BackendError::Internal)?));
+                    let stamps = now_ns().and_then(|t| Ok((t, wall_ns()?)));
+                    let (t, r) = stamps.map_err(BackendError::Internal)?;
+                    ctx.log.line(format!("t={t} r={r}"));
                 }
                 Ok::<(), BackendError>(())
             };
@@ -245,8 +276,9 @@ enum ClientReport {
     Connected { ok: usize, failed: usize },
     /// Every stream ended: the CPU this process spent since `Connected`.
     Ended { cpu_ns: u64 },
-    /// Per subscriber, the latency of each line it received (ns), or why it failed.
-    Samples(Vec<Result<Vec<u64>, String>>),
+    /// Per subscriber, the latencies of each line it received (ns: parsed, at the
+    /// socket), or why it failed.
+    Samples(Vec<Result<Vec<[u64; 2]>, String>>),
 }
 
 fn say(report: &ClientReport) -> Result<(), String> {
@@ -274,10 +306,7 @@ fn client(args: ClientArgs) -> Result<(), String> {
     let n = args.subscribers.max(1);
     raise_fd_limit(n as u64 + 64).map_err(|e| format!("open-file limit: {e}"))?;
     let budget = Duration::from_millis(args.budget_ms);
-    let client = reqwest::Client::builder()
-        .tcp_nodelay(true)
-        .build()
-        .map_err(|e| format!("HTTP client: {e}"))?;
+    let url: http::Uri = args.url.parse().map_err(|e| format!("{}: {e}", args.url))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -286,9 +315,9 @@ fn client(args: ClientArgs) -> Result<(), String> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<bool>();
         let tasks: Vec<_> = (0..n)
             .map(|_| {
-                let (client, url, tx) = (client.clone(), args.url.clone(), tx.clone());
+                let (url, tx) = (url.clone(), tx.clone());
                 tokio::spawn(async move {
-                    let res = match tokio::time::timeout(budget, connect(&client, &url)).await {
+                    let res = match tokio::time::timeout(budget, connect(&url)).await {
                         Ok(Ok(res)) => res,
                         Ok(Err(e)) => {
                             let _ = tx.send(false);
@@ -328,36 +357,146 @@ fn client(args: ClientArgs) -> Result<(), String> {
     })
 }
 
-/// Connect one subscriber: once the headers came, the broker has subscribed it.
-async fn connect(client: &reqwest::Client, url: &str) -> Result<reqwest::Response, String> {
-    let res = client
-        .get(url)
-        .header(reqwest::header::ACCEPT, "text/event-stream")
-        .send()
-        .await
-        .map_err(|e| format!("SSE connect: {e}"))?;
-    if res.status() != reqwest::StatusCode::OK {
-        return Err(format!("SSE answer: {}", res.status()));
-    }
-    Ok(res)
+/// A subscriber's socket that remembers when the kernel received the newest bytes read
+/// from it (`SO_TIMESTAMPNS`: `CLOCK_REALTIME` ns, 0 before the first read).
+struct StampedStream {
+    io: tokio::net::TcpStream,
+    last_rx_ns: Arc<AtomicU64>,
 }
 
-/// Read `t=<ns>` events until `done` or the end of the stream: each one's latency.
-async fn follow(res: reqwest::Response) -> Result<Vec<u64>, String> {
-    let mut events = res.bytes_stream().eventsource();
+impl tokio::io::AsyncRead for StampedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            ready!(this.io.poll_read_ready(cx))?;
+            let fd = this.io.as_raw_fd();
+            let into = buf.initialize_unfilled();
+            let read = this.io.try_io(tokio::io::Interest::READABLE, || {
+                let mut iov = [std::io::IoSliceMut::new(&mut *into)];
+                let mut space = nix::cmsg_space!(nix::sys::time::TimeSpec);
+                let msg = recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::empty())?;
+                let mut stamp = None;
+                for c in msg.cmsgs()? {
+                    if let ControlMessageOwned::ScmTimestampns(ts) = c {
+                        stamp = Some(
+                            (ts.tv_sec() as u64)
+                                .saturating_mul(1_000_000_000)
+                                .saturating_add(ts.tv_nsec() as u64),
+                        );
+                    }
+                }
+                Ok((msg.bytes, stamp))
+            });
+            match read {
+                Ok((n, stamp)) => {
+                    if let Some(ns) = stamp {
+                        this.last_rx_ns.store(ns, Ordering::Relaxed);
+                    }
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for StampedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// A subscribed stream: the response body, and its socket's newest receive time.
+struct Subscription {
+    body: hyper::body::Incoming,
+    last_rx_ns: Arc<AtomicU64>,
+}
+
+/// Connect one subscriber: once the headers came, the broker has subscribed it.
+async fn connect(url: &http::Uri) -> Result<Subscription, String> {
+    let authority = url
+        .authority()
+        .ok_or_else(|| format!("{url}: no host"))?
+        .clone();
+    let io = tokio::net::TcpStream::connect(authority.as_str())
+        .await
+        .map_err(|e| format!("SSE connect: {e}"))?;
+    io.set_nodelay(true)
+        .map_err(|e| format!("SSE connect: {e}"))?;
+    setsockopt(&io, sockopt::ReceiveTimestampns, &true)
+        .map_err(|e| format!("SO_TIMESTAMPNS: {e}"))?;
+    let last_rx_ns = Arc::new(AtomicU64::new(0));
+    let stream = StampedStream {
+        io,
+        last_rx_ns: last_rx_ns.clone(),
+    };
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("SSE connect: {e}"))?;
+    tokio::spawn(conn);
+    let req = http::Request::get(url.clone())
+        .header(http::header::HOST, authority.as_str())
+        .header(http::header::ACCEPT, "text/event-stream")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| format!("SSE request: {e}"))?;
+    let res = send
+        .send_request(req)
+        .await
+        .map_err(|e| format!("SSE connect: {e}"))?;
+    if res.status() != http::StatusCode::OK {
+        return Err(format!("SSE answer: {}", res.status()));
+    }
+    Ok(Subscription {
+        body: res.into_body(),
+        last_rx_ns,
+    })
+}
+
+/// Read `t=<ns> r=<ns>` events until `done` or the end of the stream: each one's
+/// latencies (parsed, at the socket).
+async fn follow(sub: Subscription) -> Result<Vec<[u64; 2]>, String> {
+    let mut events = sub.body.into_data_stream().eventsource();
     let mut latencies = Vec::new();
     while let Some(event) = events.next().await {
         let event = event.map_err(|e| format!("SSE read: {e}"))?;
         let now = now_ns()?;
+        let received = sub.last_rx_ns.load(Ordering::Relaxed);
         if event.event == "done" {
             break;
         }
-        if let Some(ts) = event.data.strip_prefix("t=") {
-            let sent = ts
-                .trim()
-                .parse::<u64>()
-                .map_err(|_| format!("bad SSE timestamp {ts:?}"))?;
-            latencies.push(now.saturating_sub(sent));
+        let stamp = |key: &str| {
+            event
+                .data
+                .split_ascii_whitespace()
+                .find_map(|kv| kv.strip_prefix(key))
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| format!("bad SSE stamps {:?}", event.data))
+        };
+        if event.data.starts_with("t=") {
+            let (sent, sent_wall) = (stamp("t=")?, stamp("r=")?);
+            if received == 0 {
+                return Err("a read without its SO_TIMESTAMPNS stamp".into());
+            }
+            latencies.push([now.saturating_sub(sent), received.saturating_sub(sent_wall)]);
         }
     }
     Ok(latencies)
@@ -517,6 +656,7 @@ pub(super) fn latency(
         .saturating_sub(server_from);
     let mut counts = Vec::with_capacity(n);
     let mut all = Vec::with_capacity(n * opts.sse_lines);
+    let mut at_socket = Vec::with_capacity(n * opts.sse_lines);
     for c in clients {
         let ClientReport::Samples(subs) = c.finish()? else {
             return Err(BenchError::Setup("an SSE client sent no samples".into()));
@@ -524,7 +664,10 @@ pub(super) fn latency(
         for sub in subs {
             let lat = sub.map_err(BenchError::Http)?;
             counts.push(lat.len());
-            all.extend(lat.into_iter().map(Duration::from_nanos));
+            for [parsed, socket] in lat {
+                all.push(Duration::from_nanos(parsed));
+                at_socket.push(Duration::from_nanos(socket));
+            }
         }
     }
     Ok(SseFigures {
@@ -535,6 +678,7 @@ pub(super) fn latency(
         min_received: counts.iter().copied().min().unwrap_or(0),
         max_received: counts.iter().copied().max().unwrap_or(0),
         latency: percentiles("SSE latency", all)?,
+        socket_latency: percentiles("SSE latency at the socket", at_socket)?,
         window,
         server_cpu: Duration::from_nanos(server_cpu),
         client_cpu: Duration::from_nanos(client_cpu),
