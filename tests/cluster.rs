@@ -939,6 +939,10 @@ async fn a_lost_nodes_running_work_with_a_kill_request_ends_killed_and_the_rest_
     assert!(!killed["started_at"].is_null(), "it ran: {killed}");
     assert!(!killed["finished_at"].is_null(), "{killed}");
     assert!(killed["output"].is_null(), "{killed}");
+    assert!(
+        killed["duration_ms"].is_null(),
+        "unknown, as for node lost: {killed}"
+    );
     let lost = b.wait_terminal(&unasked, SOON).await;
     assert_eq!(lost["status"], "failed", "{lost}");
     assert_eq!(lost["error"], "node lost", "no kill asked: {lost}");
