@@ -7,8 +7,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::cluster::{node, quick_node, scripted, shared_database};
+use common::cluster::{
+    loopback_webhooks, node, quick_node, scripted, shared_database, terminate_listen_connections,
+};
+use common::receiver::Receiver;
 use common::scripted::{self as script, job, Observed, Options};
+use common::sse::SseStream;
 use common::TestApp;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -872,6 +876,263 @@ async fn a_kill_requested_for_work_a_node_claimed_before_it_restarted_ends_it_ki
         .await;
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(runs(&seen_a).get(&id), None, "never run after the restart");
+}
+
+#[tokio::test]
+async fn a_lost_nodes_running_work_with_a_kill_request_ends_killed_and_the_rest_fails_node_lost() {
+    let Some(url) = shared_database("kill_request_running_at_reaping") else {
+        return;
+    };
+    let receiver = Receiver::start().await;
+    let (fa, seen_a) = scripted(2);
+    let a = loopback_webhooks(quick_node(&url, "a"))
+        .backend(fa)
+        .spawn()
+        .await;
+    // Both run on a; each reports to its own path of the receiver.
+    let mut ids = Vec::new();
+    for path in ["/asked", "/unasked"] {
+        let mut body = job("node", json!({"delay_ms": 600000}));
+        body["callback_url"] = json!(receiver.url(path));
+        let w = a.submit_async(&body).await;
+        let id = w["id"].as_str().expect("id").to_string();
+        a.wait_status(&id, "running", SOON).await;
+        ids.push(id);
+    }
+    let (asked, unasked) = (ids[0].clone(), ids[1].clone());
+    // b takes the kill and follows both; it declares nobody lost (a ten-minute timeout),
+    // so the kill request is on the row before any survivor looks at a.
+    let (fb, seen_b) = scripted(2);
+    let b = loopback_webhooks(node(&url, "b"))
+        .env("VULCAN_CLUSTER__NODE_TIMEOUT_S", "600")
+        .env("VULCAN_CLUSTER__KILL_TIMEOUT_S", "60")
+        .backend(fb)
+        .spawn()
+        .await;
+    let mut streams = Vec::new();
+    for id in &ids {
+        streams.push(SseStream::open(&b, id).await);
+    }
+    a.crash().await;
+    let kill = {
+        let client = b.client.clone();
+        let url = b.url(&format!("/v1/workloads/{asked}"));
+        tokio::spawn(async move { client.delete(url).send().await.expect("kill on b") })
+    };
+    eventually(SOON, "the kill request is on the row", || async {
+        common::cluster::kill_requested(&url, &asked)
+    })
+    .await;
+    // c finds a silent past its 2 s timeout and declares it lost.
+    let c = loopback_webhooks(quick_node(&url, "c")).spawn().await;
+
+    let res = kill.await.expect("join");
+    assert_eq!(
+        res.status(),
+        200,
+        "the kill is answered with the killed record"
+    );
+    let killed: Value = res.json().await.expect("json");
+    assert_eq!(killed["status"], "killed", "{killed}");
+    assert_eq!(killed["error"], "killed by request", "{killed}");
+    assert_eq!(killed["node_id"], "a", "{killed}");
+    assert!(!killed["started_at"].is_null(), "it ran: {killed}");
+    assert!(!killed["finished_at"].is_null(), "{killed}");
+    assert!(killed["output"].is_null(), "{killed}");
+    assert!(
+        killed["duration_ms"].is_null(),
+        "unknown, as for node lost: {killed}"
+    );
+    let lost = b.wait_terminal(&unasked, SOON).await;
+    assert_eq!(lost["status"], "failed", "{lost}");
+    assert_eq!(lost["error"], "node lost", "no kill asked: {lost}");
+    assert_eq!(lost["node_id"], "a", "{lost}");
+    // Every node reads the same records.
+    for (id, record) in [(&asked, &killed), (&unasked, &lost)] {
+        assert_eq!(
+            &c.get_json(&format!("/v1/workloads/{id}"), 200).await,
+            record
+        );
+    }
+    // The streams on b end on the reaper's terminal notification.
+    let (_, status) = streams[0].until_done(SOON).await;
+    assert_eq!(status, "killed");
+    let (_, status) = streams[1].until_done(SOON).await;
+    assert_eq!(status, "failed");
+    // Each webhook carries the record as stored.
+    for (path, record) in [("/asked", &killed), ("/unasked", &lost)] {
+        let got = receiver.wait_for(path, 1, SOON).await;
+        assert_eq!(&got[0].json(), record, "{path}");
+    }
+    // Ran once on a, never again; b works on at once.
+    let (ra, rb) = (runs(&seen_a), runs(&seen_b));
+    for id in &ids {
+        assert_eq!(ra.get(id), Some(&1), "{id} ran once on a");
+        assert_eq!(rb.get(id), None, "{id} was not run again");
+    }
+    let next = b.submit_async(&job("node", json!({"output": 1}))).await;
+    let done = b
+        .wait_terminal(next["id"].as_str().expect("id"), SOON)
+        .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    receiver.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_leaving_gracefully_kills_claimed_work_with_a_kill_request_and_requeues_the_rest() {
+    let Some(url) = shared_database("kill_request_at_leave") else {
+        return;
+    };
+    // a claims two workloads and prepares them for ten minutes (as image pulls).
+    let (slow, seen_a) = script::factory(Options {
+        max_concurrency: 2,
+        prepare_ms: 600_000,
+        ..Options::default()
+    });
+    let a = node(&url, "a")
+        .env("VULCAN_CLUSTER__LISTEN_POLL_MS", "60000")
+        .backend(slow)
+        .spawn()
+        .await;
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        let w = a.submit_async(&job("node", json!({"output": i}))).await;
+        ids.push(w["id"].as_str().expect("id").to_string());
+    }
+    for id in &ids {
+        eventually(SOON, "a claims it", || async {
+            a.get_json(&format!("/v1/workloads/{id}"), 200).await["node_id"] == "a"
+        })
+        .await;
+    }
+    let (asked, unasked) = (ids[0].clone(), ids[1].clone());
+    // a goes deaf: it finds its listen connection gone at its next poll, a minute from
+    // now, and reopens it ten minutes after that. It never hears the kill.
+    assert_eq!(terminate_listen_connections(&url), 1, "a's");
+    // b declares nobody lost (a ten-minute timeout) and could run the work at once.
+    let (fast, seen_b) = scripted(4);
+    let b = node(&url, "b")
+        .env("VULCAN_CLUSTER__NODE_TIMEOUT_S", "600")
+        .env("VULCAN_CLUSTER__KILL_TIMEOUT_S", "60")
+        .backend(fast)
+        .spawn()
+        .await;
+    let mut stream = SseStream::open(&b, &asked).await;
+    let kill = {
+        let client = b.client.clone();
+        let url = b.url(&format!("/v1/workloads/{asked}"));
+        tokio::spawn(async move { client.delete(url).send().await.expect("kill on b") })
+    };
+    eventually(SOON, "the kill request is on the row", || async {
+        common::cluster::kill_requested(&url, &asked)
+    })
+    .await;
+    assert_eq!(
+        b.get_json(&format!("/v1/workloads/{asked}"), 200).await["status"],
+        "pending",
+        "a did not hear the kill"
+    );
+
+    a.stop().await;
+    let res = kill.await.expect("join");
+    assert_eq!(res.status(), 200, "answered once a left");
+    let killed: Value = res.json().await.expect("json");
+    assert_killed_unstarted(&killed);
+    assert_eq!(killed["node_id"], "a", "{killed}");
+    let (_, status) = stream.until_done(SOON).await;
+    assert_eq!(status, "killed");
+    let done = b.wait_terminal(&unasked, SOON).await;
+    assert_eq!(done["status"], "completed", "re-queued, run by b: {done}");
+    assert_eq!(done["node_id"], "b", "{done}");
+    let list = b.get_json("/v1/nodes", 200).await;
+    let a_row = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|n| n["node_id"] == "a")
+        .expect("a listed")
+        .clone();
+    assert_eq!(a_row["state"], "lost", "a left the cluster: {a_row}");
+    let (ra, rb) = (runs(&seen_a), runs(&seen_b));
+    assert_eq!(rb.get(&unasked), Some(&1), "b ran the re-queued one once");
+    assert_eq!(rb.get(&asked), None, "the killed one never ran");
+    assert!(ra.is_empty(), "a started nothing: {ra:?}");
+    assert_eq!(
+        b.get_json(&format!("/v1/workloads/{asked}"), 200).await,
+        killed,
+        "it stays killed"
+    );
+}
+
+#[tokio::test]
+async fn orphaned_claims_with_a_kill_request_are_killed_and_the_rest_requeued_and_run() {
+    let Some(url) = shared_database("kill_request_orphaned_claim") else {
+        return;
+    };
+    // a looks for orphaned claims every 25 polls: about every 1.25 s here.
+    let (f, seen_a) = scripted(1);
+    let a = node(&url, "a")
+        .env("VULCAN_CLUSTER__POLL_MS", "50")
+        .backend(f)
+        .spawn()
+        .await;
+    let busy = script::occupy_slot(&a).await;
+    // b runs nothing; it follows the work from the table.
+    let b = node(&url, "b").spawn().await;
+    // a's only slot is taken: these wait in the shared queue, claimed by no node.
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        let w = a.submit_async(&job("node", json!({"output": i}))).await;
+        ids.push(w["id"].as_str().expect("id").to_string());
+    }
+    let (asked, unasked) = (ids[0].clone(), ids[1].clone());
+    for id in &ids {
+        let w = b.get_json(&format!("/v1/workloads/{id}"), 200).await;
+        assert_eq!(
+            (&w["status"], &w["node_id"]),
+            (&json!("pending"), &json!(""))
+        );
+    }
+    let mut stream = SseStream::open(&b, &asked).await;
+    // a's claim of both committed but its answer never reached a (the connection broke
+    // at the commit), and a client asked to kill the first meanwhile.
+    common::cluster::execute(
+        &url,
+        &format!(
+            "UPDATE workloads SET node_id = 'a',
+                 node_generation = (SELECT generation FROM nodes WHERE node_id = 'a'),
+                 kill_requested_at = CASE WHEN id = '{asked}'
+                     THEN '2026-01-01T00:00:00.000Z' END
+             WHERE id IN ('{asked}', '{unasked}');"
+        ),
+    );
+    // a finds both claimed by it and held nowhere: one killed, one back in the queue.
+    let (_, status) = stream.until_done(SOON).await;
+    assert_eq!(status, "killed");
+    let killed = b.get_json(&format!("/v1/workloads/{asked}"), 200).await;
+    assert_killed_unstarted(&killed);
+    assert_eq!(killed["node_id"], "a", "{killed}");
+    eventually(SOON, "the other one is back in the queue", || async {
+        let w = b.get_json(&format!("/v1/workloads/{unasked}"), 200).await;
+        w["status"] == "pending" && w["node_id"] == ""
+    })
+    .await;
+    // A slot frees: the re-queued one is claimed and runs, the killed one never.
+    assert_eq!(
+        a.delete(&format!("/v1/workloads/{busy}")).await.status(),
+        200
+    );
+    let done = b.wait_terminal(&unasked, SOON).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["node_id"], "a", "{done}");
+    let ran = runs(&seen_a);
+    assert_eq!(ran.get(&unasked), Some(&1), "the re-queued one ran once");
+    assert_eq!(ran.get(&asked), None, "the killed one never ran");
+    assert_eq!(
+        b.get_json(&format!("/v1/workloads/{asked}"), 200).await,
+        killed,
+        "it stays killed"
+    );
 }
 
 #[tokio::test]

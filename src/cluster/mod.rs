@@ -138,10 +138,11 @@ impl Membership {
                     Ok(r) if !r.nodes.is_empty() => {
                         log::warn!(
                             "cluster: node(s) {} declared lost: {} running workload(s) failed \
-                             (node lost), {} re-queued",
+                             (node lost), {} re-queued, {} killed (a kill had been asked for)",
                             r.nodes.join(", "),
                             r.failed.len(),
-                            r.requeued.len()
+                            r.requeued.len(),
+                            r.killed.len()
                         );
                         if !r.requeued.is_empty() {
                             act.supervisor.do_send(ClaimNow);

@@ -164,7 +164,14 @@ pub fn register(
         // Work this node had claimed under an earlier generation and not started goes
         // back to the queue (its status writes would be fenced now), unless somebody
         // asked to kill it meanwhile.
-        kill_requested_pending(c, &[node_id.to_string()], None, &[], now)?;
+        kill_requested(
+            c,
+            &[node_id.to_string()],
+            &[Status::Pending],
+            None,
+            &[],
+            now,
+        )?;
         diesel::update(
             workloads::table
                 .filter(workloads::node_id.eq(node_id))
@@ -225,9 +232,10 @@ pub fn leave(conn: &mut DbConnection, fence: &Fence) -> Result<usize, StoreError
     if left == 0 {
         return Ok(0);
     }
-    kill_requested_pending(
+    kill_requested(
         pg(conn)?,
         std::slice::from_ref(&fence.node_id),
+        &[Status::Pending],
         None,
         &[],
         Utc::now(),
@@ -328,9 +336,10 @@ pub fn requeue_orphans(
     held: &[WorkloadId],
 ) -> Result<Vec<WorkloadId>, StoreError> {
     let held: Vec<String> = held.iter().map(ToString::to_string).collect();
-    kill_requested_pending(
+    kill_requested(
         pg(conn)?,
         std::slice::from_ref(&fence.node_id),
+        &[Status::Pending],
         Some(fence.generation),
         &held,
         Utc::now(),
@@ -373,23 +382,29 @@ pub fn still_unclaimed(
     Ok(out)
 }
 
-/// Kill the pending work of `nodes` (claimed under `generation` when given, except
-/// `held`) that somebody asked to kill (`kill_requested_at`): its node will not run it
-/// (lost, restarting, leaving, or it lost track of it), and putting it back in the
-/// queue would let another node run it. Every place that re-queues claimed work calls
-/// this first, in the same transaction, and announces the records
-/// ([`notify::TERMINAL`]: the asking node waits for it). Answers the killed records.
-fn kill_requested_pending(
+/// Kill the work of `nodes` in one of the statuses `from` (claimed under `generation`
+/// when given, except `held`) that somebody asked to kill (`kill_requested_at`): its
+/// node will not run it or see it to its end (lost, restarting, leaving, or it lost
+/// track of it). Pending work put back in the queue would let another node run it;
+/// running work of a lost node has stopped with it, and the user asked for that. Every
+/// place that re-queues claimed work calls this first for its pending rows, and the
+/// reaper for the running ones too, in the same transaction. The records are written
+/// as a kill on the work's own node writes them ([`KILLED_BY_REQUEST`], the webhook
+/// enqueued in the same statement) and announced ([`notify::TERMINAL`]: the asking
+/// node, waiters and log streams on every node wait for it). Answers the killed records.
+fn kill_requested(
     c: &mut PgConnection,
     nodes: &[String],
+    from: &[Status],
     generation: Option<i64>,
     held: &[String],
     now: DateTime<Utc>,
 ) -> Result<Vec<Workload>, StoreError> {
     let at = format_time(&now);
+    let from: Vec<&'static str> = from.iter().map(|s| s.as_str()).collect();
     let mut target = workloads::table
         .filter(workloads::node_id.eq_any(nodes))
-        .filter(workloads::status.eq(Status::Pending.as_str()))
+        .filter(workloads::status.eq_any(&from))
         .filter(workloads::kill_requested_at.is_not_null())
         .filter(not(workloads::id.eq_any(held)))
         .into_boxed();
@@ -403,7 +418,7 @@ fn kill_requested_pending(
     let killed: Vec<WorkloadRow> = diesel::update(
         workloads::table
             .filter(workloads::id.eq_any(&ids))
-            .filter(workloads::status.eq(Status::Pending.as_str())),
+            .filter(workloads::status.eq_any(&from)),
     )
     .set((
         workloads::status.eq(Status::Killed.as_str()),
@@ -430,21 +445,24 @@ fn kill_requested_pending(
 pub struct Reaped {
     /// Nodes declared lost.
     pub nodes: Vec<String>,
-    /// Their running workloads, now failed ("node lost").
+    /// Their running workloads nobody asked to kill, now failed ([`NODE_LOST`]).
     pub failed: Vec<Workload>,
-    /// Their claimed-but-unstarted workloads, back in the queue.
+    /// Their claimed-but-unstarted workloads nobody asked to kill, back in the queue.
     pub requeued: Vec<WorkloadId>,
-    /// Their claimed-but-unstarted workloads somebody asked to kill: killed, not
-    /// re-queued (announced on [`notify::TERMINAL`] in the reaping transaction).
+    /// Their running or claimed-but-unstarted workloads somebody asked to kill: killed
+    /// ([`KILLED_BY_REQUEST`]), neither failed nor re-queued.
     pub killed: Vec<Workload>,
 }
 
 /// Declare lost every alive node other than `fence`'s whose last heartbeat is older
 /// than `stale_before`, if this node is alive under its generation and wins
 /// [`REAPER_LOCK`] (held to the end of the writer's transaction: one survivor at a
-/// time). A lost node's generation is bumped (fenced); its running workloads fail with
-/// [`NODE_LOST`] (the webhook enqueued in the same statement, as every terminal write
-/// does); its pending ones go back to the queue.
+/// time). A lost node's generation is bumped (fenced). Its live work that somebody
+/// asked to kill (`kill_requested_at`, running or not started) is killed; its other
+/// running workloads fail with [`NODE_LOST`]; its other pending ones go back to the
+/// queue. Every terminal record has its webhook enqueued in the statement that writes
+/// it and is announced on [`notify::TERMINAL`] in this transaction, as every terminal
+/// write is.
 pub fn reap(
     conn: &mut DbConnection,
     fence: &Fence,
@@ -485,6 +503,16 @@ pub fn reap(
     if out.nodes.is_empty() {
         return Ok(out);
     }
+    // First: work the user asked to stop has stopped with its node; recording it
+    // "node lost" would answer the kill with a failure (and the asking node with 409).
+    out.killed = kill_requested(
+        c,
+        &out.nodes,
+        &[Status::Running, Status::Pending],
+        None,
+        &[],
+        now,
+    )?;
     let at = format_time(&now);
     let failed: Vec<WorkloadRow> = diesel::update(
         workloads::table
@@ -506,7 +534,9 @@ pub fn reap(
         .into_iter()
         .map(Workload::try_from)
         .collect::<Result<_, _>>()?;
-    out.killed = kill_requested_pending(c, &out.nodes, None, &[], now)?;
+    // Followers on other nodes (kills, waits, log streams) wake on it.
+    let ids: Vec<String> = out.failed.iter().map(|w| w.id.to_string()).collect();
+    notify::notify_pg(c, notify::TERMINAL, &ids)?;
     let requeued: Vec<String> = diesel::update(
         workloads::table
             .filter(workloads::node_id.eq_any(&out.nodes))

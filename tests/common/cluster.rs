@@ -92,3 +92,14 @@ pub fn kill_requested(db_url: &str, id: &str) -> bool {
         ),
     ) > 0
 }
+
+/// `builder` with completion webhooks on for a receiver on the loopback
+/// (`common::receiver`): every node of a test that submits or delivers needs it.
+pub fn loopback_webhooks(builder: TestAppBuilder) -> TestAppBuilder {
+    builder
+        .env("VULCAN_WEBHOOKS__ALLOWED_HOSTS", "127.0.0.1")
+        .env("VULCAN_WEBHOOKS__PRIVATE_HOSTS", "127.0.0.1")
+        .env("VULCAN_WEBHOOKS__ALLOW_HTTP", "true")
+        .env("VULCAN_WEBHOOKS__SECRET", "whsec_cluster_test")
+        .env("VULCAN_WEBHOOKS__RETRY_BASE_MS", "100")
+}

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use super::{answer, StoreActor};
 use crate::actors::webhooks::DeliveriesEnqueued;
 use crate::model::{BackendCapacity, NodeInfo, WorkloadId};
-use crate::store::{nodes, notify};
+use crate::store::nodes;
 use crate::store::{Fence, PendingWork, Reaped, Stats, StoreError};
 
 /// Register this node (see [`nodes::register`]); on success the store's status writes
@@ -208,13 +208,8 @@ impl Handler<ReapLostNodes> for StoreActor {
             Ok(f) => f,
             Err(e) => return Box::pin(async move { Err(e) }),
         };
-        let rx = self.write(move |c| {
-            let reaped = nodes::reap(c, &fence, msg.0, Utc::now())?;
-            // Followers on other nodes (kills, waits, log streams) wake on it.
-            let ids: Vec<String> = reaped.failed.iter().map(|w| w.id.to_string()).collect();
-            notify::notify(c, notify::TERMINAL, &ids)?;
-            Ok(reaped)
-        });
+        // The reaping transaction announces every record it ends.
+        let rx = self.write(move |c| nodes::reap(c, &fence, msg.0, Utc::now()));
         let watcher = self.deliveries.clone();
         Box::pin(async move {
             let reaped = answer(rx).await?;
@@ -234,7 +229,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::actors::store::{ChangeStatus, GetWorkload, InsertWorkload};
+    use crate::actors::store::{ChangeStatus, GetWorkload, InsertWorkload, RequestKill};
     use crate::metrics::Metrics;
     use crate::model::{pending_fixture, Payload, Status, Workload};
     use crate::store::{Database, StatusChange, NODE_LOST};
@@ -482,5 +477,69 @@ mod tests {
             .expect("send")
             .expect("reap");
         assert!(none.nodes.is_empty(), "{:?}", none.nodes);
+    }
+
+    #[actix_web::test]
+    async fn a_lost_nodes_work_somebody_asked_to_kill_is_killed_not_failed_or_requeued() {
+        let Some(url) = crate::store::test_pg::fresh_database("lost_node_kill_requests") else {
+            return;
+        };
+        let db = Database::SharedPostgres(url);
+        let (a, b) = (node(&db, "a"), node(&db, "b"));
+        register(&a).await.expect("a");
+        register(&b).await.expect("b");
+        let mut ids = Vec::new();
+        for _ in 0..4 {
+            ids.push(submit(&a).await.id);
+        }
+        assert_eq!(claim(&a, 4).await, ids);
+        let (asked_running, running, asked_pending, pending) = (ids[0], ids[1], ids[2], ids[3]);
+        for id in [asked_running, running] {
+            change(&a, id, Status::Running).await.expect("running");
+        }
+        // b asks a to kill two of them; a dies before it hears.
+        for id in [asked_running, asked_pending] {
+            b.send(RequestKill(id))
+                .await
+                .expect("send")
+                .expect("request");
+        }
+        let reaped = b
+            .send(ReapLostNodes(Utc::now() + chrono::Duration::seconds(1)))
+            .await
+            .expect("send")
+            .expect("reap");
+        assert_eq!(reaped.nodes, vec!["a".to_string()]);
+        let mut killed: Vec<_> = reaped.killed.iter().map(|w| w.id).collect();
+        killed.sort();
+        assert_eq!(killed, vec![asked_running, asked_pending]);
+        let failed: Vec<_> = reaped.failed.iter().map(|w| w.id).collect();
+        assert_eq!(
+            failed,
+            vec![running],
+            "only work nobody asked to kill fails"
+        );
+        assert_eq!(reaped.requeued, vec![pending]);
+
+        let read = |id| {
+            let b = b.clone();
+            async move { b.send(GetWorkload(id)).await.expect("send").expect("read") }
+        };
+        let w = read(asked_running).await;
+        assert_eq!(w.status, Status::Killed);
+        assert_eq!(w.error.as_deref(), Some(nodes::KILLED_BY_REQUEST));
+        assert!(w.started_at.is_some() && w.finished_at.is_some(), "{w:?}");
+        assert_eq!(w.node_id, "a", "recorded on the node that ran it");
+        let w = read(asked_pending).await;
+        assert_eq!(w.status, Status::Killed);
+        assert_eq!(w.error.as_deref(), Some(nodes::KILLED_BY_REQUEST));
+        assert!(w.started_at.is_none(), "never started: {w:?}");
+        let w = read(running).await;
+        assert_eq!(
+            (w.status, w.error.as_deref()),
+            (Status::Failed, Some(NODE_LOST))
+        );
+        // Only the re-queued one is left to claim; the killed ones never run.
+        assert_eq!(claim(&b, 5).await, vec![pending]);
     }
 }

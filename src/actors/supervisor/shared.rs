@@ -31,7 +31,8 @@ use crate::store::{PendingWork, StoreError};
 pub struct ClaimNow;
 
 /// This node was declared lost by a survivor (its heartbeat found it fenced): the
-/// survivor failed its running work and put its unstarted work back in the queue.
+/// survivor ended its running work (failed "node lost", or killed where a kill had
+/// been asked for) and put its unstarted work back in the queue (or killed it, ditto).
 /// Running executions are stopped (their status writes are refused by the fence),
 /// queued and preparing work is dropped without writing, and nothing is claimed until
 /// the node has registered again. Answers how many running workloads were stopped.
@@ -418,7 +419,8 @@ impl Handler<Fenced> for Supervisor {
         // Their log topics, opened at admission, would otherwise stay open for good
         // (each actor closes its own only once it records an end).
         self.logs.broker().do_send(DropTopics(dropped));
-        // Running: the survivor recorded them failed ("node lost"); stop the executions.
+        // Running: the survivor recorded them ended (failed "node lost", or killed by
+        // request); stop the executions.
         for addr in self.workloads.values() {
             addr.do_send(Interrupt("node lost (fenced)".into()));
         }
