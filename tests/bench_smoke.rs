@@ -92,7 +92,10 @@ fn quick_bench_produces_every_figure() {
     let (p50, p99, socket_p50, socket_p99) = (ms(1), ms(2), ms(3), ms(4));
     assert!(p50 > 0.0 && p99 >= p50, "{md}");
     assert!(socket_p50 > 0.0 && socket_p99 >= socket_p50, "{md}");
-    assert!(socket_p50 <= p50, "bytes reach the socket before they are parsed: {md}");
+    assert!(
+        socket_p50 <= p50,
+        "bytes reach the socket before they are parsed: {md}"
+    );
     assert_eq!(sse[5], "10 / 10 / 10", "{md}");
     for cores in [sse[6], sse[7]] {
         cores.parse::<f64>().expect("CPU in cores");
