@@ -220,6 +220,11 @@ pub struct StoreConfig {
     pub group_commit_us: u64,
     /// Read-only connections for queries.
     pub read_pool_size: u32,
+    /// SQLite: ms between two background checkpoints of the write-ahead log (0: SQLite
+    /// checkpoints inside the writer's commits).
+    pub checkpoint_interval_ms: u64,
+    /// SQLite: the write-ahead log's bound, MiB, with background checkpoints.
+    pub wal_max_mb: u64,
 }
 
 /// `[retention]`: deletion of old finished work.

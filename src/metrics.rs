@@ -47,6 +47,9 @@ pub struct Metrics {
     /// Running + terminal status changes of one workload written as one statement
     /// (a run that ended before its running write was committed).
     pub store_status_writes_coalesced: IntCounter,
+    /// SQLite write-ahead log checkpoints, by who ran them: `background` (the
+    /// checkpointer thread, off the writer's path) or `writer` (the log passed its bound).
+    pub store_checkpoints: IntCounterVec,
     /// Backend actor restarts, by backend.
     pub backend_restarts: IntCounterVec,
     /// Backend worker processes replaced (crashed, or killed after a missed cancel).
@@ -143,6 +146,13 @@ impl Metrics {
             "store_status_writes_coalesced_total",
             "Running and terminal status changes written as one statement",
         )?;
+        let store_checkpoints = IntCounterVec::new(
+            Opts::new(
+                "store_checkpoints_total",
+                "SQLite write-ahead log checkpoints, by who ran them",
+            ),
+            &["by"],
+        )?;
         let backend_restarts = IntCounterVec::new(
             Opts::new("backend_restarts_total", "Backend actor restarts"),
             &["backend"],
@@ -188,6 +198,7 @@ impl Metrics {
         registry.register(Box::new(retention_swept.clone()))?;
         registry.register(Box::new(store_batch_size.clone()))?;
         registry.register(Box::new(store_status_writes_coalesced.clone()))?;
+        registry.register(Box::new(store_checkpoints.clone()))?;
         registry.register(Box::new(backend_restarts.clone()))?;
         registry.register(Box::new(worker_restarts.clone()))?;
         registry.register(Box::new(webhook_deliveries.clone()))?;
@@ -214,6 +225,7 @@ impl Metrics {
             retention_swept,
             store_batch_size,
             store_status_writes_coalesced,
+            store_checkpoints,
             backend_restarts,
             worker_restarts,
             webhook_deliveries,

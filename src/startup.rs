@@ -171,6 +171,11 @@ impl Application {
             metrics.clone(),
         )?
         .group_commit(Duration::from_micros(config.store.group_commit_us))
+        .background_checkpoints(
+            &database,
+            Duration::from_millis(config.store.checkpoint_interval_ms),
+            config.store.wal_max_mb.saturating_mul(1024 * 1024),
+        )
         .sweep_idempotency_keys(Duration::from_secs(config.idempotency_ttl_s));
         let log_reads = LogReads::start(&database, config.logs.read_threads)?;
         metrics.register_all(log_reads.collectors())?;

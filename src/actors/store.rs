@@ -11,6 +11,7 @@
 //! Queries use a small read pool on blocking threads. Handlers and other actors only
 //! ever send messages here.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -385,8 +386,11 @@ pub struct StoreActor {
     /// On a cluster node: `GET /v1/stats` counted from the shared table, shared by the
     /// requests of a short period ([`cluster::StatsCache`]).
     stats_cache: Option<cluster::StatsCache>,
+    /// Shared with the writer and, once started, the checkpointer thread.
+    checkpoints: Arc<checkpoint::Checkpoints>,
 }
 
+mod checkpoint;
 mod cluster;
 pub use cluster::{
     ClaimWork, Heartbeat, LeaveCluster, ListNodes, ReapLostNodes, RegisterNode, RequeueOrphans,
@@ -418,7 +422,11 @@ impl StoreActor {
         let (tx, rx) = mpsc::channel::<ToWriter>();
         let health = Arc::new(StoreHealth::default());
         let group_wait_us = Arc::new(AtomicU64::new(0));
+        let checkpoints = Arc::new(checkpoint::Checkpoints::default());
         let writer = Writer {
+            wal_file: checkpoint::wal_file(db),
+            checkpoints: checkpoints.clone(),
+            checkpoints_elsewhere: Cell::new(false),
             db: db.clone(),
             max_batch: max_batch.max(1),
             group_wait_us: group_wait_us.clone(),
@@ -448,7 +456,29 @@ impl StoreActor {
             fence: None,
             notify: db.is_shared(),
             stats_cache: None,
+            checkpoints,
         })
+    }
+
+    /// SQLite: checkpoint the write-ahead log on a thread of its own every `every` in
+    /// which something was committed, instead of inside the writer's commits, keeping the
+    /// log near `wal_max_bytes` (see [`checkpoint`]). `db` is the database this store
+    /// opened. Without it, or on PostgreSQL, or if the thread cannot start, SQLite
+    /// checkpoints on the writer's commits (its default).
+    pub fn background_checkpoints(
+        self,
+        db: &Database,
+        every: Duration,
+        wal_max_bytes: u64,
+    ) -> Self {
+        checkpoint::start(
+            db,
+            &self.checkpoints,
+            every,
+            wal_max_bytes,
+            self.metrics.clone(),
+        );
+        self
     }
 
     /// Group commit: a batch that found more than one write queued waits up to `wait`
@@ -706,6 +736,13 @@ struct Writer {
     health: Arc<StoreHealth>,
     restarts: Arc<Restarts>,
     counters: Arc<Mutex<StatsCounters>>,
+    /// Commits counted for the checkpointer, and whether it runs.
+    checkpoints: Arc<checkpoint::Checkpoints>,
+    /// The write-ahead log's file (SQLite).
+    wal_file: Option<std::path::PathBuf>,
+    /// The current connection has been told not to checkpoint on commit (reset when the
+    /// connection is replaced).
+    checkpoints_elsewhere: Cell<bool>,
 }
 
 impl Writer {
@@ -744,6 +781,7 @@ impl Writer {
                 }
             }
             self.metrics.store_batch_size.observe(items.len() as f64);
+            self.leave_checkpoints_elsewhere(&mut conn);
             let batch = plan(items, &self.metrics.store_status_writes_coalesced);
             let mut moved: Vec<Delta> = Vec::new();
             let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
@@ -778,6 +816,18 @@ impl Writer {
             };
             // Skipped after a fault: answered with it, never run.
             replies.extend(jobs.map(|job| job(None).0));
+            if commit.is_ok() && self.checkpoints.committed(self.wal_file.as_deref()) {
+                // The log passed its bound: checkpoint once here, where nothing is
+                // appended meanwhile (see `checkpoint`).
+                match queries::wal_checkpoint(&mut conn) {
+                    Ok(_) => self
+                        .metrics
+                        .store_checkpoints
+                        .with_label_values(&["writer"])
+                        .inc(),
+                    Err(e) => log::warn!("store: writer checkpoint failed: {e}"),
+                }
+            }
             if commit.is_ok() && !moved.is_empty() {
                 let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
                 for d in &moved {
@@ -795,6 +845,7 @@ impl Writer {
                     // SQLite may have rolled back on its own: start from a clean
                     // connection rather than trust its transaction state.
                     reopen(&self.db, &mut conn);
+                    self.checkpoints_elsewhere.set(false);
                 }
             }
             for reply in replies {
@@ -830,6 +881,21 @@ impl Writer {
     fn restart(&self, conn: &mut DbConnection, why: String) {
         self.restarts.record(why);
         reopen(&self.db, conn);
+        self.checkpoints_elsewhere.set(false);
+    }
+
+    /// While a checkpointer runs, make sure `conn` does not checkpoint on commit.
+    fn leave_checkpoints_elsewhere(&self, conn: &mut DbConnection) {
+        let Some(wal_max_bytes) = self.checkpoints.wal_max_bytes() else {
+            return;
+        };
+        if self.checkpoints_elsewhere.get() {
+            return;
+        }
+        match queries::checkpoint_elsewhere(conn, wal_max_bytes) {
+            Ok(()) => self.checkpoints_elsewhere.set(true),
+            Err(e) => log::warn!("store: writer still checkpoints on commit: {e}"),
+        }
     }
 }
 
@@ -1448,6 +1514,53 @@ mod tests {
             duration_ms: Some(ms),
             ..StatusChange::to(to)
         }
+    }
+
+    /// Background checkpoints: under sustained concurrent writes (each batch its own
+    /// commit, ~10 MiB of log frames in all) the write-ahead log file stays within a
+    /// small multiple of its bound, where SQLite's own policy (1000 pages, ~4 MiB) or an
+    /// unbounded log would pass it; the checkpointer ran; and every write is there when
+    /// the database is opened afresh.
+    #[actix_web::test]
+    async fn background_checkpoints_keep_the_log_bounded_under_sustained_writes_and_lose_nothing() {
+        const BOUND: u64 = 256 * 1024;
+        const WAVES: usize = 40;
+        const PER_WAVE: usize = 200;
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("t.db");
+        let db = Database::Sqlite(path.clone());
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let store = StoreActor::open(&db, 1, 64, metrics.clone())
+            .expect("open")
+            .background_checkpoints(&db, Duration::from_millis(5), BOUND)
+            .start();
+        let wal = dir.path().join("t.db-wal");
+        let mut largest = 0;
+        for _ in 0..WAVES {
+            let writes: Vec<_> = (0..PER_WAVE)
+                .map(|_| store.send(insert(&pending())))
+                .collect();
+            for w in futures_util::future::join_all(writes).await {
+                w.expect("send").expect("insert");
+            }
+            largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+        }
+        let batches = metrics.store_batch_size.get_sample_count();
+        assert!(
+            batches > 100,
+            "the writes must come in many commits to make a long log: {batches}"
+        );
+        assert!(
+            largest <= 8 * BOUND,
+            "the log file reached {largest} bytes against a bound of {BOUND}"
+        );
+        let background = metrics
+            .store_checkpoints
+            .with_label_values(&["background"])
+            .get();
+        assert!(background > 0, "the checkpointer never ran");
+        drop(store);
+        assert_eq!(scanned(&path).total, (WAVES * PER_WAVE) as u64);
     }
 
     /// What a scan of the committed table says, for comparison with the counters.

@@ -285,6 +285,44 @@ pub fn probe_write(conn: &mut DbConnection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The write-ahead log after a `PRAGMA wal_checkpoint` (SQLite's answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, QueryableByName)]
+pub struct WalState {
+    /// 1 when the checkpoint could not run at all (another one held the lock).
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pub busy: i32,
+    /// Frames in the log (-1: not in WAL mode).
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pub log: i32,
+    /// Frames of it copied into the database file.
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pub checkpointed: i32,
+}
+
+/// Copy what it can of the write-ahead log into the database file without waiting for
+/// readers or the writer (`PASSIVE`): safe on any connection at any time. `None` on
+/// PostgreSQL (no such log to manage).
+pub fn wal_checkpoint(conn: &mut DbConnection) -> Result<Option<WalState>, StoreError> {
+    let DbConnection::Sqlite(c) = conn else {
+        return Ok(None);
+    };
+    Ok(Some(
+        diesel::sql_query("PRAGMA wal_checkpoint(PASSIVE)").get_result(c)?,
+    ))
+}
+
+/// Stop SQLite from checkpointing on this connection's commits (another thread does,
+/// [`wal_checkpoint`]), and truncate the log file back to `wal_max_bytes` whenever it
+/// starts over. A no-op on PostgreSQL.
+pub fn checkpoint_elsewhere(conn: &mut DbConnection, wal_max_bytes: u64) -> Result<(), StoreError> {
+    if let DbConnection::Sqlite(c) = conn {
+        c.batch_execute(&format!(
+            "PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = {wal_max_bytes};"
+        ))?;
+    }
+    Ok(())
+}
+
 /// What one [`sweep_step`] deleted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Swept {
