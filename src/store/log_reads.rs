@@ -5,7 +5,7 @@
 //! serialisation. Run on the actix workers (serialisation) or the shared blocking pool
 //! (the query), a few clients re-reading large histories took the CPU the submit path
 //! needs. Here a fixed number of threads (`logs.read_threads`) do every log read, each
-//! on its own connection, at a lower CPU priority ([`NICE`]): under contention the
+//! on its own connection, at a lower CPU priority ([`super::BACKGROUND_NICE`]): under contention the
 //! kernel gives the submit path's threads the CPU first. Reads beyond the thread count
 //! wait their turn in order (never refused); a waiting read is a future of an open
 //! request, holding nothing but its parameters.
@@ -17,11 +17,6 @@ use prometheus::{IntCounter, IntGauge};
 use tokio::sync::{mpsc, oneshot, Semaphore, TryAcquireError};
 
 use super::{Database, DbConnection, StoreError};
-
-/// The nice value of the log-read threads (0 is the default of every other thread; 19
-/// the lowest priority). At 10 a busy log reader gets about a tenth of the CPU share
-/// of a thread at 0 when both want it, and all of it when the CPU is free.
-pub const NICE: i32 = 10;
 
 type Job = Box<dyn FnOnce(&mut DbConnection) + Send>;
 
@@ -154,9 +149,7 @@ impl LogReads {
 
 /// One log-read thread: lowers its own priority, then runs jobs until the pool is gone.
 fn reader(jobs: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>, db: Database, conn: DbConnection) {
-    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), NICE) {
-        log::warn!("log-read thread: cannot lower its priority: {e}");
-    }
+    super::lower_this_threads_priority("log-read thread");
     let mut conn = Some(conn);
     loop {
         // One thread waits in `blocking_recv`, the others for the lock: jobs go to

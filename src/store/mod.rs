@@ -187,6 +187,21 @@ impl fmt::Display for Database {
     }
 }
 
+/// The nice value of the store's background threads, log reads and write-ahead log
+/// checkpoints (0 is the default of every other thread; 19 the lowest priority). At 10
+/// a busy background thread gets about a tenth of the CPU share of a thread at 0 when
+/// both want it, and all of it when the CPU is free: the submit path goes first.
+pub const BACKGROUND_NICE: i32 = 10;
+
+/// Lower the calling thread's CPU priority to [`BACKGROUND_NICE`] (`what` names it in
+/// the warning if the kernel refuses).
+pub(crate) fn lower_this_threads_priority(what: &str) {
+    let me = Some(rustix::thread::gettid());
+    if let Err(e) = rustix::process::setpriority_process(me, BACKGROUND_NICE) {
+        log::warn!("{what}: cannot lower its priority: {e}");
+    }
+}
+
 /// Applied to every connection, writer and readers alike.
 ///
 /// `auto_vacuum` only takes effect on a database without any table and before WAL

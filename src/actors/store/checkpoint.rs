@@ -107,6 +107,8 @@ pub(super) fn start(
 }
 
 fn run(mut conn: DbConnection, state: Weak<Checkpoints>, every: Duration, metrics: Arc<Metrics>) {
+    // Bulk copying: the writer and the submit path go first.
+    crate::store::lower_this_threads_priority("checkpointer thread");
     let mut seen = 0;
     loop {
         std::thread::sleep(every);
