@@ -250,6 +250,17 @@ mod tests {
         }]
     }
 
+    /// Nodes `a` and `b`, registered, on a fresh shared database named after `test`;
+    /// `None` (said loudly by `fresh_database`) without PostgreSQL.
+    async fn two_registered_nodes(test: &str) -> Option<(Addr<StoreActor>, Addr<StoreActor>)> {
+        let url = crate::store::test_pg::fresh_database(test)?;
+        let db = Database::SharedPostgres(url);
+        let (a, b) = (node(&db, "a"), node(&db, "b"));
+        register(&a).await.expect("a");
+        register(&b).await.expect("b");
+        Some((a, b))
+    }
+
     async fn register(store: &Addr<StoreActor>) -> Result<i64, StoreError> {
         store
             .send(RegisterNode {
@@ -339,13 +350,9 @@ mod tests {
 
     #[actix_web::test]
     async fn claims_are_fifo_per_backend_exclusive_and_bounded_by_free_slots() {
-        let Some(url) = crate::store::test_pg::fresh_database("claims_fifo_exclusive") else {
+        let Some((a, b)) = two_registered_nodes("claims_fifo_exclusive").await else {
             return;
         };
-        let db = Database::SharedPostgres(url);
-        let (a, b) = (node(&db, "a"), node(&db, "b"));
-        register(&a).await.expect("a");
-        register(&b).await.expect("b");
         let mut queued = Vec::new();
         for _ in 0..5 {
             queued.push(submit(&a).await.id);
@@ -376,13 +383,9 @@ mod tests {
 
     #[actix_web::test]
     async fn claimed_work_a_node_does_not_hold_goes_back_to_the_queue() {
-        let Some(url) = crate::store::test_pg::fresh_database("orphaned_claims") else {
+        let Some((a, b)) = two_registered_nodes("orphaned_claims").await else {
             return;
         };
-        let db = Database::SharedPostgres(url);
-        let (a, b) = (node(&db, "a"), node(&db, "b"));
-        register(&a).await.expect("a");
-        register(&b).await.expect("b");
         let (held, lost, started) = (
             submit(&a).await.id,
             submit(&a).await.id,
@@ -408,13 +411,9 @@ mod tests {
 
     #[actix_web::test]
     async fn a_lost_nodes_work_is_failed_or_requeued_and_its_late_writes_are_refused() {
-        let Some(url) = crate::store::test_pg::fresh_database("lost_node_fenced") else {
+        let Some((a, b)) = two_registered_nodes("lost_node_fenced").await else {
             return;
         };
-        let db = Database::SharedPostgres(url);
-        let (a, b) = (node(&db, "a"), node(&db, "b"));
-        register(&a).await.expect("a");
-        register(&b).await.expect("b");
         let running = submit(&a).await.id;
         let unstarted = submit(&a).await.id;
         assert_eq!(claim(&a, 2).await, vec![running, unstarted]);
@@ -481,13 +480,9 @@ mod tests {
 
     #[actix_web::test]
     async fn a_lost_nodes_work_somebody_asked_to_kill_is_killed_not_failed_or_requeued() {
-        let Some(url) = crate::store::test_pg::fresh_database("lost_node_kill_requests") else {
+        let Some((a, b)) = two_registered_nodes("lost_node_kill_requests").await else {
             return;
         };
-        let db = Database::SharedPostgres(url);
-        let (a, b) = (node(&db, "a"), node(&db, "b"));
-        register(&a).await.expect("a");
-        register(&b).await.expect("b");
         let mut ids = Vec::new();
         for _ in 0..4 {
             ids.push(submit(&a).await.id);
