@@ -816,18 +816,6 @@ impl Writer {
             };
             // Skipped after a fault: answered with it, never run.
             replies.extend(jobs.map(|job| job(None).0));
-            if commit.is_ok() && self.checkpoints.committed(self.wal_file.as_deref()) {
-                // The log passed its bound: checkpoint once here, where nothing is
-                // appended meanwhile (see `checkpoint`).
-                match queries::wal_checkpoint(&mut conn) {
-                    Ok(_) => self
-                        .metrics
-                        .store_checkpoints
-                        .with_label_values(&["writer"])
-                        .inc(),
-                    Err(e) => log::warn!("store: writer checkpoint failed: {e}"),
-                }
-            }
             if commit.is_ok() && !moved.is_empty() {
                 let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
                 for d in &moved {
@@ -848,8 +836,21 @@ impl Writer {
                     self.checkpoints_elsewhere.set(false);
                 }
             }
+            let committed = commit.is_ok();
             for reply in replies {
                 reply(commit.clone());
+            }
+            if committed && self.checkpoints.committed(self.wal_file.as_deref()) {
+                // The log passed its bound: checkpoint once here, after the batch was
+                // answered and before the next one appends (see `checkpoint`).
+                match queries::wal_checkpoint(&mut conn) {
+                    Ok(_) => self
+                        .metrics
+                        .store_checkpoints
+                        .with_label_values(&["writer"])
+                        .inc(),
+                    Err(e) => log::warn!("store: writer checkpoint failed: {e}"),
+                }
             }
             if next.is_none() {
                 next = rx.recv().ok();

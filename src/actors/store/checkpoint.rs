@@ -45,8 +45,8 @@ impl Checkpoints {
         Some(self.wal_max_bytes.load(Ordering::Relaxed)).filter(|&b| b > 0)
     }
 
-    /// The writer committed a transaction (of `db`, whose log is `wal`): answers
-    /// whether it must checkpoint now, the log's file being past its bound.
+    /// The writer committed a transaction: answers whether it must checkpoint now, the
+    /// log's file `wal` being past its bound (and a checkpointer running).
     pub(super) fn committed(&self, wal: Option<&Path>) -> bool {
         self.commits.fetch_add(1, Ordering::Relaxed);
         match (self.wal_max_bytes(), wal) {
