@@ -9,12 +9,12 @@
 //! the survivor) cannot overwrite what the survivor decided.
 
 use chrono::{DateTime, Utc};
-use diesel::dsl::{case_when, exists, not};
+use diesel::dsl::{exists, not};
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
 
 use super::models::{parse, parse_time, WorkloadRow};
-use super::queries::{load_payload, payload_bytes, PendingWork};
+use super::queries::{load_payload, payload_bytes, webhook_due, PendingWork};
 use super::schema::{nodes, workloads};
 use super::{notify, DbConnection, StoreError};
 use crate::model::{
@@ -424,10 +424,7 @@ fn kill_requested(
         workloads::status.eq(Status::Killed.as_str()),
         workloads::finished_at.eq(&at),
         workloads::error.eq(KILLED_BY_REQUEST),
-        workloads::delivery_due_at.eq(case_when::<_, _, diesel::sql_types::Text>(
-            workloads::callback_url.is_not_null(),
-            &at,
-        )),
+        webhook_due(&at),
     ))
     .returning(WorkloadRow::as_returning())
     .get_results(c)?;
@@ -523,10 +520,7 @@ pub fn reap(
         workloads::status.eq(Status::Failed.as_str()),
         workloads::finished_at.eq(&at),
         workloads::error.eq(NODE_LOST),
-        workloads::delivery_due_at.eq(case_when::<_, _, diesel::sql_types::Text>(
-            workloads::callback_url.is_not_null(),
-            &at,
-        )),
+        webhook_due(&at),
     ))
     .returning(WorkloadRow::as_returning())
     .get_results(c)?;

@@ -134,6 +134,25 @@ fn avg_duration(
     diesel::dsl::sql("CAST(AVG(duration_ms) AS DOUBLE PRECISION)")
 }
 
+/// The completion webhook of a terminal record, enqueued in the statement that writes
+/// the record: due at `at` for a workload with a `callback_url`, NULL (nothing to
+/// deliver) otherwise. Every statement that ends a workload sets it.
+pub(super) fn webhook_due(
+    at: &str,
+) -> diesel::dsl::Eq<
+    workloads::delivery_due_at,
+    diesel::dsl::case_when<
+        diesel::dsl::IsNotNull<workloads::callback_url>,
+        &str,
+        diesel::sql_types::Text,
+    >,
+> {
+    workloads::delivery_due_at.eq(case_when::<_, _, diesel::sql_types::Text>(
+        workloads::callback_url.is_not_null(),
+        at,
+    ))
+}
+
 /// Insert a new workload with its payload.
 pub fn insert_workload(
     conn: &mut DbConnection,
@@ -507,15 +526,7 @@ pub fn apply_fenced_change(
                             workloads::exit_code.eq(change.exit_code),
                             workloads::error.eq(&change.error),
                             workloads::duration_ms.eq(change.duration_ms.map(|d| d as i64)),
-                            // Enqueue the completion webhook in this same statement: due at
-                            // once for a workload with a callback_url, NULL (nothing)
-                            // otherwise.
-                            workloads::delivery_due_at.eq(
-                                case_when::<_, _, diesel::sql_types::Text>(
-                                    workloads::callback_url.is_not_null(),
-                                    &at,
-                                )
-                            ),
+                            webhook_due(&at),
                         ))
                         .returning(WorkloadRow::as_returning())
                 )
@@ -600,10 +611,7 @@ pub fn apply_start_and_end(
                 workloads::exit_code.eq(end.exit_code),
                 workloads::error.eq(&end.error),
                 workloads::duration_ms.eq(end.duration_ms.map(|d| d as i64)),
-                workloads::delivery_due_at.eq(case_when::<_, _, diesel::sql_types::Text>(
-                    workloads::callback_url.is_not_null(),
-                    &at,
-                )),
+                webhook_due(&at),
             ))
             .returning(WorkloadRow::as_returning())
     )
